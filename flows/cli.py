@@ -1,0 +1,136 @@
+"""The `wsss` command: a thin entry point over stages/ and flows/."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SemPLeS pseudo-label pipeline")
+data_app = typer.Typer(no_args_is_help=True, help="dataset tools")
+app.add_typer(data_app, name="data")
+
+ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _load(config: Path):
+    from pipeline.config import ConfigError, load_config
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def run(config: Path = ConfigOpt,
+        until: Optional[str] = typer.Option(None, help="last stage to run"),
+        start: Optional[str] = typer.Option(None, "--from", help="first stage to run"),
+        force: List[str] = typer.Option([], help="stages to recompute even if cached"),
+        prefect: bool = typer.Option(True, help="run as a Prefect flow (embedded, no server needed)")):
+    """Run the whole DAG (or a slice of it); cached stages are skipped."""
+    _setup_logging()
+    cfg = _load(config)
+    if prefect:
+        from flows.pipeline import wsss_flow
+        result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
+    else:
+        from stages.runner import run_all
+        result = {k: str(v) for k, v in run_all(cfg, until, start, tuple(force)).items()}
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command()
+def stage(name: str, config: Path = ConfigOpt,
+          force: bool = typer.Option(False, help="recompute even if cached")):
+    """Run one stage alone, reusing the cached artifacts of its inputs."""
+    _setup_logging()
+    cfg = _load(config)
+    from stages.runner import run_stage
+    try:
+        out = run_stage(cfg, name, force=force)
+    except (KeyError, RuntimeError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        _fail(e)
+    typer.echo(str(out))
+
+
+@app.command()
+def status(config: Path = ConfigOpt):
+    """For each stage: cached / partial / missing / corrupt, key, size, headline metric."""
+    cfg = _load(config)
+    from pipeline.store import Store
+    from stages import ORDER
+    from stages.runner import stage_keys
+    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}metric")
+    for name in ORDER:
+        key = keys[name]
+        state = store.state(key)
+        m = (store.manifest(key) or {}).get("metrics", {}) if state == "cached" else {}
+        head = next(iter(m.items()), None)
+        metric = f"{head[0]}={head[1]:.4g}" if head and isinstance(head[1], (int, float)) else ""
+        size = store.size(key)
+        typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{metric}")
+
+
+@data_app.command("check")
+def data_check(config: Path = ConfigOpt):
+    """Validate a dataset tree: per-split counts, per-class image counts, every bad item."""
+    cfg = _load(config)
+    from pipeline.data.classes import class_names
+    from pipeline.data.datasets import check_split, per_class_counts
+    names = class_names(cfg.data.dataset)
+    bad = 0
+    for split in cfg.data.all_splits:
+        good, problems, skipped = check_split(cfg.data, split)
+        extra = f" ({skipped} without annotations skipped)" if skipped else ""
+        typer.echo(f"{split}: {len(good)} images{extra}")
+        counts = per_class_counts(good, len(names))
+        typer.echo("  " + ", ".join(f"{n}={c}" for n, c in zip(names[1:], counts[1:]) if c))
+        for p in problems:
+            typer.echo(f"  BAD {p}", err=True)
+        bad += len(problems)
+    if bad:
+        typer.echo(f"{bad} bad items", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("eval-masks")
+def eval_masks(pred: Path = typer.Option(..., help="folder of predicted label PNGs"),
+               gt: Path = typer.Option(..., help="folder of ground-truth label PNGs"),
+               num_classes: int = typer.Option(..., help="number of classes incl. background")):
+    """mIoU of a folder of label PNGs against a GT folder (255 ignored); prints JSON."""
+    from pipeline.metrics import evaluate_folders
+    try:
+        res = evaluate_folders(pred, gt, num_classes)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(e)
+    typer.echo(json.dumps(res, indent=2))
+
+
+@app.command()
+def serve(configs: List[Path] = typer.Argument(None, help="configs to serve (default: configs/*.yaml)")):
+    """Serve the deployments wsss/<config-name> against the Prefect API in PREFECT_API_URL."""
+    from flows.serve import serve_deployments
+    serve_deployments([str(c) for c in configs] if configs else None)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""Layered YAML configs (``_base_`` inheritance) validated by pydantic.
+
+A config file may name ``_base_: path`` or a list of paths (relative to the
+file). Bases are merged first, in order; the child overrides only the keys it
+names (dicts merge recursively, anything else is replaced). Every error names
+the file that set the offending key.
+
+Relative data/checkpoint paths are resolved against the current working
+directory (run ``wsss`` from the project root, as mmseg's tools do).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, naming the file and the dotted key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# ----------------------------------------------------------------- sections
+class RunCfg(Section):
+    name: str = "wsss"
+    work_dir: Path = Path("runs")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(2, ge=0, description="DataLoader workers")
+    shard_size: int = Field(256, ge=1, description="images per shard of per-image stages")
+    processes: int = Field(0, ge=0, description="worker processes of per-image CPU stages; 0 = all cores")
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: Optional[str] = Field(None, description="scheduler address; None = LocalCluster")
+    dask_workers: int = Field(2, ge=1)
+    nproc_per_node: int = Field(1, ge=1, description="torchrun processes for training stages")
+    dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+
+class SplitCfg(Section):
+    """One split. VOC: ``list`` is an ImageSets file; COCO: ``images`` + ``annotations``."""
+    list: Optional[str] = None
+    images: Optional[str] = None
+    annotations: Optional[str] = None
+    masks: Optional[str] = None
+
+
+class DataCfg(Section):
+    @property
+    def all_splits(self) -> list[str]:
+        return list(dict.fromkeys([self.train_split, self.val_split, self.eval_split or self.train_split]))
+
+    dataset: Literal["voc", "coco"]
+    root: Path
+    train_split: str = "train"
+    val_split: str = "val"
+    eval_split: Optional[str] = Field(None, description="split with GT on which seeds/pseudo masks are scored "
+                                      "(VOC: train, 1,464 images, while CAMs cover train_aug); None = train_split")
+    splits: dict[str, SplitCfg] = Field(default_factory=dict)
+    max_images: Optional[int] = Field(None, ge=1, description="cap per split (debugging)")
+
+
+class MaskGeneratorCfg(Section):
+    arch: Literal["vit", "cnn"] = "vit"
+    backbone: str = "deit_small_patch16_224"
+    pretrained: Union[bool, str] = True  # True = timm hub weights, str = local file
+    img_size: int = 224
+    drop_path_rate: float = 0.1
+
+
+class ClipCfg(Section):
+    model: str = "ViT-B-32"
+    pretrained: Optional[str] = "openai"  # hub tag or local checkpoint path
+    allow_random_init: bool = False
+    factory: Optional[str] = Field(None, description="'module:function' returning a VL model")
+    template: str = "a photo of {}."
+    image_size: int = 224
+
+
+class TrainCfg(Section):
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = 5.12e-4
+    weight_decay: float = 0.03
+    warmup_epochs: int = Field(0, ge=0)
+    min_lr: float = 1e-6
+    amp: bool = True
+    crop_size: int = 224
+    gallery_size: int = Field(8, ge=0)
+
+
+class TrainCamCfg(TrainCfg):
+    pass
+
+
+class MatchCfg(TrainCfg):
+    lambda_b: float = 2.4
+    mask_eps: float = 0.1
+
+
+class LearnPromptsCfg(TrainCfg):
+    lambda_t: float = 0.02
+    n_prompts: int = Field(30, ge=1)
+    mask_eps: float = 1e-4
+    n_interpret_images: int = Field(4, ge=0)
+    vocab_topk: int = Field(5, ge=1)
+
+
+class RefineCfg(TrainCfg):
+    lambda_b: float = 2.4
+    lambda_refine: float = 0.05
+    mask_eps: float = 0.1
+    init_from: Literal["train_cam", "match"] = "train_cam"
+
+
+class ExportCamsCfg(Section):
+    split: str = "train"
+    scales: list[float] = Field(default_factory=lambda: [1.0, 1.2])
+    flip: bool = True
+    cam: Literal["fine", "coarse"] = "fine"
+
+
+class CrfCfg(Section):
+    iterations: int = 10
+    gauss_sxy: float = 4
+    gauss_compat: float = 3
+    bilateral_sxy: float = 83
+    bilateral_srgb: float = 5
+    bilateral_compat: float = 3
+    gt_prob: float = 0.7
+
+
+class AffinityCfg(Section):
+    beta: float = 8.0
+    iterations: int = 6
+    bg_power: float = 2.0
+
+
+class PseudoMasksCfg(Section):
+    method: Literal["argmax", "crf", "affinity", "affinity_crf"] = "crf"
+    bg_threshold: float = Field(0.45, ge=0, le=1)
+    low_threshold: Optional[float] = Field(None, description="uncertain band lower bg threshold")
+    high_threshold: Optional[float] = Field(None, description="uncertain band upper bg threshold")
+    ignore_uncertain: bool = True
+    crf: CrfCfg = Field(default_factory=CrfCfg)
+    affinity: AffinityCfg = Field(default_factory=AffinityCfg)
+
+
+class TrainSegmentationCfg(Section):
+    model: Literal["deeplabv3plus", "deeplabv2", "mask2former"] = "deeplabv3plus"
+    backbone: str = "resnet101"
+    depth: Optional[int] = None
+    pretrained: Optional[str] = None  # local checkpoint or hub name
+    crop_size: int = 512
+    batch_size: int = 16
+    iters: int = 40000
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    val_interval: int = 4000
+    checkpoint_interval: int = 4000
+    gallery_size: int = Field(8, ge=0)
+    tiny: bool = Field(False, description="small random-initialised variant (tests, smoke)")
+
+
+class EvaluateCfg(Section):
+    bg_threshold: float = 0.45
+    sweep: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+    gallery_size: int = Field(8, ge=0)
+
+
+class Config(Section):
+    run: RunCfg = Field(default_factory=RunCfg)
+    data: DataCfg
+    mask_generator: MaskGeneratorCfg = Field(default_factory=MaskGeneratorCfg)
+    clip: ClipCfg = Field(default_factory=ClipCfg)
+    train_cam: TrainCamCfg = Field(default_factory=TrainCamCfg)
+    match: MatchCfg = Field(default_factory=MatchCfg)
+    learn_prompts: LearnPromptsCfg = Field(default_factory=lambda: LearnPromptsCfg(batch_size=128, lr=0.1))
+    refine: RefineCfg = Field(default_factory=RefineCfg)
+    export_cams: ExportCamsCfg = Field(default_factory=ExportCamsCfg)
+    pseudo_masks: PseudoMasksCfg = Field(default_factory=PseudoMasksCfg)
+    train_segmentation: TrainSegmentationCfg = Field(default_factory=TrainSegmentationCfg)
+    evaluate: EvaluateCfg = Field(default_factory=EvaluateCfg)
+
+    # set by load_config, not by YAML
+    source: Optional[str] = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check_splits(self):
+        if self.data.dataset == "coco":
+            for name in self.data.all_splits:
+                s = self.data.splits.get(name)
+                if s is None or not (s.images and s.annotations):
+                    raise ValueError(f"data.splits.{name}: COCO needs 'images' and 'annotations'")
+        return self
+
+    def section(self, name: str) -> dict:
+        return json.loads(getattr(self, name).model_dump_json())
+
+    def resolved(self) -> dict:
+        return json.loads(self.model_dump_json())
+
+
+# ------------------------------------------------------------------ loading
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _merge(base: dict, child: dict, origin: dict, child_file: str, prefix: str = "") -> dict:
+    out = dict(base)
+    for k, v in child.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, origin, child_file, key + ".")
+        else:
+            out[k] = v
+            _mark(origin, key, v, child_file)
+    return out
+
+
+def _mark(origin: dict, key: str, value: Any, file: str) -> None:
+    origin[key] = file
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(origin, f"{key}.{k}", v, file)
+
+
+def _load_raw(path: Path, origin: dict, seen: tuple = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ cycle")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict = {}
+    for b in bases:
+        merged = _merge(merged, _load_raw(path.parent / b, origin, seen + (path,)), {}, "")
+    # origins of base keys were recorded while each base loaded
+    return _merge(merged, data, origin, str(path))
+
+
+def _origin_of(origin: dict, loc: tuple) -> str:
+    parts = [str(p) for p in loc]
+    while parts:
+        f = origin.get(".".join(parts))
+        if f:
+            return f
+        parts.pop()
+    return "?"
+
+
+def load_config(path: str | Path, overrides: Optional[dict] = None) -> Config:
+    """Load, merge and validate a config; raise ConfigError naming file and key."""
+    path = Path(path)
+    origin: dict[str, str] = {}
+    raw = _load_raw(path, origin)
+    if overrides:
+        raw = _merge(raw, overrides, origin, "<overrides>")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            key = ".".join(str(p) for p in loc) or "<root>"
+            msgs.append(f"{_origin_of(origin, loc) if loc else path}: {key}: {err['msg']}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
+    cfg.source = str(path.resolve())
+    _check_paths(cfg, origin)
+    return cfg
+
+
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+
+
+def _check_paths(cfg: Config, origin: dict) -> None:
+    problems = []
+    if not cfg.data.root.exists():
+        problems.append(("data.root", cfg.data.root))
+    for key in ("mask_generator.pretrained", "clip.pretrained", "train_segmentation.pretrained"):
+        sec, field = key.split(".")
+        v = getattr(getattr(cfg, sec), field)
+        if isinstance(v, str) and _looks_like_path(v) and not Path(v).exists():
+            problems.append((key, v))
+    if problems:
+        raise ConfigError("missing paths:\n  " + "\n  ".join(
+            f"{_origin_of(origin, tuple(k.split('.')))}: {k}: {p} does not exist" for k, p in problems))

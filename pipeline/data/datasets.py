@@ -1,0 +1,314 @@
+"""Dataset readers (VOC 2012 + SBD, COCO) and the label table.
+
+Both readers produce the same records: image id, absolute image path, mask
+path (VOC: the dataset's PNG; COCO: a PNG rendered from the instances json by
+``render_coco_masks``), image size and image-level labels (foreground class
+ids, derived from the mask / annotations).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+from PIL import Image
+
+from pipeline.config import DataCfg
+from pipeline.data.classes import COCO_CLASSES, IGNORE, class_names, palette
+
+
+class DataError(ValueError):
+    """A dataset problem, naming the file."""
+
+
+@dataclass
+class Record:
+    id: str
+    image: str
+    mask: Optional[str]
+    height: int = 0
+    width: int = 0
+    labels: list[int] = field(default_factory=list)  # foreground class ids (1..C-1)
+
+
+@dataclass
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+# ---------------------------------------------------------------- mask I/O
+def read_mask(path: str | Path) -> np.ndarray:
+    """Label PNG -> (H, W) uint8 of class ids (palette index, or grey value)."""
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L"):
+            raise DataError(f"{path}: label PNG must be palette (P) or greyscale (L), got {im.mode}")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """(H, W) uint8 class ids -> palette PNG (VOC colour map), written atomically."""
+    path = Path(path)
+    im = Image.fromarray(mask.astype(np.uint8), mode="P")
+    im.putpalette(palette().reshape(-1).tolist())
+    tmp = path.with_name(f".{path.name}.tmp")
+    im.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3); a clear DataError for missing/truncated files."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB")).copy()
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file missing") from None
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def labels_of(mask: np.ndarray, num_classes: int) -> list[int]:
+    ids = np.unique(mask)
+    return [int(i) for i in ids if 0 < i < num_classes]
+
+
+# ---------------------------------------------------------------- VOC
+def _voc_paths(cfg: DataCfg, split: str) -> tuple[Path, Path]:
+    """(list file, mask dir) of a VOC split; train_aug uses SBD's SegmentationClassAug."""
+    root = cfg.root
+    sc = cfg.splits.get(split)
+    if sc and sc.list:
+        lst = root / sc.list
+    elif (root / "ImageSets/Segmentation" / f"{split}.txt").exists():
+        lst = root / "ImageSets/Segmentation" / f"{split}.txt"
+    else:
+        lst = root / "ImageSets/SegmentationAug" / f"{split}.txt"
+    if sc and sc.masks:
+        masks = root / sc.masks
+    elif split == "train_aug" or not (root / "SegmentationClass").exists():
+        masks = root / "SegmentationClassAug"
+    else:
+        masks = root / "SegmentationClass"
+    return lst, masks
+
+
+def voc_records(cfg: DataCfg, split: str) -> list[Record]:
+    lst, mask_dir = _voc_paths(cfg, split)
+    if not lst.exists():
+        raise DataError(f"{lst}: split list for '{split}' not found")
+    # SBD-style lists hold "/JPEGImages/x.jpg /SegmentationClassAug/x.png"; VOC lists hold ids.
+    ids = [Path(line.split()[0]).stem for line in lst.read_text().splitlines() if line.strip()]
+    if cfg.max_images:
+        ids = ids[: cfg.max_images]
+    return [Record(i, str((cfg.root / "JPEGImages" / f"{i}.jpg").resolve()),
+                   str((mask_dir / f"{i}.png").resolve())) for i in ids]
+
+
+# ---------------------------------------------------------------- COCO
+def _coco(cfg: DataCfg, split: str):
+    from pycocotools.coco import COCO
+    sc = cfg.splits[split]
+    ann = cfg.root / sc.annotations
+    if not ann.exists():
+        raise DataError(f"{ann}: annotations for split '{split}' not found")
+    try:
+        import contextlib, io
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(str(ann)), ann
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{ann}: not a COCO instances file ({e})") from None
+
+
+def coco_category_map(coco) -> dict[int, int]:
+    """COCO category id -> contiguous label 1..80 (by our class-name table)."""
+    index = {n: i for i, n in enumerate(COCO_CLASSES)}
+    out = {}
+    for cat in coco.loadCats(coco.getCatIds()):
+        if cat["name"] not in index:
+            raise DataError(f"unknown COCO category {cat['id']} '{cat['name']}'")
+        out[cat["id"]] = index[cat["name"]]
+    return out
+
+
+def coco_records(cfg: DataCfg, split: str, mask_dir: Optional[Path] = None) -> tuple[list[Record], list[Problem], int]:
+    """Records of a COCO split (labels from annotations), problems, and the
+    number of images skipped because they carry no annotation (the usual
+    WSSS convention: 82,081 of 82,783 train2014 images remain)."""
+    coco, ann_path = _coco(cfg, split)
+    cmap = coco_category_map(coco)
+    img_dir = cfg.root / cfg.splits[split].images
+    records, problems, skipped = [], [], 0
+    for img_id in sorted(coco.getImgIds()):
+        info = coco.imgs[img_id]
+        anns = coco.imgToAnns.get(img_id, [])
+        labels = set()
+        for a in anns:
+            if a["category_id"] not in cmap:
+                problems.append(Problem(str(ann_path), f"annotation {a['id']}: category_id {a['category_id']} not in categories"))
+            else:
+                labels.add(cmap[a["category_id"]])
+        if not anns:
+            skipped += 1
+            continue
+        stem = Path(info["file_name"]).stem
+        mask = str((mask_dir / f"{stem}.png").resolve()) if mask_dir else None
+        records.append(Record(stem, str((img_dir / info["file_name"]).resolve()), mask,
+                              info["height"], info["width"], sorted(labels)))
+        if cfg.max_images and len(records) >= cfg.max_images:
+            break
+    return records, problems, skipped
+
+
+def render_coco_mask(coco, img_id: int, cmap: dict[int, int]) -> np.ndarray:
+    """Semantic mask from instances: larger instances first so small ones stay
+    visible; crowd regions -> ignore (255)."""
+    from pycocotools import mask as mask_utils
+    info = coco.imgs[img_id]
+    h, w = info["height"], info["width"]
+    out = np.zeros((h, w), np.uint8)
+    anns = sorted(coco.imgToAnns.get(img_id, []), key=lambda a: -a.get("area", 0))
+    for a in anns:
+        m = coco.annToMask(a).astype(bool) if not isinstance(a["segmentation"], dict) else \
+            mask_utils.decode(coco.annToRLE(a)).astype(bool)
+        out[m] = IGNORE if a.get("iscrowd") else cmap[a["category_id"]]
+    return out
+
+
+def render_coco_masks(cfg: DataCfg, split: str, out_dir: Path, progress=None) -> None:
+    """Write one semantic label PNG per annotated image (skips ones already written)."""
+    coco, _ = _coco(cfg, split)
+    cmap = coco_category_map(coco)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids = [i for i in sorted(coco.getImgIds()) if coco.imgToAnns.get(i)]
+    for n, img_id in enumerate(ids):
+        stem = Path(coco.imgs[img_id]["file_name"]).stem
+        target = out_dir / f"{stem}.png"
+        if not target.exists():
+            write_mask(target, render_coco_mask(coco, img_id, cmap))
+        if progress:
+            progress(n + 1, len(ids))
+
+
+# ---------------------------------------------------------------- checking
+def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], int]:
+    """Validate every item of a split. Returns (good records with sizes and
+    labels filled, problems, skipped-without-annotation count)."""
+    n_cls = len(class_names(cfg.dataset))
+    problems: list[Problem] = []
+    skipped = 0
+    if cfg.dataset == "voc":
+        try:
+            records = voc_records(cfg, split)
+        except DataError as e:
+            return [], [Problem(str(e).split(":")[0], str(e).split(": ", 1)[1])], 0
+    else:
+        try:
+            records, problems, skipped = coco_records(cfg, split)
+        except DataError as e:
+            msg = str(e)
+            return [], [Problem(msg.split(":")[0], msg.split(": ", 1)[-1])], 0
+    if not records:
+        problems.append(Problem(split, "split is empty"))
+    good = []
+    for r in records:
+        p = _check_record(r, n_cls, check_mask=cfg.dataset == "voc")
+        if p:
+            problems.extend(p)
+        else:
+            good.append(r)
+    return good, problems, skipped
+
+
+def _check_record(r: Record, n_cls: int, check_mask: bool) -> list[Problem]:
+    if not Path(r.image).exists():
+        return [Problem(r.image, "image file missing")]
+    try:
+        with Image.open(r.image) as im:
+            im.load()  # forces a full decode: catches truncated files
+            size = im.size
+    except Exception as e:  # PIL raises several types for broken files
+        return [Problem(r.image, f"unreadable or truncated image ({e})")]
+    if not check_mask:  # COCO: sizes come from the json
+        if (r.width, r.height) != size:
+            return [Problem(r.image, f"image size {size[0]}x{size[1]} != annotation size {r.width}x{r.height}")]
+        return [] if r.labels else [Problem(r.image, "image has no labels")]
+    if not r.mask or not Path(r.mask).exists():
+        return [Problem(r.mask or r.id, "mask file missing")]
+    try:
+        mask = read_mask(r.mask)
+    except Exception as e:
+        return [Problem(r.mask, f"unreadable mask ({e})")]
+    if mask.shape != (size[1], size[0]):
+        return [Problem(r.mask, f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}")]
+    bad = sorted(set(np.unique(mask).tolist()) - set(range(n_cls)) - {IGNORE})
+    if bad:
+        return [Problem(r.mask, f"label ids {bad} outside 0..{n_cls - 1} (and not {IGNORE})")]
+    r.height, r.width = mask.shape
+    r.labels = labels_of(mask, n_cls)
+    if not r.labels:
+        return [Problem(r.mask, "image has no labels (mask holds background/ignore only)")]
+    return []
+
+
+# ---------------------------------------------------------------- label table
+class LabelTable:
+    """Per-split table written by prepare_data: the only place later stages
+    read image paths, sizes and image-level labels from."""
+
+    def __init__(self, dataset: str, split: str, records: list[Record]):
+        self.dataset, self.split, self.records = dataset, split, records
+        self.classes = class_names(dataset)
+        self._by_id = {r.id: r for r in records}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, image_id: str) -> Record:
+        return self._by_id[image_id]
+
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    def multi_hot(self) -> np.ndarray:
+        """(N, C-1) float32 foreground labels (background excluded)."""
+        y = np.zeros((len(self.records), self.num_classes - 1), np.float32)
+        for i, r in enumerate(self.records):
+            y[i, [c - 1 for c in r.labels]] = 1
+        return y
+
+    def save(self, path: Path) -> None:
+        doc = {"dataset": self.dataset, "split": self.split, "classes": list(self.classes),
+               "records": [asdict(r) for r in self.records]}
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "LabelTable":
+        doc = json.loads(Path(path).read_text())
+        return cls(doc["dataset"], doc["split"], [Record(**r) for r in doc["records"]])
+
+    @classmethod
+    def from_artifact(cls, prepare_dir: Path, split: str) -> "LabelTable":
+        p = Path(prepare_dir) / f"labels_{split}.json"
+        if not p.exists():
+            raise DataError(f"{p}: no label table for split '{split}' (is it in the data config?)")
+        return cls.load(p)
+
+
+def per_class_counts(records: Iterable[Record], n_cls: int) -> list[int]:
+    counts = [0] * n_cls
+    for r in records:
+        for c in r.labels:
+            counts[c] += 1
+    return counts

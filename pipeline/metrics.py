@@ -1,0 +1,79 @@
+"""Confusion-matrix metrics (ignore = 255) shared by every evaluation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.classes import IGNORE
+
+
+def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) int64 confusion matrix, rows = ground truth, cols = prediction.
+    Pixels whose GT is IGNORE are skipped; a predicted IGNORE (an uncertain
+    pseudo-label pixel) counts as no class, so it lowers recall."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction shape {pred.shape} != ground-truth shape {gt.shape}")
+    gt = gt.astype(np.int64).ravel()
+    pred = pred.astype(np.int64).ravel()
+    keep = gt != IGNORE
+    gt, pred = gt[keep], pred[keep]
+    if gt.size and gt.max() >= num_classes:
+        raise ValueError(f"ground-truth label {gt.max()} >= num_classes {num_classes}")
+    valid = pred < num_classes
+    cm = np.bincount(num_classes * gt[valid] + pred[valid], minlength=num_classes ** 2)
+    cm = cm.reshape(num_classes, num_classes)
+    # ignored predictions: GT pixels that no class claimed (false negatives only)
+    missed = np.bincount(gt[~valid], minlength=num_classes)
+    return cm, missed
+
+
+def scores(cm: np.ndarray, missed: np.ndarray | None = None, class_names=None) -> dict:
+    """mIoU over classes present in GT or prediction, per-class IoU, pixel accuracy."""
+    tp = np.diag(cm).astype(np.float64)
+    gt_total = cm.sum(1) + (missed if missed is not None else 0)
+    pred_total = cm.sum(0)
+    union = gt_total + pred_total - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / union
+    present = union > 0
+    names = class_names or [str(i) for i in range(len(tp))]
+    total = gt_total.sum()
+    return {
+        "miou": float(np.nanmean(iou[present]) * 100) if present.any() else 0.0,
+        "per_class_iou": {names[i]: (float(iou[i] * 100) if present[i] else None) for i in range(len(tp))},
+        "pixel_acc": float(tp.sum() / total * 100) if total else 0.0,
+    }
+
+
+def fg_precision_recall(cm: np.ndarray, missed: np.ndarray | None = None) -> dict:
+    """Foreground (any class > 0) precision/recall, in percent."""
+    fg_pred_fg_gt = cm[1:, 1:].sum()  # pixel predicted as some fg where GT is some fg
+    pred_fg = cm[:, 1:].sum()
+    gt_fg = cm[1:, :].sum() + (missed[1:].sum() if missed is not None else 0)
+    return {"fg_precision": float(fg_pred_fg_gt / pred_fg * 100) if pred_fg else 0.0,
+            "fg_recall": float(fg_pred_fg_gt / gt_fg * 100) if gt_fg else 0.0}
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, num_classes: int, class_names=None) -> dict:
+    """mIoU of every GT PNG's namesake in pred_dir; a missing prediction is an error."""
+    from pipeline.data.datasets import read_mask
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    gts = sorted(gt_dir.glob("*.png"))
+    if not gts:
+        raise FileNotFoundError(f"{gt_dir}: no ground-truth PNGs")
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    missed = np.zeros(num_classes, np.int64)
+    for g in gts:
+        p = pred_dir / g.name
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: prediction missing for ground truth {g}")
+        try:
+            c, m = confusion(read_mask(p), read_mask(g), num_classes)
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from None
+        cm += c
+        missed += m
+    out = scores(cm, missed, class_names)
+    out["num_images"] = len(gts)
+    return out

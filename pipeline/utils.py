@@ -1,0 +1,54 @@
+"""Small shared helpers: device, seeding, progress lines with ETA."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from typing import Iterable, Iterator, Optional, TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+log = logging.getLogger("wsss")
+
+
+def get_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def num_processes(requested: int) -> int:
+    """0 = every core this process may use."""
+    if requested:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def progress(items: Iterable[T], desc: str, total: Optional[int] = None,
+             every_s: float = 10.0) -> Iterator[T]:
+    """Yield items, logging 'desc i/n (rate, ETA)' at most every `every_s` seconds and at the end."""
+    total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
+    start = last = time.time()
+    i = 0
+    for i, item in enumerate(items, 1):
+        yield item
+        now = time.time()
+        if now - last >= every_s or (total and i == total):
+            last = now
+            rate = i / max(now - start, 1e-9)
+            eta = f", ETA {(total - i) / rate:.0f}s" if total else ""
+            log.info("%s %d/%s (%.2f it/s%s)", desc, i, total or "?", rate, eta)

@@ -1,0 +1,45 @@
+"""prepare_data: validate the dataset tree and write the label tables.
+
+Output: labels_<split>.json for the train and val splits (image paths, sizes,
+image-level labels derived from masks/annotations), data_report.json, and for
+COCO the semantic masks rendered from instances under masks/<split>/.
+"""
+from __future__ import annotations
+
+import logging
+
+from pipeline.config import Config
+from pipeline.data.classes import class_names
+from pipeline.data.datasets import DataError, LabelTable, check_split, per_class_counts, render_coco_masks
+from pipeline.store import write_json_atomic
+
+NAME = "prepare_data"
+INPUTS: tuple[str, ...] = ()
+SECTIONS = ("data",)
+VERSION = "1"
+log = logging.getLogger("wsss")
+
+
+def run(cfg: Config, inputs, out):
+    names = class_names(cfg.data.dataset)
+    report = {}
+    for split in cfg.data.all_splits:
+        good, problems, skipped = check_split(cfg.data, split)
+        if problems:
+            shown = "\n  ".join(str(p) for p in problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise DataError(f"split '{split}': {len(problems)} bad items "
+                            f"(run `wsss data check` for all):\n  {shown}{more}")
+        if cfg.data.dataset == "coco":
+            mask_dir = out / "masks" / split
+            render_coco_masks(cfg.data, split, mask_dir,
+                              progress=lambda i, n: i % 1000 == 0 and log.info("%s masks %d/%d", split, i, n))
+            for r in good:
+                r.mask = str((mask_dir / f"{r.id}.png").resolve())
+        LabelTable(cfg.data.dataset, split, good).save(out / f"labels_{split}.json")
+        counts = per_class_counts(good, len(names))
+        report[split] = {"images": len(good), "skipped_without_annotations": skipped,
+                         "images_per_class": dict(zip(names[1:], counts[1:]))}
+        log.info("%s: %d images", split, len(good))
+    write_json_atomic(out / "data_report.json", report)
+    return {f"{s}_images": r["images"] for s, r in report.items()}

@@ -1,0 +1,76 @@
+"""Runs stages against the artifact store, without Prefect. The flow in
+flows/ calls the same functions inside tasks, so both routes share keys."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.store import Store, artifact_key
+from stages import ORDER, get
+
+log = logging.getLogger("wsss")
+
+
+def stage_sections(cfg: Config, name: str) -> dict:
+    mod = get(name)
+    return {s: cfg.section(s) for s in mod.SECTIONS}
+
+
+def stage_keys(cfg: Config) -> dict[str, str]:
+    """Artifact key of every stage, upstream first (keys chain through inputs)."""
+    keys: dict[str, str] = {}
+    for name in ORDER:
+        mod = get(name)
+        keys[name] = artifact_key(name, mod.VERSION, stage_sections(cfg, name),
+                                  {i: keys[i] for i in mod.INPUTS})
+    return keys
+
+
+def input_dirs(cfg: Config, name: str, keys: dict[str, str] | None = None) -> dict[str, Path]:
+    keys = keys or stage_keys(cfg)
+    store = Store(cfg.run.work_dir)
+    return {i: store.path(keys[i]) for i in get(name).INPUTS}
+
+
+def check_inputs(cfg: Config, name: str, keys: dict[str, str]) -> None:
+    store = Store(cfg.run.work_dir)
+    for i in get(name).INPUTS:
+        st = store.state(keys[i])
+        if st != "cached":
+            raise RuntimeError(f"stage '{name}' needs '{i}' ({store.path(keys[i])}), which is {st}; "
+                               f"run `wsss stage {i}` or `wsss run` first")
+
+
+def run_stage(cfg: Config, name: str, force: bool = False, keys: dict[str, str] | None = None) -> Path:
+    """Run one stage if its artifact is not cached (or if forced); return its dir."""
+    keys = keys or stage_keys(cfg)
+    store = Store(cfg.run.work_dir)
+    key = keys[name]
+    state = store.state(key)
+    if state == "cached" and not force:
+        log.info("%s: cached (%s)", name, store.path(key))
+        return store.path(key)
+    if state == "corrupt":
+        log.warning("%s: artifact %s is damaged (%s); recomputing", name, key,
+                    "; ".join(store.problems(key)[:3]))
+    check_inputs(cfg, name, keys)
+    out = store.open(key)
+    log.info("%s: %s in %s", name, "resuming" if state == "partial" else "running", out)
+    started = time.time()
+    metrics = get(name).run(cfg, input_dirs(cfg, name, keys), out) or {}
+    store.finalize(key, name, stage_sections(cfg, name), {i: keys[i] for i in get(name).INPUTS},
+                   metrics, started)
+    return out
+
+
+def run_all(cfg: Config, until: str | None = None, start: str | None = None,
+            force: tuple[str, ...] = ()) -> dict[str, Path]:
+    keys = stage_keys(cfg)
+    names = list(ORDER)
+    if until:
+        names = names[: names.index(until) + 1]
+    if start:
+        names = names[names.index(start):]
+    return {n: run_stage(cfg, n, force=n in force, keys=keys) for n in names}
