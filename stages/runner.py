@@ -14,8 +14,13 @@ log = logging.getLogger("wsss")
 
 
 def stage_sections(cfg: Config, name: str) -> dict:
-    mod = get(name)
-    return {s: cfg.section(s) for s in mod.SECTIONS}
+    """The config a stage's result depends on: whole sections, or dotted
+    fields such as 'run.seed' (so work_dir/device never change a key)."""
+    out = {}
+    for s in get(name).SECTIONS:
+        sec, _, field = s.partition(".")
+        out[s] = cfg.section(sec)[field] if field else cfg.section(sec)
+    return out
 
 
 def stage_keys(cfg: Config) -> dict[str, str]:
