@@ -48,34 +48,61 @@ def check_inputs(cfg: Config, name: str, keys: dict[str, str]) -> None:
                                f"run `wsss stage {i}` or `wsss run` first")
 
 
-def run_stage(cfg: Config, name: str, force: bool = False, keys: dict[str, str] | None = None) -> Path:
-    """Run one stage if its artifact is not cached (or if forced); return its dir."""
-    keys = keys or stage_keys(cfg)
+def begin_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = False) -> Path | None:
+    """Open a stage's artifact dir for (re)computation, or None if it is cached."""
     store = Store(cfg.run.work_dir)
     key = keys[name]
     state = store.state(key)
     if state == "cached" and not force:
         log.info("%s: cached (%s)", name, store.path(key))
-        return store.path(key)
+        return None
     if state == "corrupt":
         log.warning("%s: artifact %s is damaged (%s); recomputing", name, key,
                     "; ".join(store.problems(key)[:3]))
     check_inputs(cfg, name, keys)
     out = store.open(key)
     log.info("%s: %s in %s", name, "resuming" if state == "partial" else "running", out)
-    started = time.time()
-    metrics = get(name).run(cfg, input_dirs(cfg, name, keys), out) or {}
-    store.finalize(key, name, stage_sections(cfg, name), {i: keys[i] for i in get(name).INPUTS},
-                   metrics, started)
     return out
 
 
-def run_all(cfg: Config, until: str | None = None, start: str | None = None,
-            force: tuple[str, ...] = ()) -> dict[str, Path]:
-    keys = stage_keys(cfg)
+def finish_stage(cfg: Config, name: str, keys: dict[str, str], metrics: dict, started: float) -> Path:
+    store = Store(cfg.run.work_dir)
+    store.finalize(keys[name], name, stage_sections(cfg, name), {i: keys[i] for i in get(name).INPUTS},
+                   metrics or {}, started)
+    log.info("%s: done %s", name, _headline(metrics))
+    return store.path(keys[name])
+
+
+def _headline(metrics: dict | None) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in list((metrics or {}).items())[:3]
+                     if isinstance(v, (int, float)))
+
+
+def run_stage(cfg: Config, name: str, force: bool = False, keys: dict[str, str] | None = None) -> Path:
+    """Run one stage if its artifact is not cached (or if forced); return its dir."""
+    keys = keys or stage_keys(cfg)
+    out = begin_stage(cfg, name, keys, force)
+    if out is None:
+        return Store(cfg.run.work_dir).path(keys[name])
+    started = time.time()
+    metrics = get(name).run(cfg, input_dirs(cfg, name, keys), out)
+    return finish_stage(cfg, name, keys, metrics, started)
+
+
+def select(until: str | None = None, start: str | None = None) -> list[str]:
+    """Stages from `start` to `until` inclusive, in DAG order."""
+    for n in (until, start):
+        if n is not None:
+            get(n)  # clear error for an unknown name
     names = list(ORDER)
     if until:
         names = names[: names.index(until) + 1]
     if start:
         names = names[names.index(start):]
-    return {n: run_stage(cfg, n, force=n in force, keys=keys) for n in names}
+    return names
+
+
+def run_all(cfg: Config, until: str | None = None, start: str | None = None,
+            force: tuple[str, ...] = ()) -> dict[str, Path]:
+    keys = stage_keys(cfg)
+    return {n: run_stage(cfg, n, force=n in force, keys=keys) for n in select(until, start)}
