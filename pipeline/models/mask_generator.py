@@ -1,0 +1,252 @@
+"""Mask generator S: WeakTr-style ViT (one class token per foreground class)
+or a CLIMS-style CNN with a 1x1 class head. Both are built on timm backbones.
+
+Public API (used by the training stages and by export_cams):
+    build_mask_generator(cfg, num_classes_fg) -> nn.Module
+    save_mask_generator(model, path, cfg, num_classes_fg)
+    load_mask_generator(path, device) -> model in eval mode
+    model(x) -> dict: cls_logits, patch_logits, attn_logits (B, K) for the warm
+        start; coarse (B, K, h, w); fine (B, K, h, w); patch_attn (B, N, N)
+    model.cams(x) -> (B, K, h, w) raw fine CAMs on the patch grid
+    model.patch_attention(x) -> ((B, N, N) fused patch-to-patch attention, (h, w));
+        rows are not normalised (class tokens take part of the mass, as in WeakTr)
+    model.cams_and_attention(x) -> (cams, patch_attn, (h, w)) in one pass
+
+Channel k of every CAM/logit tensor is label id k + 1 (0 = background is not
+predicted). Inputs are RGB in [0, 1] normalised with MEAN / STD below (use
+``normalize``); any H, W works (padded to the patch size; position embeddings
+are interpolated).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+
+from pipeline.config import MaskGeneratorCfg
+
+# The one image normalisation of S (DeiT / ImageNet statistics).
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "wsss.mask_generator/1"
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] (or uint8 0..255) -> S's normalised input."""
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def normalize_numpy(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3, H, W) float tensor normalised for S."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+    return normalize(t[None])[0]
+
+
+def _create_timm(cfg: MaskGeneratorCfg, load_weights: bool, **kwargs) -> nn.Module:
+    """timm model with hub weights (pretrained=True), a local file (str) or none."""
+    pre = cfg.pretrained if load_weights else False
+    if isinstance(pre, str):
+        path = Path(pre)
+        if not path.exists():
+            raise FileNotFoundError(f"mask_generator.pretrained: {path} does not exist")
+        return timm.create_model(cfg.backbone, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+    try:
+        return timm.create_model(cfg.backbone, pretrained=bool(pre), **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise ValueError(f"mask_generator.backbone: unknown timm model '{cfg.backbone}'") from None
+        raise
+
+
+class AttentionFusion(nn.Module):
+    """WeakTr's adaptive attention fusion: squeeze-excitation weights over the
+    (layers x heads) attention maps, then their mean."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:  # (B, C, N, N) -> (B, N, N)
+        w = self.fc(attn.mean(dim=(2, 3)))
+        return (attn * w[:, :, None, None]).mean(1)
+
+
+class ViTMaskGenerator(nn.Module):
+    """WeakTr: K class tokens, a 3x3 conv head on the patch tokens (coarse
+    CAM), class-to-patch attention x coarse CAM, refined by patch-to-patch
+    attention (fine CAM). Attention maps are detached, as in the official code."""
+
+    arch = "vit"
+
+    def __init__(self, cfg: MaskGeneratorCfg, num_classes_fg: int, load_weights: bool = True):
+        super().__init__()
+        vit = _create_timm(cfg, load_weights, num_classes=0, global_pool="",
+                           drop_path_rate=cfg.drop_path_rate, img_size=cfg.img_size)
+        if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
+            raise ValueError(f"mask_generator.backbone: '{cfg.backbone}' is not a timm ViT "
+                             "(use arch: cnn for convolutional backbones)")
+        if getattr(vit, "reg_token", None) is not None or vit.cls_token is None or vit.pos_embed is None:
+            raise ValueError(f"mask_generator.backbone: '{cfg.backbone}' needs a class token, learned "
+                             "position embeddings and no register tokens")
+        K, D = num_classes_fg, vit.embed_dim
+        self.num_classes = K
+        self.patch_size = vit.patch_embed.patch_size[0]
+        self.grid = tuple(vit.patch_embed.grid_size)
+        # WeakTr starts every class token (and its position) from the pretrained one.
+        pos = vit.pos_embed.detach()
+        cls_pos = torch.zeros(1, 1, D) if vit.no_embed_class else pos[:, :1]
+        patch_pos = pos if vit.no_embed_class else pos[:, 1:]
+        self.cls_tokens = nn.Parameter(vit.cls_token.detach().repeat(1, K, 1).clone())
+        self.cls_pos = nn.Parameter(cls_pos.repeat(1, K, 1).clone())
+        self.patch_pos = nn.Parameter(patch_pos.clone())
+        vit.cls_token, vit.pos_embed = None, None  # replaced by the K-token versions above
+        vit.patch_embed.strict_img_size = False
+        self.vit = vit
+        self._attn: list[torch.Tensor] = []
+        for blk in vit.blocks:
+            blk.attn.fused_attn = False  # the attention matrix must be materialised
+            blk.attn.attn_drop.register_forward_hook(self._keep_attn)
+        self.fusion = AttentionFusion(len(vit.blocks) * vit.blocks[0].attn.num_heads)
+        self.head = nn.Conv2d(D, K, kernel_size=3, padding=1)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    def _keep_attn(self, module, inputs, output):
+        self._attn.append(output.detach())
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        ph, pw = (-x.shape[2]) % p, (-x.shape[3]) % p
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self._pad(x)
+        B, K = x.shape[0], self.num_classes
+        h, w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
+        tokens = self.vit.patch_embed(x)
+        pos = self.patch_pos
+        if (h, w) != self.grid:
+            pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=list(self.grid), num_prefix_tokens=0)
+        tokens = torch.cat([(self.cls_tokens + self.cls_pos).expand(B, -1, -1), tokens + pos], 1)
+        tokens = self.vit.pos_drop(tokens)
+        self._attn = []
+        try:
+            tokens = self.vit.norm(self.vit.blocks(tokens))
+            attn = torch.stack(self._attn, 1)  # (B, L, H, T, T), detached
+        finally:
+            self._attn = []
+        attn = self.fusion(attn.flatten(1, 2).float())  # (B, T, T)
+        x_cls, x_patch = tokens[:, :K], tokens[:, K:]
+        coarse = self.head(x_patch.transpose(1, 2).reshape(B, -1, h, w))  # (B, K, h, w)
+        cross = attn[:, :K, K:].reshape(B, K, h, w)
+        cams = cross * F.relu(coarse)
+        patch_attn = attn[:, K:, K:]
+        fine = torch.einsum("bij,bkj->bki", patch_attn, cams.flatten(2)).reshape(B, K, h, w)
+        return {"cls_logits": x_cls.mean(-1), "patch_logits": coarse.mean((2, 3)),
+                "attn_logits": fine.mean((2, 3)), "coarse": coarse, "fine": fine,
+                "patch_attn": patch_attn, "grid": (h, w)}
+
+    def cams(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)["fine"]
+
+    def patch_attention(self, x: torch.Tensor):
+        out = self(x)
+        return out["patch_attn"], out["grid"]
+
+    def cams_and_attention(self, x: torch.Tensor):
+        out = self(x)
+        return out["fine"], out["patch_attn"], out["grid"]
+
+
+class CNNMaskGenerator(nn.Module):
+    """CLIMS-style CAM network: timm CNN features, 1x1 class conv (no bias),
+    logits = global average of the CAM. There is no attention: the fine CAM is
+    ReLU(CAM) and patch_attention is the row-normalised ReLU cosine affinity
+    of the final features (cubed, sharpening it as affinity methods do)."""
+
+    arch = "cnn"
+
+    def __init__(self, cfg: MaskGeneratorCfg, num_classes_fg: int, load_weights: bool = True):
+        super().__init__()
+        self.body = _create_timm(cfg, load_weights, num_classes=0, global_pool="",
+                                 drop_path_rate=cfg.drop_path_rate)
+        self.num_classes = num_classes_fg
+        self.head = nn.Conv2d(self.body.num_features, num_classes_fg, 1, bias=False)
+        nn.init.kaiming_normal_(self.head.weight)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = self.body.forward_features(x)
+        if feats.ndim != 4:
+            raise ValueError("mask_generator.backbone: arch 'cnn' needs a backbone with (B, C, h, w) features")
+        cam = self.head(feats)
+        h, w = cam.shape[2:]
+        fine = F.relu(cam)
+        f = F.normalize(feats.detach().flatten(2).float(), dim=1)
+        aff = F.relu(torch.einsum("bci,bcj->bij", f, f)) ** 3
+        aff = aff / aff.sum(-1, keepdim=True).clamp_min(1e-6)
+        logits = cam.mean((2, 3))
+        return {"cls_logits": logits, "patch_logits": logits, "attn_logits": fine.mean((2, 3)),
+                "coarse": cam, "fine": fine, "patch_attn": aff, "grid": (h, w)}
+
+    cams = ViTMaskGenerator.cams
+    patch_attention = ViTMaskGenerator.patch_attention
+    cams_and_attention = ViTMaskGenerator.cams_and_attention
+
+
+def build_mask_generator(cfg: MaskGeneratorCfg, num_classes_fg: int, load_weights: bool = True) -> nn.Module:
+    """S for ``num_classes_fg`` foreground classes. load_weights=False skips
+    the pretrained backbone weights (used when a checkpoint follows)."""
+    if num_classes_fg < 1:
+        raise ValueError(f"num_classes_fg must be >= 1, got {num_classes_fg}")
+    cls = {"vit": ViTMaskGenerator, "cnn": CNNMaskGenerator}[cfg.arch]
+    return cls(cfg, num_classes_fg, load_weights)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def save_mask_generator(model: nn.Module, path: Path, cfg: MaskGeneratorCfg, num_classes_fg: int) -> None:
+    """Self-describing checkpoint (format tag, config, class count, weights), written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": CHECKPOINT_FORMAT, "cfg": cfg.model_dump(mode="json"),
+                "num_classes_fg": num_classes_fg, "mean": MEAN, "std": STD,
+                "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}}, tmp)
+    tmp.replace(path)
+
+
+def load_mask_generator(path: Path, device: torch.device | str = "cpu") -> nn.Module:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: mask generator checkpoint not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a mask generator checkpoint (format {CHECKPOINT_FORMAT})")
+    cfg = MaskGeneratorCfg(**ckpt["cfg"])
+    model = build_mask_generator(cfg, ckpt["num_classes_fg"], load_weights=False)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval()
+
+
+def load_weights_from(model: nn.Module, path: Path) -> None:
+    """Copy the weights of a saved mask generator (e.g. train_cam's) into ``model``."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
+    unwrap(model).load_state_dict(ckpt["state_dict"])
