@@ -152,17 +152,22 @@ class PseudoMasksCfg(Section):
 
 
 class TrainSegmentationCfg(Section):
+    """mmsegmentation model trained on the pseudo masks (pipeline/segmentation)."""
     model: Literal["deeplabv3plus", "deeplabv2", "mask2former"] = "deeplabv3plus"
-    backbone: str = "resnet101"
-    depth: Optional[int] = None
-    pretrained: Optional[str] = None  # local checkpoint or hub name
-    crop_size: int = 512
-    batch_size: int = 16
-    iters: int = 40000
+    backbone: Literal["resnet18", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b", "swin_l"] = "resnet101"
+    depth: Optional[int] = Field(None, description="ResNet depth override (18/50/101)")
+    # local checkpoint file, or a hub name mmengine can load (open-mmlab://resnet101_v1c, an http URL)
+    pretrained: Optional[str] = None
+    crop_size: int = Field(512, ge=32)
+    batch_size: int = Field(16, ge=1, description="total over all processes")
+    iters: int = Field(40000, ge=1)
+    optimizer: Optional[Literal["sgd", "adamw"]] = Field(None, description="None: SGD for DeepLab, AdamW for Mask2Former")
     lr: float = 0.01
     weight_decay: float = 5e-4
-    val_interval: int = 4000
-    checkpoint_interval: int = 4000
+    amp: bool = Field(False, description="mixed precision (CUDA only)")
+    val_interval: int = Field(4000, ge=1)
+    checkpoint_interval: int = Field(4000, ge=1)
+    log_interval: int = Field(50, ge=1)
     gallery_size: int = Field(8, ge=0)
     tiny: bool = Field(False, description="small random-initialised variant (tests, smoke)")
 
@@ -285,6 +290,8 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Config:
 
 
 def _looks_like_path(value: str) -> bool:
+    if "://" in value:  # hub name / URL (open-mmlab://..., https://...), not a local file
+        return False
     return "/" in value or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
