@@ -123,10 +123,12 @@ class ExportCamsCfg(Section):
     scales: list[float] = Field(default_factory=lambda: [1.0, 1.2])
     flip: bool = True
     cam: Literal["fine", "coarse"] = "fine"
+    gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
 
 
 class CrfCfg(Section):
-    iterations: int = 10
+    """pydensecrf parameters; defaults = WeakTr's VOC CAM-CRF (tool/imutils.py)."""
+    iterations: int = Field(10, ge=1)
     gauss_sxy: float = 4
     gauss_compat: float = 3
     bilateral_sxy: float = 83
@@ -136,9 +138,9 @@ class CrfCfg(Section):
 
 
 class AffinityCfg(Section):
-    beta: float = 8.0
-    iterations: int = 6
-    bg_power: float = 2.0
+    """Random walk over the mask generator's patch attention (pipeline/refine_masks.py)."""
+    beta: float = Field(8.0, gt=0, description="affinity = symmetrised attention ** beta")
+    iterations: int = Field(6, ge=1, description="random-walk steps on the patch grid")
 
 
 class PseudoMasksCfg(Section):
@@ -149,6 +151,16 @@ class PseudoMasksCfg(Section):
     ignore_uncertain: bool = True
     crf: CrfCfg = Field(default_factory=CrfCfg)
     affinity: AffinityCfg = Field(default_factory=AffinityCfg)
+    gallery_size: int = Field(8, ge=0, description="seed | pseudo mask pictures of a fixed sample")
+
+    @model_validator(mode="after")
+    def _check_band(self):
+        lo, hi = self.low_threshold, self.high_threshold
+        if (lo is None) != (hi is None):
+            raise ValueError("low_threshold and high_threshold must be set together")
+        if lo is not None and not 0 <= lo <= hi <= 1:
+            raise ValueError(f"need 0 <= low_threshold <= high_threshold <= 1, got {lo}, {hi}")
+        return self
 
 
 class TrainSegmentationCfg(Section):
