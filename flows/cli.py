@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -19,6 +20,8 @@ ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file")
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _load(config: Path):
@@ -129,6 +132,11 @@ def serve(configs: List[Path] = typer.Argument(None, help="configs to serve (def
 
 
 def main() -> None:
+    # Prefect reads these at import: keep its state beside the runs, offline, and
+    # give the embedded server time to start on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_HOME", str(Path("runs/prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     app()
 
 

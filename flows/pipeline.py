@@ -1,0 +1,102 @@
+"""The Prefect flow `wsss`: the stages of the DAG as cached tasks.
+
+Each stage is one task whose Prefect cache key is the stage's artifact key
+(plus the run store it lives in), so an unchanged rerun does no work and a
+changed config section reruns that stage and its descendants only. The
+artifact store stays the source of truth: a damaged or missing artifact
+refreshes the task's cache. Per-image stages (export_cams, pseudo_masks) map
+shards of images over the task runner: threads by default, a Dask cluster
+(LocalCluster, or any scheduler address) when run.task_runner is 'dask'.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.context import TaskRunContext
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from pipeline.config import Config, load_config
+from pipeline.store import Store, digest
+from stages import get
+from stages.runner import begin_stage, finish_stage, input_dirs, select, stage_keys
+
+SHARDED = ("export_cams", "pseudo_masks")
+
+
+def _cache_key(context: TaskRunContext, parameters: dict) -> str:
+    return f"{parameters['keys'][parameters['name']]}-{digest(parameters['work_dir'])[:8]}"
+
+
+def _is_sharded(name: str) -> bool:
+    return name in SHARDED and hasattr(get(name), "run_shard")
+
+
+@task(task_run_name="{name}", cache_key_fn=_cache_key, persist_result=True)
+def stage_task(config: str, name: str, keys: dict[str, str], work_dir: str, force: bool = False) -> str:
+    cfg = load_config(config)
+    out = begin_stage(cfg, name, keys, force)
+    if out is None:
+        return str(Store(cfg.run.work_dir).path(keys[name]))
+    started = time.time()
+    inputs = input_dirs(cfg, name, keys)
+    mod = get(name)
+    if _is_sharded(name):
+        ids = mod.items(cfg, inputs)
+        shards = [ids[i:i + cfg.run.shard_size] for i in range(0, len(ids), cfg.run.shard_size)]
+        get_run_logger().info("%s: %d images in %d shards on %s", name, len(ids), len(shards),
+                              cfg.run.task_runner)
+        shard_flow.with_options(task_runner=make_task_runner(cfg))(config, name, keys, str(out), shards)
+        metrics = mod.finalize(cfg, inputs, out)
+    else:
+        metrics = mod.run(cfg, inputs, out)
+    return str(finish_stage(cfg, name, keys, metrics, started))
+
+
+@task(task_run_name="{name}-shard")
+def shard_task(config: str, name: str, keys: dict[str, str], out: str, ids: list[str]) -> int:
+    cfg = load_config(config)
+    get(name).run_shard(cfg, input_dirs(cfg, name, keys), Path(out), ids)
+    return len(ids)
+
+
+@flow(name="wsss-shards")
+def shard_flow(config: str, name: str, keys: dict[str, str], out: str, shards: list[list[str]]) -> int:
+    futures = shard_task.map(config, name, keys, out, shards)
+    wait(futures)
+    return sum(f.result() for f in futures)  # .result() re-raises a failed shard
+
+
+def make_task_runner(cfg: Config):
+    if cfg.run.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+        if cfg.run.dask_address:
+            return DaskTaskRunner(address=cfg.run.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.run.dask_workers, "processes": True,
+                                              "threads_per_worker": 1})
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+@flow(name="wsss", log_prints=True)
+def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = None,
+              force: Optional[list[str]] = None) -> dict[str, str]:
+    """Run the DAG from `start` to `until` (stage names); `force` recomputes named stages."""
+    cfg = load_config(config)  # a bad config fails here, before any stage runs
+    names = select(until, start)
+    force = list(force or [])
+    unknown = [f for f in force if f not in names]
+    if unknown:
+        raise ValueError(f"force names stages not in this run: {unknown}")
+    keys = stage_keys(cfg)
+    store = Store(cfg.run.work_dir)
+    work_dir = str(Path(cfg.run.work_dir).resolve())
+    config = str(Path(config).resolve())
+    done = {}
+    for name in names:
+        refresh = name in force or store.state(keys[name]) != "cached"
+        done[name] = stage_task.with_options(refresh_cache=refresh)(config, name, keys, work_dir,
+                                                                   force=name in force)
+    return done

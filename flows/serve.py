@@ -1,0 +1,41 @@
+"""Serve deployments `wsss/<config name>` (voc-full, coco-full, voc-smoke by
+default) against the Prefect API in PREFECT_API_URL, so that
+`prefect deployment run wsss/voc-full` starts a run. Run it with
+`wsss serve` or `python -m flows.serve`; it blocks, executing runs itself."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+from prefect import serve
+
+from pipeline.config import load_config
+from flows.pipeline import wsss_flow
+
+DEFAULT_CONFIGS = ("configs/voc-full.yaml", "configs/coco-full.yaml", "configs/voc-smoke.yaml")
+
+
+def deployments(configs: Optional[list[str]] = None):
+    out = []
+    for c in configs or DEFAULT_CONFIGS:
+        path = Path(c).resolve()
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: config not found")
+        out.append(wsss_flow.to_deployment(
+            name=path.stem, parameters={"config": str(path)},
+            description=f"SemPLeS pipeline with {path.name}", tags=["wsss", path.stem]))
+    return out
+
+
+def serve_deployments(configs: Optional[list[str]] = None) -> None:
+    for c in configs or DEFAULT_CONFIGS:  # data paths may be absent on this machine: warn only
+        try:
+            load_config(c)
+        except Exception as e:  # noqa: BLE001 - reported, the deployment still serves
+            print(f"warning: {c}: {e}", file=sys.stderr)
+    serve(*deployments(configs))
+
+
+if __name__ == "__main__":
+    serve_deployments(sys.argv[1:] or None)
