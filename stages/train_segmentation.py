@@ -1,9 +1,133 @@
-"""train_segmentation: mmseg segmentation model (issue 5)."""
+"""train_segmentation: mmseg segmentation model trained on the pseudo masks,
+validated on the REAL val masks (issue 5).
+
+Inputs: prepare_data (label tables: image paths, val GT mask paths) and
+pseudo_masks (one palette PNG per train image id at ``<artifact>/masks/<id>.png``,
+255 = ignore).
+
+Artifact:
+  mmseg_config.py        generated mmseg config (runs with mmseg's tools/train.py, tools/test.py)
+  lists/{train,val}.txt  '<image>\\t<mask>' lines the config's dataset reads
+  work_dir/              mmengine work dir: logs, vis_data/scalars.json, val_history.json,
+                         checkpoints while training (the last one only; removed when done)
+  model_final.pth        weights + meta of the last iteration (no GT-based model selection)
+  val_metrics.json       {"miou", "per_class_iou", "pixel_acc", "macc", "iter", ...} in percent
+  gallery.png            val image | prediction | GT
+  per_class_iou.png      per-class IoU bars
+
+Resume: an interrupted run leaves work_dir/last_checkpoint; the rerun (same
+artifact dir) resumes from it through mmengine (``resume=True``).
+run.nproc_per_node > 1 on CUDA: training runs under torchrun (mmengine's
+pytorch launcher); on CPU the stage trains in one process (mmengine's launcher
+binds each rank to a CUDA device).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
 NAME = "train_segmentation"
 INPUTS = ('prepare_data', 'pseudo_masks')
 SECTIONS = ('data', 'train_segmentation', 'run.seed')
-VERSION = "0"
+VERSION = "1"
+
+log = logging.getLogger("wsss")
+
+
+def _write_list(path: Path, pairs: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{i}\t{m}\n" for i, m in pairs))
+
+
+def data_lists(cfg, inputs: dict, out: Path) -> tuple[Path, Path, list]:
+    """Train list: dataset image -> pseudo mask; val list: image -> real GT mask."""
+    from pipeline.data.datasets import DataError, LabelTable
+    train = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
+    val = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.val_split)
+    mask_dir = Path(inputs["pseudo_masks"]) / "masks"
+    if not mask_dir.is_dir():
+        raise DataError(f"{mask_dir}: pseudo-mask folder not found in the pseudo_masks artifact")
+    missing = [r.id for r in train.records if not (mask_dir / f"{r.id}.png").exists()]
+    if missing:
+        raise DataError(f"{mask_dir}: no pseudo mask for {len(missing)} of {len(train)} "
+                        f"'{cfg.data.train_split}' images, e.g. {', '.join(missing[:5])}")
+    bad_val = [r.id for r in val.records if not r.mask or not Path(r.mask).exists()]
+    if bad_val:
+        raise DataError(f"labels_{cfg.data.val_split}.json: val images without a ground-truth mask "
+                        f"file, e.g. {', '.join(bad_val[:5])}")
+    train_list, val_list = out / "lists/train.txt", out / "lists/val.txt"
+    _write_list(train_list, [(r.image, str((mask_dir / f"{r.id}.png").resolve())) for r in train.records])
+    _write_list(val_list, [(r.image, r.mask) for r in val.records])
+    return train_list, val_list, val.records
+
+
+def final_metrics(history: list[dict], classes, iters: int) -> dict:
+    last = history[-1] if history else None
+    if not last or last["iter"] != iters:
+        raise RuntimeError(f"no validation result for the final iteration {iters} (val_history: "
+                           f"{[h['iter'] for h in history]})")
+
+    def pct(v):  # NaN (class in neither GT nor prediction) -> null
+        return None if v is None or v != v else float(v)
+    return {"miou": float(last["mIoU"]), "pixel_acc": float(last["aAcc"]), "macc": float(last["mAcc"]),
+            "per_class_iou": {c: pct(last.get(f"IoU.{c}")) for c in classes}, "iter": int(last["iter"])}
+
+
+def save_gallery(model, records, path: Path, n: int) -> None:
+    from pipeline.data.datasets import read_image, read_mask
+    from pipeline.plots import save_grid
+    from pipeline.segmentation.train import predict
+    rows = [[read_image(r.image), predict(model, r.image), read_mask(r.mask)] for r in records[:n]]
+    if rows:
+        save_grid(path, rows, titles=["image", "prediction", "ground truth"],
+                  row_labels=[r.id for r in records[:n]])
 
 
 def run(cfg, inputs, out):
-    raise NotImplementedError("stage 'train_segmentation' is not implemented yet")
+    from pipeline.data.classes import class_names
+    from pipeline.plots import save_per_class_bars
+    from pipeline.segmentation.mmseg_config import build_config
+    from pipeline.segmentation.train import export_weights, launch, load_model, train, val_history
+    from pipeline.utils import get_device
+
+    out = Path(out)
+    sec = cfg.train_segmentation
+    device = get_device(cfg.run.device).type
+    nproc = cfg.run.nproc_per_node
+    if nproc > 1 and device != "cuda":
+        log.warning("train_segmentation: run.nproc_per_node=%d needs CUDA (mmengine binds each rank to a "
+                    "GPU); training in one process on CPU", nproc)
+        nproc = 1
+    train_list, val_list, val_records = data_lists(cfg, inputs, out)
+    work_dir = out / "work_dir"
+    mm_cfg = build_config(sec, dataset=cfg.data.dataset, train_list=train_list, val_list=val_list,
+                          work_dir=work_dir, seed=cfg.run.seed, num_workers=cfg.run.num_workers,
+                          device=device, nproc=nproc, dist_backend=cfg.run.dist_backend)
+    config_path = out / "mmseg_config.py"
+    mm_cfg.dump(str(config_path))
+
+    final = out / "model_final.pth"
+    if not final.exists():  # a rerun after everything but the manifest was written skips training
+        if nproc > 1:
+            launch(config_path, nproc, out / "torchrun.log")
+        else:
+            train(mm_cfg)
+        export_weights(work_dir, final)
+
+    classes = class_names(cfg.data.dataset)
+    metrics = final_metrics(val_history(work_dir), classes, sec.iters)
+    metrics.update(split=cfg.data.val_split, num_images=len(val_records), model=sec.model,
+                   backbone="tiny" if sec.tiny else sec.backbone, ground_truth="real val masks",
+                   checkpoint=final.name)
+    (out / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
+    save_per_class_bars(out / "per_class_iou.png", {f"{sec.model} val": metrics["per_class_iou"]},
+                        f"{sec.model}: val mIoU {metrics['miou']:.1f}")
+    if sec.gallery_size:
+        model = load_model(mm_cfg, final, device="cuda" if device == "cuda" else "cpu")
+        save_gallery(model, val_records, out / "gallery.png", sec.gallery_size)
+    # the training checkpoints (with optimizer state) were only needed to resume
+    for ck in work_dir.glob("iter_*.pth"):
+        ck.unlink()
+    (work_dir / "last_checkpoint").unlink(missing_ok=True)
+    return {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "iters": metrics["iter"]}

@@ -1,0 +1,115 @@
+"""Train / evaluate / predict with an mmseg config, through mmengine's Runner.
+
+Single process: ``train(cfg)`` in this process. Several processes:
+``launch(config_path, nproc)`` runs this module under torchrun
+(``python -m torch.distributed.run --nproc_per_node N -m
+pipeline.segmentation.train <config> --launcher pytorch``), which is what
+mmseg's tools/dist_train.sh does; mmengine then wraps the model in DDP, shards
+the data per rank and saves checkpoints/logs on rank 0.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.segmentation.mmcv_compat import ensure_mmcv
+
+ensure_mmcv()
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.utils import import_modules_from_strings  # noqa: E402
+
+from pipeline.segmentation import mm_modules  # noqa: E402,F401  (registers dataset/metric/hook)
+from pipeline.segmentation.mm_modules import VAL_HISTORY  # noqa: E402
+
+
+def _prepare(cfg: Config) -> None:
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    if cfg.get("custom_imports"):
+        import_modules_from_strings(**cfg.custom_imports)
+
+
+def val_history(work_dir: Path) -> list[dict]:
+    p = Path(work_dir) / VAL_HISTORY
+    return json.loads(p.read_text()) if p.exists() else []
+
+
+def train(cfg: Config, launcher: str = "none") -> None:
+    """Train (resuming from <work_dir>/last_checkpoint if present), then make
+    sure the final iteration was validated (val_history.json ends with it)."""
+    from mmengine.runner import Runner
+    _prepare(cfg)
+    cfg = cfg.copy()
+    cfg.launcher = launcher
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    if runner.message_hub.get_info("wsss_last_val_iter") != runner.iter:
+        runner.val()  # e.g. training had already finished before an interrupted rerun
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config_path: Path, nproc: int, log_path: Path) -> None:
+    """Run ``train`` under torchrun with ``nproc`` processes on this node."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={_free_port()}", "-m", "pipeline.segmentation.train", str(config_path),
+           "--launcher", "pytorch"]
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    with open(log_path, "a") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if rc:
+        raise RuntimeError(f"torchrun training failed (exit {rc}); see {log_path}")
+
+
+def export_weights(work_dir: Path, target: Path) -> dict:
+    """Copy the model weights + meta of the last checkpoint to ``target``
+    (no optimizer state: what mmseg's test tool and init_model need)."""
+    last = Path(work_dir) / "last_checkpoint"
+    if not last.exists():
+        raise FileNotFoundError(f"{last}: training left no checkpoint")
+    ckpt = torch.load(last.read_text().strip(), map_location="cpu", weights_only=False)
+    slim = {"meta": ckpt.get("meta", {}), "state_dict": ckpt["state_dict"]}
+    tmp = target.with_name(f".{target.name}.tmp")
+    torch.save(slim, tmp)
+    os.replace(tmp, target)
+    return slim["meta"]
+
+
+def load_model(cfg: Config, checkpoint: Path, device: str = "cpu"):
+    from mmseg.apis import init_model
+    _prepare(cfg)
+    return init_model(cfg.copy(), str(checkpoint), device=device)
+
+
+def predict(model, image_path: str) -> np.ndarray:
+    """(H, W) uint8 class ids at the image's original size."""
+    from mmseg.apis import inference_model
+    with torch.no_grad():
+        res = inference_model(model, image_path)
+    return res.pred_sem_seg.data[0].cpu().numpy().astype(np.uint8)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description="train an mmseg config (used under torchrun)")
+    ap.add_argument("config")
+    ap.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
+    args = ap.parse_args(argv)
+    train(Config.fromfile(args.config), launcher=args.launcher)
+
+
+if __name__ == "__main__":
+    main()
