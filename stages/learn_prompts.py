@@ -2,8 +2,22 @@
 NAME = "learn_prompts"
 INPUTS = ('prepare_data', 'match')
 SECTIONS = ('mask_generator', 'clip', 'learn_prompts', 'run.seed')
-VERSION = "0"
+VERSION = "1"
 
 
 def run(cfg, inputs, out):
-    raise NotImplementedError("stage 'learn_prompts' is not implemented yet")
+    from stages.launch import maybe_launch
+    metrics = maybe_launch(NAME, cfg, inputs, out)  # torchrun fan-out when run.nproc_per_node > 1
+    if metrics is not None:
+        return metrics
+    from pipeline.semples import run_learn_prompts
+    return run_learn_prompts(cfg, inputs, out)
+
+
+if __name__ == "__main__":
+    from stages.runner import run_stage
+    from pipeline.config import load_config
+    import logging
+    import sys
+    logging.basicConfig(level=logging.INFO)
+    run_stage(load_config(sys.argv[1]), NAME, force="--force" in sys.argv)

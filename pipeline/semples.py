@@ -1,0 +1,157 @@
+"""The four SemPLeS learning phases on top of pipeline.training.fit.
+Stages (stages/train_cam.py, ...) are thin wrappers around these."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Config
+from pipeline.data.classes import class_names, prompt_names
+from pipeline.data.datasets import LabelTable
+from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine_step,
+                             train_cam_step)
+from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
+                                            save_mask_generator)
+from pipeline.models.vl import PromptLearner, build_vl, class_text_features
+from pipeline.training import TrainImages, dist_info, fit, is_main, write_gallery
+from pipeline.utils import get_device, seed_everything
+
+log = logging.getLogger("wsss")
+MODEL = "model.pt"
+PROMPTS = "prompts.pt"
+
+
+def device_of(cfg: Config) -> torch.device:
+    dev = get_device(cfg.run.device)
+    if dev.type == "cuda" and dist_info()[1] > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return dev
+
+
+def _data(cfg: Config, inputs: dict, tcfg):
+    table = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
+    if len(table) == 0:
+        raise ValueError(f"{inputs['prepare_data']}: label table of '{cfg.data.train_split}' is empty")
+    train = TrainImages(table, tcfg.crop_size, seed=cfg.run.seed, train=True)
+    gal = TrainImages(table, tcfg.crop_size, train=False, ids=table.ids()[: tcfg.gallery_size])
+    return table, train, gal
+
+
+def _model_path(d: Path) -> Path:
+    p = Path(d) / MODEL
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: upstream mask generator weights missing")
+    return p
+
+
+def _generator(cfg: Config, k: int, init: Path | None, device):
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    model = build_mask_generator(cfg.mask_generator, k, load_weights=init is None)
+    if init is not None:
+        load_weights_from(model, _model_path(init))
+    return model.to(device)
+
+
+def _context(cfg: Config, table: LabelTable, device) -> StepContext:
+    vl = build_vl(cfg.clip, device)
+    text = class_text_features(vl, prompt_names(table.dataset), cfg.clip.template).to(device)
+    return StepContext(vl, text, MEAN, STD)
+
+
+def _gallery(model, gal, table, device):
+    names = list(class_names(table.dataset)[1:])
+    return lambda path: write_gallery(path, model.cams, gal, names, device)
+
+
+def _finish(model, out: Path, cfg: Config, k: int) -> None:
+    if is_main():
+        save_mask_generator(model, Path(out) / MODEL, cfg.mask_generator, k)
+
+
+def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
+    seed_everything(cfg.run.seed)
+    device, tc = device_of(cfg), cfg.train_cam
+    table, train, gal = _data(cfg, inputs, tc)
+    k = table.num_classes - 1
+    model = _generator(cfg, k, None, device)
+    m = fit(out, tc, cfg.run.seed, train, model, train_cam_step, device, cfg.run.num_workers,
+            "train_cam", _gallery(model, gal, table, device))
+    _finish(model, out, cfg, k)
+    return m
+
+
+def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
+    seed_everything(cfg.run.seed)
+    device, mc = device_of(cfg), cfg.match
+    table, train, gal = _data(cfg, inputs, mc)
+    k = table.num_classes - 1
+    model = _generator(cfg, k, inputs["train_cam"], device)
+    ctx = _context(cfg, table, device)
+
+    def step(s, x, y):
+        return match_step(s, ctx, x, y, mc.lambda_b, mc.mask_eps)
+
+    m = fit(out, mc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "match",
+            _gallery(model, gal, table, device))
+    _finish(model, out, cfg, k)
+    return m
+
+
+def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
+    from pipeline.interpret import interpret_prompts
+    seed_everything(cfg.run.seed)
+    device, lc = device_of(cfg), cfg.learn_prompts
+    table, train, gal = _data(cfg, inputs, lc)
+    k = table.num_classes - 1
+    model = _generator(cfg, k, inputs["match"], device).eval().requires_grad_(False)
+    ctx = _context(cfg, table, device)
+    torch.manual_seed(cfg.run.seed)
+    prompts = PromptLearner(k, lc.n_prompts, ctx.vl.token_width).to(device)
+
+    def step(p, x, y):
+        return learn_prompts_step(model, ctx, p(ctx.vl), x, y, lc.lambda_t, lc.mask_eps)
+
+    m = fit(out, lc, cfg.run.seed, train, prompts, step, device, cfg.run.num_workers, "learn_prompts",
+            _gallery(model, gal, table, device))
+    if is_main():
+        tmp = Path(out) / f".{PROMPTS}.tmp"
+        torch.save({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
+                    "clip": cfg.clip.model_dump(mode="json"), "classes": list(class_names(table.dataset)[1:])},
+                   tmp)
+        tmp.replace(Path(out) / PROMPTS)
+        if lc.n_interpret_images:
+            m["interpret"] = interpret_prompts(Path(out) / "interpret", ctx, prompts.prompts.detach(), gal,
+                                               table, lc.n_interpret_images, lc.vocab_topk, device)
+    return m
+
+
+def load_prompts(d: Path) -> torch.Tensor:
+    p = Path(d) / PROMPTS
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: learned prompts missing")
+    return torch.load(p, map_location="cpu", weights_only=False)["prompts"]
+
+
+def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
+    seed_everything(cfg.run.seed)
+    device, rc = device_of(cfg), cfg.refine
+    table, train, gal = _data(cfg, inputs, rc)
+    k = table.num_classes - 1
+    model = _generator(cfg, k, inputs[rc.init_from], device)
+    ctx = _context(cfg, table, device)
+    pk = load_prompts(inputs["learn_prompts"]).to(device)
+    if pk.shape[0] != k:
+        raise ValueError(f"{inputs['learn_prompts']}/{PROMPTS}: {pk.shape[0]} class prompts, expected {k}")
+    with torch.no_grad():  # p_k is frozen: its text features are fixed for the stage
+        prompt_feats = ctx.vl.encode_prompted(pk).float()
+
+    def step(s, x, y):
+        return refine_step(s, ctx, prompt_feats, x, y, rc.lambda_b, rc.lambda_refine, rc.mask_eps)
+
+    m = fit(out, rc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "refine",
+            _gallery(model, gal, table, device))
+    _finish(model, out, cfg, k)
+    return m
