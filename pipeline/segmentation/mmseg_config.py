@@ -157,7 +157,7 @@ def _mask2former(sec: TrainSegmentationCfg, n_cls: int, norm: dict) -> tuple[dic
 
 def _pipelines(crop: int, augment: bool) -> tuple[list, list]:
     scale = (4 * crop, crop)  # short side ~ crop, as mmseg's VOC config (2048, 512) for crop 512
-    load = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations", reduce_zero_label=False)]
+    load = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]  # reduce_zero_label: dataset
     if augment:
         train = load + [dict(type="RandomResize", scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True),
                         dict(type="RandomCrop", crop_size=(crop, crop), cat_max_ratio=0.75),
@@ -168,7 +168,7 @@ def _pipelines(crop: int, augment: bool) -> tuple[list, list]:
     train.append(dict(type="PackSegInputs"))
     # annotations load after Resize: metrics are computed on the original-size GT mask
     val = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=scale, keep_ratio=True),
-           dict(type="LoadAnnotations", reduce_zero_label=False), dict(type="PackSegInputs")]
+           dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
     return train, val
 
 
@@ -204,7 +204,8 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
         clip, eta_min = None, min(1e-4, sec.lr * 0.01)
     else:
         optimizer = dict(type="AdamW", lr=sec.lr, weight_decay=sec.weight_decay, eps=1e-8, betas=(0.9, 0.999))
-        clip, eta_min = dict(max_norm=0.01, norm_type=2), 0.0
+        # mmseg's Mask2Former recipe clips gradients at 0.01
+        clip, eta_min = (dict(max_norm=0.01, norm_type=2) if sec.model == "mask2former" else None), 0.0
     optim_wrapper = dict(type="AmpOptimWrapper" if sec.amp and cuda else "OptimWrapper", optimizer=optimizer,
                          clip_grad=clip)
     if custom_keys:

@@ -33,7 +33,7 @@ from pipeline.segmentation.mm_modules import VAL_HISTORY  # noqa: E402
 
 def _prepare(cfg: Config) -> None:
     from mmseg.utils import register_all_modules
-    register_all_modules(init_default_scope=False)
+    register_all_modules(init_default_scope=True)  # mmengine builds nested parts in the mmseg scope
     if cfg.get("custom_imports"):
         import_modules_from_strings(**cfg.custom_imports)
 
