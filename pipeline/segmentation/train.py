@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,25 @@ def _prepare(cfg: Config) -> None:
         import_modules_from_strings(**cfg.custom_imports)
 
 
+@contextmanager
+def mmengine_checkpoints():
+    """mmengine 0.10.7 calls torch.load() without weights_only; since torch 2.6
+    that defaults to True and refuses mmengine's own checkpoints (they pickle its
+    HistoryBuffer and numpy objects), so resuming fails. Inside this block torch's
+    documented switch TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD restores the old default
+    for calls that do not pass weights_only. Only use it for checkpoints you trust
+    (the artifact's own, the configured pretrained file)."""
+    old = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = old
+
+
 def val_history(work_dir: Path) -> list[dict]:
     p = Path(work_dir) / VAL_HISTORY
     return json.loads(p.read_text()) if p.exists() else []
@@ -50,10 +70,11 @@ def train(cfg: Config, launcher: str = "none") -> None:
     _prepare(cfg)
     cfg = cfg.copy()
     cfg.launcher = launcher
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    if runner.message_hub.get_info("wsss_last_val_iter") != runner.iter:
-        runner.val()  # e.g. training had already finished before an interrupted rerun
+    with mmengine_checkpoints():
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        if runner.message_hub.get_info("wsss_last_val_iter") != runner.iter:
+            runner.val()  # e.g. training had already finished before an interrupted rerun
 
 
 def _free_port() -> int:
@@ -92,7 +113,8 @@ def export_weights(work_dir: Path, target: Path) -> dict:
 def load_model(cfg: Config, checkpoint: Path, device: str = "cpu"):
     from mmseg.apis import init_model
     _prepare(cfg)
-    return init_model(cfg.copy(), str(checkpoint), device=device)
+    with mmengine_checkpoints():
+        return init_model(cfg.copy(), str(checkpoint), device=device)
 
 
 def predict(model, image_path: str) -> np.ndarray:
