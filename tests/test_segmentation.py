@@ -90,9 +90,9 @@ def test_full_configs_load_and_build(tmp_path, name, over, n_cls):
     mm.dump(str(tmp_path / "cfg.py"))
     text = (tmp_path / "cfg.py").read_text()
     assert "SyncBN" not in text and "torchvision://" not in text  # CPU, single process
+    loaded = Config.fromfile(str(tmp_path / "cfg.py"))
     # Swin-L ImageNet-22k weights are named (downloaded on users' machines), not loaded here
     assert loaded.model.backbone.init_cfg.checkpoint.endswith("swin_large_patch4_window12_384_22k_20220412-6580f57d.pth")
-    loaded = Config.fromfile(str(tmp_path / "cfg.py"))
     _prepare(loaded)
     head = loaded.model.decode_head
     assert head.type == "Mask2FormerHead" and head.num_classes == n_cls
