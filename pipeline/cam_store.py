@@ -88,3 +88,11 @@ class CamStore:
     def nbytes_stored(self, image_id: str) -> int:
         d = self.path / image_id
         return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def fixed_sample(ids: list[str], n: int) -> list[str]:
+    """n ids spread evenly over the sorted list: the same pictures on every run."""
+    ids = sorted(ids)
+    if n <= 0 or not ids:
+        return []
+    return [ids[i] for i in np.linspace(0, len(ids) - 1, min(n, len(ids))).round().astype(int)]

@@ -77,3 +77,21 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, num_classes: int, class_names
     out = scores(cm, missed, class_names)
     out["num_images"] = len(gts)
     return out
+
+
+class Confusion:
+    """Running confusion matrix (and missed = GT pixels predicted IGNORE) over many images."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.cm = np.zeros((num_classes, num_classes), np.int64)
+        self.missed = np.zeros(num_classes, np.int64)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        c, m = confusion(pred, gt, self.num_classes)
+        self.cm += c
+        self.missed += m
+
+    def summary(self, class_names=None) -> dict:
+        """scores() plus foreground precision/recall."""
+        return scores(self.cm, self.missed, class_names) | fg_precision_recall(self.cm, self.missed)

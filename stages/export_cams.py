@@ -1,9 +1,92 @@
-"""export_cams: multi-scale CAM export to zarr (issue 4)."""
+"""export_cams: multi-scale + flip CAMs of the refined mask generator over
+cfg.export_cams.split, into one zarr v3 group (pipeline/cam_store.py):
+<out>/cams_<split>.zarr, one float16 (C_present, H, W) array per image.
+
+Per-image stage: items -> image ids; run_shard writes the CAMs of some ids
+(skipping complete arrays, rewriting interrupted ones), one image at a time
+so memory does not grow with the split; finalize checks that every image is
+complete and draws the CAM overlay gallery of a fixed sample.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cam_store import CamStore, fixed_sample, store_path
+from pipeline.config import Config
+from pipeline.data.datasets import LabelTable, read_image
+
 NAME = "export_cams"
 INPUTS = ('prepare_data', 'refine')
 SECTIONS = ('mask_generator', 'export_cams')
-VERSION = "0"
+VERSION = "1"
+log = logging.getLogger("wsss")
 
 
-def run(cfg, inputs, out):
-    raise NotImplementedError("stage 'export_cams' is not implemented yet")
+def _table(cfg: Config, inputs) -> LabelTable:
+    return LabelTable.from_artifact(inputs["prepare_data"], cfg.export_cams.split)
+
+
+def items(cfg: Config, inputs) -> list[str]:
+    return _table(cfg, inputs).ids()
+
+
+def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
+    """Write the CAMs of ``ids`` not yet complete; returns how many were written."""
+    import torch
+    from pipeline.cam_inference import infer_cams
+    from pipeline.models.mask_generator import load_mask_generator
+    from pipeline.utils import get_device, progress
+
+    table = _table(cfg, inputs)
+    store = CamStore(store_path(out, cfg.export_cams.split), mode="a")
+    todo = store.missing(ids)
+    if not todo:
+        return 0
+    device = get_device(cfg.run.device)
+    model = load_mask_generator(Path(inputs["refine"]) / "model.pt", device)
+    ec = cfg.export_cams
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        for image_id in progress(todo, f"export_cams {ec.split}"):
+            rec = table[image_id]
+            image = read_image(rec.image)
+            if rec.height and image.shape[:2] != (rec.height, rec.width):
+                raise ValueError(f"{rec.image}: image is {image.shape[1]}x{image.shape[0]}, label table "
+                                 f"says {rec.width}x{rec.height} (rerun prepare_data)")
+            bad = [c for c in rec.labels if not 1 <= c <= model.num_classes]
+            if not rec.labels or bad:
+                raise ValueError(f"image '{image_id}': labels {rec.labels} not in 1..{model.num_classes}")
+            cams = infer_cams(model, image, rec.labels, ec.scales, ec.flip, ec.cam, device)
+            store.write(image_id, cams, rec.labels, image.shape[:2])
+    return len(todo)
+
+
+def finalize(cfg: Config, inputs, out: Path) -> dict:
+    from pipeline.plots import heat_overlay, save_grid
+
+    table = _table(cfg, inputs)
+    path = store_path(out, cfg.export_cams.split)
+    store = CamStore(path)
+    ids = table.ids()
+    missing = store.missing(ids)
+    if missing:
+        raise RuntimeError(f"{path}: {len(missing)} images have no complete CAMs "
+                           f"(e.g. {', '.join(missing[:5])}); run the missing shards")
+    rows, labels = [], []
+    for image_id in fixed_sample(ids, cfg.export_cams.gallery_size):
+        cams, classes = store.read(image_id)
+        image = read_image(table[image_id].image)
+        rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
+        labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
+    if rows:
+        save_grid(out / "cam_gallery.png", rows, titles=["image", "CAM per present class"], row_labels=labels)
+    n_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return {"images": len(ids), "split": cfg.export_cams.split, "store": path.name,
+            "store_bytes": n_bytes, "bytes_per_image": n_bytes / max(len(ids), 1)}
+
+
+def run(cfg: Config, inputs, out: Path) -> dict:
+    run_shard(cfg, inputs, out, items(cfg, inputs))  # all shards in one go: one model load / pool
+    return finalize(cfg, inputs, out)

@@ -1,9 +1,163 @@
-"""pseudo_masks: CAM seeds -> pseudo masks (issue 4)."""
+"""pseudo_masks: CAM seeds of the exported split -> label PNGs (VOC palette)
+in <out>/masks/<id>.png, by cfg.pseudo_masks.method (argmax | crf |
+affinity | affinity_crf, see pipeline/refine_masks.py).
+
+Per-image stage: items / run_shard / finalize. run_shard skips PNGs already
+written (each is written atomically) and spreads the images over a process
+pool of cfg.run.processes workers (0 = all cores). The affinity methods run
+the mask generator in this process for the patch attention and hand it to the
+workers with the image.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from pipeline.cam_store import CamStore, fixed_sample, store_path
+from pipeline.config import Config, PseudoMasksCfg
+from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
+from pipeline.refine_masks import pseudo_mask, seed_labels
+from pipeline.utils import num_processes, progress
+
 NAME = "pseudo_masks"
 INPUTS = ('prepare_data', 'export_cams', 'refine')
 SECTIONS = ('pseudo_masks',)
-VERSION = "0"
+VERSION = "1"
+log = logging.getLogger("wsss")
+AFFINITY = ("affinity", "affinity_crf")
 
 
-def run(cfg, inputs, out):
-    raise NotImplementedError("stage 'pseudo_masks' is not implemented yet")
+def _split(cfg: Config) -> str:
+    return cfg.export_cams.split  # the export artifact's key already depends on it
+
+
+def items(cfg: Config, inputs) -> list[str]:
+    return LabelTable.from_artifact(inputs["prepare_data"], _split(cfg)).ids()
+
+
+# ------------------------------------------------------------ worker side
+_W: dict = {}
+
+
+def _init(cam_path: str, cfg_json: str, mask_dir: str) -> None:
+    _W["store"] = CamStore(cam_path)
+    _W["cfg"] = PseudoMasksCfg.model_validate_json(cfg_json)
+    _W["dir"] = Path(mask_dir)
+
+
+def _work(job: tuple) -> str:
+    image_id, image_path, attn, grid, patch = job
+    cams, classes = _W["store"].read(image_id)
+    image = read_image(image_path)
+    if cams.shape[1:] != image.shape[:2]:
+        raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]} but {image_path} "
+                         f"is {image.shape[1]}x{image.shape[0]}")
+    try:
+        mask = pseudo_mask(image, cams.astype(np.float32), classes, _W["cfg"], attn, grid, patch)
+    except Exception as e:
+        raise RuntimeError(f"image '{image_id}': {e}") from e
+    write_mask(_W["dir"] / f"{image_id}.png", mask)
+    return image_id
+
+
+def _attention_jobs(cfg: Config, inputs, table: LabelTable, todo: list[str]):
+    """(id, path, patch attention, grid, patch size) with the mask generator's
+    attention at scale 1.0, computed lazily while the pool works."""
+    import torch
+    from pipeline.models.mask_generator import load_mask_generator, normalize_numpy
+    from pipeline.utils import get_device
+
+    device = get_device(cfg.run.device)
+    model = load_mask_generator(Path(inputs["refine"]) / "model.pt", device)
+    patch = getattr(model, "patch_size", None)
+    for image_id in todo:
+        rec = table[image_id]
+        image = read_image(rec.image)
+        with torch.no_grad():
+            attn, grid = model.patch_attention(normalize_numpy(image)[None].to(device))
+        if patch is None:  # a CNN: no padding, a grid cell is the feature stride
+            patch = max(-(-image.shape[0] // grid[0]), -(-image.shape[1] // grid[1]))
+        yield image_id, rec.image, attn[0].float().cpu().numpy(), tuple(grid), patch
+
+
+def _pool_map(n: int, init: tuple, jobs: Iterator[tuple]) -> Iterator[str]:
+    """_work over jobs in n spawned processes (safe beside threads; workers import
+    no torch), at most 2n jobs in flight so lazily computed inputs do not pile
+    up; a failing worker raises here instead of hanging the pool."""
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init, initargs=init) as ex:
+        pending = set()
+        for job in jobs:
+            pending.add(ex.submit(_work, job))
+            if len(pending) >= 2 * n:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        for f in as_completed(pending):
+            yield f.result()
+
+
+def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
+    mask_dir = out / "masks"
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in ids if not (mask_dir / f"{i}.png").exists()]
+    if not todo:
+        return 0
+    table = LabelTable.from_artifact(inputs["prepare_data"], _split(cfg))
+    if cfg.pseudo_masks.method in AFFINITY:
+        jobs = _attention_jobs(cfg, inputs, table, todo)
+    else:
+        jobs = ((i, table[i].image, None, None, None) for i in todo)
+    init = (str(store_path(inputs["export_cams"], _split(cfg))), cfg.pseudo_masks.model_dump_json(), str(mask_dir))
+    n = min(num_processes(cfg.run.processes), len(todo))
+    desc = f"pseudo_masks ({cfg.pseudo_masks.method}, {n} proc)"
+    CamStore(init[0])  # fail here, clearly, rather than in every worker
+    if n == 1:
+        _init(*init)
+        for _ in progress(map(_work, jobs), desc, total=len(todo)):
+            pass
+    else:
+        for _ in progress(_pool_map(n, init, jobs), desc, total=len(todo)):
+            pass
+    return len(todo)
+
+
+def finalize(cfg: Config, inputs, out: Path) -> dict:
+    from pipeline.plots import save_grid
+
+    ids = items(cfg, inputs)
+    mask_dir = out / "masks"
+    missing = [i for i in ids if not (mask_dir / f"{i}.png").exists()]
+    if missing:
+        raise RuntimeError(f"{mask_dir}: {len(missing)} pseudo masks missing "
+                           f"(e.g. {', '.join(missing[:5])}); run the missing shards")
+    table = LabelTable.from_artifact(inputs["prepare_data"], _split(cfg))
+    store = CamStore(store_path(inputs["export_cams"], _split(cfg)))
+    rows = []
+    for image_id in fixed_sample(ids, cfg.pseudo_masks.gallery_size):
+        cams, classes = store.read(image_id)
+        rows.append([read_image(table[image_id].image),
+                     seed_labels(cams.astype(np.float32), classes, cfg.pseudo_masks.bg_threshold),
+                     read_mask(mask_dir / f"{image_id}.png")])
+    if rows:
+        save_grid(out / "pseudo_mask_gallery.png", rows,
+                  titles=["image", f"seed (bg {cfg.pseudo_masks.bg_threshold})",
+                          f"pseudo mask ({cfg.pseudo_masks.method})"])
+    ignored = _ignored_fraction(mask_dir, fixed_sample(ids, 64))
+    return {"images": len(ids), "method": cfg.pseudo_masks.method,
+            "ignored_fraction_sample": ignored}
+
+
+def _ignored_fraction(mask_dir: Path, ids: list[str]) -> Optional[float]:
+    if not ids:
+        return None
+    masks = [read_mask(mask_dir / f"{i}.png") for i in ids]
+    return float(sum((m == 255).sum() for m in masks) / sum(m.size for m in masks))
+
+
+def run(cfg: Config, inputs, out: Path) -> dict:
+    run_shard(cfg, inputs, out, items(cfg, inputs))  # all shards in one go: one model load / pool
+    return finalize(cfg, inputs, out)

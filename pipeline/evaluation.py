@@ -1,0 +1,53 @@
+"""Seed and pseudo-mask evaluation against ground truth, as the official
+evaluation.py measures them: a seed is argmax over [t, CAMs of the present
+classes] (background wins ties), scored by a confusion matrix over all images
+(ignore = 255 skipped), mIoU = mean IoU of the classes present in GT or
+prediction."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from pipeline.cam_store import CamStore
+from pipeline.data.datasets import read_mask
+from pipeline.metrics import Confusion
+from pipeline.refine_masks import keys_of
+
+
+def evaluate_seeds(store: CamStore, ids: Sequence[str], gt_path: Callable[[str], str | Path],
+                   thresholds: Iterable[float], num_classes: int, class_names=None,
+                   progress=lambda it, n: it) -> dict[float, dict]:
+    """Score the seeds of every image at every background threshold in one
+    pass over the store: {threshold: scores + fg precision/recall}."""
+    thresholds = sorted(set(float(t) for t in thresholds))
+    meters = {t: Confusion(num_classes) for t in thresholds}
+    for image_id in progress(ids, len(ids)):
+        cams, classes = store.read(image_id)
+        gt = read_mask(gt_path(image_id))
+        if gt.shape != cams.shape[1:]:
+            raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]}, "
+                             f"ground truth {gt_path(image_id)} is {gt.shape[1]}x{gt.shape[0]}")
+        cams = cams.astype(np.float32)
+        best = cams.argmax(0)
+        top = np.take_along_axis(cams, best[None], 0)[0]
+        fg_label = keys_of(classes)[best + 1]
+        for t, meter in meters.items():
+            meter.add(np.where(top > t, fg_label, 0), gt)
+    return {t: m.summary(class_names) for t, m in meters.items()}
+
+
+def evaluate_masks(mask_path: Callable[[str], str | Path], ids: Sequence[str],
+                   gt_path: Callable[[str], str | Path], num_classes: int, class_names=None) -> dict:
+    """Scores of label PNGs (255 = uncertain counts as missed) against GT; a missing PNG is an error."""
+    meter = Confusion(num_classes)
+    for image_id in ids:
+        p = Path(mask_path(image_id))
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: pseudo mask missing for image '{image_id}'")
+        try:
+            meter.add(read_mask(p), read_mask(gt_path(image_id)))
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from None
+    return meter.summary(class_names)

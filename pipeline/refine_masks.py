@@ -1,0 +1,131 @@
+"""CAM seeds -> pseudo masks: background threshold, dense CRF, attention
+affinity random walk. Pure numpy + pydensecrf (no torch), so process-pool
+workers start fast.
+
+Conventions: ``cams`` is (C_present, H, W) in [0, 1] for the class ids in
+``classes``; a label map is (H, W) uint8 of class ids (0 = background,
+255 = uncertain).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from pipeline.config import AffinityCfg, CrfCfg, PseudoMasksCfg
+from pipeline.data.classes import IGNORE
+
+
+def keys_of(classes: Sequence[int]) -> np.ndarray:
+    """Index -> class id lookup of a seed with a background channel in front."""
+    return np.array([0, *classes], dtype=np.uint8)
+
+
+def seed_index(cams: np.ndarray, bg_threshold: float) -> np.ndarray:
+    """Index map (0 = background, k = classes[k-1]) of argmax over [t, cams]:
+    the official evaluation pads a constant background score t in front, so
+    background wins ties (a pixel is foreground only if its CAM exceeds t)."""
+    if cams.shape[0] == 0:
+        return np.zeros(cams.shape[1:], np.uint8)
+    best = cams.argmax(0)
+    fg = np.take_along_axis(cams, best[None], 0)[0] > bg_threshold
+    return np.where(fg, best + 1, 0).astype(np.uint8)
+
+
+def seed_labels(cams: np.ndarray, classes: Sequence[int], bg_threshold: float) -> np.ndarray:
+    return keys_of(classes)[seed_index(cams, bg_threshold)]
+
+
+def crf_index(image: np.ndarray, index: np.ndarray, n_labels: int, cfg: CrfCfg) -> np.ndarray:
+    """Dense CRF over the image's own labels only (n_labels = 1 + present
+    classes), as WeakTr's crf_inference_label: the unary comes from the hard
+    seed labels (unary_from_labels, gt_prob, zero_unsure=False), then a
+    Gaussian and a bilateral pairwise term."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    h, w = index.shape
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"image size {image.shape[1]}x{image.shape[0]} != seed size {w}x{h}")
+    if n_labels < 2:
+        return index
+    d = dcrf.DenseCRF2D(w, h, n_labels)
+    d.setUnaryEnergy(unary_from_labels(index, n_labels, gt_prob=cfg.gt_prob, zero_unsure=False))
+    d.addPairwiseGaussian(sxy=cfg.gauss_sxy, compat=cfg.gauss_compat)
+    d.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb,
+                           rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=cfg.bilateral_compat)
+    q = np.asarray(d.inference(cfg.iterations)).reshape(n_labels, h, w)
+    return q.argmax(0).astype(np.uint8)
+
+
+def affinity_propagate(cams: np.ndarray, attn: np.ndarray, grid: tuple[int, int], patch: int,
+                       cfg: AffinityCfg) -> np.ndarray:
+    """Random walk of the CAMs over a label-free affinity (AffinityNet, Ahn &
+    Kwak CVPR 2018) whose affinity is the mask generator's patch-to-patch
+    attention instead of a trained AffinityNet (as attention-affinity methods
+    such as AFA/ToCo do): A = sym(attn) ** beta, transition T = A with columns
+    normalised to sum 1, scores v <- v T for ``iterations`` steps on the patch
+    grid (patch means of the CAMs); the result is upsampled back (bilinear).
+    Background then comes from the same threshold as the seeds, not from
+    AffinityNet's (1 - max CAM) ** alpha channel.
+
+    cams: (C, H, W); attn: (N, N) with N = h * w of the padded input's grid."""
+    C, H, W = cams.shape
+    gh, gw = grid
+    if attn.shape != (gh * gw, gh * gw):
+        raise ValueError(f"attention of shape {attn.shape} does not match the {gh}x{gw} patch grid")
+    if gh * patch < H or gw * patch < W:
+        raise ValueError(f"patch grid {gh}x{gw} (patch {patch}) does not cover the {W}x{H} image")
+    padded = np.zeros((C, gh * patch, gw * patch), np.float32)
+    padded[:, :H, :W] = cams
+    v = padded.reshape(C, gh, patch, gw, patch).mean((2, 4)).reshape(C, -1)  # patch averages
+    a = (attn + attn.T).astype(np.float64)
+    # dividing each column by its max first leaves T unchanged (columns are
+    # normalised anyway) but keeps attention ** beta (~(1/N) ** 8) from underflowing
+    a = (a / np.maximum(a.max(0, keepdims=True), 1e-30)) ** cfg.beta
+    t = a / a.sum(0, keepdims=True)
+    for _ in range(cfg.iterations):
+        v = v @ t
+    v = v.reshape(C, gh, gw).astype(np.float32)
+    # no re-normalisation: each step is a weighted average, so scores stay in
+    # [0, 1] and the background threshold keeps its meaning (min-max of a
+    # walk that has flattened the map would blow up rounding noise)
+    return np.clip(_bilinear(v, gh * patch, gw * patch)[:, :H, :W], 0, 1)
+
+
+def _bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(C, h0, w0) -> (C, h, w), half-pixel centres (align_corners=False)."""
+    def axis(n_out, n_in):
+        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+        i0 = np.floor(pos).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (pos - i0).astype(np.float32)
+    y0, y1, fy = axis(h, x.shape[1])
+    x0, x1, fx = axis(w, x.shape[2])
+    rows = x[:, y0] * (1 - fy)[None, :, None] + x[:, y1] * fy[None, :, None]
+    return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
+
+
+def pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], cfg: PseudoMasksCfg,
+                attn: Optional[np.ndarray] = None, grid: Optional[tuple[int, int]] = None,
+                patch: Optional[int] = None) -> np.ndarray:
+    """One image's pseudo mask by cfg.method. With low/high thresholds and
+    ignore_uncertain, the method runs at both thresholds and pixels whose
+    labels differ (neither confidently background nor foreground) -> 255."""
+    if cfg.method in ("affinity", "affinity_crf"):
+        if attn is None:
+            raise ValueError(f"pseudo_masks.method '{cfg.method}' needs the patch attention")
+        cams = affinity_propagate(cams, attn, grid, patch, cfg.affinity)
+    n_labels = len(classes) + 1
+
+    def label(t: float) -> np.ndarray:
+        idx = seed_index(cams, t)
+        if cfg.method in ("crf", "affinity_crf"):
+            idx = crf_index(image, idx, n_labels, cfg.crf)
+        return idx
+
+    keys = keys_of(classes)
+    if cfg.ignore_uncertain and cfg.low_threshold is not None:
+        lo, hi = label(cfg.low_threshold), label(cfg.high_threshold)
+        return np.where(lo == hi, keys[hi], IGNORE).astype(np.uint8)
+    return keys[label(cfg.bg_threshold)]
