@@ -140,6 +140,17 @@ def tiny_random_clip(cfg: ClipCfg) -> OpenClipVL:
                  vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=32,
                                           image_size=cfg.image_size),
                  text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
+    # Real CLIP features lie in a narrow cone (image-text cosines ~0.2-0.3). A random
+    # model's cosines scatter around 0, and the loss clamp at 1e-4 then zeroes most
+    # gradients. Give both towers the same output offset d: the final LayerNorm bias
+    # b is mapped onto d by a rank-one update of the projection (b @ P' = d).
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(64, generator=g)
+    with torch.no_grad():
+        for ln, proj in ((model.visual.ln_post, model.visual.proj), (model.ln_final, model.text_projection)):
+            b = torch.randn(ln.bias.shape, generator=g)
+            ln.bias.copy_(b)
+            proj.add_(torch.outer(b, d - b @ proj) / b.dot(b))
     return OpenClipVL(model, open_clip.get_tokenizer("ViT-B-32"), cfg.template)
 
 
