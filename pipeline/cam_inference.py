@@ -20,7 +20,7 @@ def _resized(image: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1.0:
         return image
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL takes (W, H)
-    return np.asarray(Image.fromarray(image).resize(size, resample=Image.BICUBIC))
+    return np.array(Image.fromarray(image).resize(size, resample=Image.BICUBIC))
 
 
 @torch.no_grad()

@@ -1,0 +1,90 @@
+"""CAM store round trip, interrupted writes, and a resumed export_cams."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cam_fixtures import fake_refine
+from conftest import ROOT
+from pipeline.cam_store import CamStore, CamStoreError, fixed_sample, store_path
+
+
+def test_round_trip_is_exact_for_float16(tmp_path):
+    rng = np.random.default_rng(0)
+    cams = rng.random((3, 37, 53)).astype(np.float16)
+    cams[0, 0, :4] = [0, 1, np.float16(6.1e-5), np.float16(0.33325)]  # subnormal-ish / odd values
+    s = CamStore(tmp_path / "c.zarr", mode="a")
+    s.write("img_1", cams, [2, 7, 15], (37, 53))
+    back, classes = CamStore(tmp_path / "c.zarr").read("img_1")
+    assert back.dtype == np.float16 and back.tobytes() == cams.tobytes()
+    assert classes == [2, 7, 15]
+    assert CamStore(tmp_path / "c.zarr").group["img_1"].attrs["size"] == [37, 53]
+
+
+def test_interrupted_array_is_not_trusted(tmp_path):
+    s = CamStore(tmp_path / "c.zarr", mode="a")
+    s.write("a", np.ones((1, 4, 4), np.float32), [1], (4, 4))
+    # what a crash between data and completion flag leaves behind
+    s.group["a"].update_attributes({"complete": False})
+    assert not s.is_complete("a") and s.missing(["a", "b"]) == ["a", "b"]
+    with pytest.raises(CamStoreError, match="a: array incomplete"):
+        s.read("a")
+    s.write("a", np.zeros((1, 4, 4), np.float32), [1], (4, 4))
+    assert s.is_complete("a") and s.read("a")[0].max() == 0
+
+
+def test_bad_input_names_the_image(tmp_path):
+    s = CamStore(tmp_path / "c.zarr", mode="a")
+    with pytest.raises(CamStoreError, match="img_9"):
+        s.write("img_9", np.zeros((2, 4, 4)), [1], (4, 4))
+    with pytest.raises(CamStoreError, match="img_9"):
+        s.write("img_9", np.full((1, 4, 4), np.nan), [1], (4, 4))
+    assert "img_9" not in s.ids()
+    with pytest.raises(CamStoreError, match="no CAMs for image 'nope'"):
+        s.read("nope")
+    with pytest.raises(CamStoreError, match="no CAM store"):
+        CamStore(tmp_path / "missing.zarr")
+
+
+def test_fixed_sample_is_stable():
+    ids = [f"{i:03d}" for i in range(10)]
+    assert fixed_sample(ids[::-1], 3) == ["000", "004", "009"] == fixed_sample(ids, 3)
+
+
+def test_interrupted_export_resumes_to_the_same_store(tmp_path):
+    from pipeline.config import load_config
+    from stages import export_cams
+    from stages.runner import run_stage
+
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
+        "run": {"work_dir": str(tmp_path / "runs"), "device": "cpu"}, "data": {"max_images": 4},
+        "export_cams": {"scales": [1.0, 0.5], "flip": True, "gallery_size": 2}})
+    inputs = {"prepare_data": run_stage(cfg, "prepare_data"), "refine": fake_refine(cfg, tmp_path / "refine")}
+    ids = export_cams.items(cfg, inputs)
+    assert len(ids) == 4
+
+    full = tmp_path / "full"
+    full.mkdir()
+    metrics = export_cams.run(cfg, inputs, full)
+    assert metrics["images"] == 4 and (full / "cam_gallery.png").exists()
+
+    part = tmp_path / "part"
+    part.mkdir()
+    assert export_cams.run_shard(cfg, inputs, part, ids[:2]) == 2
+    store = CamStore(store_path(part, "train"), mode="a")
+    # an interrupted third image: garbage data, never marked complete
+    store.group.create_array(ids[2], shape=(1, 2, 2), dtype="float16", attributes={"complete": False})
+    with pytest.raises(RuntimeError, match="no complete CAMs"):
+        export_cams.finalize(cfg, inputs, part)
+    done = (part / "cams_train.zarr" / ids[0] / "zarr.json").stat().st_mtime_ns
+    assert export_cams.run_shard(cfg, inputs, part, ids) == 2  # the interrupted one + the missing one
+    assert (part / "cams_train.zarr" / ids[0] / "zarr.json").stat().st_mtime_ns == done  # not rewritten
+    export_cams.finalize(cfg, inputs, part)
+
+    a, b = CamStore(store_path(full, "train")), CamStore(store_path(part, "train"))
+    assert a.ids() == b.ids() == sorted(ids)
+    for i in ids:
+        (ca, ka), (cb, kb) = a.read(i), b.read(i)
+        assert ka == kb and np.array_equal(ca, cb)
+        h, w = a.group[i].attrs["size"]
+        assert ca.shape == (len(ka), h, w) and ca.min() == 0 and ca.max() > 0.99

@@ -1,0 +1,79 @@
+"""Evaluation against hand-computed confusion matrices, and the evaluate
+stage on a CAM store built from the ground truth itself."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cam_fixtures import gt_store
+from pipeline.cam_store import CamStore
+from pipeline.data.datasets import write_mask
+from pipeline.evaluation import evaluate_masks, evaluate_seeds
+
+GT = np.array([[3, 3, 255], [0, 7, 7]], np.uint8)
+
+
+def test_seed_scores_equal_a_hand_computed_confusion(tmp_path):
+    store = CamStore(tmp_path / "c.zarr", mode="a")
+    cams = np.array([[[0.9, 0.2, 0.5], [0.0, 0.6, 0.1]],    # class 3
+                     [[0.1, 0.8, 0.4], [0.3, 0.7, 0.0]]])   # class 7
+    store.write("x", cams, [3, 7], (2, 3))
+    write_mask(tmp_path / "x.png", GT)
+    res = evaluate_seeds(store, ["x"], lambda i: tmp_path / f"{i}.png", [0.45, 0.85], 21)
+    # t=0.45 -> pred [[3, 7, 3], [0, 7, 0]]; (0, 2) is ignored in GT
+    # IoU bg = 1/(1+2-1), class 3 = 1/(2+1-1), class 7 = 1/(2+2-1); other classes absent
+    r = res[0.45]
+    assert r["miou"] == pytest.approx((0.5 + 0.5 + 1 / 3) / 3 * 100)
+    assert r["per_class_iou"]["7"] == pytest.approx(100 / 3) and r["per_class_iou"]["1"] is None
+    assert r["fg_precision"] == pytest.approx(100.0) and r["fg_recall"] == pytest.approx(75.0)
+    # t=0.85 -> pred [[3, 0, 0], [0, 0, 0]]: bg 1/4, class 3 1/2, class 7 0
+    assert res[0.85]["miou"] == pytest.approx((0.25 + 0.5 + 0) / 3 * 100)
+    # background wins a tie (the official argmax over [t, cams] puts t first)
+    t = float(np.float16(0.9))  # exactly the stored CAM value of pixel (0, 0)
+    tie = evaluate_seeds(store, ["x"], lambda i: tmp_path / f"{i}.png", [t, t - 1e-4], 21)
+    assert tie[t]["per_class_iou"]["3"] == 0 and tie[t - 1e-4]["per_class_iou"]["3"] == 50
+
+
+def test_mask_scores_count_ignored_predictions_as_missed(tmp_path):
+    write_mask(tmp_path / "gt.png", GT)
+    write_mask(tmp_path / "pred.png", np.array([[3, 255, 3], [0, 7, 7]], np.uint8))
+    r = evaluate_masks(lambda i: tmp_path / "pred.png", ["x"], lambda i: tmp_path / "gt.png", 21)
+    # bg 1/1; class 3: tp 1, gt 2 (one missed), pred 1 -> 1/2; class 7: 2/2
+    assert r["miou"] == pytest.approx(2.5 / 3 * 100)
+    assert r["fg_recall"] == pytest.approx(75.0)
+    with pytest.raises(FileNotFoundError, match="pseudo mask missing for image 'y'"):
+        evaluate_masks(lambda i: tmp_path / f"{i}.png", ["y"], lambda i: tmp_path / "gt.png", 21)
+
+
+def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
+    from pipeline.data.datasets import LabelTable, read_mask
+    from stages import evaluate
+
+    export, pm, seg, out = (tmp_path / n for n in ("export", "pm", "seg", "out"))
+    ids = gt_store(prepared, "train", export)
+    table = LabelTable.from_artifact(prepared, "train")
+    (pm / "masks").mkdir(parents=True)
+    for i in ids:
+        write_mask(pm / "masks" / f"{i}.png", read_mask(table[i].mask))
+    seg.mkdir()
+    out.mkdir()
+    inputs = {"prepare_data": prepared, "export_cams": export, "pseudo_masks": pm, "train_segmentation": seg}
+
+    metrics = evaluate.run(smoke_cfg, inputs, out)
+    assert metrics["seed_miou"] == pytest.approx(100.0)
+    assert metrics["seed_best_miou_gt_sweep"] == pytest.approx(100.0)
+    assert metrics["pseudo_mask_miou"] == pytest.approx(100.0)
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == len(ids) == 70
+    assert report["seed_sweep"]["uses_ground_truth"] is True
+    assert report["final_model"]["available"] is False
+    assert "n/a" in (out / "report.md").read_text() and "uses GT" in (out / "report.md").read_text()
+    for f in ("per_class_iou.png", "gallery.png"):
+        assert (out / f).stat().st_size > 1000
+
+    (seg / "val_metrics.json").write_text(json.dumps({"miou": 12.5, "per_class_iou": {"background": 70.0}}))
+    metrics = evaluate.run(smoke_cfg, inputs, out)
+    assert metrics["final_val_miou"] == 12.5
+    assert "| final segmentation model | val | 12.50 |" in (out / "report.md").read_text()
