@@ -8,12 +8,17 @@ Conventions: ``cams`` is (C_present, H, W) in [0, 1] for the class ids in
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import multiprocessing as mp
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from pipeline.cam_store import CamStore
 from pipeline.config import AffinityCfg, CrfCfg, PseudoMasksCfg
 from pipeline.data.classes import IGNORE
+from pipeline.data.datasets import read_image, write_mask
 
 
 def keys_of(classes: Sequence[int]) -> np.ndarray:
@@ -129,3 +134,54 @@ def pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], cfg
         lo, hi = label(cfg.low_threshold), label(cfg.high_threshold)
         return np.where(lo == hi, keys[hi], IGNORE).astype(np.uint8)
     return keys[label(cfg.bg_threshold)]
+
+
+# ------------------------------------------------------------ process pool
+# Workers import this module only (numpy, pydensecrf, zarr: no torch), so they start fast.
+_W: dict = {}
+
+
+def _init(cam_path: str, cfg_json: str, mask_dir: str) -> None:
+    _W["store"] = CamStore(cam_path)
+    _W["cfg"] = PseudoMasksCfg.model_validate_json(cfg_json)
+    _W["dir"] = Path(mask_dir)
+
+
+def _work(job: tuple) -> str:
+    image_id, image_path, attn, grid, patch = job
+    cams, classes = _W["store"].read(image_id)
+    image = read_image(image_path)
+    if cams.shape[1:] != image.shape[:2]:
+        raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]} but {image_path} "
+                         f"is {image.shape[1]}x{image.shape[0]}")
+    try:
+        mask = pseudo_mask(image, cams.astype(np.float32), classes, _W["cfg"], attn, grid, patch)
+    except Exception as e:
+        raise RuntimeError(f"image '{image_id}': {e}") from e
+    write_mask(_W["dir"] / f"{image_id}.png", mask)
+    return image_id
+
+
+def _pool_map(n: int, init: tuple, jobs: Iterator[tuple]) -> Iterator[str]:
+    """_work over jobs in n spawned processes (safe beside threads; workers import
+    no torch), at most 2n jobs in flight so lazily computed inputs do not pile
+    up; a failing worker raises here instead of hanging the pool."""
+    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init, initargs=init) as ex:
+        pending = set()
+        for job in jobs:
+            pending.add(ex.submit(_work, job))
+            if len(pending) >= 2 * n:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        for f in as_completed(pending):
+            yield f.result()
+
+
+def write_masks(jobs: Iterable[tuple], init: tuple, n: int) -> Iterator[str]:
+    """Write the pseudo mask of every job (id, image path, attention, grid,
+    patch) with n processes; init = (CAM store path, PseudoMasksCfg json,
+    mask dir). Yields image ids as they finish."""
+    if n <= 1:
+        _init(*init)
+        return map(_work, jobs)
+    return _pool_map(n, init, jobs)

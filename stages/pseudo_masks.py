@@ -11,17 +11,15 @@ workers with the image.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
 from pipeline.cam_store import CamStore, fixed_sample, store_path
-from pipeline.config import Config, PseudoMasksCfg
-from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
-from pipeline.refine_masks import pseudo_mask, seed_labels
+from pipeline.config import Config
+from pipeline.data.datasets import LabelTable, read_image, read_mask
+from pipeline.refine_masks import seed_labels, write_masks
 from pipeline.utils import num_processes, progress
 
 NAME = "pseudo_masks"
@@ -38,31 +36,6 @@ def _split(cfg: Config) -> str:
 
 def items(cfg: Config, inputs) -> list[str]:
     return LabelTable.from_artifact(inputs["prepare_data"], _split(cfg)).ids()
-
-
-# ------------------------------------------------------------ worker side
-_W: dict = {}
-
-
-def _init(cam_path: str, cfg_json: str, mask_dir: str) -> None:
-    _W["store"] = CamStore(cam_path)
-    _W["cfg"] = PseudoMasksCfg.model_validate_json(cfg_json)
-    _W["dir"] = Path(mask_dir)
-
-
-def _work(job: tuple) -> str:
-    image_id, image_path, attn, grid, patch = job
-    cams, classes = _W["store"].read(image_id)
-    image = read_image(image_path)
-    if cams.shape[1:] != image.shape[:2]:
-        raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]} but {image_path} "
-                         f"is {image.shape[1]}x{image.shape[0]}")
-    try:
-        mask = pseudo_mask(image, cams.astype(np.float32), classes, _W["cfg"], attn, grid, patch)
-    except Exception as e:
-        raise RuntimeError(f"image '{image_id}': {e}") from e
-    write_mask(_W["dir"] / f"{image_id}.png", mask)
-    return image_id
 
 
 def _attention_jobs(cfg: Config, inputs, table: LabelTable, todo: list[str]):
@@ -85,21 +58,6 @@ def _attention_jobs(cfg: Config, inputs, table: LabelTable, todo: list[str]):
         yield image_id, rec.image, attn[0].float().cpu().numpy(), tuple(grid), patch
 
 
-def _pool_map(n: int, init: tuple, jobs: Iterator[tuple]) -> Iterator[str]:
-    """_work over jobs in n spawned processes (safe beside threads; workers import
-    no torch), at most 2n jobs in flight so lazily computed inputs do not pile
-    up; a failing worker raises here instead of hanging the pool."""
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init, initargs=init) as ex:
-        pending = set()
-        for job in jobs:
-            pending.add(ex.submit(_work, job))
-            if len(pending) >= 2 * n:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (f.result() for f in done)
-        for f in as_completed(pending):
-            yield f.result()
-
-
 def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
@@ -115,13 +73,8 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     n = min(num_processes(cfg.run.processes), len(todo))
     desc = f"pseudo_masks ({cfg.pseudo_masks.method}, {n} proc)"
     CamStore(init[0])  # fail here, clearly, rather than in every worker
-    if n == 1:
-        _init(*init)
-        for _ in progress(map(_work, jobs), desc, total=len(todo)):
-            pass
-    else:
-        for _ in progress(_pool_map(n, init, jobs), desc, total=len(todo)):
-            pass
+    for _ in progress(write_masks(jobs, init, n), desc, total=len(todo)):
+        pass
     return len(todo)
 
 
