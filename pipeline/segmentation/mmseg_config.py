@@ -251,8 +251,9 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
                      dist_cfg=dict(backend=backend)),
         randomness=dict(seed=seed),
         vis_backends=[dict(type="LocalVisBackend")],
-        visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")],
-                        name="visualizer"),
+        # no fixed name: mmengine reuses a same-named visualizer of an earlier Runner in this
+        # process (and writes into that run's folder); unnamed, it takes this run's name
+        visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
         log_processor=dict(by_epoch=False),
         log_level="INFO",
         load_from=None,
