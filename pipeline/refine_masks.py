@@ -58,7 +58,7 @@ def crf_index(image: np.ndarray, index: np.ndarray, n_labels: int, cfg: CrfCfg) 
     d.setUnaryEnergy(unary_from_labels(index, n_labels, gt_prob=cfg.gt_prob, zero_unsure=False))
     d.addPairwiseGaussian(sxy=cfg.gauss_sxy, compat=cfg.gauss_compat)
     d.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb,
-                           rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=cfg.bilateral_compat)
+                           rgbim=np.array(image, dtype=np.uint8, order="C"), compat=cfg.bilateral_compat)
     q = np.asarray(d.inference(cfg.iterations)).reshape(n_labels, h, w)
     return q.argmax(0).astype(np.uint8)
 
@@ -162,11 +162,22 @@ def _work(job: tuple) -> str:
     return image_id
 
 
+def _context():
+    """forkserver: workers fork from a clean single-threaded server (safe beside
+    torch / Prefect threads, unlike fork) that has this module preloaded, so
+    they start in milliseconds; spawn where forkserver does not exist."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 def _pool_map(n: int, init: tuple, jobs: Iterator[tuple]) -> Iterator[str]:
-    """_work over jobs in n spawned processes (safe beside threads; workers import
-    no torch), at most 2n jobs in flight so lazily computed inputs do not pile
-    up; a failing worker raises here instead of hanging the pool."""
-    with ProcessPoolExecutor(n, mp_context=mp.get_context("spawn"), initializer=_init, initargs=init) as ex:
+    """_work over jobs in n worker processes, at most 2n jobs in flight so
+    lazily computed inputs do not pile up; a failing worker raises here
+    instead of hanging the pool."""
+    with ProcessPoolExecutor(n, mp_context=_context(), initializer=_init, initargs=init) as ex:
         pending = set()
         for job in jobs:
             pending.add(ex.submit(_work, job))
