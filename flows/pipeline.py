@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.context import TaskRunContext
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -65,14 +65,17 @@ def shard_task(config: str, name: str, keys: dict[str, str], out: str, ids: list
 
 @flow(name="wsss-shards")
 def shard_flow(config: str, name: str, keys: dict[str, str], out: str, shards: list[list[str]]) -> int:
-    futures = shard_task.map(config, name, keys, out, shards)
+    futures = shard_task.map(unmapped(config), unmapped(name), unmapped(keys), unmapped(out), shards)
     wait(futures)
     return sum(f.result() for f in futures)  # .result() re-raises a failed shard
 
 
 def make_task_runner(cfg: Config):
     if cfg.run.task_runner == "dask":
+        import dask
         from prefect_dask import DaskTaskRunner
+        # per-image stages may start their own process pools inside a worker
+        dask.config.set({"distributed.worker.daemon": False})
         if cfg.run.dask_address:
             return DaskTaskRunner(address=cfg.run.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.run.dask_workers, "processes": True,
