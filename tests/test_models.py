@@ -52,6 +52,13 @@ def test_backbone_weights_from_local_file(tmp_path):
         build_mask_generator(TINY_S.model_copy(update={"pretrained": str(tmp_path / "nope.pth")}), 3)
 
 
+def test_bad_backbone_names_the_field():
+    with pytest.raises(ValueError, match="mask_generator.backbone: unknown timm model 'no_such_vit'"):
+        build_mask_generator(TINY_S.model_copy(update={"backbone": "no_such_vit"}), 3)
+    with pytest.raises(ValueError, match="mask_generator.backbone: 'resnet18' is not a timm ViT"):
+        build_mask_generator(TINY_S.model_copy(update={"backbone": "resnet18"}), 3)
+
+
 def test_cnn_generator():
     cfg = MaskGeneratorCfg(arch="cnn", backbone="resnet18", pretrained=False, drop_path_rate=0.0)
     m = build_mask_generator(cfg, 4).eval()

@@ -94,8 +94,11 @@ class ViTMaskGenerator(nn.Module):
 
     def __init__(self, cfg: MaskGeneratorCfg, num_classes_fg: int, load_weights: bool = True):
         super().__init__()
-        vit = _create_timm(cfg, load_weights, num_classes=0, global_pool="",
-                           drop_path_rate=cfg.drop_path_rate, img_size=cfg.img_size)
+        try:
+            vit = _create_timm(cfg, load_weights, num_classes=0, global_pool="",
+                               drop_path_rate=cfg.drop_path_rate, img_size=cfg.img_size)
+        except TypeError:  # e.g. a CNN does not take img_size
+            vit = None
         if not hasattr(vit, "blocks") or not hasattr(vit, "patch_embed"):
             raise ValueError(f"mask_generator.backbone: '{cfg.backbone}' is not a timm ViT "
                              "(use arch: cnn for convolutional backbones)")
