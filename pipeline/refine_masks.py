@@ -192,6 +192,10 @@ def write_masks(jobs: Iterable[tuple], init: tuple, n: int) -> Iterator[str]:
     """Write the pseudo mask of every job (id, image path, attention, grid,
     patch) with n processes; init = (CAM store path, PseudoMasksCfg json,
     mask dir). Yields image ids as they finish."""
+    if n > 1 and mp.current_process().daemon:
+        # e.g. a Dask worker (daemon by default) may not start processes; the
+        # flow already spreads shards over workers, so run this shard inline
+        n = 1
     if n <= 1:
         _init(*init)
         return map(_work, jobs)

@@ -74,6 +74,8 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
         assert (out / f).stat().st_size > 1000
 
     (seg / "val_metrics.json").write_text(json.dumps({"miou": 12.5, "per_class_iou": {"background": 70.0}}))
-    metrics = evaluate.run(smoke_cfg, inputs, out)
+    quick = smoke_cfg.model_copy(update={"evaluate": smoke_cfg.evaluate.model_copy(
+        update={"sweep": [0.45], "gallery_size": 0})})
+    metrics = evaluate.run(quick, inputs, out)
     assert metrics["final_val_miou"] == 12.5
     assert "| final segmentation model | val | 12.50 |" in (out / "report.md").read_text()

@@ -108,3 +108,28 @@ def test_stage_names_a_bad_image(smoke_cfg, prepared, tmp_path):
     with pytest.raises(ValueError, match=f"image '{ids[0]}': CAMs are 5x5"):
         pseudo_masks.run_shard(smoke_cfg, inputs, out, ids[:1])
     assert not (out / "masks" / f"{ids[0]}.png").exists()
+
+
+def test_affinity_crf_stage_with_a_real_mask_generator(tmp_path):
+    from cam_fixtures import fake_refine
+    from conftest import ROOT
+    from pipeline.config import load_config
+    from pipeline.data.datasets import LabelTable
+    from stages import export_cams, pseudo_masks
+    from stages.runner import run_stage
+
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
+        "run": {"work_dir": str(tmp_path / "runs"), "device": "cpu", "processes": 1}, "data": {"max_images": 2},
+        "export_cams": {"gallery_size": 0},
+        "pseudo_masks": {"method": "affinity_crf", "gallery_size": 1, "affinity": {"beta": 4, "iterations": 2}}})
+    inputs = {"prepare_data": run_stage(cfg, "prepare_data"), "refine": fake_refine(cfg, tmp_path / "refine"),
+              "export_cams": tmp_path / "export"}
+    inputs["export_cams"].mkdir()
+    export_cams.run(cfg, inputs, inputs["export_cams"])
+    out = tmp_path / "pm"
+    out.mkdir()
+    assert pseudo_masks.run(cfg, inputs, out)["images"] == 2
+    table = LabelTable.from_artifact(inputs["prepare_data"], "train")
+    for r in table.records:
+        m = read_mask(out / "masks" / f"{r.id}.png")
+        assert m.shape == (r.height, r.width) and set(np.unique(m)) <= {0, *r.labels}
