@@ -83,7 +83,8 @@ def main():
             print(f"pseudo_masks crf, {n} process(es): {rates[n]:.2f} images/s over {len(done)} images "
                   f"(pool start-up included)")
         n = max(rates)
-        print(f"scaling {n} processes vs 1: {rates[n] / rates[1]:.2f}x  target >= 1.8x on 2 cores")
+        print(f"scaling {n} processes vs 1: {rates[n] / rates[1]:.2f}x  target >= 1.8x on 2 cores "
+              f"(needs {n} idle cores: load average now {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":
