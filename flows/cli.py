@@ -48,7 +48,7 @@ def run(config: Path = ConfigOpt,
     _setup_logging()
     cfg = _load(config)
     if prefect:
-        from flows.pipeline import wsss_flow
+        from flows.dag import wsss_flow
         result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
     else:
         from stages.runner import run_all

@@ -11,7 +11,7 @@ from typing import Optional
 from prefect import serve
 
 from pipeline.config import load_config
-from flows.pipeline import wsss_flow
+from flows.dag import wsss_flow
 
 DEFAULT_CONFIGS = ("configs/voc-full.yaml", "configs/coco-full.yaml", "configs/voc-smoke.yaml")
 

@@ -1,4 +1,7 @@
-"""The Prefect flow `wsss`: the stages of the DAG as cached tasks.
+"""(Named dag.py, not pipeline.py: Prefect may run flows with flows/ on sys.path,
+where a pipeline.py would shadow the pipeline package.)
+
+The Prefect flow `wsss`: the stages of the DAG as cached tasks.
 
 Each stage is one task whose Prefect cache key is the stage's artifact key
 (plus the run store it lives in), so an unchanged rerun does no work and a
