@@ -1,0 +1,232 @@
+"""Issue 6: the real Prefect flow end to end on the smoke config.
+
+One run store is shared by the module: a real local Prefect server serves
+the voc-smoke deployment and `prefect deployment run wsss/voc-smoke --watch`
+makes the cold run; the later tests rerun the flow (`wsss run`, embedded
+Prefect) against the same store to check caching, partial reruns, damage
+detection and resume after a kill.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from pipeline.store import MANIFEST, Store
+from stages import ORDER
+from stages.runner import stage_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp: Path, **extra) -> dict:
+    env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PYTHONUNBUFFERED="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    env.pop("PREFECT_API_URL", None)
+    env.update(extra)
+    return env
+
+
+def _write_cfg(path: Path, work_dir: Path, extra: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"_base_: {ROOT / 'configs/voc-smoke.yaml'}\nrun: {{work_dir: {work_dir}}}\n{extra}")
+    return path
+
+
+def wsss_run(cfg: Path, env: dict, *args, timeout=1500) -> subprocess.CompletedProcess:
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg), *args], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    return res
+
+
+def snapshot(store: Store, keys: dict) -> dict:
+    """manifest mtime of every finished stage (a rerun that works rewrites it)."""
+    return {n: (store.path(k) / MANIFEST).stat().st_mtime_ns
+            for n, k in keys.items() if (store.path(k) / MANIFEST).exists()}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Cold run through a real server + served deployment."""
+    tmp = tmp_path_factory.mktemp("flow")
+    work = tmp / "runs"
+    cfg = _write_cfg(tmp / "configs/voc-smoke.yaml", work)  # deployment name = file stem
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = _env(tmp, WSSS_WORK_DIR=str(tmp), PREFECT_PORT=str(port))
+    up = subprocess.run([str(ROOT / "scripts/prefect-server.sh"), "start"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=200)
+    assert up.returncode == 0, up.stdout + up.stderr
+    served = None
+    try:
+        env_api = dict(env, PREFECT_API_URL=api)
+        log = open(tmp / "serve.log", "w")
+        served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(cfg)], cwd=ROOT,
+                                  env=env_api, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 180
+        while subprocess.run(["prefect", "deployment", "inspect", "wsss/voc-smoke"], env=env_api,
+                             capture_output=True).returncode != 0:
+            assert served.poll() is None, (tmp / "serve.log").read_text()[-3000:]
+            assert time.time() < deadline, "deployment wsss/voc-smoke was not served within 180 s"
+            time.sleep(2)
+        t0 = time.time()
+        run = subprocess.run(["prefect", "deployment", "run", "wsss/voc-smoke", "--watch"], env=env_api,
+                             capture_output=True, text=True, timeout=1800)
+        cold_s = time.time() - t0
+        assert run.returncode == 0, run.stdout[-2000:] + (tmp / "serve.log").read_text()[-6000:]
+        assert "Completed" in run.stdout, run.stdout[-2000:]
+        yield {"tmp": tmp, "cfg": cfg, "env": _env(tmp), "cold_s": cold_s}
+    finally:
+        if served and served.poll() is None:
+            os.killpg(served.pid, signal.SIGTERM)
+            served.wait(30)
+        subprocess.run([str(ROOT / "scripts/prefect-server.sh"), "stop"], cwd=ROOT, env=env,
+                       capture_output=True, timeout=60)
+
+
+def test_bad_config_fails_before_any_stage(tmp_path):
+    cfg = _write_cfg(tmp_path / "bad.yaml", tmp_path / "runs", "pseudo_masks: {crf: {itertions: 3}}\n")
+    with pytest.raises(ConfigError, match=r"pseudo_masks\.crf\.itertions"):
+        load_config(cfg)
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg)], cwd=ROOT,
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0 and "pseudo_masks.crf.itertions" in res.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_deployment_run_wrote_every_stage(smoke):
+    cfg = load_config(smoke["cfg"])
+    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    for name in ORDER:
+        assert store.state(keys[name]) == "cached", name
+    report = store.path(keys["evaluate"]) / "report.json"
+    doc = json.loads(report.read_text())
+    assert "seed" in json.dumps(doc) and "pseudo" in json.dumps(doc)
+
+
+def test_unchanged_rerun_does_no_stage_work(smoke):
+    cfg = load_config(smoke["cfg"])
+    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    before = snapshot(store, keys)
+    res = wsss_run(smoke["cfg"], smoke["env"])
+    assert snapshot(store, keys) == before
+    assert res.stderr.count("Cached(type=COMPLETED)") + res.stderr.count(": cached (") >= len(ORDER)
+    assert "running in" not in res.stderr and "resuming in" not in res.stderr
+
+
+def test_crf_change_reruns_only_downstream(smoke):
+    base = load_config(smoke["cfg"])
+    cfg2 = _write_cfg(smoke["tmp"] / "crf.yaml", base.run.work_dir, "pseudo_masks: {crf: {bilateral_srgb: 7}}\n")
+    store, old = Store(base.run.work_dir), stage_keys(base)
+    new = stage_keys(load_config(cfg2))
+    changed = {n for n in ORDER if new[n] != old[n]}
+    assert changed == {"pseudo_masks", "train_segmentation", "evaluate"}
+    before = snapshot(store, old)
+    res = wsss_run(cfg2, smoke["env"])
+    after = snapshot(store, old)
+    assert all(after[n] == before[n] for n in ORDER)  # nothing of the old run was touched
+    for n in changed:
+        assert store.state(new[n]) == "cached"
+        assert f"{n}: running in" in res.stderr
+    for n in set(ORDER) - changed:
+        assert f"{n}: running in" not in res.stderr
+
+
+def test_damaged_artifact_is_recomputed(smoke):
+    cfg = load_config(smoke["cfg"])
+    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    art = store.path(keys["pseudo_masks"])
+    victim = sorted(p for p in art.rglob("*.png") if p.is_file())[0]
+    victim.unlink()
+    assert store.state(keys["pseudo_masks"]) == "corrupt"
+    res = wsss_run(smoke["cfg"], smoke["env"])
+    assert "pseudo_masks: artifact" in res.stderr and "damaged" in res.stderr
+    assert victim.exists() and store.state(keys["pseudo_masks"]) == "cached"
+    assert "export_cams: running in" not in res.stderr
+
+
+def test_kill_during_match_then_resume(smoke):
+    """A match with its own key: kill the flow after the first epoch's
+    checkpoint, rerun, and check training continued from that epoch."""
+    base = load_config(smoke["cfg"])
+    cfg2 = _write_cfg(smoke["tmp"] / "match.yaml", base.run.work_dir,
+                      "match: {lambda_b: 2.0, epochs: 3}\n")
+    keys = stage_keys(load_config(cfg2))
+    match_dir = Store(base.run.work_dir).path(keys["match"])
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2), "--until", "match"],
+                            cwd=ROOT, env=smoke["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 900
+    try:
+        while not _checkpoint_epoch(match_dir) >= 1:
+            assert proc.poll() is None, "flow ended before the first match checkpoint"
+            assert time.time() < deadline
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_epochs = _checkpoint_epoch(match_dir)
+    assert done_epochs < 3 and not (match_dir / MANIFEST).exists()
+    res = wsss_run(cfg2, smoke["env"], "--until", "match")
+    assert "match: resuming in" in res.stderr
+    assert f"match: resuming after epoch {done_epochs}" in res.stderr
+    history = json.loads((match_dir / "match_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def _checkpoint_epoch(d: Path) -> int:
+    """Epochs completed according to the stage's resume checkpoint (0 if none)."""
+    import torch
+    ckpt = d / "checkpoint.pt"
+    if not ckpt.exists():
+        return 0
+    try:
+        return int(torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception:  # being replaced right now
+        return 0
+
+
+def test_status_lists_every_stage_cached(smoke):
+    res = subprocess.run([sys.executable, "-m", "flows.cli", "status", "--config", str(smoke["cfg"])], cwd=ROOT,
+                         env=smoke["env"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[1:]}
+    assert rows == {n: "cached" for n in ORDER}
+
+
+def test_dask_shards_give_identical_pseudo_masks(smoke):
+    """pseudo_masks mapped over a Dask LocalCluster of 2 worker processes
+    writes byte-identical PNGs to the thread-runner run."""
+    import shutil
+    base = load_config(smoke["cfg"])
+    keys = stage_keys(base)
+    src = Store(base.run.work_dir)
+    work2 = smoke["tmp"] / "runs-dask"
+    for n in ("prepare_data", "train_cam", "match", "learn_prompts", "refine", "export_cams"):
+        shutil.copytree(src.path(keys[n]), work2 / keys[n])
+    cfg2 = _write_cfg(smoke["tmp"] / "dask.yaml", work2,
+                      "run: {work_dir: %s, task_runner: dask, dask_workers: 2, shard_size: 16}\n" % work2)
+    res = wsss_run(cfg2, smoke["env"], "--from", "pseudo_masks", "--until", "pseudo_masks")
+    assert "pseudo_masks: running in" in res.stderr
+    assert stage_keys(load_config(cfg2))["pseudo_masks"] == keys["pseudo_masks"]
+    a, b = src.path(keys["pseudo_masks"]), work2 / keys["pseudo_masks"]
+    pngs = sorted(p.relative_to(a) for p in a.rglob("*.png") if "gallery" not in p.name)
+    assert len(pngs) >= 70
+    for rel in pngs:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
