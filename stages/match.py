@@ -13,11 +13,3 @@ def run(cfg, inputs, out):
     from pipeline.semples import run_match
     return run_match(cfg, inputs, out)
 
-
-if __name__ == "__main__":
-    from stages.runner import run_stage
-    from pipeline.config import load_config
-    import logging
-    import sys
-    logging.basicConfig(level=logging.INFO)
-    run_stage(load_config(sys.argv[1]), NAME, force="--force" in sys.argv)
