@@ -26,6 +26,7 @@ from stages.runner import stage_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
 def _free_port() -> int:
@@ -38,6 +39,8 @@ def _env(tmp: Path, **extra) -> dict:
     env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PYTHONUNBUFFERED="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
     env.pop("PREFECT_API_URL", None)
+    # the `prefect` CLI and scripts/ need this interpreter's bin dir, activated or not
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(extra)
     return env
 
@@ -80,13 +83,13 @@ def smoke(tmp_path_factory):
         served = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", str(cfg)], cwd=ROOT,
                                   env=env_api, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 180
-        while subprocess.run(["prefect", "deployment", "inspect", "wsss/voc-smoke"], env=env_api,
+        while subprocess.run([PREFECT, "deployment", "inspect", "wsss/voc-smoke"], env=env_api,
                              capture_output=True).returncode != 0:
             assert served.poll() is None, (tmp / "serve.log").read_text()[-3000:]
             assert time.time() < deadline, "deployment wsss/voc-smoke was not served within 180 s"
             time.sleep(2)
         t0 = time.time()
-        run = subprocess.run(["prefect", "deployment", "run", "wsss/voc-smoke", "--watch"], env=env_api,
+        run = subprocess.run([PREFECT, "deployment", "run", "wsss/voc-smoke", "--watch"], env=env_api,
                              capture_output=True, text=True, timeout=1800)
         cold_s = time.time() - t0
         assert run.returncode == 0, run.stdout[-2000:] + (tmp / "serve.log").read_text()[-6000:]
