@@ -137,6 +137,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path("runs/prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # sqlite needs the dir
     app()
 
 
