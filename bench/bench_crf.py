@@ -44,7 +44,9 @@ def sample(image_id: str):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--images", type=int, default=64,
+                    help="images per run; the stage runs shards of run.shard_size (256 in the full configs), "
+                         "so pool start-up amortises over at least this many")
     args = ap.parse_args()
     ids = sorted(p.stem for p in (TINY / "SegmentationClass").glob("*.png"))
     data = [(i, *sample(i)) for i in ids]
