@@ -8,13 +8,13 @@ import time
 from typing import Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
-import torch
 
 T = TypeVar("T")
 log = logging.getLogger("wsss")
 
 
-def get_device(name: str = "auto") -> torch.device:
+def get_device(name: str = "auto"):
+    import torch  # imported here: status/caching paths must not pay torch's import time
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -25,6 +25,7 @@ def get_device(name: str = "auto") -> torch.device:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
+    import torch
     torch.manual_seed(seed)
 
 
