@@ -54,6 +54,16 @@ def maybe_launch(stage: str, cfg, inputs: dict, out: Path):
     return json.loads((out / METRICS).read_text())
 
 
+def run_training(stage: str, cfg, inputs: dict, out: Path) -> dict:
+    """A training stage's run(): here, or fanned out under torchrun when
+    run.nproc_per_node > 1 (each rank then runs the same function in-process)."""
+    metrics = maybe_launch(stage, cfg, inputs, out)
+    if metrics is not None:
+        return metrics
+    import pipeline.semples as semples
+    return getattr(semples, f"run_{stage}")(cfg, inputs, out)
+
+
 def main(argv=None) -> None:
     from pipeline.config import Config
     from stages import get

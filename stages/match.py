@@ -6,10 +6,5 @@ VERSION = "1"
 
 
 def run(cfg, inputs, out):
-    from stages.launch import maybe_launch
-    metrics = maybe_launch(NAME, cfg, inputs, out)  # torchrun fan-out when run.nproc_per_node > 1
-    if metrics is not None:
-        return metrics
-    from pipeline.semples import run_match
-    return run_match(cfg, inputs, out)
-
+    from stages.launch import run_training  # torchrun fan-out when run.nproc_per_node > 1
+    return run_training(NAME, cfg, inputs, out)
