@@ -8,8 +8,9 @@ import numpy as np
 from pipeline.data.classes import IGNORE
 
 
-def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C, C) int64 confusion matrix, rows = ground truth, cols = prediction.
+def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(C, C) int64 confusion matrix (rows = ground truth, cols = prediction)
+    and (C,) 'missed' counts of GT pixels predicted IGNORE.
     Pixels whose GT is IGNORE are skipped; a predicted IGNORE (an uncertain
     pseudo-label pixel) counts as no class, so it lowers recall."""
     if pred.shape != gt.shape:
@@ -62,19 +63,16 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, num_classes: int, class_names
     gts = sorted(gt_dir.glob("*.png"))
     if not gts:
         raise FileNotFoundError(f"{gt_dir}: no ground-truth PNGs")
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    missed = np.zeros(num_classes, np.int64)
+    acc = Confusion(num_classes)
     for g in gts:
         p = pred_dir / g.name
         if not p.exists():
             raise FileNotFoundError(f"{p}: prediction missing for ground truth {g}")
         try:
-            c, m = confusion(read_mask(p), read_mask(g), num_classes)
+            acc.add(read_mask(p), read_mask(g))
         except ValueError as e:
             raise ValueError(f"{p}: {e}") from None
-        cm += c
-        missed += m
-    out = scores(cm, missed, class_names)
+    out = scores(acc.cm, acc.missed, class_names)
     out["num_images"] = len(gts)
     return out
 

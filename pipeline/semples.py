@@ -71,11 +71,16 @@ def _finish(model, out: Path, cfg: Config, k: int) -> None:
         save_mask_generator(model, Path(out) / MODEL, cfg.mask_generator, k)
 
 
-def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
+def _setup(cfg: Config, inputs: dict, tcfg):
+    """Seeded start of every phase: device, label table, train/gallery data, K."""
     seed_everything(cfg.run.seed)
-    device, tc = device_of(cfg), cfg.train_cam
-    table, train, gal = _data(cfg, inputs, tc)
-    k = table.num_classes - 1
+    table, train, gal = _data(cfg, inputs, tcfg)
+    return device_of(cfg), table, train, gal, table.num_classes - 1
+
+
+def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
+    tc = cfg.train_cam
+    device, table, train, gal, k = _setup(cfg, inputs, tc)
     model = _generator(cfg, k, None, device)
     m = fit(out, tc, cfg.run.seed, train, model, train_cam_step, device, cfg.run.num_workers,
             "train_cam", _gallery(model, gal, table, device))
@@ -84,10 +89,8 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
 
 
 def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
-    seed_everything(cfg.run.seed)
-    device, mc = device_of(cfg), cfg.match
-    table, train, gal = _data(cfg, inputs, mc)
-    k = table.num_classes - 1
+    mc = cfg.match
+    device, table, train, gal, k = _setup(cfg, inputs, mc)
     model = _generator(cfg, k, inputs["train_cam"], device)
     ctx = _context(cfg, table, device)
 
@@ -102,10 +105,8 @@ def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
 
 def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     from pipeline.interpret import interpret_prompts
-    seed_everything(cfg.run.seed)
-    device, lc = device_of(cfg), cfg.learn_prompts
-    table, train, gal = _data(cfg, inputs, lc)
-    k = table.num_classes - 1
+    lc = cfg.learn_prompts
+    device, table, train, gal, k = _setup(cfg, inputs, lc)
     model = _generator(cfg, k, inputs["match"], device).eval().requires_grad_(False)
     ctx = _context(cfg, table, device)
     torch.manual_seed(cfg.run.seed)
@@ -136,10 +137,8 @@ def load_prompts(d: Path) -> torch.Tensor:
 
 
 def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
-    seed_everything(cfg.run.seed)
-    device, rc = device_of(cfg), cfg.refine
-    table, train, gal = _data(cfg, inputs, rc)
-    k = table.num_classes - 1
+    rc = cfg.refine
+    device, table, train, gal, k = _setup(cfg, inputs, rc)
     model = _generator(cfg, k, inputs[rc.init_from], device)
     ctx = _context(cfg, table, device)
     pk = load_prompts(inputs["learn_prompts"]).to(device)
