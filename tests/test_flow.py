@@ -51,9 +51,18 @@ def _write_cfg(path: Path, work_dir: Path, extra: str = "") -> Path:
     return path
 
 
+def _run(cmd: list, env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """subprocess.run with output in files, not pipes: a Prefect temporary server
+    that outlives its flow process would otherwise hold the pipes (and us) open."""
+    import tempfile
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, timeout=timeout).returncode
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
+
+
 def wsss_run(cfg: Path, env: dict, *args, timeout=1500) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg), *args], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=timeout)
+    res = _run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg), *args], env, timeout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
     return res
 
@@ -107,8 +116,7 @@ def test_bad_config_fails_before_any_stage(tmp_path):
     cfg = _write_cfg(tmp_path / "bad.yaml", tmp_path / "runs", "pseudo_masks: {crf: {itertions: 3}}\n")
     with pytest.raises(ConfigError, match=r"pseudo_masks\.crf\.itertions"):
         load_config(cfg)
-    res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg)], cwd=ROOT,
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    res = _run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg)], _env(tmp_path), 300)
     assert res.returncode != 0 and "pseudo_masks.crf.itertions" in res.stderr
     assert not (tmp_path / "runs").exists()
 
