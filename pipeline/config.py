@@ -71,6 +71,14 @@ class MaskGeneratorCfg(Section):
     pretrained: Union[bool, str] = True  # True = timm hub weights, str = local file
     img_size: int = 224
     drop_path_rate: float = 0.1
+    # Attention fusion (AAF). The warm start weights heads from their pooled attention maps
+    # (WeakTr AAF.py), the SemPLeS phases from their pooled attention features (SemPLeS AAF.py);
+    # the stages set `fusion`. reduction/pool are the official commands' --reduction/--pool-type.
+    fusion: Literal["maps", "features"] = "maps"
+    fusion_reduction: float = Field(8, gt=0, description="head FFN reduction (VOC 8, COCO 4)")
+    fusion_pool: Literal["max", "avg"] = Field("max", description="pooling of maps/features (VOC max, COCO avg)")
+    feat_reduction: int = Field(8, ge=1, description="feature FFN reduction of the features fusion (official 8)")
+    final_norm: bool = Field(False, description="LayerNorm after the last block (official: none)")
 
 
 class ClipCfg(Section):
@@ -80,32 +88,75 @@ class ClipCfg(Section):
     factory: Optional[str] = Field(None, description="'module:function' returning a VL model")
     template: str = "a photo of {}."
     image_size: int = 224
+    # OpenAI's CLIP weights were trained with QuickGELU; open_clip builds plain GELU for
+    # 'ViT-B-32' even with pretrained='openai'. None = from the model name ('-quickgelu').
+    quick_gelu: Optional[bool] = None
+    class_names: Literal["official", "label"] = Field(
+        "official", description="text prompt names: the official code's list (VOC 'player' for person) or the label names")
+    input_norm: Literal["official", "clip"] = Field(
+        "official", description="official: masked S inputs (ImageNet-normalised) go to CLIP as they are; "
+                                "clip: renormalised with CLIP's own mean/std")
+
+    @model_validator(mode="after")
+    def _check_activation(self):
+        named_quick = self.model.endswith("-quickgelu")
+        if self.factory is None and self.pretrained == "openai" and not named_quick and not self.quick_gelu:
+            raise ValueError(f"clip.model: OpenAI weights need QuickGELU; use '{self.model}-quickgelu' "
+                             "or set clip.quick_gelu: true")
+        if (self.factory is None and isinstance(self.pretrained, str) and self.pretrained != "openai"
+                and not named_quick and self.quick_gelu is None and not _is_hub_tag(self.pretrained)):
+            raise ValueError("clip.quick_gelu: say whether the local checkpoint was trained with QuickGELU "
+                             "(true for OpenAI's weights) or GELU (false)")
+        return self
 
 
 class TrainCfg(Section):
     epochs: int = Field(60, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch (all processes)")
+    # The official scripts' --lr; the effective lr is lr x global batch / lr_scale_batch
+    # (main*.py: linear_scaled_lr = lr * batch_size * world_size / 512). null = lr as is.
     lr: float = 5.12e-4
+    lr_scale_batch: Optional[int] = Field(512, ge=1)
     weight_decay: float = 0.03
     warmup_epochs: int = Field(0, ge=0)
-    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    min_lr: float = 0.0
     amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = Field("float16", description="official: float16 autocast + GradScaler")
     crop_size: int = 224
+    # weaktr: timm's ImageNet train transform as WeakTr's datasets.py builds it (bicubic random
+    # resized crop, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25); crop_flip: crop + flip
+    augment: Literal["weaktr", "crop_flip"] = "weaktr"
     gallery_size: int = Field(8, ge=0)
+
+    def effective_lr(self) -> float:
+        return self.lr * self.batch_size / self.lr_scale_batch if self.lr_scale_batch else self.lr
 
 
 class TrainCamCfg(TrainCfg):
-    pass
+    # WeakTr main.py / docs/Training.md (VOC): --lr 6e-4, --weight-decay 0.03, warmup 5, min lr 1e-5
+    lr: float = 6e-4
+    warmup_epochs: int = Field(5, ge=0)
+    min_lr: float = 1e-5
+    init_checkpoint: Optional[str] = Field(
+        None, description="WeakTr's released checkpoint_best_mIoU.pth (or any official-layout state dict): "
+                          "imported and verified instead of training")
 
 
 class MatchCfg(TrainCfg):
     lambda_b: float = 2.4
     mask_eps: float = 0.1
+    # head: as models123.py, patch tokens and attention detached, only the CAM head and the
+    # attention fusion learn; all: the whole mask generator learns (a deviation)
+    trainable: Literal["head", "all"] = "head"
 
 
 class LearnPromptsCfg(TrainCfg):
+    augment: Literal["weaktr", "crop_flip"] = "crop_flip"
     lambda_t: float = 0.02
     n_prompts: int = Field(30, ge=1)
+    prompt_init: Literal["uniform", "normal"] = Field(
+        "uniform", description="uniform: torch.rand as main2.py; normal: N(0, 0.02)")
     mask_eps: float = 1e-4
     n_interpret_images: int = Field(4, ge=0)
     vocab_topk: int = Field(5, ge=1)
@@ -116,6 +167,7 @@ class RefineCfg(TrainCfg):
     lambda_refine: float = 0.05
     mask_eps: float = 0.1
     init_from: Literal["train_cam", "match"] = "train_cam"
+    trainable: Literal["head", "all"] = "head"
 
 
 class ExportCamsCfg(Section):
@@ -301,6 +353,10 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Config:
     return cfg
 
 
+def _is_hub_tag(value: str) -> bool:
+    return not _looks_like_path(value)
+
+
 def _looks_like_path(value: str) -> bool:
     if "://" in value:  # hub name / URL (open-mmlab://..., https://...), not a local file
         return False
@@ -311,7 +367,8 @@ def _check_paths(cfg: Config, origin: dict) -> None:
     problems = []
     if not cfg.data.root.exists():
         problems.append(("data.root", cfg.data.root))
-    for key in ("mask_generator.pretrained", "clip.pretrained", "train_segmentation.pretrained"):
+    for key in ("mask_generator.pretrained", "clip.pretrained", "train_segmentation.pretrained",
+                "train_cam.init_checkpoint"):
         sec, field = key.split(".")
         v = getattr(getattr(cfg, sec), field)
         if isinstance(v, str) and _looks_like_path(v) and not Path(v).exists():

@@ -76,11 +76,15 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ steps
 class StepContext:
     """What a SemPLeS step needs besides S: the frozen VL model, S's and the VL
-    model's image normalisations, and class text features (computed once)."""
+    model's image normalisations, and class text features (computed once).
+    renormalise=False feeds the masked S inputs (ImageNet-normalised) to CLIP as
+    they are, as engine1-3.py do (clip.input_norm: official); True maps them to
+    CLIP's own normalisation."""
 
-    def __init__(self, vl, text_feats: torch.Tensor, s_mean, s_std):
+    def __init__(self, vl, text_feats: torch.Tensor, s_mean, s_std, renormalise: bool = False):
         from pipeline.models.vl import to_vl_input
         self.vl, self.text, self.s_mean, self.s_std = vl, text_feats, s_mean, s_std
+        self.renormalise = renormalise
         self._to_vl = to_vl_input
 
     def vl_images(self, images_s: torch.Tensor) -> torch.Tensor:
@@ -91,7 +95,9 @@ class StepContext:
         return images_s
 
     def encode(self, images_s_space: torch.Tensor) -> torch.Tensor:
-        return self.vl.encode_image(self._to_vl(images_s_space, self.s_mean, self.s_std, self.vl))
+        if self.renormalise:
+            return self.vl.encode_image(self._to_vl(images_s_space, self.s_mean, self.s_std, self.vl))
+        return self.vl.encode_image(self.vl_images(images_s_space))
 
 
 def _pairs(model, ctx: StepContext, images, labels, eps, grad: bool):

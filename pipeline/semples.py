@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from timm.optim import param_groups_weight_decay
 
 from pipeline.config import Config
 from pipeline.data.classes import class_names, prompt_names
@@ -15,11 +16,13 @@ from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine
                              train_cam_step)
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
+from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint, read_official_state_dict
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
 from pipeline.training import TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")
+NO_DECAY = ("cls_tokens", "cls_pos", "patch_pos")
 MODEL = "model.pt"
 PROMPTS = "prompts.pt"
 
@@ -35,7 +38,7 @@ def _data(cfg: Config, inputs: dict, tcfg):
     table = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
     if len(table) == 0:
         raise ValueError(f"{inputs['prepare_data']}: label table of '{cfg.data.train_split}' is empty")
-    train = TrainImages(table, tcfg.crop_size, seed=cfg.run.seed, train=True)
+    train = TrainImages(table, tcfg.crop_size, seed=cfg.run.seed, train=True, augment=tcfg.augment)
     gal = TrainImages(table, tcfg.crop_size, train=False, ids=table.ids()[: tcfg.gallery_size])
     return table, train, gal
 
@@ -47,18 +50,32 @@ def _model_path(d: Path) -> Path:
     return p
 
 
-def _generator(cfg: Config, k: int, init: Path | None, device):
+def _generator(cfg: Config, k: int, init: Path | None, device, fusion: str):
+    """S with the fusion of its phase (warm start: maps, SemPLeS phases: features),
+    optionally loaded from an upstream model.pt; returns (model, its config)."""
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
-    model = build_mask_generator(cfg.mask_generator, k, load_weights=init is None)
-    if init is not None:
-        load_weights_from(model, _model_path(init))
-    return model.to(device)
+    mcfg = cfg.mask_generator.model_copy(update={"fusion": fusion})
+    model = build_mask_generator(mcfg, k, load_weights=init is None)
+    if init is not None and load_weights_from(model, _model_path(init)) and is_main():
+        log.info("attention fusion '%s' starts freshly initialised: %s has another fusion "
+                 "(the official phases load the warm start with strict=False)", fusion, init)
+    return model.to(device), mcfg
+
+
+def _set_trainable(model, trainable: str) -> None:
+    """SemPLeS phases 1/3. head (official): patch tokens detached, backbone, class tokens and
+    position embeddings frozen at the warm start; all: everything learns."""
+    model.set_recipe(detach_tokens=trainable == "head", detach_coarse=False)
+    if trainable == "head":
+        for p in model.backbone_parameters():
+            p.requires_grad_(False)
 
 
 def _context(cfg: Config, table: LabelTable, device) -> StepContext:
     vl = build_vl(cfg.clip, device)
-    text = class_text_features(vl, prompt_names(table.dataset), cfg.clip.template).to(device)
-    return StepContext(vl, text, MEAN, STD)
+    names = prompt_names(table.dataset, official=cfg.clip.class_names == "official")
+    text = class_text_features(vl, names, cfg.clip.template).to(device)
+    return StepContext(vl, text, MEAN, STD, renormalise=cfg.clip.input_norm == "clip")
 
 
 def _gallery(model, gal, table, device):
@@ -66,9 +83,9 @@ def _gallery(model, gal, table, device):
     return lambda path: write_gallery(path, model.cams, gal, names, device)
 
 
-def _finish(model, out: Path, cfg: Config, k: int) -> None:
+def _finish(model, out: Path, mcfg, k: int) -> None:
     if is_main():
-        save_mask_generator(model, Path(out) / MODEL, cfg.mask_generator, k)
+        save_mask_generator(model, Path(out) / MODEL, mcfg, k)
 
 
 def _setup(cfg: Config, inputs: dict, tcfg):
@@ -81,17 +98,29 @@ def _setup(cfg: Config, inputs: dict, tcfg):
 def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
     tc = cfg.train_cam
     device, table, train, gal, k = _setup(cfg, inputs, tc)
-    model = _generator(cfg, k, None, device)
+    if tc.init_checkpoint:  # WeakTr's released warm start instead of training one
+        kind = fusion_kind(read_official_state_dict(tc.init_checkpoint), tc.init_checkpoint)
+        model, mcfg = _generator(cfg, k, None, device, kind)
+        m = import_weaktr_checkpoint(model, tc.init_checkpoint)
+        if is_main():
+            _gallery(model.eval(), gal, table, device)(Path(out) / "gallery.png")
+        _finish(model, out, mcfg, k)
+        return m
+    model, mcfg = _generator(cfg, k, None, device, "maps")
+    model.set_recipe(detach_tokens=False, detach_coarse=True)  # WeakTr models.py
+    # WeakTr's create_optimizer(args, model): no decay for biases, norms, class tokens, positions
+    groups = param_groups_weight_decay(model, tc.weight_decay, no_weight_decay_list=NO_DECAY)
     m = fit(out, tc, cfg.run.seed, train, model, train_cam_step, device, cfg.run.num_workers,
-            "train_cam", _gallery(model, gal, table, device))
-    _finish(model, out, cfg, k)
+            "train_cam", _gallery(model, gal, table, device), param_groups=groups)
+    _finish(model, out, mcfg, k)
     return m
 
 
 def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
     mc = cfg.match
     device, table, train, gal, k = _setup(cfg, inputs, mc)
-    model = _generator(cfg, k, inputs["train_cam"], device)
+    model, mcfg = _generator(cfg, k, inputs["train_cam"], device, "features")
+    _set_trainable(model, mc.trainable)
     ctx = _context(cfg, table, device)
 
     def step(s, x, y):
@@ -99,7 +128,7 @@ def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
 
     m = fit(out, mc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "match",
             _gallery(model, gal, table, device))
-    _finish(model, out, cfg, k)
+    _finish(model, out, mcfg, k)
     return m
 
 
@@ -107,10 +136,11 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     from pipeline.interpret import interpret_prompts
     lc = cfg.learn_prompts
     device, table, train, gal, k = _setup(cfg, inputs, lc)
-    model = _generator(cfg, k, inputs["match"], device).eval().requires_grad_(False)
+    model, _ = _generator(cfg, k, inputs["match"], device, "features")
+    model = model.eval().requires_grad_(False)  # engine2.py: S in eval mode, under no_grad
     ctx = _context(cfg, table, device)
     torch.manual_seed(cfg.run.seed)
-    prompts = PromptLearner(k, lc.n_prompts, ctx.vl.token_width).to(device)
+    prompts = PromptLearner(k, lc.n_prompts, ctx.vl.token_width, init=lc.prompt_init).to(device)
 
     def step(p, x, y):
         return learn_prompts_step(model, ctx, p(ctx.vl), x, y, lc.lambda_t, lc.mask_eps)
@@ -133,13 +163,14 @@ def load_prompts(d: Path) -> torch.Tensor:
     p = Path(d) / PROMPTS
     if not p.exists():
         raise FileNotFoundError(f"{p}: learned prompts missing")
-    return torch.load(p, map_location="cpu", weights_only=False)["prompts"]
+    return torch.load(p, map_location="cpu", weights_only=True)["prompts"]
 
 
 def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
     rc = cfg.refine
     device, table, train, gal, k = _setup(cfg, inputs, rc)
-    model = _generator(cfg, k, inputs[rc.init_from], device)
+    model, mcfg = _generator(cfg, k, inputs[rc.init_from], device, "features")
+    _set_trainable(model, rc.trainable)
     ctx = _context(cfg, table, device)
     pk = load_prompts(inputs["learn_prompts"]).to(device)
     if pk.shape[0] != k:
@@ -152,5 +183,5 @@ def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
 
     m = fit(out, rc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "refine",
             _gallery(model, gal, table, device))
-    _finish(model, out, cfg, k)
+    _finish(model, out, mcfg, k)
     return m

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -54,16 +55,30 @@ def barrier() -> None:
 
 
 # ------------------------------------------------------------------ data
+def train_transform(crop_size: int, augment: str):
+    """timm's ImageNet train transform with the arguments WeakTr's datasets.py passes
+    (main.py defaults: bicubic, colour jitter 0.4 - which timm drops when RandAugment
+    is on -, rand-m9-mstd0.5-inc1, random erasing 0.25 pixel mode), or crop + flip only."""
+    from timm.data import create_transform
+    if augment == "weaktr":
+        return create_transform(crop_size, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
+                                interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1,
+                                mean=MEAN, std=STD)
+    return create_transform(crop_size, is_training=True, color_jitter=None, auto_augment=None,
+                            interpolation="bicubic", re_prob=0.0, mean=MEAN, std=STD)
+
+
 class TrainImages(Dataset):
-    """Images + multi-hot foreground labels of a label table. train=True:
-    random resized crop + horizontal flip drawn from RNG(seed, epoch, index);
-    train=False: plain resize to crop_size."""
+    """Images + multi-hot foreground labels of a label table. train=True: the
+    stage's augmentation (``train_transform``) drawn from RNGs seeded by
+    (seed, epoch, index); train=False: plain resize to crop_size."""
 
     def __init__(self, table: LabelTable, crop_size: int, seed: int = 0, train: bool = True,
-                 ids: Optional[list[str]] = None):
+                 ids: Optional[list[str]] = None, augment: str = "weaktr"):
         self.records = [table[i] for i in ids] if ids is not None else table.records
         self.k = table.num_classes - 1
         self.crop, self.seed, self.train, self.epoch = crop_size, seed, train, 0
+        self.transform = train_transform(crop_size, augment) if train else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -73,17 +88,19 @@ class TrainImages(Dataset):
 
     def __getitem__(self, i: int):
         r = self.records[i]
-        x = normalize_numpy(read_image(r.image))
         if self.train:
+            # timm's transforms draw from python's random, numpy and torch: seed all three per sample
+            sample_seed = hash((self.seed, self.epoch, i)) % (2 ** 32)
+            py_state, np_state = random.getstate(), np.random.get_state()
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash((self.seed, self.epoch, i)) % (2 ** 63))
-                top, left, h, w = T.RandomResizedCrop.get_params(x, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3])
-                flip = bool(torch.rand(()) < 0.5)
-            x = TF.resized_crop(x, top, left, h, w, [self.crop, self.crop], antialias=True)
-            if flip:
-                x = TF.horizontal_flip(x)
+                torch.manual_seed(sample_seed)
+                random.seed(sample_seed)
+                np.random.seed(sample_seed)
+                x = self.transform(Image.fromarray(read_image(r.image)))
+            random.setstate(py_state)
+            np.random.set_state(np_state)
         else:
-            x = TF.resize(x, [self.crop, self.crop], antialias=True)
+            x = TF.resize(normalize_numpy(read_image(r.image)), [self.crop, self.crop], antialias=True)
         y = torch.zeros(self.k)
         bad = [c for c in r.labels if not 1 <= c <= self.k]
         if bad:
@@ -94,7 +111,7 @@ class TrainImages(Dataset):
 
 # ------------------------------------------------------------------ checkpoints
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
@@ -145,31 +162,45 @@ StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple]
 
 def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module, step: StepFn,
         device: torch.device, num_workers: int = 0, name: str = "train",
-        gallery: Optional[Callable[[Path], None]] = None, stop_after: Optional[int] = None) -> dict:
+        gallery: Optional[Callable[[Path], None]] = None, stop_after: Optional[int] = None,
+        param_groups: Optional[list[dict]] = None) -> dict:
     """Train ``trainable`` (wrapped in DDP when a process group exists) with
     ``step(module, images, labels) -> (loss, stats, n_items)`` for tcfg.epochs,
     resuming from out/checkpoint.pt. Writes the loss history and, at the end,
     the gallery (rank 0). ``stop_after`` ends the call after that epoch (tests
-    of resuming). Returns metrics of the last epoch."""
+    of resuming). ``param_groups`` (AdamW groups) default to every parameter
+    that requires grad, all with tcfg.weight_decay. Returns metrics of the last epoch.
+
+    The official recipe: AdamW at lr x global batch / 512 (tcfg.effective_lr()),
+    timm's cosine schedule stepped after each epoch, so epoch e > 0 trains at the
+    schedule's value for e - 1 (main*.py call lr_scheduler.step(epoch) after
+    train_one_epoch)."""
     out = Path(out)
     rank, world = dist_info()
     if tcfg.batch_size % world:
         raise ValueError(f"batch_size {tcfg.batch_size} is not divisible by {world} processes")
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    if not params:
+    if param_groups is None:
+        param_groups = [{"params": [p for p in trainable.parameters() if p.requires_grad]}]
+    if not any(g["params"] for g in param_groups):
         raise ValueError(f"{name}: nothing to train")
     model = trainable
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             trainable, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    lr = tcfg.effective_lr()
+    opt = torch.optim.AdamW(param_groups, lr=lr, weight_decay=tcfg.weight_decay,
+                            fused=device.type == "cuda")
     sched = CosineLRScheduler(opt, t_initial=tcfg.epochs, lr_min=tcfg.min_lr, warmup_t=tcfg.warmup_epochs,
-                              warmup_lr_init=min(1e-6, tcfg.lr))
+                              warmup_lr_init=tcfg.warmup_lr)
     use_amp = tcfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = torch.bfloat16 if tcfg.amp_dtype == "bfloat16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    loader = DataLoader(dataset, batch_size=tcfg.batch_size // world, sampler=sampler,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    per_rank = tcfg.batch_size // world
+    # official loaders drop the last incomplete batch (a tiny split keeps it rather than train on nothing)
+    loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=len(sampler) >= per_rank,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
 
     ckpt_path = out / CHECKPOINT
     start, history = 0, []
@@ -188,7 +219,7 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
         if stop_after is not None and epoch >= stop_after:
             break
         te = time.time()
-        sched.step(epoch)
+        sched.step(max(epoch - 1, 0))
         sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         trainable.train()
@@ -198,7 +229,7 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
         for images, labels in batches:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, stats, n = step(model, images, labels)
             n_all = n
             if world > 1:  # weight so that the all-reduced mean is the global per-item mean

@@ -36,10 +36,20 @@ def class_names(dataset: str) -> tuple[str, ...]:
     return {"voc": VOC_CLASSES, "coco": COCO_CLASSES}[dataset]
 
 
-def prompt_names(dataset: str) -> list[str]:
-    """Foreground class names as written in text prompts (no background)."""
+# The official code's VOC text names differ from the label names in one place
+# (SemPLeS clip_utils.py category_dict['voc']: 'player' for person); its COCO
+# names equal ours for the 80 classes.
+OFFICIAL_VOC_OVERRIDES = {"person": "player"}
+
+
+def prompt_names(dataset: str, official: bool = False) -> list[str]:
+    """Foreground class names as written in text prompts (no background);
+    official=True: the names the official code writes (clip.class_names)."""
     names = class_names(dataset)[1:]
-    return [VOC_PROMPT_NAMES.get(n, n) for n in names] if dataset == "voc" else list(names)
+    if dataset != "voc":
+        return list(names)
+    out = [VOC_PROMPT_NAMES.get(n, n) for n in names]
+    return [OFFICIAL_VOC_OVERRIDES.get(n, p) for n, p in zip(names, out)] if official else out
 
 
 def palette(n: int = 256) -> np.ndarray:

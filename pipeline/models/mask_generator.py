@@ -20,6 +20,8 @@ are interpolated).
 from __future__ import annotations
 
 import math
+import os
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +30,6 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 
 from pipeline.config import MaskGeneratorCfg
 
@@ -70,25 +71,63 @@ def _create_timm(cfg: MaskGeneratorCfg, load_weights: bool, **kwargs) -> nn.Modu
         raise
 
 
-class AttentionFusion(nn.Module):
-    """WeakTr's adaptive attention fusion: squeeze-excitation weights over the
-    (layers x heads) attention maps, then their mean."""
+class MapFusion(nn.Module):
+    """Warm-start attention fusion (WeakTr AAF.py): a squeeze-excitation over the
+    per-head attention maps, each pooled over (T, T); weights in (0, 1)."""
 
-    def __init__(self, channels: int, reduction: int = 4):
+    kind = "maps"
+
+    def __init__(self, channels: int, reduction: float = 8, pool: str = "max"):
         super().__init__()
-        hidden = max(channels // reduction, 1)
-        self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True),
+        hidden = int(channels / reduction)
+        self.pool = pool
+        self.fc = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(),
                                 nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
 
-    def forward(self, attn: torch.Tensor) -> torch.Tensor:  # (B, C, N, N) -> (B, N, N)
-        w = self.fc(attn.mean(dim=(2, 3)))
-        return (attn * w[:, :, None, None]).mean(1)
+    def weights(self, maps: torch.Tensor, feats: Optional[torch.Tensor]) -> torch.Tensor:
+        pooled = maps.amax(dim=(2, 3)) if self.pool == "max" else maps.mean(dim=(2, 3))
+        return self.fc(pooled)
+
+
+class FeatureFusion(nn.Module):
+    """SemPLeS attention fusion (SemPLeS AAF.py, class AAF): each head's attention
+    *features* (B, C, T, D) pooled over tokens, a linear FFN D -> D/r -> 1 per head,
+    then a squeeze-excitation FFN over the C heads with a sigmoid."""
+
+    kind = "features"
+
+    def __init__(self, channels: int, reduction: float = 8, pool: str = "max", head_dim: int = 64,
+                 feat_reduction: int = 8):
+        super().__init__()
+        hidden, feat_hidden = int(channels / reduction), int(head_dim / feat_reduction)
+        self.pool = pool
+        self.attn_head_ffn = nn.Sequential(nn.Linear(channels, hidden, bias=False), nn.ReLU(),
+                                           nn.Linear(hidden, channels, bias=False), nn.Sigmoid())
+        self.attn_feat_ffn = nn.Sequential(nn.Linear(head_dim, feat_hidden), nn.Linear(feat_hidden, 1))
+
+    def weights(self, maps: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        pooled = feats.amax(dim=2) if self.pool == "max" else feats.mean(dim=2)  # (B, C, D)
+        return self.attn_head_ffn(self.attn_feat_ffn(pooled).squeeze(-1))
+
+
+def build_fusion(cfg: MaskGeneratorCfg, channels: int, head_dim: int) -> nn.Module:
+    if cfg.fusion == "maps":
+        return MapFusion(channels, cfg.fusion_reduction, cfg.fusion_pool)
+    return FeatureFusion(channels, cfg.fusion_reduction, cfg.fusion_pool, head_dim, cfg.feat_reduction)
 
 
 class ViTMaskGenerator(nn.Module):
-    """WeakTr: K class tokens, a 3x3 conv head on the patch tokens (coarse
-    CAM), class-to-patch attention x coarse CAM, refined by patch-to-patch
-    attention (fine CAM). Attention maps are detached, as in the official code."""
+    """WeakTr: K class tokens, a 3x3 conv head on the patch tokens (coarse CAM),
+    fused class-to-patch attention x ReLU(coarse CAM), refined by the fused
+    patch-to-patch attention (fine CAM). Attention maps and features enter the
+    fusion detached, as in the official code.
+
+    Two switches set by the training stages (``set_recipe``):
+      detach_tokens: patch tokens are detached before the head, so only the head and
+        the fusion learn and the backbone runs without autograd (SemPLeS phases 1/3,
+        models123.py);
+      detach_coarse: the fine CAM uses the detached coarse CAM, so the fine-CAM loss
+        trains only the fusion (WeakTr warm start, models.py)."""
 
     arch = "vit"
 
@@ -109,6 +148,7 @@ class ViTMaskGenerator(nn.Module):
         self.num_classes = K
         self.patch_size = vit.patch_embed.patch_size[0]
         self.grid = tuple(vit.patch_embed.grid_size)
+        self.num_heads = vit.blocks[0].attn.num_heads
         # WeakTr starts every class token (and its position) from the pretrained one.
         pos = vit.pos_embed.detach()
         cls_pos = torch.zeros(1, 1, D) if vit.no_embed_class else pos[:, :1]
@@ -119,49 +159,88 @@ class ViTMaskGenerator(nn.Module):
         vit.cls_token, vit.pos_embed = None, None  # replaced by the K-token versions above
         vit.patch_embed.strict_img_size = False
         self.vit = vit
-        self._attn: list[torch.Tensor] = []
+        self.final_norm = cfg.final_norm
+        self._maps: list[torch.Tensor] = []
+        self._feats: list[torch.Tensor] = []
         for blk in vit.blocks:
             blk.attn.fused_attn = False  # the attention matrix must be materialised
-            blk.attn.attn_drop.register_forward_hook(self._keep_attn)
-        self.fusion = AttentionFusion(len(vit.blocks) * vit.blocks[0].attn.num_heads)
+            blk.attn.attn_drop.register_forward_hook(self._keep_map)
+            blk.attn.register_forward_hook(self._keep_feat)
+        self.fusion = build_fusion(cfg, len(vit.blocks) * self.num_heads, D // self.num_heads)
+        # a conv head with PyTorch's default init (WeakTr's _init_weights skips convs)
         self.head = nn.Conv2d(D, K, kernel_size=3, padding=1)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.detach_tokens = False
+        self.detach_coarse = False
 
-    def _keep_attn(self, module, inputs, output):
-        self._attn.append(output.detach())
+    def set_recipe(self, detach_tokens: bool, detach_coarse: bool) -> "ViTMaskGenerator":
+        self.detach_tokens, self.detach_coarse = detach_tokens, detach_coarse
+        return self
+
+    def backbone_parameters(self):
+        """Everything but the head and the fusion (frozen when detach_tokens)."""
+        skip = {id(p) for p in [*self.head.parameters(), *self.fusion.parameters()]}
+        return [p for p in self.parameters() if id(p) not in skip]
+
+    def _keep_map(self, module, inputs, output):
+        self._maps.append(inputs[0].detach())  # softmax attention before dropout (B, H, T, T)
+
+    def _keep_feat(self, module, inputs, output):
+        if self.fusion.kind == "features":
+            self._feats.append(output.detach())  # attention output after proj (B, T, C)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
         ph, pw = (-x.shape[2]) % p, (-x.shape[3]) % p
         return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
+    def _patch_pos(self, h: int, w: int) -> torch.Tensor:
+        if (h, w) == self.grid:
+            return self.patch_pos
+        # WeakTr's interpolate_pos_encoding: bicubic with scale factor (n + 0.1) / n0
+        gh, gw = self.grid
+        grid = self.patch_pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=((h + 0.1) / gh, (w + 0.1) / gw), mode="bicubic")
+        return grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self._pad(x)
         B, K = x.shape[0], self.num_classes
         h, w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
-        tokens = self.vit.patch_embed(x)
-        pos = self.patch_pos
-        if (h, w) != self.grid:
-            pos = resample_abs_pos_embed(pos, new_size=[h, w], old_size=list(self.grid), num_prefix_tokens=0)
-        tokens = torch.cat([(self.cls_tokens + self.cls_pos).expand(B, -1, -1), tokens + pos], 1)
-        tokens = self.vit.pos_drop(tokens)
-        self._attn = []
+        self._maps, self._feats = [], []
         try:
-            tokens = self.vit.norm(self.vit.blocks(tokens))
-            attn = torch.stack(self._attn, 1)  # (B, L, H, T, T), detached
+            # frozen backbone: no autograd graph at all (the tokens are detached anyway)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_tokens):
+                tokens = self.vit.patch_embed(x)
+                tokens = torch.cat([(self.cls_tokens + self.cls_pos).expand(B, -1, -1),
+                                    tokens + self._patch_pos(h, w)], 1)
+                tokens = self.vit.blocks(self.vit.pos_drop(tokens))
+                if self.final_norm:
+                    tokens = self.vit.norm(tokens)
+            # (B, H, L, T, T) -> (B, H*L, T, T): channel = head * L + layer, as the official code stacks them
+            maps = torch.stack(self._maps, 2).flatten(1, 2).float()
+            feats = None
+            if self.fusion.kind == "features":
+                # (L, B, T, C) viewed as (L, B, T, C/H, H) like models123.py (head index fastest),
+                # then (B, H*L, T, C/H)
+                f = torch.stack(self._feats, 0)
+                L, _, T, C = f.shape
+                feats = f.view(L, B, T, C // self.num_heads, self.num_heads).permute(1, 4, 0, 2, 3)
+                feats = feats.reshape(B, self.num_heads * L, T, -1).float()
         finally:
-            self._attn = []
-        attn = self.fusion(attn.flatten(1, 2).float())  # (B, T, T)
+            self._maps, self._feats = [], []
+        weight = self.fusion.weights(maps, feats)  # (B, C)
+        attn = (maps * weight[:, :, None, None]).mean(1)  # (B, T, T)
         x_cls, x_patch = tokens[:, :K], tokens[:, K:]
+        if self.detach_tokens:
+            x_patch = x_patch.detach()
         coarse = self.head(x_patch.transpose(1, 2).reshape(B, -1, h, w))  # (B, K, h, w)
         cross = attn[:, :K, K:].reshape(B, K, h, w)
-        cams = cross * F.relu(coarse)
+        cams = cross * F.relu(coarse.detach() if self.detach_coarse else coarse)
         patch_attn = attn[:, K:, K:]
         fine = torch.einsum("bij,bkj->bki", patch_attn, cams.flatten(2)).reshape(B, K, h, w)
         return {"cls_logits": x_cls.mean(-1), "patch_logits": coarse.mean((2, 3)),
                 "attn_logits": fine.mean((2, 3)), "coarse": coarse, "fine": fine,
-                "patch_attn": patch_attn, "grid": (h, w)}
+                "patch_attn": patch_attn, "fusion_weights": weight, "grid": (h, w)}
 
     def cams(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)["fine"]
@@ -205,6 +284,14 @@ class CNNMaskGenerator(nn.Module):
         return {"cls_logits": logits, "patch_logits": logits, "attn_logits": fine.mean((2, 3)),
                 "coarse": cam, "fine": fine, "patch_attn": aff, "grid": (h, w)}
 
+    def set_recipe(self, detach_tokens: bool, detach_coarse: bool) -> "CNNMaskGenerator":
+        if detach_tokens:
+            raise ValueError("trainable: head needs arch vit (a CNN mask generator has no frozen-backbone recipe)")
+        return self
+
+    def backbone_parameters(self):
+        return list(self.body.parameters())
+
     cams = ViTMaskGenerator.cams
     patch_attention = ViTMaskGenerator.patch_attention
     cams_and_attention = ViTMaskGenerator.cams_and_attention
@@ -227,29 +314,50 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_mask_generator(model: nn.Module, path: Path, cfg: MaskGeneratorCfg, num_classes_fg: int) -> None:
-    """Self-describing checkpoint (format tag, config, class count, weights), written atomically."""
+    """Self-describing checkpoint (format tag, config, class count, weights), written atomically.
+    Plain tensors and data only, so it loads with weights_only=True."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     torch.save({"format": CHECKPOINT_FORMAT, "cfg": cfg.model_dump(mode="json"),
-                "num_classes_fg": num_classes_fg, "mean": MEAN, "std": STD,
+                "num_classes_fg": num_classes_fg, "mean": list(MEAN), "std": list(STD),
                 "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}}, tmp)
     tmp.replace(path)
 
 
-def load_mask_generator(path: Path, device: torch.device | str = "cpu") -> nn.Module:
+def _read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: mask generator checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with code in it, or not a torch file at all
+        raise ValueError(f"{path}: not a mask generator checkpoint (format {CHECKPOINT_FORMAT}): {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a mask generator checkpoint (format {CHECKPOINT_FORMAT})")
+    return ckpt
+
+
+def load_mask_generator(path: Path, device: torch.device | str = "cpu") -> nn.Module:
+    ckpt = _read_checkpoint(path)
     cfg = MaskGeneratorCfg(**ckpt["cfg"])
     model = build_mask_generator(cfg, ckpt["num_classes_fg"], load_weights=False)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 
 
-def load_weights_from(model: nn.Module, path: Path) -> None:
-    """Copy the weights of a saved mask generator (e.g. train_cam's) into ``model``."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
-    unwrap(model).load_state_dict(ckpt["state_dict"])
+def load_weights_from(model: nn.Module, path: Path) -> list[str]:
+    """Copy the weights of a saved mask generator (e.g. train_cam's) into ``model``.
+    As the official phases load the warm start with strict=False, a fusion of
+    another kind (warm start: maps, phases: features) is left freshly initialised;
+    every other weight must match. Returns the names left initialised."""
+    ckpt = _read_checkpoint(path)
+    target = unwrap(model)
+    sd = ckpt["state_dict"]
+    if ckpt["cfg"].get("fusion", "maps") != getattr(getattr(target, "fusion", None), "kind", None):
+        sd = {k: v for k, v in sd.items() if not k.startswith("fusion.")}
+    missing, unexpected = target.load_state_dict(sd, strict=False)
+    bad_missing = [k for k in missing if not k.startswith("fusion.")]
+    if bad_missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit this mask generator "
+                         f"(missing {bad_missing[:5]}, unexpected {unexpected[:5]})")
+    return list(missing)

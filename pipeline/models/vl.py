@@ -173,8 +173,8 @@ def build_vl(cfg: ClipCfg, device: torch.device | str = "cpu"):
                                  "clip.allow_random_init: true for tests")
             warnings.warn(RANDOM_INIT_WARNING)
             log.warning(RANDOM_INIT_WARNING)
-        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained,
-                                       force_image_size=cfg.image_size)
+        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, force_image_size=cfg.image_size,
+                                       force_quick_gelu=bool(cfg.quick_gelu))
         vl = OpenClipVL(model, open_clip.get_tokenizer(cfg.model), cfg.template)
     if isinstance(vl, nn.Module):
         vl = vl.to(device).eval().requires_grad_(False)
@@ -182,11 +182,15 @@ def build_vl(cfg: ClipCfg, device: torch.device | str = "cpu"):
 
 
 class PromptLearner(nn.Module):
-    """Learnable background prompts p_k: (K, n_prompts, token width)."""
+    """Learnable background prompts p_k: (K, n_prompts, token width).
+    init 'uniform': torch.rand, U[0, 1), as main2.py's BTP; 'normal': N(0, std)."""
 
-    def __init__(self, num_classes_fg: int, n_prompts: int, width: int, std: float = 0.02):
+    def __init__(self, num_classes_fg: int, n_prompts: int, width: int, init: str = "uniform", std: float = 0.02):
         super().__init__()
-        self.prompts = nn.Parameter(torch.randn(num_classes_fg, n_prompts, width) * std)
+        shape = (num_classes_fg, n_prompts, width)
+        if init not in ("uniform", "normal"):
+            raise ValueError(f"learn_prompts.prompt_init: unknown '{init}'")
+        self.prompts = nn.Parameter(torch.rand(shape) if init == "uniform" else torch.randn(shape) * std)
 
     def forward(self, vl) -> torch.Tensor:
         return vl.encode_prompted(self.prompts)
