@@ -1,13 +1,23 @@
-"""ms per training step of match (phase 1) and refine (phase 3) at batch 8,
-CLIP ViT-B/32 + DeiT-S (random init: timing only), for
+"""Training-step throughput of the SemPLeS phases at the official batch sizes,
+DeiT-S mask generator + CLIP ViT-B/32 (random init: timing only).
 
-  ours:      class-text (and prompt) features computed once per stage, all
-             (fg, bg) pairs of a batch built at once and encoded in one CLIP call;
-  reference: as the official code: texts (and prompts) re-encoded every step,
-             pairs built one by one in a Python loop, fg and bg encoded separately.
+For match and refine it compares, in one run:
+  before: the whole mask generator in autograd (trainable: all), float16 AMP,
+          plain AdamW - the path every phase took before the fidelity work;
+  after:  the official recipe (trainable: head): backbone under no-grad, autograd
+          only through head, fusion, masks and CLIP's image tower w.r.t. its
+          input; fused AdamW; float16 (official) and bfloat16 autocast;
+          optionally torch.compile of CLIP's image tower (--compile).
+learn_prompts is timed once (prompts only learn).
 
-Each step = S forward + CLIP + backward + AdamW update. On CUDA also images/s
-of our step with AMP. Usage: python bench/train_step.py [--steps N] [--batch 8]
+Printed per case: ms/step, images/s, achieved TFLOP/s and the share of the GPU's
+dense bf16 peak. FLOPs assumed per image (2 FLOPs per multiply-add): DeiT-S
+forward at 224 px with 20 class tokens 9.2 x 216/197 = 10.1 GFLOP; CLIP ViT-B/32
+image forward 8.8 GFLOP, backward to its input 2x that; pairs per image = the
+labels' mean (1.5 here, as VOC); match/refine encode fg and bg of every pair
+(refine reuses fg features for the prompt term). Backbone backward (before
+path) 2x its forward. On CPU it runs a tiny batch once and says so.
+Usage: python bench/train_step.py [--dataset voc|coco] [--steps N] [--compile]
 """
 from __future__ import annotations
 
@@ -17,116 +27,144 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from pipeline.config import ClipCfg, MaskGeneratorCfg
 from pipeline.data.classes import prompt_names
-from pipeline.losses import (StepContext, cosine, match_loss, match_step, normalised_masks,
-                             refine_loss, refine_step)
+from pipeline.losses import StepContext, learn_prompts_step, match_step, refine_step
 from pipeline.models.mask_generator import MEAN, STD, build_mask_generator
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
 
-TEMPLATE = "a photo of {}."
+BATCH = {"voc": {"match": 64, "learn_prompts": 128, "refine": 64},
+         "coco": {"match": 32, "learn_prompts": 128, "refine": 24}}
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+S_FWD, CLIP_FWD = 9.2e9 * 216 / 197, 8.8e9
+PAIRS = 1.5
 
 
-def reference_pairs(s, ctx, images, labels, eps):
-    cams = s(images)["fine"]
-    masks = normalised_masks(cams, ctx.vl.image_size, eps)
-    x = ctx.vl_images(images)
-    fg, bg, ks = [], [], []
-    for b in range(labels.shape[0]):
-        for k in range(labels.shape[1]):
-            if labels[b, k] > 0:
-                fg.append(masks[b, k:k + 1] * x[b])
-                bg.append((1 - masks[b, k:k + 1]) * x[b])
-                ks.append(k)
-    return torch.stack(fg), torch.stack(bg), ks
+def flops_per_image(phase: str, frozen: bool) -> float:
+    clip = CLIP_FWD * 3  # forward + backward to the input
+    if phase == "learn_prompts":
+        return S_FWD + PAIRS * CLIP_FWD  # S and CLIP forward only (prompts take the gradient)
+    return S_FWD * (1 if frozen else 3) + 2 * PAIRS * clip
 
 
-def reference_match(s, ctx, names, images, labels, lambda_b=2.4, eps=0.1):
-    fg, bg, ks = reference_pairs(s, ctx, images, labels, eps)
-    t = ctx.vl.encode_text([TEMPLATE.format(names[k]) for k in ks])
-    return match_loss(cosine(ctx.encode(fg), t), cosine(ctx.encode(bg), t), lambda_b)
+def peak(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def reference_refine(s, ctx, names, prompts, images, labels, lambda_b=2.4, lam=0.05, eps=0.1):
-    fg, bg, ks = reference_pairs(s, ctx, images, labels, eps)
-    t = ctx.vl.encode_text([TEMPLATE.format(names[k]) for k in ks])
-    with torch.no_grad():
-        pf = ctx.vl.encode_prompted(prompts)[ks]
-    f_fg = ctx.encode(fg)
-    return match_loss(cosine(f_fg, t), cosine(ctx.encode(bg), t), lambda_b) + lam * refine_loss(cosine(f_fg, pf))
+def timed(step, device, steps: int) -> float:
+    """Fastest of ``steps`` calls of step() (after one warm-up), in seconds."""
+    step()
+    best = float("inf")
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
-def one_step(fn, opt, scaler, device, amp=False) -> float:
-    """Seconds of one full training step (forward, backward, optimiser update)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-        loss = fn()
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(opt)
-    scaler.update()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
+def make_step(loss_fn, params, device, dtype, fused: bool):
+    opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.03, fused=fused)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and dtype == torch.float16)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return step
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=0, help="timed steps (default: 1 on CPU, 20 on CUDA)")
+    ap.add_argument("--dataset", choices=["voc", "coco"], default="voc")
+    ap.add_argument("--steps", type=int, default=0, help="timed steps (default: 1 on CPU, 10 on CUDA)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile of CLIP's image tower")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    steps = args.steps or (20 if device.type == "cuda" else 1)
-    if device.type == "cuda":
-        print(f"device: {torch.cuda.get_device_name(0)}")
-    else:
-        print(f"device: CPU ({torch.get_num_threads()} threads) - no GPU available; AMP images/s skipped")
+    cuda = device.type == "cuda"
+    steps = args.steps or (10 if cuda else 1)
+    batches = BATCH[args.dataset] if cuda else {k: 2 for k in BATCH[args.dataset]}
+    print(f"device: {torch.cuda.get_device_name(0) if cuda else f'CPU ({torch.get_num_threads()} threads)'}"
+          + ("" if cuda else " - no GPU: batch 2, one step; figures say nothing about a GPU"))
     torch.manual_seed(0)
-    names = prompt_names("voc")
-    s = build_mask_generator(MaskGeneratorCfg(backbone="deit_small_patch16_224", pretrained=False), 20).to(device)
-    vl = build_vl(ClipCfg(model="ViT-B-32", pretrained=None, allow_random_init=True), device)
-    ctx = StepContext(vl, class_text_features(vl, names, TEMPLATE).to(device), MEAN, STD)
-    prompts = PromptLearner(20, 30, vl.token_width).to(device).prompts.detach()
+    k = 20 if args.dataset == "voc" else 80
+    names = prompt_names(args.dataset, official=True)
+    vl = build_vl(ClipCfg(model="ViT-B-32-quickgelu", pretrained=None, allow_random_init=True), device)
+    ctx = StepContext(vl, class_text_features(vl, names, "a photo of {}.").to(device), MEAN, STD)
+    pk = PromptLearner(k, 30, vl.token_width).to(device)
     with torch.no_grad():
-        pf = vl.encode_prompted(prompts).float()
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(args.batch, 3, 224, 224, generator=g).to(device)
-    labels = torch.zeros(args.batch, 20)
-    for b in range(args.batch):  # 1-2 classes per image, as on VOC (about 1.5 on average)
-        labels[b, torch.randperm(20, generator=g)[: 1 + b % 2]] = 1
-    labels = labels.to(device)
-    print(f"batch {args.batch}, {int(labels.sum())} (fg, bg) pairs per step, {steps} timed steps each after 1 warm-up; fastest step shown")
+        pf = vl.encode_prompted(pk.prompts).float()
+    pk_peak = peak(device)
 
-    cases = {
-        "match": (lambda: match_step(s, ctx, images, labels, 2.4, 0.1)[0],
-                  lambda: reference_match(s, ctx, names, images, labels)),
-        "refine": (lambda: refine_step(s, ctx, pf, images, labels, 2.4, 0.05, 0.1)[0],
-                   lambda: reference_refine(s, ctx, names, prompts, images, labels)),
-    }
-    # ours and the reference alternate step by step, and the fastest step of each
-    # is reported, so that load from other processes on a shared CPU cancels out
-    opt = torch.optim.AdamW(s.parameters(), lr=1e-6, weight_decay=0.03)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    print(f"{'phase':8s} {'ours ms/step':>13s} {'reference ms/step':>18s} {'ref/ours':>9s}")
-    for name, (ours, ref) in cases.items():
-        one_step(ours, opt, scaler, device)  # warm-up
-        t_ours, t_ref = [], []
-        for _ in range(steps):
-            t_ours.append(one_step(ours, opt, scaler, device))
-            t_ref.append(one_step(ref, opt, scaler, device))
-        a, b = 1000 * min(t_ours), 1000 * min(t_ref)
-        print(f"{name:8s} {a:13.1f} {b:18.1f} {b / a:9.2f}x")
-    if device.type == "cuda":
-        for name, (ours, _) in cases.items():
-            one_step(ours, opt, scaler, device, amp=True)
-            ms = 1000 * min(one_step(ours, opt, scaler, device, amp=True) for _ in range(steps))
-            print(f"{name:8s} AMP: {ms:.1f} ms/step, {1000 * args.batch / ms:.1f} images/s")
+    def s_model(fusion="features", frozen=True):
+        torch.manual_seed(0)
+        m = build_mask_generator(MaskGeneratorCfg(pretrained=False, fusion=fusion), k).to(device).train()
+        m.set_recipe(detach_tokens=frozen, detach_coarse=False)
+        if frozen:
+            for p in m.backbone_parameters():
+                p.requires_grad_(False)
+        return m
+
+    def data(b):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(b, 3, 224, 224, generator=g).to(device)
+        y = torch.zeros(b, k)
+        for i in range(b):  # 1-2 classes per image (VOC: about 1.5)
+            y[i, torch.randperm(k, generator=g)[: 1 + i % 2]] = 1
+        return x, y.to(device)
+
+    print(f"{'phase':14s} {'path':34s} {'batch':>5s} {'ms/step':>9s} {'images/s':>9s} {'TFLOP/s':>8s} {'% peak':>7s}")
+
+    def report(phase, path, b, sec, frozen):
+        ips = b / sec
+        tf = ips * flops_per_image(phase, frozen) / 1e12
+        share = f"{100 * tf / pk_peak:6.1f}%" if pk_peak else "    n/a"
+        print(f"{phase:14s} {path:34s} {b:5d} {1000 * sec:9.1f} {ips:9.1f} {tf:8.2f} {share}")
+        return ips
+
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    for phase in ("match", "refine"):
+        b = batches[phase]
+        x, y = data(b)
+        if phase == "match":
+            loss_of = lambda m: (lambda: match_step(m, ctx, x, y, 2.4, 0.1)[0])  # noqa: E731
+        else:
+            loss_of = lambda m: (lambda: refine_step(m, ctx, pf, x, y, 2.4, 0.05, 0.1)[0])  # noqa: E731
+        m = s_model(frozen=False)
+        before = report(phase, "before: all trainable, fp16, AdamW", b,
+                        timed(make_step(loss_of(m), [p for p in m.parameters()], device, torch.float16, False),
+                              device, steps), frozen=False)
+        m = s_model(frozen=True)
+        params = [p for p in m.parameters() if p.requires_grad]
+        for tag, dt in dtypes.items():
+            after = report(phase, f"after: head, {tag}, fused AdamW", b,
+                           timed(make_step(loss_of(m), params, device, dt, cuda), device, steps), frozen=True)
+            print(f"{'':14s} {'-> after / before':34s} {after / before:5.2f}x")
+        if args.compile and cuda:
+            visual = vl.model.visual
+            vl.model.visual = torch.compile(visual)
+            report(phase, "after: head, bf16, compiled CLIP", b,
+                   timed(make_step(loss_of(m), params, device, torch.bfloat16, True), device, steps), frozen=True)
+            vl.model.visual = visual
+    b = batches["learn_prompts"]
+    x, y = data(b)
+    m = s_model().eval().requires_grad_(False)
+    for tag, dt in dtypes.items():
+        report("learn_prompts", f"prompts only, {tag}", b,
+               timed(make_step(lambda: learn_prompts_step(m, ctx, pk(vl), x, y, 0.02, 1e-4)[0],
+                               list(pk.parameters()), device, dt, cuda), device, steps), frozen=True)
 
 
 if __name__ == "__main__":
