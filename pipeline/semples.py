@@ -16,7 +16,8 @@ from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
-from pipeline.training import TrainImages, dist_info, fit, is_main, write_gallery
+from pipeline.seed_eval import seed_miou_eval, selection_label
+from pipeline.training import BEST_MODEL, TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")
@@ -66,9 +67,18 @@ def _gallery(model, gal, table, device):
     return lambda path: write_gallery(path, model.cams, gal, names, device)
 
 
-def _finish(model, out: Path, cfg: Config, k: int) -> None:
+def _finish(model, out: Path, cfg: Config, k: int, stage: str, metrics: dict) -> dict:
+    """Save the kept weights (the last epoch's, or with select 'gt_miou' the
+    best epoch's) as model.pt; the metrics say which selection was used."""
     if is_main():
+        if getattr(cfg, stage).select == "gt_miou":
+            model.load_state_dict(torch.load(Path(out) / BEST_MODEL, map_location="cpu", weights_only=True))
         save_mask_generator(model, Path(out) / MODEL, cfg.mask_generator, k)
+    return metrics | {"selection": selection_label(cfg, stage)}
+
+
+def _seed_eval(cfg: Config, stage: str, inputs: dict, device):
+    return seed_miou_eval(cfg, stage, inputs["prepare_data"], device)
 
 
 def _setup(cfg: Config, inputs: dict, tcfg):
@@ -83,9 +93,9 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
     device, table, train, gal, k = _setup(cfg, inputs, tc)
     model = _generator(cfg, k, None, device)
     m = fit(out, tc, cfg.run.seed, train, model, train_cam_step, device, cfg.run.num_workers,
-            "train_cam", _gallery(model, gal, table, device))
-    _finish(model, out, cfg, k)
-    return m
+            "train_cam", _gallery(model, gal, table, device),
+            epoch_eval=_seed_eval(cfg, "train_cam", inputs, device))
+    return _finish(model, out, cfg, k, "train_cam", m)
 
 
 def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
@@ -98,9 +108,8 @@ def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
         return match_step(s, ctx, x, y, mc.lambda_b, mc.mask_eps)
 
     m = fit(out, mc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "match",
-            _gallery(model, gal, table, device))
-    _finish(model, out, cfg, k)
-    return m
+            _gallery(model, gal, table, device), epoch_eval=_seed_eval(cfg, "match", inputs, device))
+    return _finish(model, out, cfg, k, "match", m)
 
 
 def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
@@ -151,6 +160,5 @@ def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
         return refine_step(s, ctx, prompt_feats, x, y, rc.lambda_b, rc.lambda_refine, rc.mask_eps)
 
     m = fit(out, rc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "refine",
-            _gallery(model, gal, table, device))
-    _finish(model, out, cfg, k)
-    return m
+            _gallery(model, gal, table, device), epoch_eval=_seed_eval(cfg, "refine", inputs, device))
+    return _finish(model, out, cfg, k, "refine", m)

@@ -1,0 +1,176 @@
+"""Checkpoint selection and the per-epoch seed evaluation (issue 10, item 9):
+the one-pass threshold sweep equals per-threshold confusion matrices, fit()
+records a real seed-mIoU curve and keeps the best epoch under gt_miou (also
+across a resume), the stages save the selected weights and say which
+selection they used, and the config refuses incomplete set-ups."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.cam_inference import infer_cams
+from pipeline.cam_store import CamStore
+from pipeline.config import OFFICIAL_SWEEP, ConfigError, load_config
+from pipeline.data.datasets import LabelTable, read_image
+from pipeline.evaluation import evaluate_seeds
+from pipeline.losses import train_cam_step
+from pipeline.metrics import Confusion, seed_confusions
+from pipeline.models.mask_generator import build_mask_generator, load_mask_generator
+from pipeline.seed_eval import eval_ids, seed_miou_eval
+from pipeline.training import BEST_MODEL, CHECKPOINT, TrainImages, fit
+from test_semples_stages import ROOT, history, tiny_cfg
+
+
+def test_one_pass_sweep_equals_a_confusion_per_threshold():
+    rng = np.random.default_rng(0)
+    t = np.array(OFFICIAL_SWEEP)
+    for _ in range(10):
+        h, w = rng.integers(1, 40, 2)
+        gt = rng.integers(0, 21, (h, w)).astype(np.uint8)
+        gt[rng.random((h, w)) < 0.1] = 255
+        fg = rng.integers(1, 21, (h, w))
+        # scores exactly at thresholds too: a tie goes to background
+        top = rng.choice(np.concatenate([t, rng.random(30), [0.0, 1.0]]).astype(np.float32), (h, w))
+        cms = seed_confusions(top, fg, gt, t, 21)
+        for i, th in enumerate(t):
+            ref = Confusion(21)
+            ref.add(np.where(top > float(th), fg, 0), gt)
+            assert np.array_equal(cms[i], ref.cm), th
+
+
+def _train(cfg, table, out, epoch_eval, stop_after=None):
+    torch.manual_seed(0)
+    model = build_mask_generator(cfg.mask_generator, 20, load_weights=False)
+    ds = TrainImages(table, 64, seed=0, ids=table.ids()[:8])
+    m = fit(out, cfg.train_cam, 0, ds, model, train_cam_step, torch.device("cpu"), stop_after=stop_after,
+            epoch_eval=epoch_eval)
+    return model, m
+
+
+def test_fit_records_the_real_seed_curve_and_keeps_the_best_epoch(tmp_path, prepared):
+    cfg = tiny_cfg(tmp_path, epochs=3)
+    cfg.train_cam.select, cfg.train_cam.seed_eval_every, cfg.train_cam.seed_eval_max_images = "gt_miou", 1, 6
+    table = LabelTable.from_artifact(prepared, "train")
+    real = seed_miou_eval(cfg, "train_cam", prepared, torch.device("cpu"))
+    states = []
+
+    def spy(model, epoch):  # the real evaluation; remembers each evaluated epoch's weights
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return real(model, epoch)
+
+    out = tmp_path / "fit"
+    out.mkdir()
+    model, metrics = _train(cfg, table, out, spy)
+    curve = [h["seed_miou"] for h in history(out, "train")]
+    assert len(curve) == 3 and len(states) == 3 and len(set(curve)) > 1, curve
+    best = int(np.argmax(curve))
+    assert metrics["selected_epoch"] == best + 1 and metrics["selected_seed_miou"] == curve[best]
+    kept = torch.load(out / BEST_MODEL, weights_only=True)
+    assert all(torch.equal(kept[k], states[best][k]) for k in kept)
+    # the curve's last point is the official evaluation of the final model:
+    # scale 1.0 + flip CAMs in a store, swept 0.40..0.59 by evaluate_seeds
+    store = CamStore(tmp_path / "cams.zarr", mode="a")
+    ids = table.ids()[:6]
+    model.eval()
+    for i in ids:
+        img = read_image(table[i].image)
+        store.write(i, infer_cams(model, img, table[i].labels, (1.0,), True), table[i].labels, img.shape[:2])
+    res = evaluate_seeds(store, ids, lambda i: table[i].mask, OFFICIAL_SWEEP, 21)
+    assert max(r["miou"] for r in res.values()) == pytest.approx(curve[-1], abs=0.05)  # float16 store
+    # the seed-mIoU panel sits next to the loss curve
+    assert Image.open(out / "train_history.png").size[0] > 800
+
+
+def test_resume_keeps_the_best_so_far(tmp_path, prepared):
+    cfg = tiny_cfg(tmp_path, epochs=3)
+    cfg.train_cam.select, cfg.train_cam.seed_eval_every = "gt_miou", 1
+    table = LabelTable.from_artifact(prepared, "train")
+    scores = {1: 5.0, 2: 9.0, 3: 3.0}  # best = epoch 2, before the interruption
+
+    def scripted(model, epoch):
+        return {"seed_miou": scores[epoch], "seed_threshold": 0.45}
+
+    out = tmp_path / "fit"
+    out.mkdir()
+    _train(cfg, table, out, scripted, stop_after=2)
+    after_two = torch.load(out / CHECKPOINT, weights_only=False)
+    assert after_two["best"]["epoch"] == 2
+    model, metrics = _train(cfg, table, out, scripted)
+    assert metrics["selected_epoch"] == 2 and metrics["selected_seed_miou"] == 9.0
+    kept = torch.load(out / BEST_MODEL, weights_only=True)
+    assert all(torch.equal(kept[k], after_two["model"][k]) for k in kept)
+    assert not all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+    assert [h["seed_miou"] for h in history(out, "train")] == [5.0, 9.0, 3.0]
+
+
+def test_eval_every_n_epochs_and_the_last(tmp_path, prepared):
+    cfg = tiny_cfg(tmp_path, epochs=3)
+    cfg.train_cam.seed_eval_every = 2
+    table = LabelTable.from_artifact(prepared, "train")
+    seen = []
+    out = tmp_path / "fit"
+    out.mkdir()
+    _, metrics = _train(cfg, table, out, lambda m, e: seen.append(e) or {"seed_miou": float(e)})
+    assert seen == [2, 3] and "selected_epoch" not in metrics and not (out / BEST_MODEL).exists()
+    assert [h.get("seed_miou") for h in history(out, "train")] == [None, 2.0, 3.0]
+
+
+def test_stage_saves_the_selected_weights_and_names_the_selection(tmp_path):
+    from stages.runner import run_stage
+    cfg = tiny_cfg(tmp_path, epochs=2)
+    cfg.train_cam.select, cfg.train_cam.seed_eval_every, cfg.train_cam.seed_eval_max_images = "gt_miou", 1, 4
+    run_stage(cfg, "prepare_data")
+    d = run_stage(cfg, "train_cam")
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["metrics"]["selection"] == "best epoch by seed mIoU on train (uses ground truth)"
+    kept = torch.load(d / BEST_MODEL, weights_only=True)
+    saved = load_mask_generator(d / "model.pt", "cpu").state_dict()
+    assert all(torch.equal(kept[k], saved[k]) for k in kept)
+    assert all("seed_miou" in h for h in history(d, "train_cam"))
+
+    last = tiny_cfg(tmp_path, epochs=2)  # the default: last epoch, no GT involved in the choice
+    last.train_cam.seed_eval_every = 0
+    d = run_stage(last, "train_cam")
+    assert json.loads((d / "manifest.json").read_text())["metrics"]["selection"] == "last epoch (no pixel labels)"
+    assert not (d / BEST_MODEL).exists() and not any("seed_miou" in h for h in history(d, "train_cam"))
+
+
+def test_seed_eval_ids_match_ids_or_their_numeric_suffix(tmp_path, prepared):
+    table = LabelTable.from_artifact(prepared, "train")
+    a, b = table.ids()[3], table.ids()[5]
+    lst = tmp_path / "ids.txt"
+    lst.write_text(f"{b.rsplit('_', 1)[-1]}\n{a}\n")  # WeakTr's COCO list holds bare 12-digit ids
+    cfg = tiny_cfg(tmp_path)
+    cfg.train_cam.seed_eval_ids = lst
+    assert eval_ids(cfg, "train_cam", table) == [b, a]
+    lst.write_text(f"{a}\nnot_an_id\n")
+    with pytest.raises(ValueError, match=r"ids.txt \(train_cam.seed_eval_ids\): 1 of 2 ids .*not_an_id"):
+        eval_ids(cfg, "train_cam", table)
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"match": {"select": "gt_miou", "seed_eval_every": 0}}, r"match: .*select 'gt_miou' needs seed_eval_every"),
+    ({"refine": {"seed_eval_split": "nope"}}, r"refine.seed_eval_split: 'nope' is not a split"),
+    ({"learn_prompts": {"select": "gt_miou", "seed_eval_every": 1}}, r"learn_prompts.select"),
+    ({"train_cam": {"seed_eval_ids": "missing/ids.txt"}}, r"train_cam.seed_eval_ids: missing/ids.txt does not exist"),
+])
+def test_config_refuses_incomplete_selection(over, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(ROOT / "configs/voc-smoke.yaml", overrides=over)
+
+
+def test_full_configs_use_the_official_numbers():
+    voc = load_config(ROOT / "configs/voc-full.yaml", overrides={"data": {"root": "data/voc-tiny"}})
+    coco = load_config(ROOT / "configs/coco-full.yaml", overrides={"data": {"root": "data/coco-tiny"}})
+    assert (voc.pseudo_masks.bg_threshold, voc.evaluate.bg_threshold) == (0.43, 0.43)
+    assert (coco.pseudo_masks.bg_threshold, coco.evaluate.bg_threshold) == (0.42, 0.42)
+    assert voc.evaluate.sweep == coco.evaluate.sweep == list(OFFICIAL_SWEEP)
+    assert OFFICIAL_SWEEP[0] == 0.40 and OFFICIAL_SWEEP[-1] == 0.59 and len(OFFICIAL_SWEEP) == 20
+    assert (coco.pseudo_masks.crf.bilateral_sxy, coco.pseudo_masks.crf.bilateral_compat) == (50, 10)
+    for c in (voc, coco):
+        assert [getattr(c, s).select for s in ("train_cam", "match", "refine")] == ["last"] * 3
+        assert c.data.coco_render == "official"
