@@ -174,3 +174,73 @@ def test_full_configs_use_the_official_numbers():
     for c in (voc, coco):
         assert [getattr(c, s).select for s in ("train_cam", "match", "refine")] == ["last"] * 3
         assert c.data.coco_render == "official"
+
+
+# ------------------------------------------------------------------ COCO ground truth (item 10)
+def _coco_with_overlap_and_crowd(tmp_path):
+    """A 20x20 image: a large dog listed before a small person inside it, and a
+    person crowd region (uncompressed RLE) half over the dog."""
+    from pycocotools.coco import COCO
+    crowd = np.zeros((20, 20), np.uint8)
+    crowd[12:18, 8:18] = 1
+    flat, runs, cur = crowd.ravel(order="F"), [0], 0  # uncompressed RLE: alternating 0/1 run lengths
+    for v in flat:
+        if v != cur:
+            runs.append(0)
+            cur = v
+        runs[-1] += 1
+    box = lambda x0, y0, x1, y1: [[x0, y0, x1, y0, x1, y1, x0, y1]]  # noqa: E731
+    doc = {"images": [{"id": 7, "file_name": "x.jpg", "height": 20, "width": 20}],
+           "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+           "annotations": [
+               {"id": 1, "image_id": 7, "category_id": 18, "iscrowd": 0, "area": 144.0,
+                "segmentation": box(2, 2, 14, 14), "bbox": [2, 2, 12, 12]},
+               {"id": 2, "image_id": 7, "category_id": 1, "iscrowd": 0, "area": 16.0,
+                "segmentation": box(6, 6, 10, 10), "bbox": [6, 6, 4, 4]},
+               {"id": 3, "image_id": 7, "category_id": 1, "iscrowd": 1, "area": float(crowd.sum()),
+                "segmentation": {"size": [20, 20], "counts": runs}, "bbox": [8, 14, 10, 4]}]}
+    (tmp_path / "inst.json").write_text(json.dumps(doc))
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(tmp_path / "inst.json"))
+
+
+def test_coco_masks_render_as_the_official_conversion(tmp_path):
+    from pipeline.data.datasets import coco_category_map, render_coco_mask
+    coco = _coco_with_overlap_and_crowd(tmp_path)
+    cmap = coco_category_map(coco)  # person -> 15, dog -> 12
+    dog, person = cmap[18], cmap[1]
+    official = render_coco_mask(coco, 7, cmap)
+    largest = render_coco_mask(coco, 7, cmap, "largest_first")
+    # overlap of dog (listed first) and person: the first instance keeps it
+    assert official[8, 8] == dog and largest[8, 8] == person
+    # crowd: its category where nothing came first, 255 in the old rendering
+    assert official[16, 16] == person and largest[16, 16] == 255
+    assert official[13, 10] == dog and largest[13, 10] == 255  # crowd over the dog: the dog came first
+    assert official[0, 0] == largest[0, 0] == 0
+    # official = parse_coco.py: each decoded instance fills the pixels still 0, in annotation order
+    ref = np.zeros((20, 20), np.uint8)
+    for a in coco.loadAnns(coco.getAnnIds(imgIds=7)):
+        ref += (ref == 0) * (coco.annToMask(a) * cmap[a["category_id"]]).astype(np.uint8)
+    assert np.array_equal(official, ref)
+
+
+def test_prepare_data_renders_coco_tiny_as_configured(tmp_path):
+    from pipeline.data.datasets import read_mask
+    from stages.runner import run_stage
+    over = {"data": {"root": str(ROOT / "data/coco-tiny"), "max_images": 20, "splits": {
+        "train": {"images": "images/train2017", "annotations": "annotations/instances_train2017.json"},
+        "val": {"images": "images/val2017", "annotations": "annotations/instances_val2017.json"}}},
+        "run": {"work_dir": str(tmp_path / "runs")}}
+    masks = {}
+    for mode in ("official", "largest_first"):
+        over["data"]["coco_render"] = mode
+        cfg = load_config(ROOT / "configs/coco-full.yaml", overrides=over)
+        out = run_stage(cfg, "prepare_data")
+        table = LabelTable.from_artifact(out, "val")
+        masks[mode] = {r.id: read_mask(r.mask) for r in table.records}
+    assert masks["official"].keys() == masks["largest_first"].keys()
+    differ = [i for i in masks["official"] if not np.array_equal(masks["official"][i], masks["largest_first"][i])]
+    assert differ  # overlapping instances exist in real COCO images
+    assert not any((m == 255).any() for m in masks["official"].values())  # crowd keeps its category
