@@ -198,7 +198,7 @@ def _coco_with_overlap_and_crowd(tmp_path):
                {"id": 2, "image_id": 7, "category_id": 1, "iscrowd": 0, "area": 16.0,
                 "segmentation": box(6, 6, 10, 10), "bbox": [6, 6, 4, 4]},
                {"id": 3, "image_id": 7, "category_id": 1, "iscrowd": 1, "area": float(crowd.sum()),
-                "segmentation": {"size": [20, 20], "counts": runs}, "bbox": [8, 14, 10, 4]}]}
+                "segmentation": {"size": [20, 20], "counts": runs}, "bbox": [8, 12, 10, 6]}]}
     (tmp_path / "inst.json").write_text(json.dumps(doc))
     import contextlib
     import io
