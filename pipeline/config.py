@@ -63,6 +63,10 @@ class DataCfg(Section):
                                       "(VOC: train, 1,464 images, while CAMs cover train_aug); None = train_split")
     splits: dict[str, SplitCfg] = Field(default_factory=dict)
     max_images: Optional[int] = Field(None, ge=1, description="cap per split (debugging)")
+    coco_render: Literal["official", "largest_first"] = Field(
+        "official", description="COCO GT masks from instances. official: as SemPLeS/WeakTr data/parse_coco.py "
+        "(annotation order, the first instance to cover a pixel keeps it, crowd regions get their category); "
+        "largest_first: larger instances first so small ones stay on top, crowd regions -> 255")
 
 
 class MaskGeneratorCfg(Section):
@@ -128,6 +132,23 @@ class TrainCfg(Section):
     # resized crop, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25); crop_flip: crop + flip
     augment: Literal["weaktr", "crop_flip"] = "weaktr"
     gallery_size: int = Field(8, ge=0)
+    # checkpoint selection (README "Checkpoint selection and seed evaluation")
+    select: Literal["last", "gt_miou"] = Field(
+        "last", description="last: the last epoch (no pixel labels); gt_miou: the epoch with the best seed mIoU "
+        "on seed_eval_split (the official protocol; uses ground truth)")
+    seed_eval_every: int = Field(0, ge=0, description="score the seeds against GT every N epochs and at the "
+                                 "last one (the seed-mIoU curve); 0 = never")
+    seed_eval_split: Optional[str] = Field(None, description="split with GT the seeds are scored on; "
+                                           "None = data.eval_split (or train_split)")
+    seed_eval_ids: Optional[Path] = Field(None, description="file of image ids (one a line) restricting "
+                                          "seed_eval_split, e.g. WeakTr's coco/train_1250_id.txt (user supplied)")
+    seed_eval_max_images: Optional[int] = Field(None, ge=1, description="first N images only (debugging)")
+
+    @model_validator(mode="after")
+    def _check_select(self):
+        if self.select == "gt_miou" and self.seed_eval_every < 1:
+            raise ValueError("select 'gt_miou' needs seed_eval_every >= 1 (the epochs it chooses from)")
+        return self
 
     def effective_lr(self) -> float:
         return self.lr * self.batch_size / self.lr_scale_batch if self.lr_scale_batch else self.lr
@@ -236,9 +257,14 @@ class TrainSegmentationCfg(Section):
     tiny: bool = Field(False, description="small random-initialised variant (tests, smoke)")
 
 
+# the official seed sweep: SemPLeS/WeakTr evaluation.py --start 40 (--end 60), thresholds range(40, 60) / 100
+OFFICIAL_SWEEP = tuple(round(0.01 * i, 2) for i in range(40, 60))
+
+
 class EvaluateCfg(Section):
     bg_threshold: float = 0.45
-    sweep: list[float] = Field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])
+    sweep: list[float] = Field(default_factory=lambda: list(OFFICIAL_SWEEP),
+                               description="background thresholds of the seed sweep (picks its best with GT)")
     gallery_size: int = Field(8, ge=0)
 
 
@@ -266,6 +292,15 @@ class Config(Section):
                 s = self.data.splits.get(name)
                 if s is None or not (s.images and s.annotations):
                     raise ValueError(f"data.splits.{name}: COCO needs 'images' and 'annotations'")
+        lp = self.learn_prompts
+        if lp.select != "last" or lp.seed_eval_every:
+            raise ValueError("learn_prompts.select / learn_prompts.seed_eval_every: phase 2 trains the prompts "
+                             "only (S is frozen, its seeds do not change); keep 'last' and 0")
+        for stage in ("train_cam", "match", "refine"):
+            split = seed_eval_split(self, stage)
+            if getattr(self, stage).seed_eval_every and split not in self.data.all_splits:
+                raise ValueError(f"{stage}.seed_eval_split: '{split}' is not a split with ground truth of this "
+                                 f"config (data splits: {', '.join(self.data.all_splits)})")
         return self
 
     def section(self, name: str) -> dict:
@@ -273,6 +308,11 @@ class Config(Section):
 
     def resolved(self) -> dict:
         return json.loads(self.model_dump_json())
+
+
+def seed_eval_split(cfg: Config, stage: str) -> str:
+    """The GT split a training stage's seeds are scored on."""
+    return getattr(cfg, stage).seed_eval_split or cfg.data.eval_split or cfg.data.train_split
 
 
 # ------------------------------------------------------------------ loading
@@ -373,6 +413,10 @@ def _check_paths(cfg: Config, origin: dict) -> None:
         v = getattr(getattr(cfg, sec), field)
         if isinstance(v, str) and _looks_like_path(v) and not Path(v).exists():
             problems.append((key, v))
+    for stage in ("train_cam", "match", "refine"):
+        ids = getattr(cfg, stage).seed_eval_ids
+        if ids is not None and not ids.exists():
+            problems.append((f"{stage}.seed_eval_ids", ids))
     if problems:
         raise ConfigError("missing paths:\n  " + "\n  ".join(
             f"{_origin_of(origin, tuple(k.split('.')))}: {k}: {p} does not exist" for k, p in problems))

@@ -12,8 +12,28 @@ import numpy as np
 
 from pipeline.cam_store import CamStore
 from pipeline.data.datasets import read_mask
-from pipeline.metrics import Confusion
+from pipeline.metrics import Confusion, seed_confusions
 from pipeline.refine_masks import keys_of
+
+
+def sweep_seeds(items: Iterable[tuple[str, np.ndarray, Sequence[int], np.ndarray]], thresholds: Iterable[float],
+                num_classes: int, class_names=None) -> dict[float, dict]:
+    """items: (image id, CAMs (C_present, H, W), their class ids, GT mask).
+    Scores of the seeds of all items at every background threshold, in one
+    pass: {threshold: scores + fg precision/recall}."""
+    thresholds = sorted(set(float(t) for t in thresholds))
+    meters = {t: Confusion(num_classes) for t in thresholds}
+    for image_id, cams, classes, gt in items:
+        if gt.shape != cams.shape[1:]:
+            raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]}, "
+                             f"ground truth is {gt.shape[1]}x{gt.shape[0]}")
+        cams = cams.astype(np.float32)
+        best = cams.argmax(0)
+        top = np.take_along_axis(cams, best[None], 0)[0]
+        cms = seed_confusions(top, keys_of(classes)[best + 1], gt, np.array(thresholds), num_classes)
+        for cm, meter in zip(cms, meters.values()):
+            meter.cm += cm
+    return {t: m.summary(class_names) for t, m in meters.items()}
 
 
 def evaluate_seeds(store: CamStore, ids: Sequence[str], gt_path: Callable[[str], str | Path],
@@ -21,21 +41,11 @@ def evaluate_seeds(store: CamStore, ids: Sequence[str], gt_path: Callable[[str],
                    progress=lambda it, n: it) -> dict[float, dict]:
     """Score the seeds of every image at every background threshold in one
     pass over the store: {threshold: scores + fg precision/recall}."""
-    thresholds = sorted(set(float(t) for t in thresholds))
-    meters = {t: Confusion(num_classes) for t in thresholds}
-    for image_id in progress(ids, len(ids)):
-        cams, classes = store.read(image_id)
-        gt = read_mask(gt_path(image_id))
-        if gt.shape != cams.shape[1:]:
-            raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]}, "
-                             f"ground truth {gt_path(image_id)} is {gt.shape[1]}x{gt.shape[0]}")
-        cams = cams.astype(np.float32)
-        best = cams.argmax(0)
-        top = np.take_along_axis(cams, best[None], 0)[0]
-        fg_label = keys_of(classes)[best + 1]
-        for t, meter in meters.items():
-            meter.add(np.where(top > t, fg_label, 0), gt)
-    return {t: m.summary(class_names) for t, m in meters.items()}
+    def items():
+        for image_id in progress(ids, len(ids)):
+            cams, classes = store.read(image_id)
+            yield image_id, cams, classes, read_mask(gt_path(image_id))
+    return sweep_seeds(items(), thresholds, num_classes, class_names)
 
 
 def evaluate_masks(mask_path: Callable[[str], str | Path], ids: Sequence[str],

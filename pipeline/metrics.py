@@ -29,6 +29,27 @@ def confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> tuple[np.nd
     return cm, missed
 
 
+def seed_confusions(top: np.ndarray, fg_label: np.ndarray, gt: np.ndarray, thresholds: np.ndarray,
+                    num_classes: int) -> np.ndarray:
+    """(T, C, C) confusion matrices of the seeds ``where(top > t, fg_label, 0)``
+    for every t of the ascending ``thresholds``, from one bincount instead of
+    T: a pixel is foreground at t_i exactly when more than i thresholds lie
+    below its top score. Compared in top's dtype, as ``top > t`` would be."""
+    gt = gt.astype(np.int64).ravel()
+    keep = gt != IGNORE
+    gt, fg, top = gt[keep], fg_label.astype(np.int64).ravel()[keep], top.ravel()[keep]
+    if gt.size and gt.max() >= num_classes:
+        raise ValueError(f"ground-truth label {gt.max()} >= num_classes {num_classes}")
+    n_t = len(thresholds)
+    below = np.searchsorted(np.asarray(thresholds, dtype=top.dtype), top, side="left")  # #{t < top}
+    hist = np.bincount((gt * num_classes + fg) * (n_t + 1) + below,
+                       minlength=num_classes * num_classes * (n_t + 1)).reshape(num_classes, num_classes, n_t + 1)
+    above = np.cumsum(hist[..., ::-1], -1)[..., ::-1]  # above[g, f, j]: pixels with >= j thresholds below
+    cms = np.moveaxis(above[..., 1:], -1, 0).copy()    # at t_i: foreground iff >= i + 1 thresholds below
+    cms[:, :, 0] += np.moveaxis(hist.sum(1).cumsum(-1)[:, :n_t], -1, 0)  # the rest is background
+    return cms
+
+
 def scores(cm: np.ndarray, missed: np.ndarray | None = None, class_names=None) -> dict:
     """mIoU over classes present in GT or prediction, per-class IoU, pixel accuracy."""
     tp = np.diag(cm).astype(np.float64)

@@ -50,16 +50,31 @@ def save_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], titles: Sequence
 
 
 def save_loss_history(out_dir: Path, history: list[dict], name: str = "loss") -> None:
-    """history: one dict per epoch, e.g. {"epoch": 1, "loss": ..., "lr": ...}; writes JSON + PNG."""
+    """history: one dict per epoch, e.g. {"epoch": 1, "loss": ..., "lr": ...}; writes JSON + PNG.
+    Epochs with a "seed_miou" (the per-epoch seed evaluation, scored against
+    GT) add a seed-mIoU panel next to the loss curves."""
     (out_dir / f"{name}_history.json").write_text(json.dumps(history, indent=2))
-    keys = [k for k in history[0] if k not in ("epoch", "lr", "seconds")] if history else []
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    keys = [k for k in history[0] if k not in ("epoch", "lr", "seconds") and not k.startswith("seed_")] \
+        if history else []
+    seeds = [h for h in history if h.get("seed_miou") is not None]
+    fig, axes = plt.subplots(1, 2 if seeds else 1, figsize=(9.5 if seeds else 5, 3.2), squeeze=False)
+    ax = axes[0][0]
     for k in keys:
         ax.plot([h["epoch"] for h in history], [h[k] for h in history], marker="o", label=k)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    if seeds:
+        ax = axes[0][1]
+        ax.plot([h["epoch"] for h in seeds], [h["seed_miou"] for h in seeds], marker="o", color="tab:green")
+        top = max(seeds, key=lambda h: h["seed_miou"])
+        ax.annotate(f"{top['seed_miou']:.1f} (epoch {top['epoch']})", (top["epoch"], top["seed_miou"]),
+                    fontsize=7, textcoords="offset points", xytext=(0, 5), ha="center")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("seed mIoU (%), best of bg sweep")
+        ax.set_title("seed mIoU against ground truth", fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / f"{name}_history.png", dpi=100)
     plt.close(fig)

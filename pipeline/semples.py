@@ -18,7 +18,8 @@ from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, loa
                                             save_mask_generator)
 from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint, read_official_state_dict
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
-from pipeline.training import TrainImages, dist_info, fit, is_main, write_gallery
+from pipeline.seed_eval import seed_miou_eval, selection_label
+from pipeline.training import BEST_MODEL, TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")
@@ -83,9 +84,18 @@ def _gallery(model, gal, table, device):
     return lambda path: write_gallery(path, model.cams, gal, names, device)
 
 
-def _finish(model, out: Path, mcfg, k: int) -> None:
+def _finish(model, out: Path, cfg: Config, mcfg, k: int, stage: str, metrics: dict) -> dict:
+    """Save the kept weights (the last epoch's, or with select 'gt_miou' the
+    best epoch's) as model.pt; the metrics say which selection was used."""
     if is_main():
+        if getattr(cfg, stage).select == "gt_miou":
+            model.load_state_dict(torch.load(Path(out) / BEST_MODEL, map_location="cpu", weights_only=True))
         save_mask_generator(model, Path(out) / MODEL, mcfg, k)
+    return {"selection": selection_label(cfg, stage)} | metrics
+
+
+def _seed_eval(cfg: Config, stage: str, inputs: dict, device):
+    return seed_miou_eval(cfg, stage, inputs["prepare_data"], device)
 
 
 def _setup(cfg: Config, inputs: dict, tcfg):
@@ -104,16 +114,15 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
         m = import_weaktr_checkpoint(model, tc.init_checkpoint)
         if is_main():
             _gallery(model.eval(), gal, table, device)(Path(out) / "gallery.png")
-        _finish(model, out, mcfg, k)
-        return m
+        return _finish(model, out, cfg, mcfg, k, "train_cam", m | {"selection": "imported"})
     model, mcfg = _generator(cfg, k, None, device, "maps")
     model.set_recipe(detach_tokens=False, detach_coarse=True)  # WeakTr models.py
     # WeakTr's create_optimizer(args, model): no decay for biases, norms, class tokens, positions
     groups = param_groups_weight_decay(model, tc.weight_decay, no_weight_decay_list=NO_DECAY)
     m = fit(out, tc, cfg.run.seed, train, model, train_cam_step, device, cfg.run.num_workers,
-            "train_cam", _gallery(model, gal, table, device), param_groups=groups)
-    _finish(model, out, mcfg, k)
-    return m
+            "train_cam", _gallery(model, gal, table, device), param_groups=groups,
+            epoch_eval=_seed_eval(cfg, "train_cam", inputs, device))
+    return _finish(model, out, cfg, mcfg, k, "train_cam", m)
 
 
 def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
@@ -127,9 +136,8 @@ def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
         return match_step(s, ctx, x, y, mc.lambda_b, mc.mask_eps)
 
     m = fit(out, mc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "match",
-            _gallery(model, gal, table, device))
-    _finish(model, out, mcfg, k)
-    return m
+            _gallery(model, gal, table, device), epoch_eval=_seed_eval(cfg, "match", inputs, device))
+    return _finish(model, out, cfg, mcfg, k, "match", m)
 
 
 def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
@@ -182,6 +190,5 @@ def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
         return refine_step(s, ctx, prompt_feats, x, y, rc.lambda_b, rc.lambda_refine, rc.mask_eps)
 
     m = fit(out, rc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "refine",
-            _gallery(model, gal, table, device))
-    _finish(model, out, mcfg, k)
-    return m
+            _gallery(model, gal, table, device), epoch_eval=_seed_eval(cfg, "refine", inputs, device))
+    return _finish(model, out, cfg, mcfg, k, "refine", m)

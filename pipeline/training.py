@@ -35,6 +35,7 @@ from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
 CHECKPOINT = "checkpoint.pt"
+BEST_MODEL = "best_model_state.pt"  # select: gt_miou: the chosen epoch's weights (state_dict)
 
 
 # ------------------------------------------------------------------ distributed
@@ -163,13 +164,18 @@ StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple]
 def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module, step: StepFn,
         device: torch.device, num_workers: int = 0, name: str = "train",
         gallery: Optional[Callable[[Path], None]] = None, stop_after: Optional[int] = None,
-        param_groups: Optional[list[dict]] = None) -> dict:
+        param_groups: Optional[list[dict]] = None,
+        epoch_eval: Optional[Callable[[nn.Module, int], dict]] = None) -> dict:
     """Train ``trainable`` (wrapped in DDP when a process group exists) with
     ``step(module, images, labels) -> (loss, stats, n_items)`` for tcfg.epochs,
     resuming from out/checkpoint.pt. Writes the loss history and, at the end,
     the gallery (rank 0). ``stop_after`` ends the call after that epoch (tests
     of resuming). ``param_groups`` (AdamW groups) default to every parameter
-    that requires grad, all with tcfg.weight_decay. Returns metrics of the last epoch.
+    that requires grad, all with tcfg.weight_decay. ``epoch_eval(module, epoch)
+    -> {"seed_miou", ...}`` runs on rank 0 every tcfg.seed_eval_every epochs and
+    at the last one; its numbers join the epoch's history record, and with
+    tcfg.select 'gt_miou' the best epoch's weights go to out/best_model_state.pt.
+    Returns metrics of the last epoch (and of the selected one).
 
     The official recipe: AdamW at lr x global batch / 512 (tcfg.effective_lr()),
     timm's cosine schedule stepped after each epoch, so epoch e > 0 trains at the
@@ -202,8 +208,10 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
 
+    if tcfg.select == "gt_miou" and epoch_eval is None:
+        raise ValueError(f"{name}: select 'gt_miou' needs a seed evaluation (epoch_eval)")
     ckpt_path = out / CHECKPOINT
-    start, history = 0, []
+    start, history, best = 0, [], None
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         unwrap(trainable).load_state_dict(ck["model"])
@@ -211,7 +219,7 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
         sched.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         _set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) and rank < len(ck["rng"]) else ck["rng"])
-        start, history = ck["epoch"] + 1, ck["history"]
+        start, history, best = ck["epoch"] + 1, ck["history"], ck.get("best")
         if is_main():
             log.info("%s: resuming after epoch %d from %s", name, ck["epoch"] + 1, ckpt_path)
     t0 = time.time()
@@ -259,9 +267,13 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
             rngs = [None] * world
             dist.all_gather_object(rngs, _rng_state())
         if is_main():
+            if epoch_eval is not None and _eval_due(epoch, tcfg):  # after the RNG capture: resume-exact
+                rec.update(epoch_eval(unwrap(trainable), epoch + 1))
+                if tcfg.select == "gt_miou":
+                    best = _keep_best(best, rec, trainable)
             _atomic_save({"epoch": epoch, "model": unwrap(trainable).state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                          "rng": rngs if world > 1 else rngs[0], "history": history}, ckpt_path)
+                          "rng": rngs if world > 1 else rngs[0], "history": history, "best": best}, ckpt_path)
             save_loss_history(out, history, name)
             done = epoch + 1 - start
             eta = (time.time() - t0) / done * (tcfg.epochs - epoch - 1)
@@ -272,7 +284,27 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
     if is_main() and gallery is not None and (stop_after is None or stop_after >= tcfg.epochs):
         trainable.eval()
         gallery(out / "gallery.png")
+    if is_main() and best is not None:
+        _atomic_save(best["model"], out / BEST_MODEL)
     barrier()
     last = history[-1] if history else {}
+    selected = {f"selected_{k}": v for k, v in best.items() if k != "model"} if best else {}
     return {f"final_{k}": v for k, v in last.items() if k not in ("epoch", "seconds")} | \
-           {"epochs": len(history), "first_loss": history[0]["loss"] if history else None}
+           {"epochs": len(history), "first_loss": history[0]["loss"] if history else None} | selected
+
+
+# ------------------------------------------------------------------ checkpoint selection
+def _eval_due(epoch: int, tcfg: TrainCfg) -> bool:
+    """Seed evaluation after 0-based ``epoch``: every seed_eval_every epochs and at the last."""
+    every = tcfg.seed_eval_every
+    return bool(every) and ((epoch + 1) % every == 0 or epoch + 1 == tcfg.epochs)
+
+
+def _keep_best(best: Optional[dict], rec: dict, module: nn.Module) -> dict:
+    """The better of the best-so-far and this epoch by seed mIoU (ties keep the
+    earlier epoch), with a CPU copy of its weights (kept in checkpoint.pt so
+    a resumed run keeps the best-so-far)."""
+    if best is not None and rec["seed_miou"] <= best["seed_miou"]:
+        return best
+    return {"epoch": rec["epoch"], "seed_miou": rec["seed_miou"], "seed_threshold": rec.get("seed_threshold"),
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in unwrap(module).state_dict().items()}}

@@ -2,9 +2,11 @@
 
 On the images of data.eval_split (default train_split) that are in the CAM
 export: seed mIoU at the fixed cfg.evaluate.bg_threshold and over the
-threshold sweep of the official evaluation (the sweep picks its best
-threshold with ground truth, and the report says so), pseudo-mask mIoU,
-per-class IoU, foreground precision/recall. The final segmentation model's
+threshold sweep of the official evaluation (0.40..0.59; the sweep picks its
+best threshold with ground truth, and the report says so), pseudo-mask mIoU,
+per-class IoU, foreground precision/recall, and how the training stages
+chose the weights behind the CAMs (last epoch, or best epoch by seed mIoU
+against GT: then the numbers use GT). The final segmentation model's
 val numbers come from train_segmentation's val_metrics.json when present.
 
 Writes report.json, report.md, per_class_iou.png and gallery.png
@@ -29,7 +31,7 @@ from pipeline.utils import progress
 NAME = "evaluate"
 INPUTS = ('prepare_data', 'export_cams', 'pseudo_masks', 'train_segmentation')
 SECTIONS = ('evaluate',)
-VERSION = "1"
+VERSION = "2"  # 2: official sweep default, checkpoint selection in the report
 log = logging.getLogger("wsss")
 SWEEP_NOTE = ("the sweep chooses the background threshold that maximises mIoU against the ground "
               "truth (as the official evaluation.py does): an upper bound, not a label-free number")
@@ -74,6 +76,7 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 
     report = {
         "eval_split": split, "num_images": len(ids), "cam_split": cfg.export_cams.split,
+        "selection": _selection(cfg),
         "seed": {"bg_threshold": ev.bg_threshold, **fixed},
         "seed_sweep": {"uses_ground_truth": True, "note": SWEEP_NOTE, "best_threshold": best_t,
                        "best_miou": curve[best_t], "curve": curve, "at_best": sweep[best_t]},
@@ -100,10 +103,22 @@ def run(cfg: Config, inputs, out: Path) -> dict:
         save_grid(out / "gallery.png", rows, titles=["image", f"seed (t={ev.bg_threshold})", "pseudo mask",
                                                     "ground truth"], row_labels=labels)
     metrics = {"seed_miou": fixed["miou"], "seed_best_miou_gt_sweep": curve[best_t],
-               "seed_best_threshold": best_t, "pseudo_mask_miou": pseudo["miou"]}
+               "seed_best_threshold": best_t, "pseudo_mask_miou": pseudo["miou"],
+               "selection_uses_ground_truth": report["selection"]["uses_ground_truth"]}
     if final["available"]:
         metrics["final_val_miou"] = final["miou"]
     return metrics
+
+
+def _selection(cfg: Config) -> dict:
+    """How train_cam, match and refine (whose S makes the CAMs) kept their weights."""
+    from pipeline.seed_eval import selection_label
+    stages = ("train_cam", "match", "refine")
+    gt = [s for s in stages if getattr(cfg, s).select == "gt_miou"]
+    note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
+            "protocol): every number here depends on ground truth" if gt else
+            "every training stage kept its last epoch: no pixel label chose a checkpoint")
+    return {"uses_ground_truth": bool(gt), "note": note, **{s: selection_label(cfg, s) for s in stages}}
 
 
 def _markdown(r: dict) -> str:
@@ -121,6 +136,8 @@ def _markdown(r: dict) -> str:
         f"{r['pseudo_mask']['fg_precision']:.2f} | {r['pseudo_mask']['fg_recall']:.2f} |",
         f"| final segmentation model | val | {fm} | | |", "",
         f"Note: {sw['note']}.", "",
+        "Checkpoint selection: " + "; ".join(f"{s}: {r['selection'][s]}" for s in ("train_cam", "match", "refine"))
+        + f". Note: {r['selection']['note']}.", "",
         "Threshold sweep: " + ", ".join(f"{t}: {m:.2f}" for t, m in sw["curve"].items()), "",
         "## Per-class IoU", "", "| class | seed | pseudo mask | final (val) |", "|---|---|---|---|",
     ]

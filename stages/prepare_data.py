@@ -16,7 +16,7 @@ from pipeline.store import write_json_atomic
 NAME = "prepare_data"
 INPUTS: tuple[str, ...] = ()
 SECTIONS = ("data",)
-VERSION = "1"
+VERSION = "2"  # 2: COCO masks rendered as the official parse_coco.py (data.coco_render)
 log = logging.getLogger("wsss")
 
 

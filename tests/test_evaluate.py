@@ -68,6 +68,9 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["num_images"] == len(ids) == 70
     assert report["seed_sweep"]["uses_ground_truth"] is True
+    assert [float(t) for t in report["seed_sweep"]["curve"]] == [i / 100 for i in range(40, 60)]  # official sweep
+    assert report["selection"]["uses_ground_truth"] is False and metrics["selection_uses_ground_truth"] is False
+    assert "refine: last epoch (no pixel labels)" in (out / "report.md").read_text()
     assert report["final_model"]["available"] is False
     assert "n/a" in (out / "report.md").read_text() and "uses GT" in (out / "report.md").read_text()
     for f in ("per_class_iou.png", "gallery.png"):
@@ -76,6 +79,8 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
     (seg / "val_metrics.json").write_text(json.dumps({"miou": 12.5, "per_class_iou": {"background": 70.0}}))
     quick = smoke_cfg.model_copy(update={"evaluate": smoke_cfg.evaluate.model_copy(
         update={"sweep": [0.45], "gallery_size": 0})})
+    quick.refine = quick.refine.model_copy(update={"select": "gt_miou", "seed_eval_every": 1})
     metrics = evaluate.run(quick, inputs, out)
-    assert metrics["final_val_miou"] == 12.5
+    assert metrics["final_val_miou"] == 12.5 and metrics["selection_uses_ground_truth"] is True
+    assert "refine: best epoch by seed mIoU on train (uses ground truth)" in (out / "report.md").read_text()
     assert "| final segmentation model | val | 12.50 |" in (out / "report.md").read_text()

@@ -162,8 +162,8 @@ def test_coco_reader_renders_semantic_masks(tmp_path):
     for r in table.records[:10]:
         m = read_mask(r.mask)
         assert m.shape == (r.height, r.width)
-        # crowd-only classes are image labels but render as ignore (255)
-        assert set(r.labels) >= {int(c) for c in np.unique(m) if 0 < c < 81}
+        # official rendering: every rendered class is an image label, crowd regions included
+        assert set(r.labels) >= {int(c) for c in np.unique(m) if 0 < c < 81} and 255 not in m
         assert r.labels and max(r.labels) <= 80
     res = invoke("data", "check", "--config", ROOT / "configs/coco-full.yaml")
     assert res.exit_code == 2 and "data.root" in res.output  # data/coco is not shipped

@@ -165,23 +165,32 @@ def coco_records(cfg: DataCfg, split: str, mask_dir: Optional[Path] = None) -> t
     return records, problems, skipped
 
 
-def render_coco_mask(coco, img_id: int, cmap: dict[int, int]) -> np.ndarray:
-    """Semantic mask from instances: larger instances first so small ones stay
-    visible; crowd regions -> ignore (255)."""
-    from pycocotools import mask as mask_utils
-    info = coco.imgs[img_id]
-    h, w = info["height"], info["width"]
+def render_coco_mask(coco, img_id: int, cmap: dict[int, int], order: str = "official") -> np.ndarray:
+    """Semantic mask from the instances of an image.
+    official: as SemPLeS/WeakTr data/parse_coco.py _gen_seg_mask renders the
+    masks the paper's COCO numbers are measured on: instances in annotation
+    order (coco.getAnnIds), the first to cover a pixel keeps it, crowd regions
+    get their category. largest_first: larger instances first so small ones
+    stay visible on top, crowd regions -> ignore (255)."""
+    if order not in ("official", "largest_first"):
+        raise ValueError(f"data.coco_render: unknown order '{order}'")
+    h, w = coco.imgs[img_id]["height"], coco.imgs[img_id]["width"]
     out = np.zeros((h, w), np.uint8)
-    anns = sorted(coco.imgToAnns.get(img_id, []), key=lambda a: -a.get("area", 0))
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+    if order == "largest_first":
+        anns = sorted(anns, key=lambda a: -a.get("area", 0))
     for a in anns:
-        m = coco.annToMask(a).astype(bool) if not isinstance(a["segmentation"], dict) else \
-            mask_utils.decode(coco.annToRLE(a)).astype(bool)
-        out[m] = IGNORE if a.get("iscrowd") else cmap[a["category_id"]]
+        m = coco.annToMask(a).astype(bool)  # polygons: union of the parts; RLE (crowd too) as is
+        if order == "official":
+            out[m & (out == 0)] = cmap[a["category_id"]]
+        else:
+            out[m] = IGNORE if a.get("iscrowd") else cmap[a["category_id"]]
     return out
 
 
 def render_coco_masks(cfg: DataCfg, split: str, out_dir: Path, progress=None) -> None:
-    """Write one semantic label PNG per annotated image (skips ones already written)."""
+    """Write one semantic label PNG per annotated image (skips ones already
+    written), rendered as cfg.coco_render says."""
     coco, _ = _coco(cfg, split)
     cmap = coco_category_map(coco)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +199,7 @@ def render_coco_masks(cfg: DataCfg, split: str, out_dir: Path, progress=None) ->
         stem = Path(coco.imgs[img_id]["file_name"]).stem
         target = out_dir / f"{stem}.png"
         if not target.exists():
-            write_mask(target, render_coco_mask(coco, img_id, cmap))
+            write_mask(target, render_coco_mask(coco, img_id, cmap, cfg.coco_render))
         if progress:
             progress(n + 1, len(ids))
 
