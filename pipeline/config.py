@@ -255,6 +255,20 @@ class TrainSegmentationCfg(Section):
     log_interval: int = Field(50, ge=1)
     gallery_size: int = Field(8, ge=0)
     tiny: bool = Field(False, description="small random-initialised variant (tests, smoke)")
+    # issue 11: the papers' protocols, each switchable
+    checkpoint_selection: Literal["last", "best_val_miou"] = Field(
+        "last", description="final model: the last iteration, or the val checkpoint with the best mIoU "
+        "(mmengine save_best='mIoU'; FMA-WSSS reports this; numbers are then selected on val ground truth)")
+    frozen_bn: Optional[bool] = Field(None, description="BatchNorm in eval mode, no grad; None: on for deeplabv2")
+    head_lr_mult: Optional[float] = Field(None, gt=0, description="decode_head lr multiplier; None: 10 for "
+                                          "deeplabv2 (DeepLab-v2's classifier x10), 1 otherwise")
+    pretrained_format: Literal["pytorch", "caffe"] = Field(
+        "pytorch", description="what the pretrained weights expect. pytorch: RGB input, ImageNet mean/std, "
+        "ResNet stride in the 3x3 conv; caffe (caffe-converted DeepLab-v2 ResNet-101, keys Scale.*): "
+        "BGR 0-255 minus mean, stride in the first 1x1 conv")
+    tta: bool = Field(False, description="multi-scale + flip test of the final model (mmseg SegTTAModel)")
+    tta_scales: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    crf: Optional[CrfCfg] = Field(None, description="dense CRF on the final model's predictions; None = off")
 
 
 # the official seed sweep: SemPLeS/WeakTr evaluation.py --start 40 (--end 60), thresholds range(40, 60) / 100

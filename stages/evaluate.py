@@ -31,7 +31,7 @@ from pipeline.utils import progress
 NAME = "evaluate"
 INPUTS = ('prepare_data', 'export_cams', 'pseudo_masks', 'train_segmentation')
 SECTIONS = ('evaluate',)
-VERSION = "2"  # 2: official sweep default, checkpoint selection in the report
+VERSION = "3"  # 2: official sweep default, checkpoint selection in the report; 3: final-model selection/TTA/CRF labels
 log = logging.getLogger("wsss")
 SWEEP_NOTE = ("the sweep chooses the background threshold that maximises mIoU against the ground "
               "truth (as the official evaluation.py does): an upper bound, not a label-free number")
@@ -45,7 +45,8 @@ def _final_model(inputs) -> dict:
     try:
         doc = json.loads(p.read_text())
         return {"available": True, "miou": float(doc["miou"]), "per_class_iou": doc.get("per_class_iou", {}),
-                "source": str(p)}
+                "source": str(p), "label": doc.get("label", "last iteration; single-scale test"),
+                "selected_on_ground_truth": bool(doc.get("selected_on_ground_truth", False))}
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{p}: not a val_metrics.json with a 'miou' number ({e})") from None
 
@@ -124,6 +125,7 @@ def _selection(cfg: Config) -> dict:
 def _markdown(r: dict) -> str:
     final = r["final_model"]
     fm = f"{final['miou']:.2f}" if final["available"] else f"n/a ({final['reason']})"
+    how = f" ({final['label']})" if final["available"] else ""
     sw = r["seed_sweep"]
     lines = [
         f"# Evaluation: {r['eval_split']} ({r['num_images']} images with CAMs)", "",
@@ -134,10 +136,13 @@ def _markdown(r: dict) -> str:
         f"{sw['best_miou']:.2f} | {sw['at_best']['fg_precision']:.2f} | {sw['at_best']['fg_recall']:.2f} |",
         f"| pseudo mask | {r['eval_split']} | {r['pseudo_mask']['miou']:.2f} | "
         f"{r['pseudo_mask']['fg_precision']:.2f} | {r['pseudo_mask']['fg_recall']:.2f} |",
-        f"| final segmentation model | val | {fm} | | |", "",
+        f"| final segmentation model{how} | val | {fm} | | |", "",
         f"Note: {sw['note']}.", "",
         "Checkpoint selection: " + "; ".join(f"{s}: {r['selection'][s]}" for s in ("train_cam", "match", "refine"))
         + f". Note: {r['selection']['note']}.", "",
+        *([f"Note: the final model's checkpoint was selected by val mIoU: the number is chosen on the "
+           f"ground truth it is reported on (as FMA-WSSS reports), not a held-out result.", ""]
+          if final.get("selected_on_ground_truth") else []),
         "Threshold sweep: " + ", ".join(f"{t}: {m:.2f}" for t, m in sw["curve"].items()), "",
         "## Per-class IoU", "", "| class | seed | pseudo mask | final (val) |", "|---|---|---|---|",
     ]

@@ -10,10 +10,15 @@ Artifact:
   lists/{train,val}.txt  '<image>\\t<mask>' lines the config's dataset reads
   work_dir/              mmengine work dir: logs, vis_data/scalars.json, val_history.json,
                          checkpoints while training (the last one only; removed when done)
-  model_final.pth        weights + meta of the last iteration (no GT-based model selection)
-  val_metrics.json       {"miou", "per_class_iou", "pixel_acc", "macc", "iter", ...} in percent
+  model_final.pth        weights + meta of the final model: the last iteration, or with
+                         checkpoint_selection=best_val_miou the best val mIoU (selected on GT)
+  val_metrics.json       {"miou", "per_class_iou", "pixel_acc", "macc", "iter", "label", ...} in
+                         percent; "miou" is the reported number (after TTA / CRF when on),
+                         "single_scale" the plain val result of the same checkpoint
+  val_curve.png          val mIoU per validation, last and (if selected) best iteration marked
   gallery.png            val image | prediction | GT
   per_class_iou.png      per-class IoU bars
+  pretrained_converted.pth  deeplabv2 with a local weight file: the weights in model keys
 
 Resume: an interrupted run leaves work_dir/last_checkpoint; the rerun (same
 artifact dir) resumes from it through mmengine (``resume=True``).
@@ -30,7 +35,7 @@ from pathlib import Path
 NAME = "train_segmentation"
 INPUTS = ('prepare_data', 'pseudo_masks')
 SECTIONS = ('data', 'train_segmentation', 'run.seed')
-VERSION = "1"
+VERSION = "2"
 
 log = logging.getLogger("wsss")
 
@@ -62,16 +67,56 @@ def data_lists(cfg, inputs: dict, out: Path) -> tuple[Path, Path, list]:
     return train_list, val_list, val.records
 
 
-def final_metrics(history: list[dict], classes, iters: int) -> dict:
+def _pct(v):  # NaN (class in neither GT nor prediction) -> null
+    return None if v is None or v != v else float(v)
+
+
+def _scores(res: dict, classes) -> dict:
+    return {"miou": float(res["mIoU"]), "pixel_acc": float(res["aAcc"]), "macc": float(res["mAcc"]),
+            "per_class_iou": {c: _pct(res.get(f"IoU.{c}")) for c in classes}}
+
+
+def final_metrics(history: list[dict], classes, iters: int, selection: str = "last") -> dict:
+    """The val result of the final model: the last iteration's, or the best mIoU of the history."""
     last = history[-1] if history else None
     if not last or last["iter"] != iters:
         raise RuntimeError(f"no validation result for the final iteration {iters} (val_history: "
                            f"{[h['iter'] for h in history]})")
+    # mmengine's save_best keeps the first of equal scores
+    chosen = last if selection == "last" else max(history, key=lambda h: (h["mIoU"], -h["iter"]))
+    return {**_scores(chosen, classes), "iter": int(chosen["iter"])}
 
-    def pct(v):  # NaN (class in neither GT nor prediction) -> null
-        return None if v is None or v != v else float(v)
-    return {"miou": float(last["mIoU"]), "pixel_acc": float(last["aAcc"]), "macc": float(last["mAcc"]),
-            "per_class_iou": {c: pct(last.get(f"IoU.{c}")) for c in classes}, "iter": int(last["iter"])}
+
+def report_label(sec) -> str:
+    """How the reported number was obtained; every report repeats it."""
+    parts = [f"{sec.model}, checkpoint: " + ("last iteration" if sec.checkpoint_selection == "last"
+                                             else "best val mIoU, selected on ground truth (val)")]
+    parts.append(f"multi-scale {sec.tta_scales} + flip test" if sec.tta else "single-scale test")
+    if sec.crf:
+        parts.append("dense CRF on predictions")
+    return "; ".join(parts)
+
+
+def save_val_curve(path: Path, history: list[dict], final_iter: int, selection: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([h["iter"] for h in history], [h["mIoU"] for h in history], marker="o", label="val mIoU")
+    last = history[-1]
+    ax.scatter([last["iter"]], [last["mIoU"]], s=80, facecolors="none", edgecolors="k",
+               label=f"last iteration ({last['mIoU']:.1f})", zorder=3)
+    best = max(history, key=lambda h: (h["mIoU"], -h["iter"]))
+    ax.scatter([best["iter"]], [best["mIoU"]], marker="*", s=120, color="tab:red", zorder=4,
+               label=f"best on val GT ({best['mIoU']:.1f})" + (", final model" if selection != "last" else ""))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("val mIoU")
+    ax.set_title(f"final model: iteration {final_iter}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def save_gallery(model, records, path: Path, n: int) -> None:
@@ -88,7 +133,9 @@ def run(cfg, inputs, out):
     from pipeline.data.classes import class_names
     from pipeline.plots import save_per_class_bars
     from pipeline.segmentation.mmseg_config import build_config
-    from pipeline.segmentation.train import export_weights, launch, load_model, train, val_history
+    from pipeline.segmentation.train import (best_checkpoint, export_weights, launch, load_model, test, train,
+                                             val_history)
+    from pipeline.segmentation.weights import convert_deeplabv2_checkpoint
     from pipeline.utils import get_device
 
     out = Path(out)
@@ -101,9 +148,18 @@ def run(cfg, inputs, out):
         nproc = 1
     train_list, val_list, val_records = data_lists(cfg, inputs, out)
     work_dir = out / "work_dir"
+    converted = None
+    if sec.model == "deeplabv2" and sec.pretrained and not sec.tiny and Path(sec.pretrained).is_file():
+        path = out / "pretrained_converted.pth"
+        info = convert_deeplabv2_checkpoint(sec.pretrained, path, len(class_names(cfg.data.dataset)),
+                                            sec.pretrained_format)
+        log.info("train_segmentation: %s weights from %s (classifier %s); dropped %d keys", info["layout"],
+                 sec.pretrained, "kept" if info["has_head"] else "trained from scratch", len(info["dropped"]))
+        converted = (path, info["has_head"])
     mm_cfg = build_config(sec, dataset=cfg.data.dataset, train_list=train_list, val_list=val_list,
                           work_dir=work_dir, seed=cfg.run.seed, num_workers=cfg.run.num_workers,
-                          device=device, nproc=nproc, dist_backend=cfg.run.dist_backend)
+                          device=device, nproc=nproc, dist_backend=cfg.run.dist_backend,
+                          converted_weights=converted)
     config_path = out / "mmseg_config.py"
     mm_cfg.dump(str(config_path))
 
@@ -113,13 +169,21 @@ def run(cfg, inputs, out):
             launch(config_path, nproc, out / "torchrun.log")
         else:
             train(mm_cfg)
-        export_weights(work_dir, final)
+        export_weights(work_dir, final, best_checkpoint(work_dir) if sec.checkpoint_selection != "last" else None)
 
     classes = class_names(cfg.data.dataset)
-    metrics = final_metrics(val_history(work_dir), classes, sec.iters)
+    history = val_history(work_dir)
+    metrics = final_metrics(history, classes, sec.iters, sec.checkpoint_selection)
+    metrics["single_scale"] = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"]}
+    if sec.tta or sec.crf:  # the final model again, through mmengine's test loop with the options on
+        res = test(mm_cfg, final, work_dir / "test", tta=sec.tta)
+        metrics.update(_scores(res, classes))
     metrics.update(split=cfg.data.val_split, num_images=len(val_records), model=sec.model,
                    backbone="tiny" if sec.tiny else sec.backbone, ground_truth="real val masks",
-                   checkpoint=final.name)
+                   checkpoint=final.name, checkpoint_selection=sec.checkpoint_selection,
+                   selected_on_ground_truth=sec.checkpoint_selection != "last", tta=sec.tta,
+                   crf=sec.crf is not None, label=report_label(sec))
+    save_val_curve(out / "val_curve.png", history, metrics["iter"], sec.checkpoint_selection)
     (out / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
     save_per_class_bars(out / "per_class_iou.png", {f"{sec.model} val": metrics["per_class_iou"]},
                         f"{sec.model}: val mIoU {metrics['miou']:.1f}")
@@ -127,7 +191,7 @@ def run(cfg, inputs, out):
         model = load_model(mm_cfg, final, device="cuda" if device == "cuda" else "cpu")
         save_gallery(model, val_records, out / "gallery.png", sec.gallery_size)
     # the training checkpoints (with optimizer state) were only needed to resume
-    for ck in work_dir.glob("iter_*.pth"):
+    for ck in [*work_dir.glob("iter_*.pth"), *work_dir.glob("best_*.pth")]:
         ck.unlink()
     (work_dir / "last_checkpoint").unlink(missing_ok=True)
     return {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "iters": metrics["iter"]}

@@ -95,7 +95,7 @@ def test_full_configs_load_and_build(tmp_path, name, over, n_cls):
     assert loaded.model.backbone.init_cfg.checkpoint.endswith("swin_large_patch4_window12_384_22k_20220412-6580f57d.pth")
     _prepare(loaded)
     head = loaded.model.decode_head
-    assert head.type == "Mask2FormerHead" and head.num_classes == n_cls
+    assert head.type == "IgnoreAwareMask2FormerHead" and head.num_classes == n_cls
     assert loaded.model.backbone.embed_dims == 192  # Swin-L
     assert len(loaded.train_dataloader.dataset.metainfo["classes"]) == n_cls
     model = MODELS.build(loaded.model)
@@ -116,14 +116,14 @@ def test_deeplab_full_configs_build(tmp_path, arch):
     _prepare(mm)
     assert mm.model.backbone.depth == 101 and mm.model.backbone.norm_cfg.type == "BN"
     want = {"deeplabv3plus": ("DepthwiseSeparableASPPHead", (1, 12, 24, 36)),
-            "deeplabv2": ("ASPPHead", (6, 12, 18, 24))}[arch]
+            "deeplabv2": ("DeepLabV2Head", (6, 12, 18, 24))}[arch]
     assert (mm.model.decode_head.type, tuple(mm.model.decode_head.dilations)) == want
     model = MODELS.build(mm.model)
     assert sum(p.numel() for p in model.parameters()) > 40e6
-    # SyncBN only for several CUDA processes
+    # SyncBN only for several CUDA processes, and not for DeepLab-v2's frozen BN
     mm2 = build_config(TrainSegmentationCfg(model=arch), dataset="voc", train_list=tmp_path / "t.txt",
                        val_list=tmp_path / "v.txt", work_dir=tmp_path, device="cuda", nproc=2)
-    assert mm2.model.backbone.norm_cfg.type == "SyncBN"
+    assert mm2.model.backbone.norm_cfg.type == ("BN" if arch == "deeplabv2" else "SyncBN")
 
 
 # ----------------------------------------------------------------- real training

@@ -8,21 +8,26 @@ the ``custom_imports``).
 Models
 - ``deeplabv3plus``: mmseg's DeepLabV3+ (ResNetV1c-D8 + DepthwiseSeparableASPPHead
   + FCN auxiliary head), as in configs/deeplabv3plus.
-- ``deeplabv2``: mmseg has no DeepLab-v2. Approximation: the same dilated
-  ResNetV1c-D8 with mmseg's ``ASPPHead`` at the v2 rates 6/12/18/24, no
-  auxiliary head. Differences from the original v2: ASPPHead adds an
-  image-pooling branch and fuses branches by concat + 3x3 conv (v2 sums four
-  classifier branches), and V1c has a deep stem. Numbers are close to, not
-  identical with, the v2 rows of papers.
-- ``mask2former``: mmseg's Mask2FormerHead (mmdet 3.3.0 head, MSDeformAttn pixel
-  decoder) on Swin (T/S/B/L) or ResNet, as in configs/mask2former.
+- ``deeplabv2``: DeepLab-v2 as WSSS papers train it: plain ResNet (7x7 stem)
+  at output stride 8 (dilation 2/4 in every block of stages 3/4), the
+  ``DeepLabV2Head`` (four dilated 3x3 classifiers, rates 6/12/18/24, summed; no
+  image pooling), frozen BatchNorm, classifier lr x10, SGD + poly to 0,
+  discrete random scales 0.5-1.5, test at the original size.
+- ``mask2former``: ``IgnoreAwareMask2FormerHead`` (mmseg's Mask2FormerHead on
+  mmdet 3.3.0, MSDeformAttn pixel decoder; 255 pixels in no loss term) on Swin
+  (T/S/B/L) or ResNet, as in configs/mask2former, with mmseg's Swin paramwise
+  rules (every Swin norm, position table and query embedding: no decay).
 
 ``tiny=True`` ignores ``backbone`` and builds small random-initialised
 variants (a 16-channel ResNet-18 for DeepLab, a 16-dim 1-block-per-stage Swin
 for Mask2Former) that train in seconds on CPU.
 
-No model selection by ground truth: checkpoints are saved by iteration only
-(no ``save_best``); the final model is the last iteration's.
+Checkpoint selection: by default the final model is the last iteration's
+(no ground truth involved). ``checkpoint_selection: best_val_miou`` adds
+mmengine's ``save_best='mIoU'`` (what FMA-WSSS reports): selected on val GT.
+
+``tta_model``/``tta_pipeline`` are always in the config (mmseg's tools/test.py
+--tta uses them); the stage runs them only with ``tta: true``.
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ from pipeline.data.classes import class_names, palette
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
+# caffe-converted DeepLab-v2 weights: BGR channel means, no std (DeepLab's prototxt / isht7's port)
+CAFFE_MEAN_BGR = [104.008, 116.669, 122.675]
+DEEPLABV2_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5]  # random train scales of the deeplab-pytorch VOC config
 
 # name: (embed_dims, depths, num_heads, window_size, pretrain_img_size)
 SWIN = {
@@ -63,6 +71,32 @@ def _init_cfg(sec: TrainSegmentationCfg) -> Optional[dict]:
     return dict(type="Pretrained", checkpoint=sec.pretrained) if sec.pretrained else None
 
 
+def _frozen_bn(sec: TrainSegmentationCfg) -> bool:
+    return sec.model == "deeplabv2" if sec.frozen_bn is None else sec.frozen_bn
+
+
+def _deeplabv2(sec: TrainSegmentationCfg, n_cls: int, norm: dict, converted: Optional[tuple[Path, bool]]
+               ) -> tuple[dict, dict]:
+    depth, base, widths = (18, 16, [16, 32, 64, 128]) if sec.tiny else (_resnet_depth(sec), 64, None)
+    widths = widths or ([64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048])
+    # contract_dilation=False: the first block of a dilated stage is dilated too, as in DeepLab-v2
+    backbone = dict(type="ResNet", depth=depth, stem_channels=base, base_channels=base, num_stages=4,
+                    out_indices=(3,), dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), norm_cfg=norm,
+                    norm_eval=_frozen_bn(sec), style="caffe" if sec.pretrained_format == "caffe" else "pytorch",
+                    deep_stem=False, contract_dilation=False, init_cfg=None if sec.tiny else _init_cfg(sec))
+    head_init = {}
+    if converted:  # weights converted to model keys (pipeline.segmentation.weights)
+        path, has_head = converted
+        backbone["init_cfg"] = dict(type="Pretrained", checkpoint=str(path), prefix="backbone.")
+        if has_head:
+            head_init = dict(init_cfg=dict(type="Pretrained", checkpoint=str(path), prefix="decode_head."))
+    head = dict(type="DeepLabV2Head", **head_init, dilations=(6, 12, 18, 24), in_channels=widths[3], in_index=0,
+                channels=widths[3], dropout_ratio=0.0, num_classes=n_cls, align_corners=False,
+                loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0,
+                                 avg_non_ignore=True))  # mean over labelled pixels, ignore_index 255
+    return dict(backbone=backbone, decode_head=head), {}
+
+
 def _deeplab(sec: TrainSegmentationCfg, n_cls: int, norm: dict) -> tuple[dict, dict]:
     if sec.tiny:
         depth, base, widths = 18, 16, [16, 32, 64, 128]
@@ -72,20 +106,17 @@ def _deeplab(sec: TrainSegmentationCfg, n_cls: int, norm: dict) -> tuple[dict, d
         widths = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
     backbone = dict(type="ResNetV1c", depth=depth, stem_channels=base, base_channels=base, num_stages=4,
                     out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1),
-                    norm_cfg=norm, norm_eval=False, style="pytorch", contract_dilation=True,
+                    norm_cfg=norm, norm_eval=_frozen_bn(sec), style="pytorch", contract_dilation=True,
                     init_cfg=None if sec.tiny else _init_cfg(sec))
     ch = 32 if sec.tiny else 512
     common = dict(in_channels=widths[3], in_index=3, channels=ch, dropout_ratio=0.1, num_classes=n_cls,
                   norm_cfg=norm, align_corners=False,
                   loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0,
                                    avg_non_ignore=True))  # mean over labelled pixels: pseudo masks hold many 255s
-    if sec.model == "deeplabv3plus":
-        head = dict(type="DepthwiseSeparableASPPHead", dilations=(1, 12, 24, 36), c1_in_channels=widths[0],
-                    c1_channels=8 if sec.tiny else 48, **common)
-    else:  # deeplabv2 approximation, see module docstring
-        head = dict(type="ASPPHead", dilations=(6, 12, 18, 24), **common)
+    head = dict(type="DepthwiseSeparableASPPHead", dilations=(1, 12, 24, 36), c1_in_channels=widths[0],
+                c1_channels=8 if sec.tiny else 48, **common)
     model = dict(backbone=backbone, decode_head=head)
-    if sec.model == "deeplabv3plus" and not sec.tiny:
+    if not sec.tiny:
         model["auxiliary_head"] = dict(
             type="FCNHead", in_channels=widths[2], in_index=2, channels=256, num_convs=1, concat_input=False,
             dropout_ratio=0.1, num_classes=n_cls, norm_cfg=norm, align_corners=False,
@@ -107,9 +138,15 @@ def _mask2former(sec: TrainSegmentationCfg, n_cls: int, norm: dict) -> tuple[dic
                         patch_norm=True, out_indices=(0, 1, 2, 3), with_cp=False, frozen_stages=-1,
                         init_cfg=None if tiny else _init_cfg(sec))
         in_channels = [dims, dims * 2, dims * 4, dims * 8]
-        no_decay = dict(lr_mult=0.1, decay_mult=0.0)  # Swin norms and position tables, as in mmseg
+        # Swin norms and position tables: no decay, as mmseg's mask2former_swin-* configs. The
+        # per-block and downsample norms need their own keys: mmengine applies the longest matching
+        # custom key, and norm_decay_mult only where no key matches, so "backbone" would win.
+        no_decay = dict(lr_mult=0.1, decay_mult=0.0)
         custom_keys.update({"backbone.patch_embed.norm": no_decay, "backbone.norm": no_decay,
                             "absolute_pos_embed": no_decay, "relative_position_bias_table": no_decay})
+        custom_keys.update({f"backbone.stages.{i}.blocks.{j}.norm": no_decay
+                            for i, n in enumerate(depths) for j in range(n)})
+        custom_keys.update({f"backbone.stages.{i}.downsample.norm": no_decay for i in range(len(depths) - 1)})
     else:
         depth = _resnet_depth(sec)
         backbone = dict(type="ResNet", depth=depth, deep_stem=False, num_stages=4, out_indices=(0, 1, 2, 3),
@@ -121,7 +158,7 @@ def _mask2former(sec: TrainSegmentationCfg, n_cls: int, norm: dict) -> tuple[dic
     mha = dict(embed_dims=feat, num_heads=attn_heads, attn_drop=0.0, proj_drop=0.0, dropout_layer=None,
                batch_first=True)
     head = dict(
-        type="Mask2FormerHead", in_channels=in_channels, strides=[4, 8, 16, 32], feat_channels=feat,
+        type="IgnoreAwareMask2FormerHead", in_channels=in_channels, strides=[4, 8, 16, 32], feat_channels=feat,
         out_channels=feat, num_classes=n_cls, num_queries=8 if tiny else 100, num_transformer_feat_level=3,
         align_corners=False,
         pixel_decoder=dict(
@@ -155,9 +192,25 @@ def _mask2former(sec: TrainSegmentationCfg, n_cls: int, norm: dict) -> tuple[dic
     return dict(backbone=backbone, decode_head=head), custom_keys
 
 
-def _pipelines(crop: int, augment: bool) -> tuple[list, list]:
+def _pipelines(sec: TrainSegmentationCfg, augment: bool) -> tuple[list, list, list]:
+    """train, val and TTA pipelines."""
+    crop = sec.crop_size
     scale = (4 * crop, crop)  # short side ~ crop, as mmseg's VOC config (2048, 512) for crop 512
     load = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]  # reduce_zero_label: dataset
+    flips = [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+             dict(type="RandomFlip", prob=1.0, direction="horizontal")]
+    if sec.model == "deeplabv2":
+        # DeepLab-v2 code bases: random scale of the original image, crop (padded with mean / 255),
+        # flip; no colour jitter; test at the original size
+        train = load + ([dict(type="RandomChoice", transforms=[[dict(type="Resize", scale_factor=r, keep_ratio=True)]
+                                                               for r in DEEPLABV2_SCALES]),
+                         dict(type="RandomCrop", crop_size=(crop, crop)), dict(type="RandomFlip", prob=0.5)]
+                        if augment else [dict(type="RandomCrop", crop_size=(crop, crop))])
+        val = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+        tta_resize = [dict(type="Resize", scale_factor=r, keep_ratio=True) for r in sec.tta_scales]
+        tta = [dict(type="LoadImageFromFile"), dict(type="TestTimeAug", transforms=[
+            tta_resize, flips, [dict(type="LoadAnnotations")], [dict(type="PackSegInputs")]])]
+        return train + [dict(type="PackSegInputs")], val, tta
     if augment:
         train = load + [dict(type="RandomResize", scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True),
                         dict(type="RandomCrop", crop_size=(crop, crop), cat_max_ratio=0.75),
@@ -169,30 +222,44 @@ def _pipelines(crop: int, augment: bool) -> tuple[list, list]:
     # annotations load after Resize: metrics are computed on the original-size GT mask
     val = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=scale, keep_ratio=True),
            dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
-    return train, val
+    # TTA scales are relative to the single-scale test size, so scale 1.0 + no flip = the val pipeline
+    tta_resize = [dict(type="Resize", scale=(round(scale[0] * r), round(scale[1] * r)), keep_ratio=True)
+                  for r in sec.tta_scales]
+    tta = [dict(type="LoadImageFromFile"), dict(type="TestTimeAug", transforms=[
+        tta_resize, flips, [dict(type="LoadAnnotations")], [dict(type="PackSegInputs")]])]
+    return train, val, tta
 
 
 def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, val_list: Path,
                  work_dir: Path, seed: int = 0, num_workers: int = 2, device: str = "cpu",
-                 nproc: int = 1, dist_backend: str = "auto", augment: bool = True) -> Config:
-    """The full mmseg config. ``*_list`` are files of '<image>\\t<mask>' lines (see mm_modules)."""
+                 nproc: int = 1, dist_backend: str = "auto", augment: bool = True,
+                 converted_weights: Optional[tuple[Path, bool]] = None) -> Config:
+    """The full mmseg config. ``*_list`` are files of '<image>\\t<mask>' lines (see mm_modules).
+    ``converted_weights``: (file, has classifier) from weights.convert_deeplabv2_checkpoint; it
+    replaces ``sec.pretrained`` for deeplabv2."""
     if sec.batch_size % nproc:
         raise ValueError(f"train_segmentation.batch_size {sec.batch_size} is not divisible by "
                          f"run.nproc_per_node {nproc}")
     classes = list(class_names(dataset))
     n_cls = len(classes)
     cuda = device == "cuda"
-    # SyncBN only where it can work: several CUDA processes. mmcv-lite/CPU: plain BN.
-    norm = dict(type="SyncBN" if cuda and nproc > 1 else "BN", requires_grad=True)
+    # SyncBN only where it can work: several CUDA processes. mmcv-lite/CPU: plain BN. Frozen BN
+    # (DeepLab-v2): eval mode (norm_eval) and no gradient.
+    frozen = _frozen_bn(sec)
+    norm = dict(type="SyncBN" if cuda and nproc > 1 and not frozen else "BN", requires_grad=not frozen)
     crop = (sec.crop_size, sec.crop_size)
     if sec.model == "mask2former":
         parts, custom_keys = _mask2former(sec, n_cls, norm)
         pre_test = dict(size_divisor=32)
+    elif sec.model == "deeplabv2":
+        parts, custom_keys = _deeplabv2(sec, n_cls, norm, converted_weights)
+        pre_test = None
     else:
         parts, custom_keys = _deeplab(sec, n_cls, norm)
         pre_test = None
-    pre = dict(type="SegDataPreProcessor", mean=MEAN, std=STD, bgr_to_rgb=True, pad_val=0, seg_pad_val=255,
-               size=crop)
+    caffe = sec.pretrained_format == "caffe"
+    pre = dict(type="SegDataPreProcessor", mean=CAFFE_MEAN_BGR if caffe else MEAN, std=[1.0] * 3 if caffe else STD,
+               bgr_to_rgb=not caffe, pad_val=0, seg_pad_val=255, size=crop)
     if pre_test:
         pre["test_cfg"] = pre_test
     model = dict(type="EncoderDecoder", data_preprocessor=pre, **parts, train_cfg=dict(),
@@ -201,17 +268,21 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
     opt_name = sec.optimizer or ("adamw" if sec.model == "mask2former" else "sgd")
     if opt_name == "sgd":
         optimizer = dict(type="SGD", lr=sec.lr, momentum=0.9, weight_decay=sec.weight_decay)
-        clip, eta_min = None, min(1e-4, sec.lr * 0.01)
+        # DeepLab-v2's poly decays to 0; mmseg's DeepLab configs stop at 1e-4
+        clip, eta_min = None, 0.0 if sec.model == "deeplabv2" else min(1e-4, sec.lr * 0.01)
     else:
         optimizer = dict(type="AdamW", lr=sec.lr, weight_decay=sec.weight_decay, eps=1e-8, betas=(0.9, 0.999))
         # mmseg's Mask2Former recipe clips gradients at 0.01
         clip, eta_min = (dict(max_norm=0.01, norm_type=2) if sec.model == "mask2former" else None), 0.0
     optim_wrapper = dict(type="AmpOptimWrapper" if sec.amp and cuda else "OptimWrapper", optimizer=optimizer,
                          clip_grad=clip)
+    head_lr = sec.head_lr_mult if sec.head_lr_mult is not None else (10.0 if sec.model == "deeplabv2" else 1.0)
+    if head_lr != 1.0:
+        custom_keys["decode_head"] = dict(lr_mult=head_lr)
     if custom_keys:
         optim_wrapper["paramwise_cfg"] = dict(custom_keys=custom_keys, norm_decay_mult=0.0)
 
-    train_pipe, val_pipe = _pipelines(sec.crop_size, augment)
+    train_pipe, val_pipe, tta_pipe = _pipelines(sec, augment)
     meta = dict(classes=classes, palette=palette(n_cls).tolist())
     workers = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
     train_dl = dict(batch_size=sec.batch_size // nproc, **workers,
@@ -222,6 +293,8 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
                   dataset=dict(type="WsssListDataset", ann_file=str(val_list), metainfo=meta,
                                pipeline=val_pipe))
     evaluator = dict(type="PerClassIoUMetric", iou_metrics=["mIoU"])
+    # the final test may refine predictions by CRF; validation during training never does
+    test_evaluator = dict(evaluator, type="CrfIoUMetric", crf=sec.crf.model_dump()) if sec.crf else evaluator
     backend = dist_backend if dist_backend != "auto" else ("nccl" if cuda else "gloo")
     imports = ["pipeline.segmentation.mm_modules"] + (["mmdet.models"] if sec.model == "mask2former" else [])
     return Config(dict(
@@ -231,7 +304,8 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
         model=model,
         train_dataloader=train_dl, val_dataloader=val_dl, test_dataloader=val_dl,
         test_pipeline=val_pipe,  # read by mmseg.apis.inference_model
-        val_evaluator=evaluator, test_evaluator=evaluator,
+        tta_model=dict(type="SegTTAModel"), tta_pipeline=tta_pipe,
+        val_evaluator=evaluator, test_evaluator=test_evaluator,
         optim_wrapper=optim_wrapper,
         param_scheduler=[dict(type="PolyLR", eta_min=eta_min, power=0.9, begin=0, end=sec.iters, by_epoch=False)],
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=sec.iters,
@@ -241,9 +315,12 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=sec.log_interval, log_metric_by_epoch=False),
             param_scheduler=dict(type="ParamSchedulerHook"),
-            # max_keep_ckpts=1: resuming needs only the latest; no save_best (no GT model selection)
+            # max_keep_ckpts=1: resuming needs only the latest. save_best only when asked for: it
+            # selects the model on val ground truth
             checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=sec.checkpoint_interval,
-                            max_keep_ckpts=1, save_last=True),
+                            max_keep_ckpts=1, save_last=True,
+                            **(dict(save_best="mIoU", rule="greater")
+                               if sec.checkpoint_selection == "best_val_miou" else {})),
             sampler_seed=dict(type="DistSamplerSeedHook"),
             visualization=dict(type="SegVisualizationHook")),
         custom_hooks=[dict(type="ValMetricsHook")],

@@ -96,18 +96,45 @@ def launch(config_path: Path, nproc: int, log_path: Path) -> None:
         raise RuntimeError(f"torchrun training failed (exit {rc}); see {log_path}")
 
 
-def export_weights(work_dir: Path, target: Path) -> dict:
-    """Copy the model weights + meta of the last checkpoint to ``target``
-    (no optimizer state: what mmseg's test tool and init_model need)."""
-    last = Path(work_dir) / "last_checkpoint"
-    if not last.exists():
-        raise FileNotFoundError(f"{last}: training left no checkpoint")
-    ckpt = torch.load(last.read_text().strip(), map_location="cpu", weights_only=False)
+def best_checkpoint(work_dir: Path) -> Path:
+    """The checkpoint mmengine's save_best='mIoU' kept (best val mIoU)."""
+    found = sorted(Path(work_dir).glob("best_mIoU_iter_*.pth"))
+    if len(found) != 1:
+        raise FileNotFoundError(f"{work_dir}: expected one best_mIoU_iter_*.pth, found {[p.name for p in found]}")
+    return found[0]
+
+
+def export_weights(work_dir: Path, target: Path, checkpoint: Path | None = None) -> dict:
+    """Copy the model weights + meta of ``checkpoint`` (default: the last one)
+    to ``target`` (no optimizer state: what mmseg's test tool and init_model need)."""
+    if checkpoint is None:
+        last = Path(work_dir) / "last_checkpoint"
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: training left no checkpoint")
+        checkpoint = Path(last.read_text().strip())
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     slim = {"meta": ckpt.get("meta", {}), "state_dict": ckpt["state_dict"]}
     tmp = target.with_name(f".{target.name}.tmp")
     torch.save(slim, tmp)
     os.replace(tmp, target)
     return slim["meta"]
+
+
+def test(cfg: Config, checkpoint: Path, work_dir: Path, tta: bool = False) -> dict:
+    """Metrics of ``checkpoint`` on the test set (= val) through mmengine's test
+    loop, as mmseg's tools/test.py [--tta] does: with ``tta`` the model is the
+    config's tta_model around it and the data go through tta_pipeline; the
+    test_evaluator (CrfIoUMetric when a CRF is configured) scores it."""
+    from mmengine.runner import Runner
+    _prepare(cfg)
+    cfg = cfg.copy()
+    cfg.work_dir, cfg.load_from, cfg.resume = str(work_dir), str(checkpoint), False
+    if tta:
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    with mmengine_checkpoints():
+        return dict(Runner.from_cfg(cfg).test())
 
 
 def load_model(cfg: Config, checkpoint: Path, device: str = "cpu"):
