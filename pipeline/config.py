@@ -86,7 +86,7 @@ class MaskGeneratorCfg(Section):
 
 
 class ClipCfg(Section):
-    model: str = "ViT-B-32"
+    model: str = "ViT-B-32-quickgelu"
     pretrained: Optional[str] = "openai"  # hub tag or local checkpoint path
     allow_random_init: bool = False
     factory: Optional[str] = Field(None, description="'module:function' returning a VL model")

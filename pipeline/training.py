@@ -259,8 +259,10 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
             sums, count = dict(zip(keys, t[:-1].tolist())), t[-1].item()
         if not all(np.isfinite(list(sums.values()))):
             raise FloatingPointError(f"{name}: non-finite loss in epoch {epoch + 1}: {sums}")
+        seconds = time.time() - te
         rec = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
-               "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - te, 2)}
+               "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
+               "images_per_s": round(len(loader) * tcfg.batch_size / seconds, 2)}
         history.append(rec)
         rngs = [_rng_state()]
         if world > 1:
@@ -277,9 +279,9 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
             save_loss_history(out, history, name)
             done = epoch + 1 - start
             eta = (time.time() - t0) / done * (tcfg.epochs - epoch - 1)
-            log.info("%s epoch %d/%d: %s lr %.3g (%.1fs, ETA %.0fs)", name, epoch + 1, tcfg.epochs,
-                     " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("epoch", "lr", "seconds")),
-                     rec["lr"], rec["seconds"], eta)
+            log.info("%s epoch %d/%d: %s lr %.3g (%.1fs, %.1f images/s, ETA %.0fs)", name, epoch + 1, tcfg.epochs,
+                     " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("epoch", "lr", "seconds", "images_per_s")),
+                     rec["lr"], rec["seconds"], rec["images_per_s"], eta)
         barrier()
     if is_main() and gallery is not None and (stop_after is None or stop_after >= tcfg.epochs):
         trainable.eval()

@@ -83,4 +83,4 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
     metrics = evaluate.run(quick, inputs, out)
     assert metrics["final_val_miou"] == 12.5 and metrics["selection_uses_ground_truth"] is True
     assert "refine: best epoch by seed mIoU on train (uses ground truth)" in (out / "report.md").read_text()
-    assert "| final segmentation model | val | 12.50 |" in (out / "report.md").read_text()
+    assert "| final segmentation model (last iteration; single-scale test) | val | 12.50 |" in (out / "report.md").read_text()

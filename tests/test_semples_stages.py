@@ -82,7 +82,7 @@ def test_resume_equals_uninterrupted(tmp_path, prepared):
     resumed = train(b)
     for (k, v), (_, w) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(v, w), k
-    assert history(a, "train") == [dict(h, seconds=g["seconds"]) for h, g in
+    assert history(a, "train") == [dict(h, seconds=g["seconds"], images_per_s=g["images_per_s"]) for h, g in
                                    zip(history(b, "train"), history(a, "train"))]
 
 
