@@ -159,7 +159,7 @@ class ScaledBatches(Dataset):
 
 def export_batched(model, records: Sequence[Record], store: CamStore, scales: Sequence[float], flip: bool,
                    cam: str, device: torch.device | str, batch_size: int = 8, num_workers: int = 0,
-                   prefetch_factor: int = 2, writer_threads: int = 4, amp: bool = False,
+                   prefetch_factor: int = 2, writer_threads: int = 8, amp: bool = False,
                    progress=None) -> int:
     """Write the CAMs of ``records`` into ``store``; returns how many were written.
     Memory is bounded by the loader's prefetch, one batch on the device and
@@ -185,20 +185,23 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
                 writer.submit(rec.id, cams[b, :len(rec.labels)], rec.labels, cams.shape[-2:])
             return len(recs)
 
-        for recs, scaled in steps:
-            out = infer_cams_batch(model, scaled, [r.labels for r in recs], image_size(recs[0]),
-                                   flip, cam, device, amp).half()
-            if device.type == "cuda":
-                host = out.to("cpu", non_blocking=True)
-                done = torch.cuda.Event()
-                done.record()
-            else:
-                host, done = out, None
+        try:
+            for recs, scaled in steps:
+                out = infer_cams_batch(model, scaled, [r.labels for r in recs], image_size(recs[0]),
+                                       flip, cam, device, amp).half()
+                if device.type == "cuda":
+                    host = out.to("cpu", non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record()
+                else:
+                    host, done = out, None
+                if pending:
+                    item, pending = pending, None
+                    written += hand_over(item)
+                pending = (recs, host, done)
+        finally:  # also when a later batch failed: the finished one is kept
             if pending:
                 written += hand_over(pending)
-            pending = (recs, host, done)
-        if pending:
-            written += hand_over(pending)
     return written
 
 

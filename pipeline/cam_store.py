@@ -124,11 +124,11 @@ class CamWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.pool is None:
             return
-        if exc_type is not None:  # the caller's error wins: drop queued writes, let running ones end
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            return
-        try:
-            self._collect(ALL_COMPLETED)
+        try:  # queued writes finish even when the caller failed: what was computed is kept
+            if exc_type is None:
+                self._collect(ALL_COMPLETED)
+            else:
+                wait(self.pending)  # the caller's error wins over a write's
         finally:
             self.pool.shutdown(wait=True)
 

@@ -141,3 +141,22 @@ def test_batched_export_equals_the_per_image_reference(tmp_path):
         (a, ka), (b, kb) = old.read(r.id), new.read(r.id)
         assert ka == kb == r.labels and a.shape == b.shape == (len(r.labels), r.height, r.width)
         np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), atol=1e-3)
+
+
+def test_batched_export_names_a_bad_image_and_leaves_it_unwritten(tmp_path):
+    from PIL import Image
+    from pipeline.cam_inference import export_batched
+    from pipeline.config import load_config
+    from pipeline.data.datasets import Record
+    from pipeline.models.mask_generator import load_mask_generator
+
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={"run": {"work_dir": str(tmp_path / "runs")}})
+    model = load_mask_generator(fake_refine(cfg, tmp_path / "refine") / "model.pt")
+    Image.new("RGB", (40, 30)).save(tmp_path / "good.jpg")
+    Image.new("RGB", (40, 30)).save(tmp_path / "wrong.jpg")
+    records = [Record("good", str(tmp_path / "good.jpg"), None, 30, 40, [1]),
+               Record("wrong", str(tmp_path / "wrong.jpg"), None, 31, 40, [2])]  # the table disagrees
+    store = CamStore(tmp_path / "c.zarr", mode="a")
+    with pytest.raises(Exception, match="wrong.jpg: image is 40x30, label table says 40x31"):
+        export_batched(model, records, store, (1.0,), True, "fine", "cpu", batch_size=2, num_workers=1)
+    assert store.missing(["good", "wrong"]) == ["wrong"]
