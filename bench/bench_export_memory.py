@@ -1,5 +1,6 @@
 """(c) Peak RSS of export_cams over 100 vs 1000 synthetic images: the export
-streams one image at a time, so the peak must not grow with the split.
+streams bounded batches (loader prefetch, one batch on the device, the
+writer queue), so the peak must not grow with the split.
 
 Each run is a fresh process (ru_maxrss is a high-water mark) running the
 real stage (run_shard + finalize) with a random-init deit_tiny mask generator

@@ -7,6 +7,9 @@ its data is stored; anything else (a crash mid-write) is rewritten. Arrays
 are independent directories, so several processes may write different images
 of the same group at once.
 
+Writing many images: ``CamWriter`` runs ``write`` (compression + file I/O;
+blosc releases the GIL) on a thread pool with a bounded queue.
+
 Compression: one chunk per image (a read is one file), blosc-zstd level 5
 with byte shuffle (typesize 2). CAMs are smooth upsampled maps, so the
 shuffled float16 exponent bytes compress well: ~17% of the official float32
@@ -15,6 +18,7 @@ bench/bench_cam_store.py prints the figures).
 """
 from __future__ import annotations
 
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Iterable
 
@@ -56,7 +60,7 @@ class CamStore:
             image_id, shape=cams.shape, dtype="float16", chunks=cams.shape, compressors=_COMPRESSOR,
             fill_value=0, overwrite=True,
             attributes={"classes": classes, "size": [int(size[0]), int(size[1])], "complete": False})
-        arr[...] = cams.astype(np.float16)
+        arr[...] = np.asarray(cams, dtype=np.float16)
         arr.update_attributes({"complete": True})  # last: marks the data as trustworthy
 
     # ------------------------------------------------------------ reading
@@ -88,6 +92,45 @@ class CamStore:
     def nbytes_stored(self, image_id: str) -> int:
         d = self.path / image_id
         return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+class CamWriter:
+    """``store.write`` on ``threads`` background threads (0: on the caller's
+    thread). ``submit`` blocks while ``max_pending`` writes are queued, so
+    memory stays flat; a failed write is raised by the next ``submit`` or by
+    leaving the ``with`` block, which waits for every queued write."""
+
+    def __init__(self, store: CamStore, threads: int = 4, max_pending: int = 16):
+        self.store, self.max_pending = store, max(1, max_pending)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="cam-writer") if threads else None
+        self.pending: set[Future] = set()
+
+    def submit(self, image_id: str, cams: np.ndarray, classes: Iterable[int], size: tuple[int, int]) -> None:
+        if self.pool is None:
+            self.store.write(image_id, cams, classes, size)
+            return
+        while len(self.pending) >= self.max_pending:
+            self._collect(FIRST_COMPLETED)
+        self.pending.add(self.pool.submit(self.store.write, image_id, cams, list(classes), tuple(size)))
+
+    def _collect(self, when) -> None:
+        done, self.pending = wait(self.pending, return_when=when)
+        for f in done:
+            f.result()  # re-raises the write's error
+
+    def __enter__(self) -> "CamWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pool is None:
+            return
+        try:  # queued writes finish even when the caller failed: what was computed is kept
+            if exc_type is None:
+                self._collect(ALL_COMPLETED)
+            else:
+                wait(self.pending)  # the caller's error wins over a write's
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def fixed_sample(ids: list[str], n: int) -> list[str]:

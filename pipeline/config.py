@@ -197,6 +197,13 @@ class ExportCamsCfg(Section):
     flip: bool = True
     cam: Literal["fine", "coarse"] = "fine"
     gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
+    # throughput only (same CAMs within fp rounding): left out of the artifact
+    # key, so a resumed export may change them
+    batch_size: int = Field(8, ge=1, exclude=True,
+                            description="images of one size per forward (x2 with flip); 1 = one image at a time")
+    writer_threads: int = Field(8, ge=0, exclude=True,
+                                description="threads compressing + writing CAMs to zarr; 0 = on the main thread")
+    prefetch_batches: int = Field(2, ge=1, exclude=True, description="batches each DataLoader worker prepares ahead")
 
 
 class CrfCfg(Section):

@@ -88,3 +88,75 @@ def test_interrupted_export_resumes_to_the_same_store(tmp_path):
         assert ka == kb and np.array_equal(ca, cb)
         h, w = a.group[i].attrs["size"]
         assert ca.shape == (len(ka), h, w) and ca.min() == 0 and ca.max() > 0.99
+
+
+def test_writer_threads_raise_a_failed_write_naming_the_image(tmp_path):
+    from pipeline.cam_store import CamWriter
+    s = CamStore(tmp_path / "c.zarr", mode="a")
+    with pytest.raises(CamStoreError, match="img_bad"):
+        with CamWriter(s, threads=2, max_pending=2) as w:
+            w.submit("img_ok", np.ones((1, 4, 4), np.float16), [1], (4, 4))
+            w.submit("img_bad", np.ones((1, 4, 4), np.float16), [1, 2], (4, 4))
+            w.submit("img_ok2", np.ones((1, 4, 4), np.float16), [1], (4, 4))
+    assert s.is_complete("img_ok") and "img_bad" not in s.ids()
+
+
+def test_batched_export_equals_the_per_image_reference(tmp_path):
+    """Same-size batches (DataLoader worker, GPU-side flips/resizes, writer
+    threads) give the CAMs of the one-image-at-a-time path."""
+    import torch
+    from pipeline.cam_inference import (export_batched, export_per_image, infer_cams, infer_cams_batch,
+                                        same_size_batches, ScaledBatches)
+    from pipeline.config import load_config
+    from pipeline.data.datasets import LabelTable, read_image
+    from pipeline.models.mask_generator import load_mask_generator
+    from stages.runner import run_stage
+
+    torch.set_num_threads(1)
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
+        "run": {"work_dir": str(tmp_path / "runs"), "device": "cpu"}, "data": {"max_images": 16}})
+    table = LabelTable.from_artifact(run_stage(cfg, "prepare_data"), "train")
+    model = load_mask_generator(fake_refine(cfg, tmp_path / "refine") / "model.pt")
+    records = table.records
+    batches = same_size_batches(records, 2)
+    assert max(len(b) for b in batches) == 2 and len(batches) < len(records)  # some real batching
+    assert any(max(len(r.labels) for r in b) > min(len(r.labels) for r in b) for b in batches)  # ragged labels
+    scales = (1.0, 0.75)  # 0.75: inputs off the patch grid, a downscale
+
+    # float32 CAMs straight from the two functions
+    recs = max(batches, key=len)
+    got = infer_cams_batch(model, ScaledBatches([recs], scales)[0], [r.labels for r in recs],
+                           (recs[0].height, recs[0].width), flip=True)
+    for b, r in enumerate(recs):
+        want = infer_cams(model, read_image(r.image), r.labels, scales, True)
+        np.testing.assert_allclose(got[b, :len(r.labels)].numpy(), want, atol=1e-5)
+
+    # whole stores: the old loop vs the batched export with a worker and writer threads
+    old, new = CamStore(tmp_path / "old.zarr", mode="a"), CamStore(tmp_path / "new.zarr", mode="a")
+    export_per_image(model, records, old, scales, True, "fine", "cpu")
+    assert export_batched(model, records, new, scales, True, "fine", "cpu", batch_size=2, num_workers=1,
+                          writer_threads=2) == len(records)
+    assert new.ids() == old.ids() == sorted(table.ids())
+    for r in records:
+        (a, ka), (b, kb) = old.read(r.id), new.read(r.id)
+        assert ka == kb == r.labels and a.shape == b.shape == (len(r.labels), r.height, r.width)
+        np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), atol=1e-3)
+
+
+def test_batched_export_names_a_bad_image_and_leaves_it_unwritten(tmp_path):
+    from PIL import Image
+    from pipeline.cam_inference import export_batched
+    from pipeline.config import load_config
+    from pipeline.data.datasets import Record
+    from pipeline.models.mask_generator import load_mask_generator
+
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={"run": {"work_dir": str(tmp_path / "runs")}})
+    model = load_mask_generator(fake_refine(cfg, tmp_path / "refine") / "model.pt")
+    Image.new("RGB", (40, 30)).save(tmp_path / "good.jpg")
+    Image.new("RGB", (40, 30)).save(tmp_path / "wrong.jpg")
+    records = [Record("good", str(tmp_path / "good.jpg"), None, 30, 40, [1]),
+               Record("wrong", str(tmp_path / "wrong.jpg"), None, 31, 40, [2])]  # the table disagrees
+    store = CamStore(tmp_path / "c.zarr", mode="a")
+    with pytest.raises(Exception, match="wrong.jpg: image is 40x30, label table says 40x31"):
+        export_batched(model, records, store, (1.0,), True, "fine", "cpu", batch_size=2, num_workers=1)
+    assert store.missing(["good", "wrong"]) == ["wrong"]
