@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Config
-from pipeline.data.classes import class_names, prompt_names
 from pipeline.data.datasets import LabelTable
 from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine_step,
                              train_cam_step)
@@ -57,12 +56,12 @@ def _generator(cfg: Config, k: int, init: Path | None, device):
 
 def _context(cfg: Config, table: LabelTable, device) -> StepContext:
     vl = build_vl(cfg.clip, device)
-    text = class_text_features(vl, prompt_names(table.dataset), cfg.clip.template).to(device)
+    text = class_text_features(vl, table.prompt_names, cfg.clip.template).to(device)
     return StepContext(vl, text, MEAN, STD)
 
 
 def _gallery(model, gal, table, device):
-    names = list(class_names(table.dataset)[1:])
+    names = list(table.classes[1:])
     return lambda path: write_gallery(path, model.cams, gal, names, device)
 
 
@@ -120,7 +119,7 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     if is_main():
         tmp = Path(out) / f".{PROMPTS}.tmp"
         torch.save({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
-                    "clip": cfg.clip.model_dump(mode="json"), "classes": list(class_names(table.dataset)[1:])},
+                    "clip": cfg.clip.model_dump(mode="json"), "classes": list(table.classes[1:])},
                    tmp)
         tmp.replace(Path(out) / PROMPTS)
         if lc.n_interpret_images:
