@@ -97,7 +97,7 @@ def read_class_file(path: str | Path) -> ClassSet:
         raise ClassFileError(f"{path}: class list file not found")
     rows: list[tuple[int, str, str, str]] = []  # (line, name, prompt, color)
     if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames or "name" not in reader.fieldnames:
                 raise ClassFileError(f"{path}:1: header must name a 'name' column (and optionally prompt, color)")

@@ -202,24 +202,26 @@ def render_coco_masks(cfg: DataCfg, split: str, out_dir: Path, progress=None) ->
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _label_rows(path: Path) -> Iterable[tuple[int, str, list[str]]]:
+def label_rows(path: Path) -> Iterable[tuple[int, str, list[str]]]:
     """(line, image, [class names]) of a labels file: CSV with header
     ``image,labels`` (names separated by ';') or JSON lines
     ``{"image": ..., "labels": [...]}`` (.jsonl / .json)."""
     if path.suffix.lower() in (".jsonl", ".json"):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 doc = json.loads(line)
                 image, labels = doc["image"], doc["labels"]
+                if not isinstance(labels, (str, list)):
+                    raise TypeError(f"'labels' is a {type(labels).__name__}, not a list")
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DataError(f"{path}:{n}: not a JSON object with 'image' and 'labels' ({e})") from None
             if isinstance(labels, str):
                 labels = labels.split(";")
             yield n, str(image), [str(x).strip() for x in labels if str(x).strip()]
         return
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"image", "labels"} <= set(reader.fieldnames):
             raise DataError(f"{path}:1: CSV header must be 'image,labels' (got {reader.fieldnames})")
@@ -228,10 +230,11 @@ def _label_rows(path: Path) -> Iterable[tuple[int, str, list[str]]]:
                    [x.strip() for x in (row["labels"] or "").split(";") if x.strip()])
 
 
-def folder_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem]]:
-    """Records of a folder split from its labels file. Problems name the file
-    and line: unknown classes, rows without labels, duplicate ids (an id is
-    the image file's stem: pseudo masks are written as <id>.png)."""
+def folder_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], dict[str, str]]:
+    """Records of a folder split from its labels file, problems, and the
+    'file:line' of each record. Problems name the file and line: unknown
+    classes, rows without labels, duplicate ids (an id is the image file's
+    stem: pseudo masks are written as <id>.png)."""
     sc = cfg.splits[split]
     labels_path = cfg.root / sc.labels
     if not labels_path.is_file():
@@ -245,7 +248,7 @@ def folder_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem
     except ClassFileError as e:
         raise DataError(str(e)) from None
     records, problems, first_line = [], [], {}
-    for line, image, names in _label_rows(labels_path):
+    for line, image, names in label_rows(labels_path):
         where = f"{labels_path}:{line}"
         if not image:
             problems.append(Problem(where, "empty image path"))
@@ -259,16 +262,16 @@ def folder_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem
             continue
         image_id = Path(image).stem
         if image_id in first_line:
-            problems.append(Problem(where, f"{image}: duplicate id '{image_id}' (first on line {first_line[image_id]})"))
+            problems.append(Problem(where, f"{image}: duplicate id '{image_id}' (first at {first_line[image_id]})"))
             continue
-        first_line[image_id] = line
+        first_line[image_id] = where
         mask = mask_dir / f"{image_id}.png" if mask_dir else None
         records.append(Record(image_id, str((img_dir / image).resolve()),
                               str(mask.resolve()) if mask is not None and mask.exists() else None,
                               labels=sorted({index[n] for n in names})))
         if cfg.max_images and len(records) >= cfg.max_images:
             break
-    return records, problems
+    return records, problems, first_line
 
 
 # ---------------------------------------------------------------- checking
@@ -286,9 +289,10 @@ def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], 
         return [], [_as_problem(e)], 0
     problems: list[Problem] = []
     skipped = 0
+    rows: dict[str, str] = {}
     if cfg.dataset == "folder":
         try:
-            records, problems = folder_records(cfg, split)
+            records, problems, rows = folder_records(cfg, split)
         except DataError as e:
             return [], [_as_problem(e)], 0
     elif cfg.dataset == "voc":
@@ -307,6 +311,8 @@ def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], 
     good = []
     for r in records:
         p = _check_record(r, n_cls, check_mask=cfg.dataset == "voc", tagged=cfg.dataset == "folder")
+        if p and r.id in rows:  # name the labels file line that brought the image in
+            p = [Problem(rows[r.id], f"{x.path}: {x.reason}") for x in p]
         if p:
             problems.extend(p)
         else:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import yaml
 
-from pipeline.data.datasets import DataError, _label_rows
+from pipeline.data.datasets import DataError, label_rows
 
 LABEL_FILES = ("labels.csv", "labels.jsonl", "labels.json")
 CLASS_FILES = ("classes.csv", "classes.txt")
@@ -31,7 +31,7 @@ def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
 def class_counts(labels: Path) -> Counter:
     """Images per class name in a labels file."""
     counts: Counter = Counter()
-    for _, _, names in _label_rows(labels):
+    for _, _, names in label_rows(labels):
         counts.update(set(names))
     return counts
 
