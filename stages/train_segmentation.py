@@ -156,7 +156,9 @@ def run(cfg, inputs, out):
                             f"{sec.model}: val mIoU {metrics['miou']:.1f}")
         headline = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "iters": metrics["iter"]}
     else:
-        metrics = {"validated": False, "reason": f"no ground-truth masks for val split '{cfg.data.val_split}'",
+        why = (f"no ground-truth masks for val split '{cfg.data.val_split}'" if cfg.data.val_split
+               else "no val split (data.val_split is null)")
+        metrics = {"validated": False, "reason": why,
                    "iter": sec.iters, "model": sec.model, "checkpoint": final.name}
         headline = {"iters": sec.iters, "validated": False}
     (out / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
