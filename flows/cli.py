@@ -93,13 +93,18 @@ def status(config: Path = ConfigOpt):
 def data_check(config: Path = ConfigOpt):
     """Validate a dataset tree: per-split counts, per-class image counts, every bad item."""
     cfg = _load(config)
-    from pipeline.data.classes import class_names
+    from pipeline.data.classes import ClassFileError, dataset_classes
     from pipeline.data.datasets import check_split, per_class_counts
-    names = class_names(cfg.data.dataset)
+    try:
+        names = dataset_classes(cfg.data).names
+    except ClassFileError as e:
+        _fail(e)
     bad = 0
     for split in cfg.data.all_splits:
         good, problems, skipped = check_split(cfg.data, split)
         extra = f" ({skipped} without annotations skipped)" if skipped else ""
+        if cfg.data.dataset == "folder":
+            extra += f" ({sum(1 for r in good if r.mask)} with ground-truth masks)"
         typer.echo(f"{split}: {len(good)} images{extra}")
         counts = per_class_counts(good, len(names))
         typer.echo("  " + ", ".join(f"{n}={c}" for n, c in zip(names[1:], counts[1:]) if c))
@@ -109,6 +114,28 @@ def data_check(config: Path = ConfigOpt):
     if bad:
         typer.echo(f"{bad} bad items", err=True)
         raise typer.Exit(1)
+
+
+@app.command("init-dataset")
+def init_dataset(folder: Path = typer.Argument(..., help="folder with images and a labels file"),
+                 out: Optional[Path] = typer.Option(None, help="config to write (default configs/<folder name>.yaml)"),
+                 labels: Optional[Path] = typer.Option(None, help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
+                 images: Optional[Path] = typer.Option(None, help="image folder (default FOLDER/images, else FOLDER)"),
+                 force: bool = typer.Option(False, help="overwrite an existing config")):
+    """Write a config for a folder of images with tags and print the images per class."""
+    from pipeline.data.datasets import DataError
+    from pipeline.data.init_dataset import init_dataset as write_config
+    out = out or Path("configs") / f"{folder.resolve().name}.yaml"
+    try:
+        counts, written = write_config(folder, out, labels, images, overwrite=force)
+    except DataError as e:
+        _fail(e)
+    if written:
+        typer.echo(f"wrote {written} ({len(counts)} classes, sorted by name; edit it to add prompt names or colours)")
+    typer.echo(f"wrote {out}\nimages per class:")
+    for name, n in counts.most_common():
+        typer.echo(f"  {name:<24}{n:>7}")
+    typer.echo(f"next: wsss data check --config {out} && wsss run --config {out}")
 
 
 @app.command("eval-masks")

@@ -43,22 +43,28 @@ class RunCfg(Section):
 
 
 class SplitCfg(Section):
-    """One split. VOC: ``list`` is an ImageSets file; COCO: ``images`` + ``annotations``."""
+    """One split. VOC: ``list`` is an ImageSets file; COCO: ``images`` + ``annotations``;
+    folder: ``labels`` (CSV ``image,labels`` or JSON lines), ``images`` (default: data.root),
+    optional ``masks`` (ground-truth PNGs ``<id>.png`` for evaluation)."""
     list: Optional[str] = None
     images: Optional[str] = None
     annotations: Optional[str] = None
     masks: Optional[str] = None
+    labels: Optional[str] = None
 
 
 class DataCfg(Section):
     @property
     def all_splits(self) -> list[str]:
-        return list(dict.fromkeys([self.train_split, self.val_split, self.eval_split or self.train_split]))
+        return [s for s in dict.fromkeys([self.train_split, self.val_split, self.eval_split or self.train_split])
+                if s is not None]
 
-    dataset: Literal["voc", "coco"]
+    dataset: Literal["voc", "coco", "folder"]
     root: Path
+    classes: Optional[str] = Field(None, description="folder: class list file under root (.txt: one name a "
+                                   "line; .csv: columns name[,prompt][,color]); background is added as 0")
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: Optional[str] = Field("val", description="None (folder only): train_segmentation skips validation")
     eval_split: Optional[str] = Field(None, description="split with GT on which seeds/pseudo masks are scored "
                                       "(VOC: train, 1,464 images, while CAMs cover train_aug); None = train_split")
     splits: dict[str, SplitCfg] = Field(default_factory=dict)
@@ -232,6 +238,7 @@ class PseudoMasksCfg(Section):
     crf: CrfCfg = Field(default_factory=CrfCfg)
     affinity: AffinityCfg = Field(default_factory=AffinityCfg)
     gallery_size: int = Field(8, ge=0, description="seed | pseudo mask pictures of a fixed sample")
+    coco_json: bool = Field(False, description="also write the masks as COCO JSON (one RLE per class per image)")
 
     @model_validator(mode="after")
     def _check_band(self):
@@ -280,6 +287,8 @@ class TrainSegmentationCfg(Section):
 
 # the official seed sweep: SemPLeS/WeakTr evaluation.py --start 40 (--end 60), thresholds range(40, 60) / 100
 OFFICIAL_SWEEP = tuple(round(0.01 * i, 2) for i in range(40, 60))
+    predict_split: Optional[str] = Field(None, description="split whose predictions the final model writes "
+                                         "(PNGs + COCO JSON); None = none")
 
 
 class EvaluateCfg(Section):
@@ -322,6 +331,19 @@ class Config(Section):
             if getattr(self, stage).seed_eval_every and split not in self.data.all_splits:
                 raise ValueError(f"{stage}.seed_eval_split: '{split}' is not a split with ground truth of this "
                                  f"config (data splits: {', '.join(self.data.all_splits)})")
+        if self.data.dataset == "folder":
+            if not self.data.classes:
+                raise ValueError("data.classes: a folder dataset needs a class list file")
+            for name in self.data.all_splits:
+                s = self.data.splits.get(name)
+                if s is None or not s.labels:
+                    raise ValueError(f"data.splits.{name}: a folder dataset needs 'labels' (a labels file)")
+        elif self.data.val_split is None:
+            raise ValueError("data.val_split: VOC/COCO need a val split")
+        pred = self.train_segmentation.predict_split
+        if pred is not None and pred not in self.data.all_splits:
+            raise ValueError(f"train_segmentation.predict_split: '{pred}' is none of the data splits "
+                             f"{self.data.all_splits}")
         return self
 
     def section(self, name: str) -> dict:

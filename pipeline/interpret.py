@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.data.classes import class_names
 from pipeline.models.mask_generator import MEAN, STD
 from pipeline.plots import heat_overlay, save_grid
 
@@ -35,7 +34,7 @@ def interpret_prompts(out_dir: Path, ctx, prompts: torch.Tensor, images, table, 
                       topk: int, device) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(class_names(table.dataset)[1:])
+    names = list(table.classes[1:])
     vl = ctx.vl
     summary = {}
     # nearest vocabulary words per prompt token

@@ -15,9 +15,9 @@ import numpy as np  # noqa: E402
 from pipeline.data.classes import IGNORE, palette  # noqa: E402
 
 
-def colorize(mask: np.ndarray) -> np.ndarray:
-    """(H, W) label ids -> (H, W, 3) uint8 in the VOC colour map (255 -> white)."""
-    pal = palette()
+def colorize(mask: np.ndarray, pal: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) label ids -> (H, W, 3) uint8 in ``pal`` (default the VOC colour map; 255 -> white)."""
+    pal = palette() if pal is None else np.array(pal, np.uint8)
     pal[IGNORE] = (255, 255, 255)
     return pal[mask.astype(np.uint8)]
 
@@ -29,8 +29,9 @@ def heat_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.n
 
 
 def save_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str] | None = None,
-              row_labels: Sequence[str] | None = None, cell: float = 2.2) -> None:
-    """A grid of RGB/label images (rows x columns) saved as one PNG."""
+              row_labels: Sequence[str] | None = None, cell: float = 2.2,
+              pal: np.ndarray | None = None) -> None:
+    """A grid of RGB/label images (rows x columns) saved as one PNG; label maps in ``pal``."""
     n_r, n_c = len(rows), max(len(r) for r in rows)
     fig, axes = plt.subplots(n_r, n_c, figsize=(cell * n_c, cell * n_r), squeeze=False)
     for i, row in enumerate(rows):
@@ -39,7 +40,7 @@ def save_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], titles: Sequence
             ax.axis("off")
             if j < len(row) and row[j] is not None:
                 img = row[j]
-                ax.imshow(colorize(img) if img.ndim == 2 else img)
+                ax.imshow(colorize(img, pal) if img.ndim == 2 else img)
             if i == 0 and titles and j < len(titles):
                 ax.set_title(titles[j], fontsize=8)
             if j == 0 and row_labels:

@@ -141,10 +141,11 @@ def pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], cfg
 _W: dict = {}
 
 
-def _init(cam_path: str, cfg_json: str, mask_dir: str) -> None:
+def _init(cam_path: str, cfg_json: str, mask_dir: str, pal: Optional[list] = None) -> None:
     _W["store"] = CamStore(cam_path)
     _W["cfg"] = PseudoMasksCfg.model_validate_json(cfg_json)
     _W["dir"] = Path(mask_dir)
+    _W["pal"] = None if pal is None else np.asarray(pal, np.uint8)
 
 
 def _work(job: tuple) -> str:
@@ -158,7 +159,7 @@ def _work(job: tuple) -> str:
         mask = pseudo_mask(image, cams.astype(np.float32), classes, _W["cfg"], attn, grid, patch)
     except Exception as e:
         raise RuntimeError(f"image '{image_id}': {e}") from e
-    write_mask(_W["dir"] / f"{image_id}.png", mask)
+    write_mask(_W["dir"] / f"{image_id}.png", mask, _W["pal"])
     return image_id
 
 
@@ -191,7 +192,7 @@ def _pool_map(n: int, init: tuple, jobs: Iterator[tuple]) -> Iterator[str]:
 def write_masks(jobs: Iterable[tuple], init: tuple, n: int) -> Iterator[str]:
     """Write the pseudo mask of every job (id, image path, attention, grid,
     patch) with n processes; init = (CAM store path, PseudoMasksCfg json,
-    mask dir). Yields image ids as they finish."""
+    mask dir[, PNG palette as a list]). Yields image ids as they finish."""
     if n > 1 and mp.current_process().daemon:
         # e.g. a Dask worker (daemon by default) may not start processes; the
         # flow already spreads shards over workers, so run this shard inline

@@ -10,7 +10,6 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from pipeline.config import Config
-from pipeline.data.classes import class_names, prompt_names
 from pipeline.data.datasets import LabelTable
 from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine_step,
                              train_cam_step)
@@ -74,13 +73,14 @@ def _set_trainable(model, trainable: str) -> None:
 
 def _context(cfg: Config, table: LabelTable, device) -> StepContext:
     vl = build_vl(cfg.clip, device)
-    names = prompt_names(table.dataset, official=cfg.clip.class_names == "official")
+    names = table.prompt_names if cfg.clip.class_names == "label" or table.dataset == "folder" else \
+        prompt_names(table.dataset, official=True)
     text = class_text_features(vl, names, cfg.clip.template).to(device)
     return StepContext(vl, text, MEAN, STD, renormalise=cfg.clip.input_norm == "clip")
 
 
 def _gallery(model, gal, table, device):
-    names = list(class_names(table.dataset)[1:])
+    names = list(table.classes[1:])
     return lambda path: write_gallery(path, model.cams, gal, names, device)
 
 
@@ -158,7 +158,7 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     if is_main():
         tmp = Path(out) / f".{PROMPTS}.tmp"
         torch.save({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
-                    "clip": cfg.clip.model_dump(mode="json"), "classes": list(class_names(table.dataset)[1:])},
+                    "clip": cfg.clip.model_dump(mode="json"), "classes": list(table.classes[1:])},
                    tmp)
         tmp.replace(Path(out) / PROMPTS)
         if lc.n_interpret_images:

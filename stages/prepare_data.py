@@ -1,27 +1,38 @@
 """prepare_data: validate the dataset tree and write the label tables.
 
 Output: labels_<split>.json for the train and val splits (image paths, sizes,
-image-level labels derived from masks/annotations), data_report.json, and for
+image-level labels derived from masks/annotations/tags), data_report.json, and for
 COCO the semantic masks rendered from instances under masks/<split>/.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.data.classes import class_names
+from pipeline.data.classes import dataset_classes
 from pipeline.data.datasets import DataError, LabelTable, check_split, per_class_counts, render_coco_masks
 from pipeline.store import write_json_atomic
 
 NAME = "prepare_data"
 INPUTS: tuple[str, ...] = ()
 SECTIONS = ("data",)
-VERSION = "2"  # 2: COCO masks rendered as the official parse_coco.py (data.coco_render)
+VERSION = "3"  # 2: COCO masks rendered as the official parse_coco.py (data.coco_render); 3: folder datasets, label tables carry prompt names and colours
 log = logging.getLogger("wsss")
 
 
+def input_files(cfg: Config) -> list[Path]:
+    """Files whose content the artifact key covers: a folder dataset's class
+    list and labels files (edited by hand, unlike the VOC/COCO trees)."""
+    if cfg.data.dataset != "folder":
+        return []
+    return [cfg.data.root / cfg.data.classes] + [cfg.data.root / cfg.data.splits[s].labels
+                                                 for s in cfg.data.all_splits]
+
+
 def run(cfg: Config, inputs, out):
-    names = class_names(cfg.data.dataset)
+    classes = dataset_classes(cfg.data)
+    names = classes.names
     report = {}
     for split in cfg.data.all_splits:
         good, problems, skipped = check_split(cfg.data, split)
@@ -36,7 +47,7 @@ def run(cfg: Config, inputs, out):
                               progress=lambda i, n: i % 1000 == 0 and log.info("%s masks %d/%d", split, i, n))
             for r in good:
                 r.mask = str((mask_dir / f"{r.id}.png").resolve())
-        LabelTable(cfg.data.dataset, split, good).save(out / f"labels_{split}.json")
+        LabelTable(cfg.data.dataset, split, good, classes).save(out / f"labels_{split}.json")
         counts = per_class_counts(good, len(names))
         report[split] = {"images": len(good), "skipped_without_annotations": skipped,
                          "images_per_class": dict(zip(names[1:], counts[1:]))}

@@ -1,6 +1,7 @@
-"""pseudo_masks: CAM seeds of the exported split -> label PNGs (VOC palette)
-in <out>/masks/<id>.png, by cfg.pseudo_masks.method (argmax | crf |
-affinity | affinity_crf, see pipeline/refine_masks.py).
+"""pseudo_masks: CAM seeds of the exported split -> label PNGs (the dataset's
+palette) in <out>/masks/<id>.png, by cfg.pseudo_masks.method (argmax | crf |
+affinity | affinity_crf, see pipeline/refine_masks.py). With
+cfg.pseudo_masks.coco_json also <out>/pseudo_masks_coco.json (pipeline/coco_export.py).
 
 Per-image stage: items / run_shard / finalize. run_shard skips PNGs already
 written (each is written atomically) and spreads the images over a process
@@ -25,9 +26,10 @@ from pipeline.utils import num_processes, progress
 NAME = "pseudo_masks"
 INPUTS = ('prepare_data', 'export_cams', 'refine')
 SECTIONS = ('pseudo_masks',)
-VERSION = "1"
+VERSION = "2"  # 2: dataset palette in the PNGs, optional COCO JSON
 log = logging.getLogger("wsss")
 AFFINITY = ("affinity", "affinity_crf")
+COCO_JSON = "pseudo_masks_coco.json"
 
 
 def _split(cfg: Config) -> str:
@@ -69,7 +71,8 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
         jobs = _attention_jobs(cfg, inputs, table, todo)
     else:
         jobs = ((i, table[i].image, None, None, None) for i in todo)
-    init = (str(store_path(inputs["export_cams"], _split(cfg))), cfg.pseudo_masks.model_dump_json(), str(mask_dir))
+    init = (str(store_path(inputs["export_cams"], _split(cfg))), cfg.pseudo_masks.model_dump_json(), str(mask_dir),
+            table.palette.tolist())
     n = min(num_processes(cfg.run.processes), len(todo))
     desc = f"pseudo_masks ({cfg.pseudo_masks.method}, {n} proc)"
     CamStore(init[0])  # fail here, clearly, rather than in every worker
@@ -98,10 +101,16 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     if rows:
         save_grid(out / "pseudo_mask_gallery.png", rows,
                   titles=["image", f"seed (bg {cfg.pseudo_masks.bg_threshold})",
-                          f"pseudo mask ({cfg.pseudo_masks.method})"])
+                          f"pseudo mask ({cfg.pseudo_masks.method})"], pal=table.palette)
     ignored = _ignored_fraction(mask_dir, fixed_sample(ids, 64))
-    return {"images": len(ids), "method": cfg.pseudo_masks.method,
-            "ignored_fraction_sample": ignored}
+    metrics = {"images": len(ids), "method": cfg.pseudo_masks.method, "ignored_fraction_sample": ignored}
+    if cfg.pseudo_masks.coco_json:
+        from pipeline.coco_export import export_coco
+        items_ = ((i, table[i].image, read_mask(mask_dir / f"{i}.png")) for i in ids)
+        n = export_coco(out / COCO_JSON, items_, table.classes, f"wsss pseudo masks of split '{_split(cfg)}' "
+                        f"({cfg.pseudo_masks.method})")
+        metrics["coco_annotations"] = n["annotations"]
+    return metrics
 
 
 def _ignored_fraction(mask_dir: Path, ids: list[str]) -> Optional[float]:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.store import Store, artifact_key
+from pipeline.store import Store, artifact_key, sha256_file
 from stages import ORDER, get
 
 log = logging.getLogger("wsss")
@@ -17,9 +17,13 @@ def stage_sections(cfg: Config, name: str) -> dict:
     """The config a stage's result depends on: whole sections, or dotted
     fields such as 'run.seed' (so work_dir/device never change a key)."""
     out = {}
-    for s in get(name).SECTIONS:
+    mod = get(name)
+    for s in mod.SECTIONS:
         sec, _, field = s.partition(".")
         out[s] = cfg.section(sec)[field] if field else cfg.section(sec)
+    files = mod.input_files(cfg) if hasattr(mod, "input_files") else {}
+    if files:  # small files the config names (a folder dataset's labels/classes): their content counts
+        out["files"] = {str(f): sha256_file(f) if f.is_file() else None for f in files}
     return out
 
 

@@ -1,5 +1,7 @@
 """train_segmentation: mmseg segmentation model trained on the pseudo masks,
-validated on the REAL val masks (issue 5).
+validated on the REAL val masks (issue 5). A folder dataset validates on the
+val images that have a ground-truth mask; with none (or data.val_split null)
+it trains without validation and val_metrics.json says so.
 
 Inputs: prepare_data (label tables: image paths, val GT mask paths) and
 pseudo_masks (one palette PNG per train image id at ``<artifact>/masks/<id>.png``,
@@ -17,6 +19,8 @@ Artifact:
                          "single_scale" the plain val result of the same checkpoint
   val_curve.png          val mIoU per validation, last and (if selected) best iteration marked
   gallery.png            val image | prediction | GT
+  predictions/<split>/   with train_segmentation.predict_split: the final model's label PNGs of
+                         that split and predictions_<split>_coco.json (pipeline/coco_export.py)
   per_class_iou.png      per-class IoU bars
   pretrained_converted.pth  deeplabv2 with a local weight file: the weights in model keys
 
@@ -31,11 +35,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 NAME = "train_segmentation"
 INPUTS = ('prepare_data', 'pseudo_masks')
 SECTIONS = ('data', 'train_segmentation', 'run.seed')
-VERSION = "2"
+VERSION = "3"  # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional validation, predict_split
 
 log = logging.getLogger("wsss")
 
@@ -45,11 +50,11 @@ def _write_list(path: Path, pairs: list[tuple[str, str]]) -> None:
     path.write_text("".join(f"{i}\t{m}\n" for i, m in pairs))
 
 
-def data_lists(cfg, inputs: dict, out: Path) -> tuple[Path, Path, list]:
-    """Train list: dataset image -> pseudo mask; val list: image -> real GT mask."""
+def data_lists(cfg, inputs: dict, out: Path) -> tuple[Path, Optional[Path], list]:
+    """Train list: dataset image -> pseudo mask; val list: image -> real GT mask
+    (None when a folder dataset has no val ground truth)."""
     from pipeline.data.datasets import DataError, LabelTable
     train = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
-    val = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.val_split)
     mask_dir = Path(inputs["pseudo_masks"]) / "masks"
     if not mask_dir.is_dir():
         raise DataError(f"{mask_dir}: pseudo-mask folder not found in the pseudo_masks artifact")
@@ -57,14 +62,22 @@ def data_lists(cfg, inputs: dict, out: Path) -> tuple[Path, Path, list]:
     if missing:
         raise DataError(f"{mask_dir}: no pseudo mask for {len(missing)} of {len(train)} "
                         f"'{cfg.data.train_split}' images, e.g. {', '.join(missing[:5])}")
-    bad_val = [r.id for r in val.records if not r.mask or not Path(r.mask).exists()]
+    train_list, val_list = out / "lists/train.txt", out / "lists/val.txt"
+    _write_list(train_list, [(r.image, str((mask_dir / f"{r.id}.png").resolve())) for r in train.records])
+    if cfg.data.val_split is None:
+        return train_list, None, []
+    val = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.val_split)
+    records = val.records
+    if cfg.data.dataset == "folder":  # GT is optional there: validate on the images that have it
+        records = [r for r in records if r.mask]
+        if not records:
+            return train_list, None, []
+    bad_val = [r.id for r in records if not r.mask or not Path(r.mask).exists()]
     if bad_val:
         raise DataError(f"labels_{cfg.data.val_split}.json: val images without a ground-truth mask "
                         f"file, e.g. {', '.join(bad_val[:5])}")
-    train_list, val_list = out / "lists/train.txt", out / "lists/val.txt"
-    _write_list(train_list, [(r.image, str((mask_dir / f"{r.id}.png").resolve())) for r in train.records])
-    _write_list(val_list, [(r.image, r.mask) for r in val.records])
-    return train_list, val_list, val.records
+    _write_list(val_list, [(r.image, r.mask) for r in records])
+    return train_list, val_list, records
 
 
 def _pct(v):  # NaN (class in neither GT nor prediction) -> null
@@ -119,18 +132,35 @@ def save_val_curve(path: Path, history: list[dict], final_iter: int, selection: 
     plt.close(fig)
 
 
-def save_gallery(model, records, path: Path, n: int) -> None:
+def save_gallery(model, records, path: Path, n: int, pal=None) -> None:
     from pipeline.data.datasets import read_image, read_mask
     from pipeline.plots import save_grid
     from pipeline.segmentation.train import predict
-    rows = [[read_image(r.image), predict(model, r.image), read_mask(r.mask)] for r in records[:n]]
+    rows = [[read_image(r.image), predict(model, r.image), read_mask(r.mask) if r.mask else None]
+            for r in records[:n]]
     if rows:
         save_grid(path, rows, titles=["image", "prediction", "ground truth"],
-                  row_labels=[r.id for r in records[:n]])
+                  row_labels=[r.id for r in records[:n]], pal=pal)
+
+
+def write_predictions(model, table, out: Path) -> dict:
+    """The final model's label PNGs of every image of ``table`` (skipping ones
+    already written) and their COCO JSON."""
+    from pipeline.coco_export import export_coco
+    from pipeline.data.datasets import read_mask, write_mask
+    from pipeline.segmentation.train import predict
+    pred_dir = out / "predictions" / table.split
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    for r in table.records:
+        if not (pred_dir / f"{r.id}.png").exists():
+            write_mask(pred_dir / f"{r.id}.png", predict(model, r.image), table.palette)
+    items = ((r.id, r.image, read_mask(pred_dir / f"{r.id}.png")) for r in table.records)
+    return export_coco(out / f"predictions_{table.split}_coco.json", items, table.classes,
+                       f"wsss final segmentation model predictions on split '{table.split}'")
 
 
 def run(cfg, inputs, out):
-    from pipeline.data.classes import class_names
+    from pipeline.data.datasets import LabelTable
     from pipeline.plots import save_per_class_bars
     from pipeline.segmentation.mmseg_config import build_config
     from pipeline.segmentation.train import (best_checkpoint, export_weights, launch, load_model, test, train,
@@ -147,11 +177,12 @@ def run(cfg, inputs, out):
                     "GPU); training in one process on CPU", nproc)
         nproc = 1
     train_list, val_list, val_records = data_lists(cfg, inputs, out)
+    table = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
     work_dir = out / "work_dir"
     converted = None
     if sec.model == "deeplabv2" and sec.pretrained and not sec.tiny and Path(sec.pretrained).is_file():
         path = out / "pretrained_converted.pth"
-        info = convert_deeplabv2_checkpoint(sec.pretrained, path, len(class_names(cfg.data.dataset)),
+        info = convert_deeplabv2_checkpoint(sec.pretrained, path, len(table.classes),
                                             sec.pretrained_format)
         log.info("train_segmentation: %s weights from %s (classifier %s); dropped %d keys", info["layout"],
                  sec.pretrained, "kept" if info["has_head"] else "trained from scratch", len(info["dropped"]))
@@ -159,7 +190,7 @@ def run(cfg, inputs, out):
     mm_cfg = build_config(sec, dataset=cfg.data.dataset, train_list=train_list, val_list=val_list,
                           work_dir=work_dir, seed=cfg.run.seed, num_workers=cfg.run.num_workers,
                           device=device, nproc=nproc, dist_backend=cfg.run.dist_backend,
-                          converted_weights=converted)
+                          converted_weights=converted, classes=table.class_set)
     config_path = out / "mmseg_config.py"
     mm_cfg.dump(str(config_path))
 
@@ -171,27 +202,41 @@ def run(cfg, inputs, out):
             train(mm_cfg)
         export_weights(work_dir, final, best_checkpoint(work_dir) if sec.checkpoint_selection != "last" else None)
 
-    classes = class_names(cfg.data.dataset)
-    history = val_history(work_dir)
-    metrics = final_metrics(history, classes, sec.iters, sec.checkpoint_selection)
-    metrics["single_scale"] = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"]}
-    if sec.tta or sec.crf:  # the final model again, through mmengine's test loop with the options on
-        res = test(mm_cfg, final, work_dir / "test", tta=sec.tta)
-        metrics.update(_scores(res, classes))
-    metrics.update(split=cfg.data.val_split, num_images=len(val_records), model=sec.model,
-                   backbone="tiny" if sec.tiny else sec.backbone, ground_truth="real val masks",
-                   checkpoint=final.name, checkpoint_selection=sec.checkpoint_selection,
-                   selected_on_ground_truth=sec.checkpoint_selection != "last", tta=sec.tta,
-                   crf=sec.crf is not None, label=report_label(sec))
-    save_val_curve(out / "val_curve.png", history, metrics["iter"], sec.checkpoint_selection)
+    if val_list is not None:
+        classes = table.classes
+        history = val_history(work_dir)
+        metrics = final_metrics(history, classes, sec.iters, sec.checkpoint_selection)
+        metrics["single_scale"] = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"]}
+        if sec.tta or sec.crf:  # the final model again, through mmengine's test loop with the options on
+            res = test(mm_cfg, final, work_dir / "test", tta=sec.tta)
+            metrics.update(_scores(res, classes))
+        metrics.update(split=cfg.data.val_split, num_images=len(val_records), model=sec.model,
+                       backbone="tiny" if sec.tiny else sec.backbone, ground_truth="real val masks",
+                       checkpoint=final.name, checkpoint_selection=sec.checkpoint_selection,
+                       selected_on_ground_truth=sec.checkpoint_selection != "last", tta=sec.tta,
+                       crf=sec.crf is not None, label=report_label(sec))
+        save_val_curve(out / "val_curve.png", history, metrics["iter"], sec.checkpoint_selection)
+        save_per_class_bars(out / "per_class_iou.png", {f"{sec.model} val": metrics["per_class_iou"]},
+                            f"{sec.model}: val mIoU {metrics['miou']:.1f}")
+        headline = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "iters": metrics["iter"]}
+    else:
+        why = (f"no ground-truth masks for val split '{cfg.data.val_split}'" if cfg.data.val_split
+               else "no val split (data.val_split is null)")
+        metrics = {"validated": False, "reason": why, "label": report_label(sec),
+                   "iter": sec.iters, "model": sec.model, "checkpoint": final.name}
+        headline = {"iters": sec.iters, "validated": False}
     (out / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
-    save_per_class_bars(out / "per_class_iou.png", {f"{sec.model} val": metrics["per_class_iou"]},
-                        f"{sec.model}: val mIoU {metrics['miou']:.1f}")
-    if sec.gallery_size:
+    model = None
+    if sec.gallery_size or sec.predict_split:
         model = load_model(mm_cfg, final, device="cuda" if device == "cuda" else "cpu")
-        save_gallery(model, val_records, out / "gallery.png", sec.gallery_size)
+    if sec.gallery_size:
+        records = val_records or table.records  # no val GT: show train images with their predictions
+        save_gallery(model, records, out / "gallery.png", sec.gallery_size, table.palette)
+    if sec.predict_split:
+        n = write_predictions(model, LabelTable.from_artifact(inputs["prepare_data"], sec.predict_split), out)
+        headline["predicted_images"] = n["images"]
     # the training checkpoints (with optimizer state) were only needed to resume
     for ck in [*work_dir.glob("iter_*.pth"), *work_dir.glob("best_*.pth")]:
         ck.unlink()
     (work_dir / "last_checkpoint").unlink(missing_ok=True)
-    return {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "iters": metrics["iter"]}
+    return headline

@@ -1,12 +1,14 @@
-"""Dataset readers (VOC 2012 + SBD, COCO) and the label table.
+"""Dataset readers (VOC 2012 + SBD, COCO, image folders with tags) and the label table.
 
-Both readers produce the same records: image id, absolute image path, mask
+All readers produce the same records: image id, absolute image path, mask
 path (VOC: the dataset's PNG; COCO: a PNG rendered from the instances json by
-``render_coco_masks``), image size and image-level labels (foreground class
-ids, derived from the mask / annotations).
+``render_coco_masks``; folder: the optional ground-truth PNG, else None),
+image size and image-level labels (foreground class ids, derived from the
+mask / annotations / tags).
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -17,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import DataCfg
-from pipeline.data.classes import COCO_CLASSES, IGNORE, class_names, palette
+from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSet, builtin_classes,
+                                   dataset_classes, palette)
 
 
 class DataError(ValueError):
@@ -52,11 +55,11 @@ def read_mask(path: str | Path) -> np.ndarray:
         return np.asarray(im, dtype=np.uint8).copy()
 
 
-def write_mask(path: str | Path, mask: np.ndarray) -> None:
-    """(H, W) uint8 class ids -> palette PNG (VOC colour map), written atomically."""
+def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = None) -> None:
+    """(H, W) uint8 class ids -> palette PNG (``pal``, default the VOC colour map), written atomically."""
     path = Path(path)
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
-    im.putpalette(palette().reshape(-1).tolist())
+    im.putpalette((palette() if pal is None else np.asarray(pal, np.uint8)).reshape(-1).tolist())
     tmp = path.with_name(f".{path.name}.tmp")
     im.save(tmp, format="PNG")
     os.replace(tmp, path)
@@ -204,14 +207,104 @@ def render_coco_masks(cfg: DataCfg, split: str, out_dir: Path, progress=None) ->
             progress(n + 1, len(ids))
 
 
+# ---------------------------------------------------------------- image folder + tags
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def label_rows(path: Path) -> Iterable[tuple[int, str, list[str]]]:
+    """(line, image, [class names]) of a labels file: CSV with header
+    ``image,labels`` (names separated by ';') or JSON lines
+    ``{"image": ..., "labels": [...]}`` (.jsonl / .json)."""
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                image, labels = doc["image"], doc["labels"]
+                if not isinstance(labels, (str, list)):
+                    raise TypeError(f"'labels' is a {type(labels).__name__}, not a list")
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path}:{n}: not a JSON object with 'image' and 'labels' ({e})") from None
+            if isinstance(labels, str):
+                labels = labels.split(";")
+            yield n, str(image), [str(x).strip() for x in labels if str(x).strip()]
+        return
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports start with a BOM
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"image", "labels"} <= set(reader.fieldnames):
+            raise DataError(f"{path}:1: CSV header must be 'image,labels' (got {reader.fieldnames})")
+        for row in reader:
+            yield (reader.line_num, (row["image"] or "").strip(),
+                   [x.strip() for x in (row["labels"] or "").split(";") if x.strip()])
+
+
+def folder_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], dict[str, str]]:
+    """Records of a folder split from its labels file, problems, and the
+    'file:line' of each record. Problems name the file and line: unknown
+    classes, rows without labels, duplicate ids (an id is the image file's
+    stem: pseudo masks are written as <id>.png)."""
+    sc = cfg.splits[split]
+    labels_path = cfg.root / sc.labels
+    if not labels_path.is_file():
+        raise DataError(f"{labels_path}: labels file for split '{split}' not found")
+    img_dir = cfg.root / (sc.images or ".")
+    mask_dir = cfg.root / sc.masks if sc.masks else None
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise DataError(f"{mask_dir}: ground-truth mask folder of split '{split}' not found")
+    try:
+        index = {n: i for i, n in enumerate(dataset_classes(cfg).names) if i}
+    except ClassFileError as e:
+        raise DataError(str(e)) from None
+    records, problems, first_line = [], [], {}
+    for line, image, names in label_rows(labels_path):
+        where = f"{labels_path}:{line}"
+        if not image:
+            problems.append(Problem(where, "empty image path"))
+            continue
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            problems.append(Problem(where, f"{image}: unknown classes {unknown} (not in {cfg.classes})"))
+            continue
+        if not names:
+            problems.append(Problem(where, f"{image}: image has no labels"))
+            continue
+        image_id = Path(image).stem
+        if image_id in first_line:
+            problems.append(Problem(where, f"{image}: duplicate id '{image_id}' (first at {first_line[image_id]})"))
+            continue
+        first_line[image_id] = where
+        mask = mask_dir / f"{image_id}.png" if mask_dir else None
+        records.append(Record(image_id, str((img_dir / image).resolve()),
+                              str(mask.resolve()) if mask is not None and mask.exists() else None,
+                              labels=sorted({index[n] for n in names})))
+        if cfg.max_images and len(records) >= cfg.max_images:
+            break
+    return records, problems, first_line
+
+
 # ---------------------------------------------------------------- checking
+def _as_problem(e: Exception) -> Problem:
+    path, _, reason = str(e).partition(": ")
+    return Problem(path, reason or "error")
+
+
 def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], int]:
     """Validate every item of a split. Returns (good records with sizes and
     labels filled, problems, skipped-without-annotation count)."""
-    n_cls = len(class_names(cfg.dataset))
+    try:
+        n_cls = len(dataset_classes(cfg).names)
+    except ClassFileError as e:
+        return [], [_as_problem(e)], 0
     problems: list[Problem] = []
     skipped = 0
-    if cfg.dataset == "voc":
+    rows: dict[str, str] = {}
+    if cfg.dataset == "folder":
+        try:
+            records, problems, rows = folder_records(cfg, split)
+        except DataError as e:
+            return [], [_as_problem(e)], 0
+    elif cfg.dataset == "voc":
         try:
             records = voc_records(cfg, split)
         except DataError as e:
@@ -226,7 +319,9 @@ def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], 
         problems.append(Problem(split, "split is empty"))
     good = []
     for r in records:
-        p = _check_record(r, n_cls, check_mask=cfg.dataset == "voc")
+        p = _check_record(r, n_cls, check_mask=cfg.dataset == "voc", tagged=cfg.dataset == "folder")
+        if p and r.id in rows:  # name the labels file line that brought the image in
+            p = [Problem(rows[r.id], f"{x.path}: {x.reason}") for x in p]
         if p:
             problems.extend(p)
         else:
@@ -234,7 +329,7 @@ def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], 
     return good, problems, skipped
 
 
-def _check_record(r: Record, n_cls: int, check_mask: bool) -> list[Problem]:
+def _check_record(r: Record, n_cls: int, check_mask: bool, tagged: bool = False) -> list[Problem]:
     if not Path(r.image).exists():
         return [Problem(r.image, "image file missing")]
     try:
@@ -243,26 +338,37 @@ def _check_record(r: Record, n_cls: int, check_mask: bool) -> list[Problem]:
             size = im.size
     except Exception as e:  # PIL raises several types for broken files
         return [Problem(r.image, f"unreadable or truncated image ({e})")]
+    if tagged:  # folder: labels come from the tags; a GT mask is optional
+        r.width, r.height = size
+        return _check_mask(r, n_cls, size)[0] if r.mask else []
     if not check_mask:  # COCO: sizes come from the json
         if (r.width, r.height) != size:
             return [Problem(r.image, f"image size {size[0]}x{size[1]} != annotation size {r.width}x{r.height}")]
         return [] if r.labels else [Problem(r.image, "image has no labels")]
     if not r.mask or not Path(r.mask).exists():
         return [Problem(r.mask or r.id, "mask file missing")]
-    try:
-        mask = read_mask(r.mask)
-    except Exception as e:
-        return [Problem(r.mask, f"unreadable mask ({e})")]
-    if mask.shape != (size[1], size[0]):
-        return [Problem(r.mask, f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}")]
-    bad = sorted(set(np.unique(mask).tolist()) - set(range(n_cls)) - {IGNORE})
-    if bad:
-        return [Problem(r.mask, f"label ids {bad} outside 0..{n_cls - 1} (and not {IGNORE})")]
-    r.height, r.width = mask.shape
+    problems, mask = _check_mask(r, n_cls, size)
+    if problems:
+        return problems
     r.labels = labels_of(mask, n_cls)
     if not r.labels:
         return [Problem(r.mask, "image has no labels (mask holds background/ignore only)")]
     return []
+
+
+def _check_mask(r: Record, n_cls: int, size: tuple[int, int]) -> tuple[list[Problem], Optional[np.ndarray]]:
+    """(problems, mask) of a record's label PNG; fills the record's size."""
+    try:
+        mask = read_mask(r.mask)
+    except Exception as e:
+        return [Problem(r.mask, f"unreadable mask ({e})")], None
+    if mask.shape != (size[1], size[0]):
+        return [Problem(r.mask, f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}")], None
+    bad = sorted(set(np.unique(mask).tolist()) - set(range(n_cls)) - {IGNORE})
+    if bad:
+        return [Problem(r.mask, f"label ids {bad} outside 0..{n_cls - 1} (and not {IGNORE})")], None
+    r.height, r.width = mask.shape
+    return [], mask
 
 
 # ---------------------------------------------------------------- label table
@@ -270,10 +376,16 @@ class LabelTable:
     """Per-split table written by prepare_data: the only place later stages
     read image paths, sizes and image-level labels from."""
 
-    def __init__(self, dataset: str, split: str, records: list[Record]):
+    def __init__(self, dataset: str, split: str, records: list[Record], classes: Optional[ClassSet] = None):
         self.dataset, self.split, self.records = dataset, split, records
-        self.classes = class_names(dataset)
+        self.class_set = classes or builtin_classes(dataset)
+        self.classes = self.class_set.names  # label id -> name, 0 = background
+        self.prompt_names = list(self.class_set.prompts)  # text-prompt names of classes[1:]
         self._by_id = {r.id: r for r in records}
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.class_set.palette()
 
     @property
     def num_classes(self) -> int:
@@ -297,6 +409,8 @@ class LabelTable:
 
     def save(self, path: Path) -> None:
         doc = {"dataset": self.dataset, "split": self.split, "classes": list(self.classes),
+               "prompt_names": self.prompt_names,
+               "colors": {str(i): list(c) for i, c in self.class_set.colors.items()},
                "records": [asdict(r) for r in self.records]}
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(doc))
@@ -305,7 +419,11 @@ class LabelTable:
     @classmethod
     def load(cls, path: Path) -> "LabelTable":
         doc = json.loads(Path(path).read_text())
-        return cls(doc["dataset"], doc["split"], [Record(**r) for r in doc["records"]])
+        classes = None
+        if "prompt_names" in doc:  # tables written before folder datasets hold VOC/COCO names only
+            classes = ClassSet(tuple(doc["classes"]), tuple(doc["prompt_names"]),
+                               {int(i): tuple(c) for i, c in doc.get("colors", {}).items()})
+        return cls(doc["dataset"], doc["split"], [Record(**r) for r in doc["records"]], classes)
 
     @classmethod
     def from_artifact(cls, prepare_dir: Path, split: str) -> "LabelTable":

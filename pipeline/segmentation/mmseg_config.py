@@ -37,7 +37,7 @@ from typing import Optional
 from mmengine.config import Config
 
 from pipeline.config import TrainSegmentationCfg
-from pipeline.data.classes import class_names, palette
+from pipeline.data.classes import ClassSet, builtin_classes
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -230,17 +230,20 @@ def _pipelines(sec: TrainSegmentationCfg, augment: bool) -> tuple[list, list, li
     return train, val, tta
 
 
-def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, val_list: Path,
+def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, val_list: Optional[Path],
                  work_dir: Path, seed: int = 0, num_workers: int = 2, device: str = "cpu",
                  nproc: int = 1, dist_backend: str = "auto", augment: bool = True,
-                 converted_weights: Optional[tuple[Path, bool]] = None) -> Config:
+                 converted_weights: Optional[tuple[Path, bool]] = None,
+                 classes: Optional[ClassSet] = None) -> Config:
     """The full mmseg config. ``*_list`` are files of '<image>\\t<mask>' lines (see mm_modules).
     ``converted_weights``: (file, has classifier) from weights.convert_deeplabv2_checkpoint; it
-    replaces ``sec.pretrained`` for deeplabv2."""
+    replaces ``sec.pretrained`` for deeplabv2. ``classes``: the dataset's classes (default: the
+    built-in ones of ``dataset``); ``val_list`` None: no validation loop (no ground truth)."""
     if sec.batch_size % nproc:
         raise ValueError(f"train_segmentation.batch_size {sec.batch_size} is not divisible by "
                          f"run.nproc_per_node {nproc}")
-    classes = list(class_names(dataset))
+    class_set = classes or builtin_classes(dataset)
+    classes = list(class_set.names)
     n_cls = len(classes)
     cuda = device == "cuda"
     # SyncBN only where it can work: several CUDA processes. mmcv-lite/CPU: plain BN. Frozen BN
@@ -283,7 +286,7 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
         optim_wrapper["paramwise_cfg"] = dict(custom_keys=custom_keys, norm_decay_mult=0.0)
 
     train_pipe, val_pipe, tta_pipe = _pipelines(sec, augment)
-    meta = dict(classes=classes, palette=palette(n_cls).tolist())
+    meta = dict(classes=classes, palette=class_set.palette()[:n_cls].tolist())
     workers = dict(num_workers=num_workers, persistent_workers=num_workers > 0)
     train_dl = dict(batch_size=sec.batch_size // nproc, **workers,
                     sampler=dict(type="InfiniteSampler", shuffle=True),
@@ -291,10 +294,11 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
                                  pipeline=train_pipe))
     val_dl = dict(batch_size=1, **workers, sampler=dict(type="DefaultSampler", shuffle=False),
                   dataset=dict(type="WsssListDataset", ann_file=str(val_list), metainfo=meta,
-                               pipeline=val_pipe))
-    evaluator = dict(type="PerClassIoUMetric", iou_metrics=["mIoU"])
+                               pipeline=val_pipe)) if val_list else None
+    evaluator = dict(type="PerClassIoUMetric", iou_metrics=["mIoU"]) if val_list else None
     # the final test may refine predictions by CRF; validation during training never does
-    test_evaluator = dict(evaluator, type="CrfIoUMetric", crf=sec.crf.model_dump()) if sec.crf else evaluator
+    test_evaluator = dict(evaluator, type="CrfIoUMetric", crf=sec.crf.model_dump()) if sec.crf and evaluator \
+        else evaluator
     backend = dist_backend if dist_backend != "auto" else ("nccl" if cuda else "gloo")
     imports = ["pipeline.segmentation.mm_modules"] + (["mmdet.models"] if sec.model == "mask2former" else [])
     return Config(dict(
@@ -310,7 +314,7 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
         param_scheduler=[dict(type="PolyLR", eta_min=eta_min, power=0.9, begin=0, end=sec.iters, by_epoch=False)],
         train_cfg=dict(type="IterBasedTrainLoop", max_iters=sec.iters,
                        val_interval=min(sec.val_interval, sec.iters)),
-        val_cfg=dict(type="ValLoop"), test_cfg=dict(type="TestLoop"),
+        val_cfg=dict(type="ValLoop") if val_list else None, test_cfg=dict(type="TestLoop") if val_list else None,
         default_hooks=dict(
             timer=dict(type="IterTimerHook"),
             logger=dict(type="LoggerHook", interval=sec.log_interval, log_metric_by_epoch=False),

@@ -65,7 +65,8 @@ def val_history(work_dir: Path) -> list[dict]:
 
 def train(cfg: Config, launcher: str = "none") -> None:
     """Train (resuming from <work_dir>/last_checkpoint if present), then make
-    sure the final iteration was validated (val_history.json ends with it)."""
+    sure the final iteration was validated (val_history.json ends with it),
+    unless the config has no validation loop."""
     from mmengine.runner import Runner
     _prepare(cfg)
     cfg = cfg.copy()
@@ -73,7 +74,7 @@ def train(cfg: Config, launcher: str = "none") -> None:
     with mmengine_checkpoints():
         runner = Runner.from_cfg(cfg)
         runner.train()
-        if runner.message_hub.get_info("wsss_last_val_iter") != runner.iter:
+        if cfg.get("val_cfg") and runner.message_hub.get_info("wsss_last_val_iter") != runner.iter:
             runner.val()  # e.g. training had already finished before an interrupted rerun
 
 

@@ -1,0 +1,75 @@
+"""`wsss init-dataset DIR`: a config for a folder of images with tags.
+
+Finds the labels file (labels.csv / labels.jsonl / labels.json), the image
+folder (DIR/images, else DIR) and an optional ground-truth folder (DIR/masks);
+writes DIR/classes.txt from the labels when no class list exists; writes a
+config whose data section reads the folder with the SemPLeS defaults.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from pipeline.data.datasets import DataError, label_rows
+
+LABEL_FILES = ("labels.csv", "labels.jsonl", "labels.json")
+CLASS_FILES = ("classes.csv", "classes.txt")
+BASE = Path(__file__).resolve().parents[2] / "configs" / "_base_" / "semples.yaml"
+
+
+def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
+    for n in names:
+        if (folder / n).is_file():
+            return folder / n
+    raise DataError(f"{folder}: no {what} ({', '.join(names)}); name one explicitly")
+
+
+def class_counts(labels: Path) -> Counter:
+    """Images per class name in a labels file."""
+    counts: Counter = Counter()
+    for _, _, names in label_rows(labels):
+        counts.update(set(names))
+    return counts
+
+
+def init_dataset(folder: Path, out: Path, labels: Optional[Path] = None, images: Optional[Path] = None,
+                 overwrite: bool = False) -> tuple[Counter, Optional[Path]]:
+    """Write the config ``out`` for ``folder``; returns (images per class, the
+    class list written, or None when one existed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: exists (pass --force to overwrite)")
+    labels = Path(labels) if labels else _find(folder, LABEL_FILES, "labels file")
+    images = Path(images) if images else (folder / "images" if (folder / "images").is_dir() else folder)
+    counts = class_counts(labels)
+    if not counts:
+        raise DataError(f"{labels}: no labelled image")
+    written = None
+    try:
+        classes = _find(folder, CLASS_FILES, "class list")
+    except DataError:
+        classes = written = folder / "classes.txt"
+        classes.write_text("".join(f"{n}\n" for n in sorted(counts)))
+    rel = lambda p: os.path.relpath(Path(p).resolve(), folder.resolve())  # noqa: E731
+    split = {"images": rel(images), "labels": rel(labels)}
+    if (folder / "masks").is_dir():
+        split["masks"] = "masks"
+    name = folder.resolve().name
+    cfg = {
+        "_base_": os.path.relpath(BASE, out.resolve().parent),
+        "run": {"name": name, "work_dir": f"runs/{name}"},
+        "data": {"dataset": "folder", "root": str(folder), "classes": rel(classes),
+                 "train_split": "train", "val_split": None, "eval_split": "train",
+                 "splits": {"train": split}},
+        "export_cams": {"split": "train"},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# Written by `wsss init-dataset {folder}`: the SemPLeS defaults on this folder.\n"
+                   + yaml.safe_dump(cfg, sort_keys=False))
+    return counts, written
