@@ -283,12 +283,12 @@ class TrainSegmentationCfg(Section):
     tta: bool = Field(False, description="multi-scale + flip test of the final model (mmseg SegTTAModel)")
     tta_scales: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
     crf: Optional[CrfCfg] = Field(None, description="dense CRF on the final model's predictions; None = off")
+    predict_split: Optional[str] = Field(None, description="split whose predictions the final model writes "
+                                         "(PNGs + COCO JSON); None = none")
 
 
 # the official seed sweep: SemPLeS/WeakTr evaluation.py --start 40 (--end 60), thresholds range(40, 60) / 100
 OFFICIAL_SWEEP = tuple(round(0.01 * i, 2) for i in range(40, 60))
-    predict_split: Optional[str] = Field(None, description="split whose predictions the final model writes "
-                                         "(PNGs + COCO JSON); None = none")
 
 
 class EvaluateCfg(Section):

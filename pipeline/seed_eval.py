@@ -8,6 +8,7 @@ It feeds the seed-mIoU curve of the training history and, with
 Either way it scores against ground truth: reports say so."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -15,6 +16,8 @@ import torch
 
 from pipeline.config import OFFICIAL_SWEEP, Config, seed_eval_split
 from pipeline.data.datasets import LabelTable, read_image, read_mask
+
+log = logging.getLogger("wsss")
 
 
 def selection_label(cfg: Config, stage: str) -> str:
@@ -60,7 +63,13 @@ def seed_miou_eval(cfg: Config, stage: str, prepare_dir: Path,
     if not getattr(cfg, stage).seed_eval_every:
         return None
     table = LabelTable.from_artifact(prepare_dir, seed_eval_split(cfg, stage))
-    ids = eval_ids(cfg, stage, table)
+    ids = [i for i in eval_ids(cfg, stage, table) if table[i].mask]  # folder datasets: GT is optional
+    if not ids:
+        if getattr(cfg, stage).select == "gt_miou":
+            raise ValueError(f"{stage}.select: gt_miou needs ground-truth masks in split '{table.split}', "
+                             "and it has none")
+        log.warning("%s: no ground-truth masks in split '%s': no per-epoch seed mIoU", stage, table.split)
+        return None
 
     def evaluate(model: torch.nn.Module, epoch: int) -> dict:
         def items():
