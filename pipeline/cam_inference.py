@@ -40,10 +40,13 @@ def _resized(image: np.ndarray, scale: float) -> np.ndarray:
 
 def _to_image_size(model, grid: torch.Tensor, scaled: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
     """CAM grid (B, C, h, w) of an input of size ``scaled`` -> (B, C, H, W) float32.
-    A ViT pads the input up to its patch size: map the grid onto the padded
-    input, drop the padding, then resize to the original image."""
+    A ViT that crops the remainder (official) spans the whole image with its grid:
+    one bilinear resize, as generate_attention_maps_ms. One that pads: map the
+    grid onto the padded input, drop the padding, then resize to the image."""
     hs, ws = scaled
     patch = getattr(model, "patch_size", None)
+    if patch and not getattr(model, "pad_input", False):
+        return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
     ph, pw = (grid.shape[-2] * patch, grid.shape[-1] * patch) if patch else (hs, ws)
     up = F.interpolate(grid, size=(ph, pw), mode="bilinear", align_corners=False)[..., :hs, :ws]
     return F.interpolate(up, size=size, mode="bilinear", align_corners=False)

@@ -89,6 +89,10 @@ class MaskGeneratorCfg(Section):
     fusion_pool: Literal["max", "avg"] = Field("max", description="pooling of maps/features (VOC max, COCO avg)")
     feat_reduction: int = Field(8, ge=1, description="feature FFN reduction of the features fusion (official 8)")
     final_norm: bool = Field(False, description="LayerNorm after the last block (official: none)")
+    input_remainder: Literal["crop", "pad"] = Field(
+        "crop", description="an input side that is no multiple of the patch size: crop the remainder, as the "
+                            "official stride-16 patch embedding does (the CAM grid then spans the whole image), "
+                            "or pad it")
 
 
 class ClipCfg(Section):

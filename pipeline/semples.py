@@ -10,6 +10,7 @@ import torch
 from timm.optim import param_groups_weight_decay
 
 from pipeline.config import Config
+from pipeline.data.classes import prompt_names
 from pipeline.data.datasets import LabelTable
 from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine_step,
                              train_cam_step)

@@ -24,7 +24,7 @@ from pipeline.data.datasets import LabelTable, read_image
 NAME = "export_cams"
 INPUTS = ('prepare_data', 'refine')
 SECTIONS = ('mask_generator', 'export_cams')
-VERSION = "2"  # 2: batched export (CAMs equal v1 within fp rounding)
+VERSION = "3"  # 2: batched export (CAMs equal v1 within fp rounding); 3: official remainder crop
 log = logging.getLogger("wsss")
 
 

@@ -26,7 +26,7 @@ from pipeline.utils import num_processes, progress
 NAME = "pseudo_masks"
 INPUTS = ('prepare_data', 'export_cams', 'refine')
 SECTIONS = ('pseudo_masks',)
-VERSION = "2"  # 2: dataset palette in the PNGs, optional COCO JSON
+VERSION = "3"  # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid
 log = logging.getLogger("wsss")
 AFFINITY = ("affinity", "affinity_crf")
 COCO_JSON = "pseudo_masks_coco.json"
@@ -50,6 +50,8 @@ def _attention_jobs(cfg: Config, inputs, table: LabelTable, todo: list[str]):
     device = get_device(cfg.run.device)
     model = load_mask_generator(Path(inputs["refine"]) / "model.pt", device)
     patch = getattr(model, "patch_size", None)
+    if hasattr(model, "pad_input"):  # the random walk maps patches onto pixels: a padded grid covers the image
+        model.pad_input = True
     for image_id in todo:
         rec = table[image_id]
         image = read_image(rec.image)

@@ -327,3 +327,24 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path):
     with pytest.raises(ValueError, match="train_cam.init_checkpoint"):
         import_weaktr_checkpoint(m, tmp_path / "evil.pt")
     assert not marker.exists() and math.isfinite(1.0)
+
+
+# ------------------------------------------------------------------ CAM export geometry
+def test_export_crops_the_remainder_and_resizes_the_grid_once():
+    """generate_attention_maps_ms: the stride-16 patch embedding drops the remainder rows and
+    columns, the CAM grid is bilinearly resized straight to the image, flips are flipped back."""
+    from pipeline.cam_inference import infer_cams
+    from pipeline.models.mask_generator import normalize_numpy
+    torch.manual_seed(0)
+    m = build_mask_generator(TINY, 3).eval()
+    image = (torch.rand(70, 100, 3) * 255).to(torch.uint8).numpy()
+    # the coarse CAM (same geometry as the fine one) of a random model varies enough to compare
+    ours = infer_cams(m, image, [1, 3], scales=(1.0,), flip=True, cam="coarse")
+    x = normalize_numpy(image)[None]
+    with torch.no_grad():
+        grids = [m(x[..., :64, :96])["coarse"], m(x.flip(-1)[..., :64, :96])["coarse"]]
+    up = [F.interpolate(g[:, [0, 2]], size=(70, 100), mode="bilinear", align_corners=False)[0] for g in grids]
+    total = up[0] + up[1].flip(-1)
+    lo, hi = total.amin((1, 2), keepdim=True), total.amax((1, 2), keepdim=True)
+    assert (hi - lo).min() > 1e-3
+    assert torch.allclose(torch.from_numpy(ours), (total - lo) / (hi - lo + 1e-8), atol=1e-5)

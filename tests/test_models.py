@@ -27,8 +27,11 @@ def test_vit_generator_shapes_any_size_and_checkpoint(tmp_path):
     assert out["patch_attn"].shape == (2, 16, 16)
     for k in ("cls_logits", "patch_logits", "attn_logits"):
         assert out[k].shape == (2, 5)
-    # non-multiple, non-square input: padded to the patch size, position embeddings interpolated
+    # non-multiple, non-square input: the remainder cropped (official) or padded; positions interpolated
+    assert m.cams(torch.randn(1, 3, 70, 100)).shape == (1, 5, 4, 6)
+    m.pad_input = True
     assert m.cams(torch.randn(1, 3, 70, 100)).shape == (1, 5, 5, 7)
+    m.pad_input = False
     attn, grid = m.patch_attention(torch.randn(1, 3, 96, 64))
     assert grid == (6, 4) and attn.shape == (1, 24, 24)
     save_mask_generator(m, tmp_path / "model.pt", TINY_S, 5)

@@ -160,6 +160,7 @@ class ViTMaskGenerator(nn.Module):
         vit.patch_embed.strict_img_size = False
         self.vit = vit
         self.final_norm = cfg.final_norm
+        self.pad_input = cfg.input_remainder == "pad"
         self._maps: list[torch.Tensor] = []
         self._feats: list[torch.Tensor] = []
         for blk in vit.blocks:
@@ -188,8 +189,11 @@ class ViTMaskGenerator(nn.Module):
         if self.fusion.kind == "features":
             self._feats.append(output.detach())  # attention output after proj (B, T, C)
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def _fit_to_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Crop the remainder to a multiple of the patch size (official) or pad it."""
         p = self.patch_size
+        if not self.pad_input:
+            return x[..., : x.shape[2] // p * p, : x.shape[3] // p * p]
         ph, pw = (-x.shape[2]) % p, (-x.shape[3]) % p
         return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
 
@@ -203,7 +207,7 @@ class ViTMaskGenerator(nn.Module):
         return grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self._pad(x)
+        x = self._fit_to_patches(x)
         B, K = x.shape[0], self.num_classes
         h, w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
         self._maps, self._feats = [], []
