@@ -30,6 +30,7 @@ from pipeline.config import TrainCfg
 from pipeline.data.datasets import LabelTable, read_image
 from pipeline.models.mask_generator import MEAN, STD, normalize_numpy, unwrap
 from pipeline.plots import heat_overlay, save_grid, save_loss_history
+from pipeline.store import unique_tmp
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -94,7 +95,7 @@ class TrainImages(Dataset):
 
 # ------------------------------------------------------------------ checkpoints
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = unique_tmp(path)
     torch.save(obj, tmp)
     os.replace(tmp, path)
 

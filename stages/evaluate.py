@@ -6,6 +6,9 @@ threshold sweep of the official evaluation (the sweep picks its best
 threshold with ground truth, and the report says so), pseudo-mask mIoU,
 per-class IoU, foreground precision/recall. The final segmentation model's
 val numbers come from train_segmentation's val_metrics.json when present.
+The report names the training stage whose mask generator made the CAMs
+(export_cams.source: train_cam | match | refine), so ablations say what
+they scored.
 
 Writes report.json, report.md, per_class_iou.png and gallery.png
 (image | seed | pseudo mask | GT for a fixed sample).
@@ -29,8 +32,10 @@ from pipeline.utils import progress
 NAME = "evaluate"
 INPUTS = ('prepare_data', 'export_cams', 'pseudo_masks', 'train_segmentation')
 SECTIONS = ('evaluate',)
-VERSION = "1"
+VERSION = "2"  # 2: the report states the CAM source
 log = logging.getLogger("wsss")
+SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
+           "refine": "full SemPLeS (phase 3)"}
 SWEEP_NOTE = ("the sweep chooses the background threshold that maximises mIoU against the ground "
               "truth (as the official evaluation.py does): an upper bound, not a label-free number")
 
@@ -74,6 +79,7 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 
     report = {
         "eval_split": split, "num_images": len(ids), "cam_split": cfg.export_cams.split,
+        "cam_source": cfg.export_cams.source,
         "seed": {"bg_threshold": ev.bg_threshold, **fixed},
         "seed_sweep": {"uses_ground_truth": True, "note": SWEEP_NOTE, "best_threshold": best_t,
                        "best_miou": curve[best_t], "curve": curve, "at_best": sweep[best_t]},
@@ -103,6 +109,7 @@ def run(cfg: Config, inputs, out: Path) -> dict:
                "seed_best_threshold": best_t, "pseudo_mask_miou": pseudo["miou"]}
     if final["available"]:
         metrics["final_val_miou"] = final["miou"]
+    metrics["cam_source"] = cfg.export_cams.source
     return metrics
 
 
@@ -112,6 +119,7 @@ def _markdown(r: dict) -> str:
     sw = r["seed_sweep"]
     lines = [
         f"# Evaluation: {r['eval_split']} ({r['num_images']} images with CAMs)", "",
+        f"CAMs from the mask generator of stage `{r['cam_source']}` ({SOURCES[r['cam_source']]}).", "",
         "| what | split | mIoU | fg precision | fg recall |", "|---|---|---|---|---|",
         f"| seed, bg threshold {r['seed']['bg_threshold']} | {r['eval_split']} | {r['seed']['miou']:.2f} | "
         f"{r['seed']['fg_precision']:.2f} | {r['seed']['fg_recall']:.2f} |",

@@ -18,6 +18,7 @@ from PIL import Image
 
 from pipeline.config import DataCfg
 from pipeline.data.classes import COCO_CLASSES, IGNORE, class_names, palette
+from pipeline.store import unique_tmp
 
 
 class DataError(ValueError):
@@ -57,7 +58,7 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
     path = Path(path)
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
     im.putpalette(palette().reshape(-1).tolist())
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = unique_tmp(path)
     im.save(tmp, format="PNG")
     os.replace(tmp, path)
 
@@ -289,7 +290,7 @@ class LabelTable:
     def save(self, path: Path) -> None:
         doc = {"dataset": self.dataset, "split": self.split, "classes": list(self.classes),
                "records": [asdict(r) for r in self.records]}
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = unique_tmp(path)
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
 

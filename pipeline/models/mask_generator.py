@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
 from pipeline.config import MaskGeneratorCfg
+from pipeline.store import unique_tmp
 
 # The one image normalisation of S (DeiT / ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -229,7 +230,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_mask_generator(model: nn.Module, path: Path, cfg: MaskGeneratorCfg, num_classes_fg: int) -> None:
     """Self-describing checkpoint (format tag, config, class count, weights), written atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = unique_tmp(path)
     torch.save({"format": CHECKPOINT_FORMAT, "cfg": cfg.model_dump(mode="json"),
                 "num_classes_fg": num_classes_fg, "mean": MEAN, "std": STD,
                 "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}}, tmp)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
+from pipeline.store import unique_tmp
 
 ensure_mmcv()
 
@@ -104,7 +105,7 @@ def export_weights(work_dir: Path, target: Path) -> dict:
         raise FileNotFoundError(f"{last}: training left no checkpoint")
     ckpt = torch.load(last.read_text().strip(), map_location="cpu", weights_only=False)
     slim = {"meta": ckpt.get("meta", {}), "state_dict": ckpt["state_dict"]}
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = unique_tmp(target)
     torch.save(slim, tmp)
     os.replace(tmp, target)
     return slim["meta"]
