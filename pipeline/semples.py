@@ -16,7 +16,7 @@ from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
-from pipeline.store import unique_tmp
+from pipeline.store import torch_save_atomic
 from pipeline.training import TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.utils import get_device, seed_everything
 
@@ -119,11 +119,9 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     m = fit(out, lc, cfg.run.seed, train, prompts, step, device, cfg.run.num_workers, "learn_prompts",
             _gallery(model, gal, table, device))
     if is_main():
-        tmp = unique_tmp(Path(out) / PROMPTS)
-        torch.save({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
-                    "clip": cfg.clip.model_dump(mode="json"), "classes": list(class_names(table.dataset)[1:])},
-                   tmp)
-        tmp.replace(Path(out) / PROMPTS)
+        torch_save_atomic({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
+                           "clip": cfg.clip.model_dump(mode="json"),
+                           "classes": list(class_names(table.dataset)[1:])}, Path(out) / PROMPTS)
         if lc.n_interpret_images:
             m["interpret"] = interpret_prompts(Path(out) / "interpret", ctx, prompts.prompts.detach(), gal,
                                                table, lc.n_interpret_images, lc.vocab_topk, device)

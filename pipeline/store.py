@@ -63,6 +63,17 @@ def unique_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    """torch.save via a unique temp file and a rename. Through a file object:
+    given a path, torch names the archive's root folder after the (temp) file
+    name, which would put the writer's pid into the bytes."""
+    import torch
+    tmp = unique_tmp(path)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = unique_tmp(path)
     tmp.write_text(json.dumps(obj, indent=2, default=str))
@@ -175,7 +186,7 @@ class ArtifactLock:
         self.lost: str | None = None
         self.waited = False
         self._lease = SoftFileLease(str(self.path), lease_duration=lease_s, poll_interval=poll_s,
-                                    on_compromise=self._on_lost)
+                                    on_compromise=self._on_lost, thread_local=False)
 
     def _on_lost(self, compromise) -> None:
         self.lost = compromise.reason

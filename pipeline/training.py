@@ -11,7 +11,6 @@ so DDP ranks together see exactly the batches of a single-process run.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from pipeline.config import TrainCfg
 from pipeline.data.datasets import LabelTable, read_image
 from pipeline.models.mask_generator import MEAN, STD, normalize_numpy, unwrap
 from pipeline.plots import heat_overlay, save_grid, save_loss_history
-from pipeline.store import unique_tmp
+from pipeline.store import torch_save_atomic
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -95,9 +94,7 @@ class TrainImages(Dataset):
 
 # ------------------------------------------------------------------ checkpoints
 def _atomic_save(obj, path: Path) -> None:
-    tmp = unique_tmp(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    torch_save_atomic(obj, path)
 
 
 def _rng_state() -> dict:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
 from pipeline.config import MaskGeneratorCfg
-from pipeline.store import unique_tmp
+from pipeline.store import torch_save_atomic
 
 # The one image normalisation of S (DeiT / ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -230,11 +230,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_mask_generator(model: nn.Module, path: Path, cfg: MaskGeneratorCfg, num_classes_fg: int) -> None:
     """Self-describing checkpoint (format tag, config, class count, weights), written atomically."""
     path = Path(path)
-    tmp = unique_tmp(path)
-    torch.save({"format": CHECKPOINT_FORMAT, "cfg": cfg.model_dump(mode="json"),
-                "num_classes_fg": num_classes_fg, "mean": MEAN, "std": STD,
-                "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}}, tmp)
-    tmp.replace(path)
+    torch_save_atomic({"format": CHECKPOINT_FORMAT, "cfg": cfg.model_dump(mode="json"),
+                       "num_classes_fg": num_classes_fg, "mean": MEAN, "std": STD,
+                       "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}}, path)
 
 
 def load_mask_generator(path: Path, device: torch.device | str = "cpu") -> nn.Module:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
-from pipeline.store import unique_tmp
+from pipeline.store import torch_save_atomic
 
 ensure_mmcv()
 
@@ -105,9 +105,7 @@ def export_weights(work_dir: Path, target: Path) -> dict:
         raise FileNotFoundError(f"{last}: training left no checkpoint")
     ckpt = torch.load(last.read_text().strip(), map_location="cpu", weights_only=False)
     slim = {"meta": ckpt.get("meta", {}), "state_dict": ckpt["state_dict"]}
-    tmp = unique_tmp(target)
-    torch.save(slim, tmp)
-    os.replace(tmp, target)
+    torch_save_atomic(slim, target)
     return slim["meta"]
 
 
