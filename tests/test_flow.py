@@ -208,6 +208,27 @@ def test_compare_smoke_run(smoke):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_export_cams_source_picks_the_training_stage(smoke):
+    """export_cams.source: match exports the phase-1 model's CAMs, reusing every
+    cached upstream artifact of the smoke run (refine's are different CAMs)."""
+    import numpy as np
+
+    from pipeline.cam_store import CamStore, store_path
+    from stages.runner import run_stage
+    base = load_config(smoke["cfg"])
+    cfg = load_config(smoke["cfg"], overrides={"export_cams": {"source": "match"}})
+    keys, base_keys = stage_keys(cfg), stage_keys(base)
+    assert all(keys[n] == base_keys[n] for n in ("prepare_data", "train_cam", "match", "refine"))
+    out = run_stage(cfg, "export_cams", keys=keys)
+    store = Store(base.run.work_dir)
+    assert store.manifest(keys["export_cams"])["inputs"] == {"prepare_data": keys["prepare_data"],
+                                                            "match": keys["match"]}
+    ours = CamStore(store_path(out, cfg.export_cams.split))
+    refined = CamStore(store_path(store.path(base_keys["export_cams"]), cfg.export_cams.split))
+    assert ours.ids() == refined.ids()
+    assert any(not np.array_equal(ours.read(i)[0], refined.read(i)[0]) for i in ours.ids())
+
+
 def test_two_runs_at_once_compute_each_stage_once(smoke):
     """Two `wsss run` processes (own PREFECT_HOME each) on one new store: each stage is
     computed by one of them (counted from the 'running in' log line compute_stage writes
