@@ -152,6 +152,35 @@ def eval_masks(pred: Path = typer.Option(..., help="folder of predicted label PN
 
 
 @app.command()
+def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluate artifact dirs or run stores"),
+            png: Path = typer.Option(Path("compare.png"), help="bar chart to write")):
+    """Seed / pseudo-mask / final mIoU and per-class IoU of several runs in one table and chart."""
+    from pipeline.compare import CompareError, compare_table, find_evaluate_dir, load_run, save_compare_chart
+    loaded = []
+    try:
+        for arg in runs:
+            if arg.endswith((".yaml", ".yml")):
+                cfg = _load(Path(arg))
+                from pipeline.store import Store
+                from stages.runner import stage_keys
+                store, key = Store(cfg.run.work_dir), stage_keys(cfg)["evaluate"]
+                state = store.state(key)
+                if state != "cached":
+                    raise CompareError(f"{arg}: no evaluate artifact ({store.path(key)} is {state}); "
+                                       f"run `wsss run --config {arg}` first")
+                label, eval_dir = cfg.run.name, store.path(key)
+            else:
+                label, eval_dir = Path(arg).name, find_evaluate_dir(Path(arg))
+            names = [r.label for r in loaded]
+            loaded.append(load_run(label if label not in names else f"{label} ({len(loaded) + 1})", eval_dir))
+    except CompareError as e:
+        _fail(e)
+    typer.echo(compare_table(loaded))
+    save_compare_chart(loaded, png)
+    typer.echo(f"chart: {png}")
+
+
+@app.command()
 def serve(configs: List[Path] = typer.Argument(None, help="configs to serve (default: configs/*.yaml)")):
     """Serve the deployments wsss/<config-name> against the Prefect API in PREFECT_API_URL."""
     from flows.serve import serve_deployments

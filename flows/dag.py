@@ -10,14 +10,24 @@ artifact store stays the source of truth: a damaged or missing artifact
 refreshes the task's cache. Per-image stages (export_cams, pseudo_masks) map
 shards of images over the task runner: threads by default, a Dask cluster
 (LocalCluster, or any scheduler address) when run.task_runner is 'dask'.
+
+A stage computes under its artifact's lock (stages.runner.compute_stage),
+so flows, `wsss stage` and workers on other machines sharing the store
+compute each artifact once. After each stage the flow publishes its metrics
+as Prefect artifacts on the flow run's page (cached stages too), keyed
+<run.name>-<stage>; evaluate adds its report (markdown with the per-class
+chart) and a per-class IoU table.
 """
 from __future__ import annotations
 
-import time
+import base64
+import json
+import re
 from pathlib import Path
 from typing import Optional
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -25,7 +35,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline.config import Config, load_config
 from pipeline.store import Store, digest
 from stages import get
-from stages.runner import begin_stage, finish_stage, input_dirs, select, stage_keys
+from stages.runner import compute_stage, select, stage_keys
 
 SHARDED = ("export_cams", "pseudo_masks")
 
@@ -41,26 +51,24 @@ def _is_sharded(name: str) -> bool:
 @task(task_run_name="{name}", cache_key_fn=_cache_key, persist_result=True)
 def stage_task(config: str, name: str, keys: dict[str, str], work_dir: str, force: bool = False) -> str:
     cfg = load_config(config)
-    out = begin_stage(cfg, name, keys, force)
-    if out is None:
-        return str(Store(cfg.run.work_dir).path(keys[name]))
-    started = time.time()
-    inputs = input_dirs(cfg, name, keys)
     mod = get(name)
-    if _is_sharded(name):
+
+    def compute(inputs: dict, out: Path) -> dict:
+        if not _is_sharded(name):
+            return mod.run(cfg, inputs, out)
         ids = mod.items(cfg, inputs)
         shards = [ids[i:i + cfg.run.shard_size] for i in range(0, len(ids), cfg.run.shard_size)]
         get_run_logger().info("%s: %d images in %d shards on %s", name, len(ids), len(shards),
                               cfg.run.task_runner)
         shard_flow.with_options(task_runner=make_task_runner(cfg))(config, name, keys, str(out), shards)
-        metrics = mod.finalize(cfg, inputs, out)
-    else:
-        metrics = mod.run(cfg, inputs, out)
-    return str(finish_stage(cfg, name, keys, metrics, started))
+        return mod.finalize(cfg, inputs, out)
+
+    return str(compute_stage(cfg, name, keys, force, compute))
 
 
 @task(task_run_name="{name}-shard")
 def shard_task(config: str, name: str, keys: dict[str, str], out: str, ids: list[str]) -> int:
+    from stages.runner import input_dirs
     cfg = load_config(config)
     get(name).run_shard(cfg, input_dirs(cfg, name, keys), Path(out), ids)
     return len(ids)
@@ -91,7 +99,7 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
               force: Optional[list[str]] = None) -> dict[str, str]:
     """Run the DAG from `start` to `until` (stage names); `force` recomputes named stages."""
     cfg = load_config(config)  # a bad config fails here, before any stage runs
-    names = select(until, start)
+    names = select(until, start, cfg)
     force = list(force or [])
     unknown = [f for f in force if f not in names]
     if unknown:
@@ -105,4 +113,40 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
         refresh = name in force or store.state(keys[name]) != "cached"
         done[name] = stage_task.with_options(refresh_cache=refresh)(config, name, keys, work_dir,
                                                                    force=name in force)
+        publish_stage(cfg, name, Path(done[name]))
     return done
+
+
+def artifact_key(run_name: str, *parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join((run_name, *parts)).lower()).strip("-")
+
+
+def publish_stage(cfg: Config, name: str, path: Path) -> None:
+    """A stage's manifest metrics (and evaluate's report) as artifacts of this flow run."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    rows = [{"metric": k, "value": v} for k, v in manifest["metrics"].items()]
+    rows.append({"metric": "seconds", "value": manifest["timings"]["seconds"]})
+    create_table_artifact(rows, key=artifact_key(cfg.run.name, name),
+                          description=f"{name} metrics; artifact {path}")
+    if name == "evaluate":
+        publish_report(cfg, path)
+
+
+def publish_report(cfg: Config, path: Path) -> None:
+    """report.md with the per-class chart inlined as a data: URI (the Prefect UI
+    cannot read files of the store) plus its path, and per-class IoU as a table."""
+    report = json.loads((path / "report.json").read_text())
+    chart = path / "per_class_iou.png"
+    md = (path / "report.md").read_text()
+    if chart.exists():
+        data = base64.b64encode(chart.read_bytes()).decode()
+        md += f"\n## Per-class IoU chart\n\n![per-class IoU](data:image/png;base64,{data})\n\nFile: `{chart}`\n"
+    create_markdown_artifact(md, key=artifact_key(cfg.run.name, "evaluate", "report"),
+                             description=f"evaluation report ({report.get('cam_source', '?')} CAMs); {path}")
+    final = report["final_model"].get("per_class_iou", {}) if report["final_model"]["available"] else {}
+    rows = [{"class": c, "seed": v, "pseudo_mask": report["pseudo_mask"]["per_class_iou"][c],
+             "final_val": final.get(c)} for c, v in report["seed"]["per_class_iou"].items()]
+    create_table_artifact(rows, key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
+                          description=f"per-class IoU (%): seed at t={report['seed']['bg_threshold']}, "
+                                      "pseudo mask, final model on val")

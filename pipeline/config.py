@@ -40,6 +40,9 @@ class RunCfg(Section):
     dask_workers: int = Field(2, ge=1)
     nproc_per_node: int = Field(1, ge=1, description="torchrun processes for training stages")
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    lock_lease_s: float = Field(180.0, gt=0, description="seconds without a heartbeat after which another "
+                                "process takes over an artifact's lock (holder's machine lost); all runs "
+                                "sharing a store must agree")
 
 
 class SplitCfg(Section):
@@ -202,6 +205,9 @@ class RefineCfg(TrainCfg):
 
 
 class ExportCamsCfg(Section):
+    # which training stage's mask generator makes the CAMs: the ablation warm
+    # start (train_cam) vs L_match only (match) vs full SemPLeS (refine)
+    source: Literal["train_cam", "match", "refine"] = "refine"
     split: str = "train"
     scales: list[float] = Field(default_factory=lambda: [1.0, 1.2])
     flip: bool = True

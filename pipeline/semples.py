@@ -20,6 +20,7 @@ from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint,
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
 from pipeline.seed_eval import seed_miou_eval, selection_label
 from pipeline.training import BEST_MODEL, TrainImages, dist_info, fit, is_main, write_gallery
+from pipeline.store import torch_save_atomic
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")
@@ -157,11 +158,9 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     m = fit(out, lc, cfg.run.seed, train, prompts, step, device, cfg.run.num_workers, "learn_prompts",
             _gallery(model, gal, table, device))
     if is_main():
-        tmp = Path(out) / f".{PROMPTS}.tmp"
-        torch.save({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
-                    "clip": cfg.clip.model_dump(mode="json"), "classes": list(table.classes[1:])},
-                   tmp)
-        tmp.replace(Path(out) / PROMPTS)
+        torch_save_atomic({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
+                           "clip": cfg.clip.model_dump(mode="json"), "classes": list(table.classes[1:])},
+                          Path(out) / PROMPTS)
         if lc.n_interpret_images:
             m["interpret"] = interpret_prompts(Path(out) / "interpret", ctx, prompts.prompts.detach(), gal,
                                                table, lc.n_interpret_images, lc.vocab_topk, device)

@@ -5,6 +5,10 @@ sections, the keys of its input artifacts and the stage version. An artifact
 is complete only when manifest.json exists; the manifest is written last,
 atomically (temp file + rename), and lists every file with size and sha256.
 A directory without a manifest is partial: the stage resumes in it.
+
+Several processes (and machines sharing the store's file system) may run
+stages against one store: ArtifactLock lets one of them compute a given
+artifact at a time while the others wait and then use its result.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -50,8 +56,26 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def unique_tmp(path: Path) -> Path:
+    """Temporary sibling of ``path`` for an atomic write (write, then os.replace):
+    unique per process and thread, so two writers of one file never share it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def torch_save_atomic(obj: Any, path: Path) -> None:
+    """torch.save via a unique temp file and a rename. Through a file object:
+    given a path, torch names the archive's root folder after the (temp) file
+    name, which would put the writer's pid into the bytes."""
+    import torch
+    tmp = unique_tmp(path)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+    os.replace(tmp, path)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = unique_tmp(path)
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
 
@@ -133,3 +157,89 @@ class Store:
             return sum(f["size"] for f in m["files"].values())
         d = self.path(key)
         return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
+
+
+class LockLost(RuntimeError):
+    """The lease on an artifact was taken over while this process computed it."""
+
+
+class ArtifactLock:
+    """The right to compute one artifact, across processes and machines.
+
+    A filelock SoftFileLease: a marker file <store>/.locks/<key>.lock created
+    with O_EXCL, naming host, pid and process start time, and touched by a
+    heartbeat thread every lease_s / 3. Waiters poll it; they take it over
+    at once when its holder is a dead process on their own host, and when
+    the marker has not changed for lease_s (holder's machine lost or hung).
+    The file system must give atomic exclusive create and rename, and show
+    other clients' mtime changes within lease_s (NFSv3+: keep lease_s well
+    above the attribute cache time, acregmax, 60 s by default).
+    A holder whose lease was taken over notices it (on_compromise) and must
+    not finish: check() raises LockLost before the manifest is written.
+    """
+
+    def __init__(self, store: Store, key: str, lease_s: float = 180.0, poll_s: float = 1.0):
+        from filelock import SoftFileLease
+        self.key = key
+        self.path = store.root / ".locks" / f"{key}.lock"
+        self.holder_file = self.path.with_suffix(".holder.json")  # who and since when, for waiters' logs
+        self.lost: str | None = None
+        self.waited = False
+        self._lease = SoftFileLease(str(self.path), lease_duration=lease_s, poll_interval=poll_s,
+                                    on_compromise=self._on_lost, thread_local=False)
+
+    def _on_lost(self, compromise) -> None:
+        self.lost = compromise.reason
+
+    def holder(self) -> str:
+        """'host:pid since <time>' of the current holder, as far as the lock files tell."""
+        owner = self._lease.owner
+        if owner is None:
+            return "another process"
+        who = f"{owner.hostname}:{owner.pid}"
+        try:
+            note = json.loads(self.holder_file.read_text())
+            if note.get("holder") == who:
+                return f"{who} since {note['since']}"
+        except (OSError, ValueError, KeyError):
+            pass
+        return who
+
+    def acquire(self, log=None, report_every_s: float = 60.0) -> "ArtifactLock":
+        from filelock import Timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lease.acquire(blocking=False)
+        except Timeout:
+            self.waited = True
+            started = time.monotonic()
+            while True:
+                if log:
+                    log(f"waiting for {self.key} held by {self.holder()} "
+                        f"(waited {time.monotonic() - started:.0f} s)")
+                try:
+                    self._lease.acquire(timeout=report_every_s)
+                    break
+                except Timeout:
+                    continue
+        owner = self._lease.owner
+        write_json_atomic(self.holder_file, {
+            "holder": f"{owner.hostname}:{owner.pid}" if owner else f"{socket.gethostname()}:{os.getpid()}",
+            "since": time.strftime("%Y-%m-%d %H:%M:%S %z")})
+        return self
+
+    def check(self) -> None:
+        if self.lost:
+            raise LockLost(f"{self.path}: this process lost its lease on {self.key} ({self.lost}); another "
+                           "process took it over after the lease expired, so this one does not finish it")
+
+    def release(self) -> None:
+        if self.lost is None:
+            self.holder_file.unlink(missing_ok=True)
+        self._lease.release()
+
+    def __enter__(self) -> "ArtifactLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

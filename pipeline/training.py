@@ -11,9 +11,7 @@ so DDP ranks together see exactly the batches of a single-process run.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,6 +29,7 @@ from pipeline.config import TrainCfg
 from pipeline.data.datasets import LabelTable, read_image
 from pipeline.models.mask_generator import MEAN, STD, normalize_numpy, unwrap
 from pipeline.plots import heat_overlay, save_grid, save_loss_history
+from pipeline.store import torch_save_atomic
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -112,9 +111,7 @@ class TrainImages(Dataset):
 
 # ------------------------------------------------------------------ checkpoints
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    torch_save_atomic(obj, path)
 
 
 def _rng_state() -> dict:

@@ -1,4 +1,5 @@
-"""Stages of the DAG. Each module exposes NAME, INPUTS (upstream stage names),
+"""Stages of the DAG. Each module exposes NAME, INPUTS (upstream stage names;
+a stage whose inputs depend on the config also has ``inputs(cfg)``),
 SECTIONS (config sections its result depends on), VERSION (bump when its
 logic changes) and ``run(cfg, inputs, out) -> metrics``. Per-image stages
 also expose ``items(cfg, inputs)``, ``run_shard(cfg, inputs, out, ids)`` and

@@ -10,6 +10,9 @@ against GT: then the numbers use GT). The final segmentation model's
 val numbers come from train_segmentation's val_metrics.json when present.
 Scores use only the images with a ground-truth mask (a folder dataset may
 have none: then only the per-class pixel shares and the gallery remain).
+The report names the training stage whose mask generator made the CAMs
+(export_cams.source: train_cam | match | refine), so ablations say what
+they scored.
 
 Writes report.json, report.md, per_class_iou.png (when there is GT) and
 gallery.png (image | seed | pseudo mask | GT for a fixed sample).
@@ -33,8 +36,10 @@ from pipeline.utils import progress
 NAME = "evaluate"
 INPUTS = ('prepare_data', 'export_cams', 'pseudo_masks', 'train_segmentation')
 SECTIONS = ('evaluate',)
-VERSION = "3"  # 2: official sweep, checkpoint selection, GT optional (folder datasets), pixel shares; 3: final-model labels
+VERSION = "4"  # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels; 4: CAM source
 log = logging.getLogger("wsss")
+SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
+           "refine": "full SemPLeS (phase 3)"}
 SWEEP_NOTE = ("the sweep chooses the background threshold that maximises mIoU against the ground "
               "truth (as the official evaluation.py does): an upper bound, not a label-free number")
 
@@ -84,7 +89,8 @@ def run(cfg: Config, inputs, out: Path) -> dict:
     final = _final_model(inputs)
 
     report = {"eval_split": split, "num_images": len(ids), "num_images_with_gt": len(gt_ids),
-              "cam_split": cfg.export_cams.split, "selection": _selection(cfg),
+              "cam_split": cfg.export_cams.split, "cam_source": cfg.export_cams.source,
+              "selection": _selection(cfg),
               "pseudo_mask_pixel_shares": pixel_shares(mask_of, ids, names), "final_model": final}
     metrics = {}
     if gt_ids:
@@ -124,6 +130,7 @@ def run(cfg: Config, inputs, out: Path) -> dict:
     metrics["selection_uses_ground_truth"] = report["selection"]["uses_ground_truth"]
     if final["available"]:
         metrics["final_val_miou"] = final["miou"]
+    metrics["cam_source"] = cfg.export_cams.source
     return metrics
 
 
@@ -144,7 +151,8 @@ def _markdown(r: dict) -> str:
     fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     how = f" ({final['label']})" if final["available"] else ""
     lines = [f"# Evaluation: {r['eval_split']} ({r['num_images']} images with CAMs, "
-             f"{r['num_images_with_gt']} with ground truth)", ""]
+             f"{r['num_images_with_gt']} with ground truth)", "",
+             f"CAMs from the mask generator of stage `{r['cam_source']}` ({SOURCES[r['cam_source']]}).", ""]
     if "seed" in r:
         sw = r["seed_sweep"]
         lines += [

@@ -1,4 +1,5 @@
-"""export_cams: multi-scale + flip CAMs of the refined mask generator over
+"""export_cams: multi-scale + flip CAMs of the mask generator of stage
+cfg.export_cams.source (default refine: full SemPLeS) over
 cfg.export_cams.split, into one zarr v3 group (pipeline/cam_store.py):
 <out>/cams_<split>.zarr, one float16 (C_present, H, W) array per image.
 
@@ -22,10 +23,14 @@ from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
 
 NAME = "export_cams"
-INPUTS = ('prepare_data', 'refine')
+INPUTS = ('prepare_data', 'refine')  # with the default source; inputs(cfg) in general
 SECTIONS = ('mask_generator', 'export_cams')
 VERSION = "3"  # 2: batched export (CAMs equal v1 within fp rounding); 3: official remainder crop
 log = logging.getLogger("wsss")
+
+
+def inputs(cfg: Config) -> tuple[str, ...]:
+    return ('prepare_data', cfg.export_cams.source)
 
 
 def _table(cfg: Config, inputs) -> LabelTable:
@@ -48,7 +53,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     if not todo:
         return 0
     device = get_device(cfg.run.device)
-    model = load_mask_generator(Path(inputs["refine"]) / "model.pt", device)
+    model = load_mask_generator(Path(inputs[cfg.export_cams.source]) / "model.pt", device)
     ec = cfg.export_cams
     records = [table[i] for i in todo]
     for rec in records:  # before any work: a bad label fails the shard with nothing written

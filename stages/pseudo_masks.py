@@ -24,12 +24,17 @@ from pipeline.refine_masks import seed_labels, write_masks
 from pipeline.utils import num_processes, progress
 
 NAME = "pseudo_masks"
-INPUTS = ('prepare_data', 'export_cams', 'refine')
+INPUTS = ('prepare_data', 'export_cams', 'refine')  # with the default source; inputs(cfg) in general
 SECTIONS = ('pseudo_masks',)
 VERSION = "3"  # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid
 log = logging.getLogger("wsss")
 AFFINITY = ("affinity", "affinity_crf")
 COCO_JSON = "pseudo_masks_coco.json"
+
+
+def inputs(cfg: Config) -> tuple[str, ...]:
+    """The affinity methods use the attention of the mask generator that made the CAMs."""
+    return ('prepare_data', 'export_cams', cfg.export_cams.source)
 
 
 def _split(cfg: Config) -> str:
@@ -48,7 +53,7 @@ def _attention_jobs(cfg: Config, inputs, table: LabelTable, todo: list[str]):
     from pipeline.utils import get_device
 
     device = get_device(cfg.run.device)
-    model = load_mask_generator(Path(inputs["refine"]) / "model.pt", device)
+    model = load_mask_generator(Path(inputs[cfg.export_cams.source]) / "model.pt", device)
     patch = getattr(model, "patch_size", None)
     if hasattr(model, "pad_input"):  # the random walk maps patches onto pixels: a padded grid covers the image
         model.pad_input = True

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from pipeline.config import Config
-from pipeline.store import Store, artifact_key, sha256_file
+from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
 from stages import ORDER, get
 
 log = logging.getLogger("wsss")
@@ -27,25 +28,31 @@ def stage_sections(cfg: Config, name: str) -> dict:
     return out
 
 
+def stage_inputs(cfg: Config, name: str) -> tuple[str, ...]:
+    """Upstream stages of `name` under this config: a stage's inputs(cfg) when it
+    has one (export_cams.source picks the training stage), else its INPUTS."""
+    mod = get(name)
+    return tuple(mod.inputs(cfg)) if hasattr(mod, "inputs") else tuple(mod.INPUTS)
+
+
 def stage_keys(cfg: Config) -> dict[str, str]:
     """Artifact key of every stage, upstream first (keys chain through inputs)."""
     keys: dict[str, str] = {}
     for name in ORDER:
-        mod = get(name)
-        keys[name] = artifact_key(name, mod.VERSION, stage_sections(cfg, name),
-                                  {i: keys[i] for i in mod.INPUTS})
+        keys[name] = artifact_key(name, get(name).VERSION, stage_sections(cfg, name),
+                                  {i: keys[i] for i in stage_inputs(cfg, name)})
     return keys
 
 
 def input_dirs(cfg: Config, name: str, keys: dict[str, str] | None = None) -> dict[str, Path]:
     keys = keys or stage_keys(cfg)
     store = Store(cfg.run.work_dir)
-    return {i: store.path(keys[i]) for i in get(name).INPUTS}
+    return {i: store.path(keys[i]) for i in stage_inputs(cfg, name)}
 
 
 def check_inputs(cfg: Config, name: str, keys: dict[str, str]) -> None:
     store = Store(cfg.run.work_dir)
-    for i in get(name).INPUTS:
+    for i in stage_inputs(cfg, name):
         st = store.state(keys[i])
         if st != "cached":
             raise RuntimeError(f"stage '{name}' needs '{i}' ({store.path(keys[i])}), which is {st}; "
@@ -71,7 +78,7 @@ def begin_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fals
 
 def finish_stage(cfg: Config, name: str, keys: dict[str, str], metrics: dict, started: float) -> Path:
     store = Store(cfg.run.work_dir)
-    store.finalize(keys[name], name, stage_sections(cfg, name), {i: keys[i] for i in get(name).INPUTS},
+    store.finalize(keys[name], name, stage_sections(cfg, name), {i: keys[i] for i in stage_inputs(cfg, name)},
                    metrics or {}, started)
     log.info("%s: done %s", name, _headline(metrics))
     return store.path(keys[name])
@@ -82,19 +89,44 @@ def _headline(metrics: dict | None) -> str:
                      if isinstance(v, (int, float)))
 
 
+def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = False,
+                  compute: Callable[[dict, Path], dict] | None = None) -> Path:
+    """Make a stage's artifact if it is not cached (or if forced); return its dir.
+
+    The computation runs under the artifact's lock: another process (or
+    machine) that needs the same artifact meanwhile waits, then finds it
+    cached. `compute(inputs, out) -> metrics` defaults to the stage's run()."""
+    store = Store(cfg.run.work_dir)
+    if not force and store.state(keys[name]) == "cached":
+        log.info("%s: cached (%s)", name, store.path(keys[name]))
+        return store.path(keys[name])
+    lock = ArtifactLock(store, keys[name], cfg.run.lock_lease_s)
+    lock.acquire(log=lambda msg: log.info("%s: %s", name, msg))
+    try:
+        if force and lock.waited and store.state(keys[name]) == "cached":
+            log.info("%s: recomputed by the process this one waited for; not forcing again", name)
+            force = False
+        out = begin_stage(cfg, name, keys, force)  # re-checks the manifest now that we hold the lock
+        if out is None:
+            return store.path(keys[name])
+        started = time.time()
+        inputs = input_dirs(cfg, name, keys)
+        metrics = compute(inputs, out) if compute else get(name).run(cfg, inputs, out)
+        lock.check()  # a lease taken over meanwhile: the new holder finishes it
+        return finish_stage(cfg, name, keys, metrics, started)
+    finally:
+        lock.release()
+
+
 def run_stage(cfg: Config, name: str, force: bool = False, keys: dict[str, str] | None = None) -> Path:
     """Run one stage if its artifact is not cached (or if forced); return its dir."""
-    keys = keys or stage_keys(cfg)
-    out = begin_stage(cfg, name, keys, force)
-    if out is None:
-        return Store(cfg.run.work_dir).path(keys[name])
-    started = time.time()
-    metrics = get(name).run(cfg, input_dirs(cfg, name, keys), out)
-    return finish_stage(cfg, name, keys, metrics, started)
+    return compute_stage(cfg, name, keys or stage_keys(cfg), force)
 
 
-def select(until: str | None = None, start: str | None = None) -> list[str]:
-    """Stages from `start` to `until` inclusive, in DAG order."""
+def select(until: str | None = None, start: str | None = None, cfg: Config | None = None) -> list[str]:
+    """Stages from `start` to `until` inclusive, in DAG order; with a config,
+    only those the last of them needs (export_cams.source: train_cam skips
+    match, learn_prompts and refine)."""
     for n in (until, start):
         if n is not None:
             get(n)  # clear error for an unknown name
@@ -103,10 +135,18 @@ def select(until: str | None = None, start: str | None = None) -> list[str]:
         names = names[: names.index(until) + 1]
     if start:
         names = names[names.index(start):]
+    if cfg is not None and names:
+        needed, todo = set(), [names[-1]]
+        while todo:
+            n = todo.pop()
+            if n not in needed:
+                needed.add(n)
+                todo.extend(stage_inputs(cfg, n))
+        names = [n for n in names if n in needed]
     return names
 
 
 def run_all(cfg: Config, until: str | None = None, start: str | None = None,
             force: tuple[str, ...] = ()) -> dict[str, Path]:
     keys = stage_keys(cfg)
-    return {n: run_stage(cfg, n, force=n in force, keys=keys) for n in select(until, start)}
+    return {n: run_stage(cfg, n, force=n in force, keys=keys) for n in select(until, start, cfg)}

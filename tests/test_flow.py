@@ -103,7 +103,7 @@ def smoke(tmp_path_factory):
         cold_s = time.time() - t0
         assert run.returncode == 0, run.stdout[-2000:] + (tmp / "serve.log").read_text()[-6000:]
         assert "Completed" in run.stdout, run.stdout[-2000:]
-        yield {"tmp": tmp, "cfg": cfg, "env": _env(tmp), "cold_s": cold_s}
+        yield {"tmp": tmp, "cfg": cfg, "env": _env(tmp), "cold_s": cold_s, "api": api}
     finally:
         if served and served.poll() is None:
             os.killpg(served.pid, signal.SIGTERM)
@@ -129,6 +129,144 @@ def test_deployment_run_wrote_every_stage(smoke):
     report = store.path(keys["evaluate"]) / "report.json"
     doc = json.loads(report.read_text())
     assert "seed" in json.dumps(doc) and "pseudo" in json.dumps(doc)
+
+
+ARTIFACTS_SCRIPT = """
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+async def main():
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sys.argv[1:])))
+        print(json.dumps([{"key": a.key, "type": a.type, "data": a.data, "flow_run_id": str(a.flow_run_id)}
+                          for a in found]))
+asyncio.run(main())
+"""
+
+
+def _same(a, b) -> bool:
+    """Equal numbers; None and NaN both mean 'no value' (Prefect stores NaN as null)."""
+    import math
+    none = lambda v: v is None or (isinstance(v, float) and math.isnan(v))  # noqa: E731
+    return (none(a) and none(b)) or a == b
+
+
+def test_deployment_run_published_prefect_artifacts(smoke):
+    """The served deployment's flow run lists one metrics table per stage and the
+    evaluate report (markdown + per-class table) with the numbers of report.json."""
+    cfg = load_config(smoke["cfg"])
+    keys = stage_keys(cfg)
+    report = json.loads((Store(cfg.run.work_dir).path(keys["evaluate"]) / "report.json").read_text())
+    wanted = [f"voc-smoke-{n.replace('_', '-')}" for n in ORDER] + ["voc-smoke-evaluate-report",
+                                                                    "voc-smoke-evaluate-per-class-iou"]
+    res = _run([sys.executable, "-c", ARTIFACTS_SCRIPT, *wanted], dict(smoke["env"], PREFECT_API_URL=smoke["api"]),
+               300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    arts = {a["key"]: a for a in json.loads(res.stdout)}
+    assert sorted(arts) == sorted(wanted)
+    assert len({a["flow_run_id"] for a in arts.values()}) == 1  # all on the deployment run's page
+    evaluate = {r["metric"]: r["value"] for r in json.loads(arts["voc-smoke-evaluate"]["data"])}
+    assert evaluate["seed_miou"] == report["seed"]["miou"]
+    assert evaluate["seed_best_miou_gt_sweep"] == report["seed_sweep"]["best_miou"]
+    assert evaluate["pseudo_mask_miou"] == report["pseudo_mask"]["miou"]
+    assert evaluate["final_val_miou"] == report["final_model"]["miou"]
+    assert evaluate["cam_source"] == report["cam_source"] == "refine"
+    rows = json.loads(arts["voc-smoke-evaluate-per-class-iou"]["data"])
+    assert [r["class"] for r in rows] == list(report["seed"]["per_class_iou"])
+    for r in rows:
+        assert _same(r["seed"], report["seed"]["per_class_iou"][r["class"]]), r
+        assert _same(r["pseudo_mask"], report["pseudo_mask"]["per_class_iou"][r["class"]]), r
+        assert _same(r["final_val"], report["final_model"]["per_class_iou"].get(r["class"])), r
+    md = arts["voc-smoke-evaluate-report"]
+    assert md["type"] == "markdown" and "stage `refine`" in md["data"]
+    assert f"{report['pseudo_mask']['miou']:.2f}" in md["data"]
+    assert "![per-class IoU](data:image/png;base64," in md["data"] and "per_class_iou.png" in md["data"]
+    train_cam = {r["metric"]: r["value"] for r in json.loads(arts["voc-smoke-train-cam"]["data"])}
+    manifest = Store(cfg.run.work_dir).manifest(keys["train_cam"])
+    assert {k: train_cam[k] for k in manifest["metrics"]} == manifest["metrics"]
+
+
+def test_compare_smoke_run(smoke):
+    """`wsss compare` by config and by evaluate directory: the numbers of report.json, GT-chosen marked."""
+    cfg = load_config(smoke["cfg"])
+    eval_dir = Store(cfg.run.work_dir).path(stage_keys(cfg)["evaluate"])
+    report = json.loads((eval_dir / "report.json").read_text())
+    png = smoke["tmp"] / "compare.png"
+    res = _run([sys.executable, "-m", "flows.cli", "compare", str(smoke["cfg"]), str(eval_dir), "--png", str(png)],
+               smoke["env"], 300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in res.stdout.splitlines() if line.startswith("| ")}
+    assert rows["pseudo-mask mIoU"] == [f"{report['pseudo_mask']['miou']:.2f}"] * 2
+    best = f"{report['seed_sweep']['best_miou']:.2f} (t={report['seed_sweep']['best_threshold']})"
+    assert rows["seed mIoU (best threshold)*"] == [best] * 2
+    assert rows["final model mIoU (val)"] == [f"{report['final_model']['miou']:.2f}"] * 2
+    assert rows["CAM source"] == ["refine", "refine"]
+    c = next(iter(report["pseudo_mask"]["per_class_iou"]))
+    assert rows[c][0].split(" / ")[1] == f"{report['pseudo_mask']['per_class_iou'][c]:.2f}"
+    assert "chosen with ground truth" in res.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_cams_source_picks_the_training_stage(smoke):
+    """export_cams.source: match exports the phase-1 model's CAMs, reusing every
+    cached upstream artifact of the smoke run (refine's are different CAMs)."""
+    import numpy as np
+
+    from pipeline.cam_store import CamStore, store_path
+    from stages.runner import run_stage
+    base = load_config(smoke["cfg"])
+    cfg = load_config(smoke["cfg"], overrides={"export_cams": {"source": "match"}})
+    keys, base_keys = stage_keys(cfg), stage_keys(base)
+    assert all(keys[n] == base_keys[n] for n in ("prepare_data", "train_cam", "match", "refine"))
+    out = run_stage(cfg, "export_cams", keys=keys)
+    store = Store(base.run.work_dir)
+    assert store.manifest(keys["export_cams"])["inputs"] == {"prepare_data": keys["prepare_data"],
+                                                            "match": keys["match"]}
+    ours = CamStore(store_path(out, cfg.export_cams.split))
+    refined = CamStore(store_path(store.path(base_keys["export_cams"]), cfg.export_cams.split))
+    assert ours.ids() == refined.ids()
+    assert any(not np.array_equal(ours.read(i)[0], refined.read(i)[0]) for i in ours.ids())
+
+
+def test_two_runs_at_once_compute_each_stage_once(smoke):
+    """Two `wsss run` processes (own PREFECT_HOME each) on one new store: each stage is
+    computed by one of them (counted from the 'running in' log line compute_stage writes
+    once per computation), both succeed, and the artifacts equal the smoke run's."""
+    base = load_config(smoke["cfg"])
+    work = smoke["tmp"] / "runs-twice"
+    cfg2 = _write_cfg(smoke["tmp"] / "twice.yaml", work)
+    procs, logs = [], []
+    for i in range(2):
+        logs.append(smoke["tmp"] / f"twice-{i}.log")
+        procs.append(subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2),
+                                       "--until", "train_cam"], cwd=ROOT, env=_env(smoke["tmp"] / f"twice-{i}"),
+                                      stdout=subprocess.DEVNULL, stderr=open(logs[-1], "w"),
+                                      start_new_session=True))
+    try:
+        for p in procs:
+            p.wait(900)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    text = [log.read_text() for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], text[0][-3000:] + text[1][-3000:]
+    for stage in ("prepare_data", "train_cam"):
+        computed = [t.count(f"{stage}: running in") + t.count(f"{stage}: resuming in") for t in text]
+        assert sorted(computed) == [0, 1], (stage, computed)
+        other = text[computed.index(0)]
+        assert f"{stage}: waiting for {stage}-" in other or f"{stage}: cached" in other
+    keys = stage_keys(base)
+    ref, new = Store(base.run.work_dir), Store(work)
+    for stage in ("prepare_data", "train_cam"):
+        a, b = ref.manifest(keys[stage])["files"], new.manifest(keys[stage])["files"]
+        assert sorted(a) == sorted(b)
+        for rel in a:
+            if rel == "checkpoint.pt" or rel.endswith("_history.json"):
+                continue  # hold per-epoch wall-clock seconds
+            assert a[rel]["sha256"] == b[rel]["sha256"], (stage, rel)
+    assert not any(p.name.endswith(".tmp") for p in work.rglob("*"))
 
 
 def test_unchanged_rerun_does_no_stage_work(smoke):
@@ -172,33 +310,39 @@ def test_damaged_artifact_is_recomputed(smoke):
     assert "export_cams: running in" not in res.stderr
 
 
-def test_kill_during_match_then_resume(smoke):
-    """A match with its own key: kill the flow after the first epoch's
-    checkpoint, rerun, and check training continued from that epoch."""
+def test_hung_holder_is_taken_over_and_resumed(smoke):
+    """A match with its own key: stop the flow that computes it after the first
+    epoch's checkpoint (SIGSTOP: its lock stays, its heartbeat stops, as when a
+    machine is lost); a second run waits, takes the lock over once the lease
+    expires, and continues training from that epoch."""
     base = load_config(smoke["cfg"])
     cfg2 = _write_cfg(smoke["tmp"] / "match.yaml", base.run.work_dir,
-                      "match: {lambda_b: 2.0, epochs: 3}\n")
+                      "run: {work_dir: %s, lock_lease_s: 10}\nmatch: {lambda_b: 2.0, epochs: 3}\n"
+                      % base.run.work_dir)
     keys = stage_keys(load_config(cfg2))
     match_dir = Store(base.run.work_dir).path(keys["match"])
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2), "--until", "match"],
-                            cwd=ROOT, env=smoke["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    holder = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2), "--until", "match"],
+                              cwd=ROOT, env=smoke["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     deadline = time.time() + 900
     try:
         while not _checkpoint_epoch(match_dir) >= 1:
-            assert proc.poll() is None, "flow ended before the first match checkpoint"
+            assert holder.poll() is None, "flow ended before the first match checkpoint"
             assert time.time() < deadline
             time.sleep(0.5)
+        os.killpg(holder.pid, signal.SIGSTOP)
+        done_epochs = _checkpoint_epoch(match_dir)
+        assert done_epochs < 3 and not (match_dir / MANIFEST).exists()
+        res = wsss_run(cfg2, _env(smoke["tmp"] / "taker"), "--until", "match")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    done_epochs = _checkpoint_epoch(match_dir)
-    assert done_epochs < 3 and not (match_dir / MANIFEST).exists()
-    res = wsss_run(cfg2, smoke["env"], "--until", "match")
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert f"match: waiting for {keys['match']} held by " in res.stderr and f":{holder.pid} since " in res.stderr
     assert "match: resuming in" in res.stderr
     assert f"match: resuming after epoch {done_epochs}" in res.stderr
     history = json.loads((match_dir / "match_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert Store(base.run.work_dir).state(keys["match"]) == "cached"
 
 
 def _checkpoint_epoch(d: Path) -> int:

@@ -2,9 +2,7 @@
 models, CPU): they run, losses go down, galleries/prompts are written, a
 resumed run equals an uninterrupted one, and 2-process DDP equals 1 process."""
 import json
-import shutil
 
-import pytest
 import torch
 
 from pipeline.config import load_config

@@ -21,6 +21,7 @@ from PIL import Image
 from pipeline.config import DataCfg
 from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSet, builtin_classes,
                                    dataset_classes, palette)
+from pipeline.store import unique_tmp
 
 
 class DataError(ValueError):
@@ -60,7 +61,7 @@ def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = N
     path = Path(path)
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
     im.putpalette((palette() if pal is None else np.asarray(pal, np.uint8)).reshape(-1).tolist())
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = unique_tmp(path)
     im.save(tmp, format="PNG")
     os.replace(tmp, path)
 
@@ -412,7 +413,7 @@ class LabelTable:
                "prompt_names": self.prompt_names,
                "colors": {str(i): list(c) for i, c in self.class_set.colors.items()},
                "records": [asdict(r) for r in self.records]}
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = unique_tmp(path)
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
 

@@ -19,9 +19,6 @@ are interpolated).
 """
 from __future__ import annotations
 
-import math
-import os
-import threading
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import MaskGeneratorCfg
+from pipeline.store import torch_save_atomic
 
 # The one image normalisation of S (DeiT / ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -321,11 +319,9 @@ def save_mask_generator(model: nn.Module, path: Path, cfg: MaskGeneratorCfg, num
     """Self-describing checkpoint (format tag, config, class count, weights), written atomically.
     Plain tensors and data only, so it loads with weights_only=True."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    torch.save({"format": CHECKPOINT_FORMAT, "cfg": cfg.model_dump(mode="json"),
-                "num_classes_fg": num_classes_fg, "mean": list(MEAN), "std": list(STD),
-                "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}}, tmp)
-    tmp.replace(path)
+    torch_save_atomic({"format": CHECKPOINT_FORMAT, "cfg": cfg.model_dump(mode="json"),
+                       "num_classes_fg": num_classes_fg, "mean": list(MEAN), "std": list(STD),
+                       "state_dict": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}}, path)
 
 
 def _read_checkpoint(path: Path) -> dict:

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
+from pipeline.store import unique_tmp
 
 ensure_mmcv()
 
@@ -92,7 +93,7 @@ class ValMetricsHook(Hook):
         path = Path(runner.work_dir) / VAL_HISTORY
         history = json.loads(path.read_text()) if path.exists() else []
         history.append({"iter": runner.iter, **{k: float(v) for k, v in metrics.items()}})
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = unique_tmp(path)
         tmp.write_text(json.dumps(history, indent=1))
         os.replace(tmp, path)
 

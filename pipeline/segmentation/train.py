@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
+from pipeline.store import torch_save_atomic
 
 ensure_mmcv()
 
@@ -115,9 +116,7 @@ def export_weights(work_dir: Path, target: Path, checkpoint: Path | None = None)
         checkpoint = Path(last.read_text().strip())
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     slim = {"meta": ckpt.get("meta", {}), "state_dict": ckpt["state_dict"]}
-    tmp = target.with_name(f".{target.name}.tmp")
-    torch.save(slim, tmp)
-    os.replace(tmp, target)
+    torch_save_atomic(slim, target)
     return slim["meta"]
 
 
