@@ -210,16 +210,17 @@ def test_prompt_init_is_uniform_and_names_are_official():
 K, D, L, H = 20, 384, 12, 6
 
 
-def official_state_dict(seed=0) -> dict:
+def official_state_dict(seed=0, K=K, D=D, L=L, H=H, patches=196) -> dict:
     """Names and shapes of WeakTr's deit_small_WeakTr_patch16_224 (VOC, --reduction 8), random values."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, std=0.02: torch.randn(*s, generator=g) * std  # noqa: E731
-    sd = {"cls_token": r(1, K, D), "pos_embed": r(1, K + 196, D),
+    c = L * H
+    sd = {"cls_token": r(1, K, D), "pos_embed": r(1, K + patches, D),
           "patch_embed.proj.weight": r(D, 3, 16, 16), "patch_embed.proj.bias": r(D),
           "norm.weight": 1 + r(D), "norm.bias": r(D),
           "head.weight": r(K, D, 3, 3), "head.bias": r(K),
-          "adaptive_attention_fusion.fc.0.weight": r(9, 72, std=0.2),
-          "adaptive_attention_fusion.fc.2.weight": r(72, 9, std=0.2)}
+          "adaptive_attention_fusion.fc.0.weight": r(c // 8, c, std=0.2),
+          "adaptive_attention_fusion.fc.2.weight": r(c, c // 8, std=0.2)}
     for i in range(L):
         b = f"blocks.{i}."
         sd |= {b + "norm1.weight": 1 + r(D), b + "norm1.bias": r(D), b + "attn.qkv.weight": r(3 * D, D),
@@ -348,3 +349,21 @@ def test_export_crops_the_remainder_and_resizes_the_grid_once():
     lo, hi = total.amin((1, 2), keepdim=True), total.amax((1, 2), keepdim=True)
     assert (hi - lo).min() > 1e-3
     assert torch.allclose(torch.from_numpy(ours), (total - lo) / (hi - lo + 1e-8), atol=1e-5)
+
+
+def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_it(tmp_path):
+    """train_cam.init_checkpoint: the stage converts instead of training; match then keeps the
+    imported backbone and head and starts a fresh feature fusion (official strict=False load)."""
+    path = tmp_path / "checkpoint_best_mIoU.pth"
+    sd = official_state_dict(3, K=20, D=192, L=12, H=3, patches=16)  # deit_tiny at 64 px (the test config)
+    torch.save({"model": sd, "epoch": 5}, path)
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    cfg = cfg.model_copy(update={"train_cam": cfg.train_cam.model_copy(update={"init_checkpoint": str(path)})})
+    dirs = {s: run_stage(cfg, s) for s in ("prepare_data", "train_cam", "match")}
+    manifest = json.loads((dirs["train_cam"] / "manifest.json").read_text())
+    assert manifest["metrics"]["imported_from"] == str(path) and manifest["metrics"]["fusion"] == "maps"
+    assert not (dirs["train_cam"] / "train_cam_history.json").exists()
+    warm, after = _state(dirs["train_cam"]), _state(dirs["match"])
+    assert torch.equal(warm["cls_tokens"], sd["cls_token"]) and torch.equal(warm["patch_pos"], sd["pos_embed"][:, 20:])
+    assert torch.equal(warm["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
+    assert torch.equal(after["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
