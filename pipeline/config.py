@@ -120,8 +120,8 @@ class ClipCfg(Section):
         if self.factory is None and self.pretrained == "openai" and not named_quick and not self.quick_gelu:
             raise ValueError(f"clip.model: OpenAI weights need QuickGELU; use '{self.model}-quickgelu' "
                              "or set clip.quick_gelu: true")
-        if (self.factory is None and isinstance(self.pretrained, str) and self.pretrained != "openai"
-                and not named_quick and self.quick_gelu is None and not _is_hub_tag(self.pretrained)):
+        if (self.factory is None and isinstance(self.pretrained, str) and not _is_hub_tag(self.pretrained)
+                and not named_quick and self.quick_gelu is None):
             raise ValueError("clip.quick_gelu: say whether the local checkpoint was trained with QuickGELU "
                              "(true for OpenAI's weights) or GELU (false)")
         return self

@@ -111,12 +111,13 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
     tc = cfg.train_cam
     device, table, train, gal, k = _setup(cfg, inputs, tc)
     if tc.init_checkpoint:  # WeakTr's released warm start instead of training one
-        kind = fusion_kind(read_official_state_dict(tc.init_checkpoint), tc.init_checkpoint)
-        model, mcfg = _generator(cfg, k, None, device, kind)
-        m = import_weaktr_checkpoint(model, tc.init_checkpoint)
-        if is_main():
+        sd = read_official_state_dict(tc.init_checkpoint)
+        model, mcfg = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint))
+        m = import_weaktr_checkpoint(model, tc.init_checkpoint, sd)
+        if is_main():  # no epochs, so no epoch selection: the imported weights are model.pt
             _gallery(model.eval(), gal, table, device)(Path(out) / "gallery.png")
-        return _finish(model, out, cfg, mcfg, k, "train_cam", m | {"selection": "imported"})
+            save_mask_generator(model, Path(out) / MODEL, mcfg, k)
+        return m | {"selection": selection_label(cfg, "train_cam")}
     model, mcfg = _generator(cfg, k, None, device, "maps")
     model.set_recipe(detach_tokens=False, detach_coarse=True)  # WeakTr models.py
     # WeakTr's create_optimizer(args, model): no decay for biases, norms, class tokens, positions

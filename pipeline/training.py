@@ -110,10 +110,6 @@ class TrainImages(Dataset):
 
 
 # ------------------------------------------------------------------ checkpoints
-def _atomic_save(obj, path: Path) -> None:
-    torch_save_atomic(obj, path)
-
-
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
@@ -270,7 +266,7 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
                 rec.update(epoch_eval(unwrap(trainable), epoch + 1))
                 if tcfg.select == "gt_miou":
                     best = _keep_best(best, rec, trainable)
-            _atomic_save({"epoch": epoch, "model": unwrap(trainable).state_dict(), "optimizer": opt.state_dict(),
+            torch_save_atomic({"epoch": epoch, "model": unwrap(trainable).state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                           "rng": rngs if world > 1 else rngs[0], "history": history, "best": best}, ckpt_path)
             save_loss_history(out, history, name)
@@ -284,7 +280,7 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
         trainable.eval()
         gallery(out / "gallery.png")
     if is_main() and best is not None:
-        _atomic_save(best["model"], out / BEST_MODEL)
+        torch_save_atomic(best["model"], out / BEST_MODEL)
     barrier()
     last = history[-1] if history else {}
     selected = {f"selected_{k}": v for k, v in best.items() if k != "model"} if best else {}

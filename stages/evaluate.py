@@ -142,7 +142,10 @@ def _selection(cfg: Config) -> dict:
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
             "protocol): every number here depends on ground truth" if gt else
             "every training stage kept its last epoch: no pixel label chose a checkpoint")
-    return {"uses_ground_truth": bool(gt), "note": note, **{s: selection_label(cfg, s) for s in stages}}
+    if cfg.train_cam.init_checkpoint:
+        note += "; the imported warm start may itself have been chosen on ground truth"
+    uses_gt = bool(gt) or bool(cfg.train_cam.init_checkpoint)
+    return {"uses_ground_truth": uses_gt, "note": note, **{s: selection_label(cfg, s) for s in stages}}
 
 
 def _markdown(r: dict) -> str:

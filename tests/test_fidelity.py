@@ -362,6 +362,7 @@ def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_i
     dirs = {s: run_stage(cfg, s) for s in ("prepare_data", "train_cam", "match")}
     manifest = json.loads((dirs["train_cam"] / "manifest.json").read_text())
     assert manifest["metrics"]["imported_from"] == str(path) and manifest["metrics"]["fusion"] == "maps"
+    assert manifest["metrics"]["selection"].startswith(f"imported from {path}")
     assert not (dirs["train_cam"] / "train_cam_history.json").exists()
     warm, after = _state(dirs["train_cam"]), _state(dirs["match"])
     assert torch.equal(warm["cls_tokens"], sd["cls_token"]) and torch.equal(warm["patch_pos"], sd["pos_embed"][:, 20:])

@@ -14,8 +14,9 @@ Public API (used by the training stages and by export_cams):
 
 Channel k of every CAM/logit tensor is label id k + 1 (0 = background is not
 predicted). Inputs are RGB in [0, 1] normalised with MEAN / STD below (use
-``normalize``); any H, W works (padded to the patch size; position embeddings
-are interpolated).
+``normalize``); any H, W works (the remainder past a multiple of the patch size is
+cropped, as the official stride-16 patch embedding does, or padded with
+mask_generator.input_remainder: pad; position embeddings are interpolated).
 """
 from __future__ import annotations
 

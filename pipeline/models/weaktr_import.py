@@ -12,11 +12,12 @@ the SemPLeS phases start their feature fusion freshly initialised, as the offici
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from pipeline.store import sha256_file
 
 FIELD = "train_cam.init_checkpoint"
 FUSION_PREFIX = "adaptive_attention_fusion."
@@ -71,11 +72,12 @@ def to_mask_generator_keys(sd: dict, path: str | Path = "") -> dict[str, torch.T
     return out
 
 
-def import_weaktr_checkpoint(model: nn.Module, path: str | Path) -> dict:
+def import_weaktr_checkpoint(model: nn.Module, path: str | Path, sd: dict | None = None) -> dict:
     """Load an official checkpoint into ``model`` (built with the checkpoint's fusion kind);
-    any missing, extra or mis-shaped key is an error naming it. Returns metrics."""
+    any missing, extra or mis-shaped key is an error naming it. ``sd``: the checkpoint's
+    state dict when the caller has read it already. Returns metrics."""
     path = Path(path)
-    sd = read_official_state_dict(path)
+    sd = read_official_state_dict(path) if sd is None else sd
     kind = fusion_kind(sd, path)
     if getattr(model.fusion, "kind", None) != kind:
         raise ValueError(f"{FIELD}: {path} has a '{kind}' attention fusion, the model a '{model.fusion.kind}' one")
@@ -91,5 +93,4 @@ def import_weaktr_checkpoint(model: nn.Module, path: str | Path) -> dict:
         raise ValueError(f"{FIELD}: {path} does not fit the mask generator{hint}: "
                          f"missing {missing[:8]}, extra {extra[:8]}, mis-shaped {shapes[:8]}")
     model.load_state_dict(ours)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {"imported_from": str(path), "sha256": digest, "fusion": kind, "tensors": len(sd)}
+    return {"imported_from": str(path), "sha256": sha256_file(path), "fusion": kind, "tensors": len(sd)}
