@@ -368,3 +368,24 @@ def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_i
     assert torch.equal(warm["cls_tokens"], sd["cls_token"]) and torch.equal(warm["patch_pos"], sd["pos_embed"][:, 20:])
     assert torch.equal(warm["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
     assert torch.equal(after["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
+
+
+def test_clip_input_norm_and_lr_scaling_switches():
+    """clip.input_norm: official feeds S-normalised images to CLIP unchanged (engine*.py), clip
+    renormalises them; lr_scale_batch: null takes lr as the effective lr."""
+    from pipeline.config import TrainCfg
+    from pipeline.losses import StepContext
+    from pipeline.models.mask_generator import MEAN, STD
+    from pipeline.models.vl import to_vl_input
+    vl = build_vl(ClipCfg(factory="pipeline.models.vl:tiny_random_clip", pretrained=None, allow_random_init=True,
+                          image_size=64))
+    x = torch.randn(2, 3, 64, 64)
+    text = torch.zeros(3, 64)
+    with torch.no_grad():
+        official = StepContext(vl, text, MEAN, STD).encode(x)
+        renorm = StepContext(vl, text, MEAN, STD, renormalise=True).encode(x)
+        assert torch.equal(official, vl.encode_image(x))
+        assert torch.equal(renorm, vl.encode_image(to_vl_input(x, MEAN, STD, vl)))
+    assert not torch.allclose(official, renorm)
+    assert TrainCfg(lr=0.01, batch_size=8, lr_scale_batch=None).effective_lr() == 0.01
+    assert TrainCfg(lr=0.01, batch_size=8).effective_lr() == pytest.approx(0.01 * 8 / 512)
