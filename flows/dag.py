@@ -34,6 +34,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, load_config
 from pipeline.store import Store, digest
+from pipeline.weights import preflight
 from stages import get
 from stages.runner import compute_stage, select, stage_keys
 
@@ -106,6 +107,7 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
     if unknown:
         raise ValueError(f"force names stages not in this run: {unknown}")
     keys = stage_keys(cfg)
+    preflight(cfg, names, keys, force)  # hub weights: downloaded, or one clear error
     store = Store(cfg.run.work_dir)
     work_dir = str(Path(cfg.run.work_dir).resolve())
     config = str(Path(config).resolve())
