@@ -27,6 +27,14 @@ class Section(BaseModel):
 
 
 # ----------------------------------------------------------------- sections
+# Fields that change how fast a stage runs (or where), never what it computes: no
+# artifact key covers them, and every stage's config view may read them.
+THROUGHPUT = ("run.work_dir", "run.device", "run.num_workers", "run.shard_size", "run.processes",
+              "run.task_runner", "run.dask_address", "run.dask_workers", "run.nproc_per_node",
+              "run.dist_backend", "run.lock_lease_s",
+              "export_cams.batch_size", "export_cams.writer_threads", "export_cams.prefetch_batches")
+
+
 class RunCfg(Section):
     name: str = "wsss"
     work_dir: Path = Path("runs")
@@ -213,13 +221,13 @@ class ExportCamsCfg(Section):
     flip: bool = True
     cam: Literal["fine", "coarse"] = "fine"
     gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
-    # throughput only (same CAMs within fp rounding): left out of the artifact
-    # key, so a resumed export may change them
-    batch_size: int = Field(8, ge=1, exclude=True,
+    # throughput only (same CAMs within fp rounding): in THROUGHPUT, left out of
+    # the artifact key, so a resumed export may change them
+    batch_size: int = Field(8, ge=1,
                             description="images of one size per forward (x2 with flip); 1 = one image at a time")
-    writer_threads: int = Field(8, ge=0, exclude=True,
+    writer_threads: int = Field(8, ge=0,
                                 description="threads compressing + writing CAMs to zarr; 0 = on the main thread")
-    prefetch_batches: int = Field(2, ge=1, exclude=True, description="batches each DataLoader worker prepares ahead")
+    prefetch_batches: int = Field(2, ge=1, description="batches each DataLoader worker prepares ahead")
 
 
 class CrfCfg(Section):
@@ -357,9 +365,13 @@ class Config(Section):
         return self
 
     def section(self, name: str) -> dict:
-        return json.loads(getattr(self, name).model_dump_json())
+        """A section as the artifact keys see it: without its THROUGHPUT fields."""
+        drop = {t.split(".", 1)[1] for t in THROUGHPUT if t.startswith(name + ".")}
+        return json.loads(getattr(self, name).model_dump_json(exclude=drop or None))
 
     def resolved(self) -> dict:
+        """Every field as JSON (not ``source``): Config.model_validate(resolved()) rebuilds it;
+        the flow hands this to its tasks."""
         return json.loads(self.model_dump_json())
 
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,23 +76,11 @@ def train(cfg: Config, launcher: str = "none") -> None:
             runner.val()  # e.g. training had already finished before an interrupted rerun
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(config_path: Path, nproc: int, log_path: Path) -> None:
     """Run ``train`` under torchrun with ``nproc`` processes on this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "pipeline.segmentation.train", str(config_path),
-           "--launcher", "pytorch"]
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    with open(log_path, "a") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if rc:
-        raise RuntimeError(f"torchrun training failed (exit {rc}); see {log_path}")
+    from pipeline.distributed import torchrun
+    torchrun("pipeline.segmentation.train", [config_path, "--launcher", "pytorch"], nproc,
+             "train_segmentation", log_path)
 
 
 def best_checkpoint(work_dir: Path) -> Path:
