@@ -189,3 +189,17 @@ def test_each_leaf_changes_exactly_the_keys_of_the_stages_that_declare_it(cfg):
     assert unmutable == set(UNMUTABLE), unmutable ^ set(UNMUTABLE)
     assert checked > 150  # every leaf of the voc-smoke config, not a few
     assert set(THROUGHPUT) <= {p for p, _ in _leaves(base)}  # throughput fields were among them
+
+
+def test_one_backend_choice_for_every_training_stage(tmp_path):
+    """SemPLeS phases and the mmseg model take their process-group backend from one place."""
+    from pipeline.config import TrainSegmentationCfg
+    from pipeline.distributed import backend
+    from pipeline.segmentation.mmseg_config import build_config
+    assert (backend("cpu"), backend("cuda"), backend("cpu", "nccl"), backend("cuda", "gloo")) == \
+        ("gloo", "nccl", "nccl", "gloo")
+    for device, dist in (("cpu", "auto"), ("cuda", "auto"), ("cpu", "nccl")):
+        mm = build_config(TrainSegmentationCfg(tiny=True, backbone="resnet18"), dataset="voc",
+                          train_list=tmp_path / "t.txt", val_list=None, work_dir=tmp_path, device=device,
+                          dist_backend=dist)
+        assert mm.env_cfg.dist_cfg.backend == backend(device, dist)

@@ -1,8 +1,9 @@
 """Train / evaluate / predict with an mmseg config, through mmengine's Runner.
 
 Single process: ``train(cfg)`` in this process. Several processes:
-``launch(config_path, nproc)`` runs this module under torchrun
-(``python -m torch.distributed.run --nproc_per_node N -m
+``launch(config_path, nproc)`` runs this module under torchrun through the
+launcher every training stage shares (pipeline/distributed.py:
+``python -m torch.distributed.run --standalone --nproc_per_node N -m
 pipeline.segmentation.train <config> --launcher pytorch``), which is what
 mmseg's tools/dist_train.sh does; mmengine then wraps the model in DDP, shards
 the data per rank and saves checkpoints/logs on rank 0.
