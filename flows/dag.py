@@ -11,6 +11,11 @@ refreshes the task's cache. Per-image stages (export_cams, pseudo_masks) map
 shards of images over the task runner: threads by default, a Dask cluster
 (LocalCluster, or any scheduler address) when run.task_runner is 'dask'.
 
+The flow reads the YAML once: the keys and every task come from that one
+resolved config, handed to the tasks as JSON (a file edited during a run
+cannot make a stage compute new values under an old key). Deployments take
+a config path as the flow parameter.
+
 A stage computes under its artifact's lock (stages.runner.compute_stage),
 so flows, `wsss stage` and workers on other machines sharing the store
 compute each artifact once. After each stage the flow publishes its metrics
@@ -36,9 +41,10 @@ from pipeline.config import Config, load_config
 from pipeline.store import Store, digest
 from pipeline.weights import preflight
 from stages import get
-from stages.runner import compute_stage, select, stage_keys
+from stages.contract import view
+from stages.launch import execute
+from stages.runner import compute_stage, input_dirs, select, stage_keys
 
-SHARDED = ("export_cams", "pseudo_masks")
 INLINE_MAX = 2 ** 21  # bytes: larger PNGs are named by path only, not inlined into the Prefect artifact
 
 
@@ -46,38 +52,35 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
     return f"{parameters['keys'][parameters['name']]}-{digest(parameters['work_dir'])[:8]}"
 
 
-def _is_sharded(name: str) -> bool:
-    return name in SHARDED and hasattr(get(name), "run_shard")
-
-
 @task(task_run_name="{name}", cache_key_fn=_cache_key, persist_result=True)
-def stage_task(config: str, name: str, keys: dict[str, str], work_dir: str, force: bool = False) -> str:
-    cfg = load_config(config)
-    mod = get(name)
+def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, force: bool = False) -> str:
+    """``config``: the flow's resolved config (Config.resolved()), not a file."""
+    cfg = Config.model_validate(config)
+    stage = get(name)
 
     def compute(inputs: dict, out: Path) -> dict:
-        if not _is_sharded(name):
-            return mod.run(cfg, inputs, out)
-        ids = mod.items(cfg, inputs)
+        if not stage.sharded:
+            return execute(stage, cfg, inputs, out)
+        ids = stage.items(view(cfg, stage), inputs)
         shards = [ids[i:i + cfg.run.shard_size] for i in range(0, len(ids), cfg.run.shard_size)]
         get_run_logger().info("%s: %d images in %d shards on %s", name, len(ids), len(shards),
                               cfg.run.task_runner)
         shard_flow.with_options(task_runner=make_task_runner(cfg))(config, name, keys, str(out), shards)
-        return mod.finalize(cfg, inputs, out)
+        return stage.finalize(view(cfg, stage), inputs, out)
 
     return str(compute_stage(cfg, name, keys, force, compute))
 
 
 @task(task_run_name="{name}-shard")
-def shard_task(config: str, name: str, keys: dict[str, str], out: str, ids: list[str]) -> int:
-    from stages.runner import input_dirs
-    cfg = load_config(config)
-    get(name).run_shard(cfg, input_dirs(cfg, name, keys), Path(out), ids)
+def shard_task(config: dict, name: str, keys: dict[str, str], out: str, ids: list[str]) -> int:
+    cfg = Config.model_validate(config)
+    stage = get(name)
+    stage.run_shard(view(cfg, stage), input_dirs(cfg, name, keys), Path(out), ids)
     return len(ids)
 
 
 @flow(name="wsss-shards")
-def shard_flow(config: str, name: str, keys: dict[str, str], out: str, shards: list[list[str]]) -> int:
+def shard_flow(config: dict, name: str, keys: dict[str, str], out: str, shards: list[list[str]]) -> int:
     futures = shard_task.map(unmapped(config), unmapped(name), unmapped(keys), unmapped(out), shards)
     wait(futures)
     return sum(f.result() for f in futures)  # .result() re-raises a failed shard
@@ -100,7 +103,7 @@ def make_task_runner(cfg: Config):
 def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = None,
               force: Optional[list[str]] = None) -> dict[str, str]:
     """Run the DAG from `start` to `until` (stage names); `force` recomputes named stages."""
-    cfg = load_config(config)  # a bad config fails here, before any stage runs
+    cfg = load_config(config)  # read once; a bad config fails here, before any stage runs
     names = select(until, start, cfg)
     force = list(force or [])
     unknown = [f for f in force if f not in names]
@@ -110,11 +113,12 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
     preflight(cfg, names, keys, force)  # hub weights: downloaded, or one clear error
     store = Store(cfg.run.work_dir)
     work_dir = str(Path(cfg.run.work_dir).resolve())
-    config = str(Path(config).resolve())
+    resolved = cfg.resolved()
+    resolved["run"]["work_dir"] = work_dir  # tasks (Dask workers too) find the store whatever their cwd
     done = {}
     for name in names:
         refresh = name in force or store.state(keys[name]) != "cached"
-        done[name] = stage_task.with_options(refresh_cache=refresh)(config, name, keys, work_dir,
+        done[name] = stage_task.with_options(refresh_cache=refresh)(resolved, name, keys, work_dir,
                                                                    force=name in force)
         publish_stage(cfg, name, Path(done[name]))
     return done

@@ -1,5 +1,9 @@
 """Layered YAML configs (``_base_`` inheritance) validated by pydantic.
 
+The field defaults here are the method's official values (VOC where they
+differ per dataset), each with its source; YAML files set only what differs
+per dataset or run (tests/test_config_defaults.py keeps it so).
+
 A config file may name ``_base_: path`` or a list of paths (relative to the
 file). Bases are merged first, in order; the child overrides only the keys it
 names (dicts merge recursively, anything else is replaced). Every error names
@@ -27,12 +31,20 @@ class Section(BaseModel):
 
 
 # ----------------------------------------------------------------- sections
+# Fields that change how fast a stage runs (or where), never what it computes: no
+# artifact key covers them, and every stage's config view may read them.
+THROUGHPUT = ("run.work_dir", "run.device", "run.num_workers", "run.shard_size", "run.processes",
+              "run.task_runner", "run.dask_address", "run.dask_workers", "run.nproc_per_node",
+              "run.dist_backend", "run.lock_lease_s",
+              "export_cams.batch_size", "export_cams.writer_threads", "export_cams.prefetch_batches")
+
+
 class RunCfg(Section):
     name: str = "wsss"
     work_dir: Path = Path("runs")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(2, ge=0, description="DataLoader workers")
+    num_workers: int = Field(8, ge=0, description="DataLoader workers")
     shard_size: int = Field(256, ge=1, description="images per shard of per-image stages")
     processes: int = Field(0, ge=0, description="worker processes of per-image CPU stages; 0 = all cores")
     task_runner: Literal["thread", "dask"] = "thread"
@@ -79,11 +91,12 @@ class DataCfg(Section):
 
 
 class MaskGeneratorCfg(Section):
+    """WeakTr/SemPLeS S: DeiT-S with one class token per class (models.py, models123.py)."""
     arch: Literal["vit", "cnn"] = "vit"
     backbone: str = "deit_small_patch16_224"
-    pretrained: Union[bool, str] = True  # True = timm hub weights, str = local file
+    pretrained: Union[bool, str] = True  # True = timm's ImageNet weights, str = local file
     img_size: int = 224
-    drop_path_rate: float = 0.1
+    drop_path_rate: float = 0.1  # main*.py --drop-path default
     # Attention fusion (AAF). The warm start weights heads from their pooled attention maps
     # (WeakTr AAF.py), the SemPLeS phases from their pooled attention features (SemPLeS AAF.py);
     # the stages set `fusion`. reduction/pool are the official commands' --reduction/--pool-type.
@@ -91,7 +104,8 @@ class MaskGeneratorCfg(Section):
     fusion_reduction: float = Field(8, gt=0, description="head FFN reduction (VOC 8, COCO 4)")
     fusion_pool: Literal["max", "avg"] = Field("max", description="pooling of maps/features (VOC max, COCO avg)")
     feat_reduction: int = Field(8, ge=1, description="feature FFN reduction of the features fusion (official 8)")
-    final_norm: bool = Field(False, description="LayerNorm after the last block (official: none)")
+    final_norm: bool = Field(False, description="LayerNorm after the last block (official: none, "
+                             "forward_features returns the last block's output)")
     input_remainder: Literal["crop", "pad"] = Field(
         "crop", description="an input side that is no multiple of the patch size: crop the remainder, as the "
                             "official stride-16 patch embedding does (the CAM grid then spans the whole image), "
@@ -99,8 +113,9 @@ class MaskGeneratorCfg(Section):
 
 
 class ClipCfg(Section):
+    # engine*.py: clip.load('ViT-B/32'): OpenAI's weights, trained with QuickGELU
     model: str = "ViT-B-32-quickgelu"
-    pretrained: Optional[str] = "openai"  # hub tag or local checkpoint path
+    pretrained: Optional[str] = "openai"  # hub tag or local checkpoint path (then set quick_gelu)
     allow_random_init: bool = False
     factory: Optional[str] = Field(None, description="'module:function' returning a VL model")
     template: str = "a photo of {}."
@@ -109,7 +124,8 @@ class ClipCfg(Section):
     # 'ViT-B-32' even with pretrained='openai'. None = from the model name ('-quickgelu').
     quick_gelu: Optional[bool] = None
     class_names: Literal["official", "label"] = Field(
-        "official", description="text prompt names: the official code's list (VOC 'player' for person) or the label names")
+        "official", description="text prompt names: the official code's list (clip_utils.py category_dict, "
+                                "VOC 'player' for person) or the label names")
     input_norm: Literal["official", "clip"] = Field(
         "official", description="official: masked S inputs (ImageNet-normalised) go to CLIP as they are; "
                                 "clip: renormalised with CLIP's own mean/std")
@@ -128,10 +144,13 @@ class ClipCfg(Section):
 
 
 class TrainCfg(Section):
+    """A training phase; defaults: the SemPLeS phases' (kuongan/SemPLeS README.md VOC
+    commands, main1-3.py defaults: 60 epochs, batch 64, weight decay 0.03, no warmup, min lr 0)."""
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (all processes)")
-    # The official scripts' --lr; the effective lr is lr x global batch / lr_scale_batch
-    # (main*.py: linear_scaled_lr = lr * batch_size * world_size / 512). null = lr as is.
+    # The official scripts' --lr (VOC phases 1 and 3: 5.12e-4 -> 6.4e-5 effective at batch 64); the
+    # effective lr is lr x global batch / lr_scale_batch (main*.py: linear_scaled_lr = lr * batch_size
+    # * world_size / 512). null = lr as is.
     lr: float = 5.12e-4
     lr_scale_batch: Optional[int] = Field(512, ge=1)
     weight_decay: float = 0.03
@@ -178,28 +197,32 @@ class TrainCamCfg(TrainCfg):
 
 
 class MatchCfg(TrainCfg):
-    lambda_b: float = 2.4
-    mask_eps: float = 0.1
+    lambda_b: float = 2.4  # README main1.py --hypers 2.4 (VOC)
+    mask_eps: float = 0.1  # engine1.py min-max eps
     # head: as models123.py, patch tokens and attention detached, only the CAM head and the
     # attention fusion learn; all: the whole mask generator learns (a deviation)
     trainable: Literal["head", "all"] = "head"
 
 
 class LearnPromptsCfg(TrainCfg):
+    # README main2.py VOC command: --batch-size 128 --lr 0.1 (-> 0.025 effective)
+    batch_size: int = Field(128, ge=1, description="global batch (all processes)")
+    lr: float = 0.1
     augment: Literal["weaktr", "crop_flip"] = "crop_flip"
-    lambda_t: float = 0.02
-    n_prompts: int = Field(30, ge=1)
+    lambda_t: float = 0.02  # --hypers 0.02 (VOC)
+    n_prompts: int = Field(30, ge=1, description="--btp_length 30")
     prompt_init: Literal["uniform", "normal"] = Field(
         "uniform", description="uniform: torch.rand as main2.py; normal: N(0, 0.02)")
-    mask_eps: float = 1e-4
+    mask_eps: float = 1e-4  # engine2.py min-max eps
     n_interpret_images: int = Field(4, ge=0)
     vocab_topk: int = Field(5, ge=1)
 
 
 class RefineCfg(TrainCfg):
-    lambda_b: float = 2.4
+    lambda_b: float = 2.4  # README main3.py --hypers 2.4 0.05 (VOC)
     lambda_refine: float = 0.05
-    mask_eps: float = 0.1
+    mask_eps: float = 0.1  # engine3.py min-max eps
+    # --resume of the WeakTr checkpoint: S restarts from the warm start
     init_from: Literal["train_cam", "match"] = "train_cam"
     trainable: Literal["head", "all"] = "head"
 
@@ -209,17 +232,18 @@ class ExportCamsCfg(Section):
     # start (train_cam) vs L_match only (match) vs full SemPLeS (refine)
     source: Literal["train_cam", "match", "refine"] = "refine"
     split: str = "train"
+    # README CAM generation: --scales 1.0 1.2 (each with its flip)
     scales: list[float] = Field(default_factory=lambda: [1.0, 1.2])
     flip: bool = True
     cam: Literal["fine", "coarse"] = "fine"
     gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
-    # throughput only (same CAMs within fp rounding): left out of the artifact
-    # key, so a resumed export may change them
-    batch_size: int = Field(8, ge=1, exclude=True,
+    # throughput only (same CAMs within fp rounding): in THROUGHPUT, left out of
+    # the artifact key, so a resumed export may change them
+    batch_size: int = Field(8, ge=1,
                             description="images of one size per forward (x2 with flip); 1 = one image at a time")
-    writer_threads: int = Field(8, ge=0, exclude=True,
+    writer_threads: int = Field(8, ge=0,
                                 description="threads compressing + writing CAMs to zarr; 0 = on the main thread")
-    prefetch_batches: int = Field(2, ge=1, exclude=True, description="batches each DataLoader worker prepares ahead")
+    prefetch_batches: int = Field(2, ge=1, description="batches each DataLoader worker prepares ahead")
 
 
 class CrfCfg(Section):
@@ -241,7 +265,8 @@ class AffinityCfg(Section):
 
 class PseudoMasksCfg(Section):
     method: Literal["argmax", "crf", "affinity", "affinity_crf"] = "crf"
-    bg_threshold: float = Field(0.45, ge=0, le=1)
+    bg_threshold: float = Field(0.43, ge=0, le=1, description="VOC: WeakTr docs/Training.md, CRF "
+                                "post-processing `evaluation.py ... --t 43` (COCO 0.42)")
     low_threshold: Optional[float] = Field(None, description="uncertain band lower bg threshold")
     high_threshold: Optional[float] = Field(None, description="uncertain band upper bg threshold")
     ignore_uncertain: bool = True
@@ -302,7 +327,8 @@ OFFICIAL_SWEEP = tuple(round(0.01 * i, 2) for i in range(40, 60))
 
 
 class EvaluateCfg(Section):
-    bg_threshold: float = 0.45
+    bg_threshold: float = Field(0.43, description="the fixed seed threshold = the pseudo masks' "
+                                "(VOC: WeakTr docs/Training.md --t 43)")
     sweep: list[float] = Field(default_factory=lambda: list(OFFICIAL_SWEEP),
                                description="background thresholds of the seed sweep (picks its best with GT)")
     gallery_size: int = Field(8, ge=0)
@@ -315,7 +341,7 @@ class Config(Section):
     clip: ClipCfg = Field(default_factory=ClipCfg)
     train_cam: TrainCamCfg = Field(default_factory=TrainCamCfg)
     match: MatchCfg = Field(default_factory=MatchCfg)
-    learn_prompts: LearnPromptsCfg = Field(default_factory=lambda: LearnPromptsCfg(batch_size=128, lr=0.1))
+    learn_prompts: LearnPromptsCfg = Field(default_factory=LearnPromptsCfg)
     refine: RefineCfg = Field(default_factory=RefineCfg)
     export_cams: ExportCamsCfg = Field(default_factory=ExportCamsCfg)
     pseudo_masks: PseudoMasksCfg = Field(default_factory=PseudoMasksCfg)
@@ -357,9 +383,13 @@ class Config(Section):
         return self
 
     def section(self, name: str) -> dict:
-        return json.loads(getattr(self, name).model_dump_json())
+        """A section as the artifact keys see it: without its THROUGHPUT fields."""
+        drop = {t.split(".", 1)[1] for t in THROUGHPUT if t.startswith(name + ".")}
+        return json.loads(getattr(self, name).model_dump_json(exclude=drop or None))
 
     def resolved(self) -> dict:
+        """Every field as JSON (not ``source``): Config.model_validate(resolved()) rebuilds it;
+        the flow hands this to its tasks."""
         return json.loads(self.model_dump_json())
 
 

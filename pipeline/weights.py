@@ -115,13 +115,15 @@ def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
     if ("train_cam" in stages and cfg.mask_generator.pretrained is True
             and not cfg.train_cam.init_checkpoint):
         out.append(timm_weight(cfg.mask_generator.backbone))
-    c = cfg.clip
-    if (stages & set(CLIP_STAGES) and c.factory is None and isinstance(c.pretrained, str)
-            and _is_hub_tag(c.pretrained)):
-        out.append(clip_weight(c.model, c.pretrained))
-    seg = cfg.train_segmentation.pretrained
-    if "train_segmentation" in stages and isinstance(seg, str) and "://" in seg:
-        out.append(segmentation_weight(cfg.train_segmentation))
+    # each section is read only for the stages that declare it (a stage's config view has no other)
+    if stages & set(CLIP_STAGES):
+        c = cfg.clip
+        if c.factory is None and isinstance(c.pretrained, str) and _is_hub_tag(c.pretrained):
+            out.append(clip_weight(c.model, c.pretrained))
+    if "train_segmentation" in stages:
+        seg = cfg.train_segmentation.pretrained
+        if isinstance(seg, str) and "://" in seg:
+            out.append(segmentation_weight(cfg.train_segmentation))
     return out
 
 

@@ -1,19 +1,34 @@
-"""Stages of the DAG. Each module exposes NAME, INPUTS (upstream stage names;
-a stage whose inputs depend on the config also has ``inputs(cfg)``),
-SECTIONS (config sections its result depends on), VERSION (bump when its
-logic changes) and ``run(cfg, inputs, out) -> metrics``. Per-image stages
-also expose ``items(cfg, inputs)``, ``run_shard(cfg, inputs, out, ids)`` and
-``finalize(cfg, inputs, out)`` so a flow can map shards over workers."""
+"""Stages of the DAG: one explicit registry of ``Stage`` records
+(stages/contract.py), in DAG order. The runner (stages/runner.py), the flow
+(flows/dag.py) and the CLI read it; nothing looks a stage up by a built name.
+
+A stage module defines its functions and, at its end, its record::
+
+    STAGE = Stage(name="sam_masks", inputs=("prepare_data",), sections=("sam_masks",),
+                  version="1", run=run)                  # + items=, run_shard=, finalize=
+                                                         #   for a per-image stage
+and is added to the tuple below. Converting a module of the old convention
+(NAME, INPUTS, SECTIONS, VERSION, run, optional inputs(cfg)/items/run_shard/
+finalize/input_files) is those few lines: pass ``inputs=inputs`` (the
+function) where the inputs depend on the config. run and the shard
+functions get a read-only view of the config holding the declared sections
+(+ run.* throughput fields): reading anything else raises, naming the
+stage and the field, so declare every field the result depends on (dotted,
+e.g. 'data.train_split', when the whole section would over-invalidate).
+"""
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from stages import (evaluate, export_cams, learn_prompts, match, prepare_data, pseudo_masks, refine, train_cam,
+                    train_segmentation)
+from stages.contract import Stage
 
-ORDER = ("prepare_data", "train_cam", "match", "learn_prompts", "refine", "export_cams",
-         "pseudo_masks", "train_segmentation", "evaluate")
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    prepare_data.STAGE, train_cam.STAGE, match.STAGE, learn_prompts.STAGE, refine.STAGE, export_cams.STAGE,
+    pseudo_masks.STAGE, train_segmentation.STAGE, evaluate.STAGE)}
+ORDER = tuple(STAGES)
 
 
-def get(name: str) -> ModuleType:
-    if name not in ORDER:
+def get(name: str) -> Stage:
+    if name not in STAGES:
         raise KeyError(f"unknown stage '{name}'; stages: {', '.join(ORDER)}")
-    return importlib.import_module(f"stages.{name}")
+    return STAGES[name]

@@ -32,11 +32,8 @@ from pipeline.evaluation import evaluate_masks, evaluate_seeds
 from pipeline.refine_masks import seed_labels
 from pipeline.store import write_json_atomic
 from pipeline.utils import progress
+from stages.contract import Stage
 
-NAME = "evaluate"
-INPUTS = ('prepare_data', 'export_cams', 'pseudo_masks', 'train_segmentation')
-SECTIONS = ('evaluate',)
-VERSION = "4"  # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels; 4: CAM source
 log = logging.getLogger("wsss")
 SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
            "refine": "full SemPLeS (phase 3)"}
@@ -185,3 +182,14 @@ def _markdown(r: dict) -> str:
     lines += ["", "## Pseudo-mask pixel shares (% of all pixels)", "", "| class | share |", "|---|---|"]
     lines += [f"| {c} | {100 * v:.2f} |" for c, v in r["pseudo_mask_pixel_shares"].items()]
     return "\n".join(lines) + "\n"
+
+
+STAGE = Stage(name="evaluate", inputs=("prepare_data", "export_cams", "pseudo_masks", "train_segmentation"),
+              sections=("evaluate", "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
+                        # how the mask generator behind the CAMs kept its weights (the report's selection)
+                        "train_cam.select", "train_cam.seed_eval_split", "train_cam.init_checkpoint",
+                        "match.select", "match.seed_eval_split", "refine.select", "refine.seed_eval_split"),
+              run=run,
+              # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels;
+              # 4: CAM source; 5: declares the data, export_cams and selection fields it reads
+              version="5")

@@ -21,15 +21,13 @@ import numpy as np
 from pipeline.cam_store import CamStore, fixed_sample, store_path
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
+from stages.contract import Stage
 
-NAME = "export_cams"
-INPUTS = ('prepare_data', 'refine')  # with the default source; inputs(cfg) in general
-SECTIONS = ('mask_generator', 'export_cams')
-VERSION = "3"  # 2: batched export (CAMs equal v1 within fp rounding); 3: official remainder crop
 log = logging.getLogger("wsss")
 
 
 def inputs(cfg: Config) -> tuple[str, ...]:
+    """prepare_data and the training stage whose mask generator makes the CAMs."""
     return ('prepare_data', cfg.export_cams.source)
 
 
@@ -93,3 +91,8 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
 def run(cfg: Config, inputs, out: Path) -> dict:
     run_shard(cfg, inputs, out, items(cfg, inputs))  # all shards in one go: one model load / pool
     return finalize(cfg, inputs, out)
+
+
+STAGE = Stage(name="export_cams", inputs=inputs, sections=("mask_generator", "export_cams"), run=run,
+              items=items, run_shard=run_shard, finalize=finalize,
+              version="3")  # 2: batched export (CAMs equal v1 within fp rounding); 3: official remainder crop

@@ -1,10 +1,13 @@
 """learn_prompts: phase 2, Contrastive Prompt Learning (issue 3)."""
-NAME = "learn_prompts"
-INPUTS = ('prepare_data', 'match')
-SECTIONS = ('mask_generator', 'clip', 'learn_prompts', 'run.seed')
-VERSION = "1"
+from stages.contract import Stage
 
 
 def run(cfg, inputs, out):
-    from stages.launch import run_training  # torchrun fan-out when run.nproc_per_node > 1
-    return run_training(NAME, cfg, inputs, out)
+    from pipeline.semples import run_learn_prompts
+    return run_learn_prompts(cfg, inputs, out)
+
+
+STAGE = Stage(name="learn_prompts", inputs=('prepare_data', 'match'),
+              sections=('mask_generator', 'clip', 'learn_prompts', 'run.seed', 'data.train_split'),
+              version="2",  # 2: declares data.train_split
+              run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1

@@ -1,10 +1,14 @@
 """match: phase 1, Segment-Label Matching (issue 3)."""
-NAME = "match"
-INPUTS = ('prepare_data', 'train_cam')
-SECTIONS = ('mask_generator', 'clip', 'match', 'run.seed')
-VERSION = "1"
+from stages.contract import Stage
+from stages.train_cam import SEED_EVAL
 
 
 def run(cfg, inputs, out):
-    from stages.launch import run_training  # torchrun fan-out when run.nproc_per_node > 1
-    return run_training(NAME, cfg, inputs, out)
+    from pipeline.semples import run_match
+    return run_match(cfg, inputs, out)
+
+
+STAGE = Stage(name="match", inputs=('prepare_data', 'train_cam'),
+              sections=('mask_generator', 'clip', 'match', 'run.seed') + SEED_EVAL,
+              version="2",  # 2: declares the data split and export_cams.cam its seed evaluation reads
+              run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1

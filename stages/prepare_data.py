@@ -13,11 +13,8 @@ from pipeline.config import Config
 from pipeline.data.classes import dataset_classes
 from pipeline.data.datasets import DataError, LabelTable, check_split, per_class_counts, render_coco_masks
 from pipeline.store import write_json_atomic
+from stages.contract import Stage
 
-NAME = "prepare_data"
-INPUTS: tuple[str, ...] = ()
-SECTIONS = ("data",)
-VERSION = "3"  # 2: COCO masks rendered as the official parse_coco.py (data.coco_render); 3: folder datasets, label tables carry prompt names and colours
 log = logging.getLogger("wsss")
 
 
@@ -54,3 +51,9 @@ def run(cfg: Config, inputs, out):
         log.info("%s: %d images", split, len(good))
     write_json_atomic(out / "data_report.json", report)
     return {f"{s}_images": r["images"] for s, r in report.items()}
+
+
+STAGE = Stage(name="prepare_data", inputs=(), sections=("data",), run=run, input_files=input_files,
+              # 2: COCO masks rendered as the official parse_coco.py (data.coco_render);
+              # 3: folder datasets, label tables carry prompt names and colours
+              version="3")

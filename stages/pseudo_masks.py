@@ -22,11 +22,8 @@ from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image, read_mask
 from pipeline.refine_masks import seed_labels, write_masks
 from pipeline.utils import num_processes, progress
+from stages.contract import Stage
 
-NAME = "pseudo_masks"
-INPUTS = ('prepare_data', 'export_cams', 'refine')  # with the default source; inputs(cfg) in general
-SECTIONS = ('pseudo_masks',)
-VERSION = "3"  # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid
 log = logging.getLogger("wsss")
 AFFINITY = ("affinity", "affinity_crf")
 COCO_JSON = "pseudo_masks_coco.json"
@@ -38,7 +35,7 @@ def inputs(cfg: Config) -> tuple[str, ...]:
 
 
 def _split(cfg: Config) -> str:
-    return cfg.export_cams.split  # the export artifact's key already depends on it
+    return cfg.export_cams.split
 
 
 def items(cfg: Config, inputs) -> list[str]:
@@ -130,3 +127,11 @@ def _ignored_fraction(mask_dir: Path, ids: list[str]) -> Optional[float]:
 def run(cfg: Config, inputs, out: Path) -> dict:
     run_shard(cfg, inputs, out, items(cfg, inputs))  # all shards in one go: one model load / pool
     return finalize(cfg, inputs, out)
+
+
+STAGE = Stage(name="pseudo_masks", inputs=inputs, run=run, items=items, run_shard=run_shard, finalize=finalize,
+              # the CAMs' split and the mask generator behind them (affinity methods)
+              sections=("pseudo_masks", "export_cams.split", "export_cams.source"),
+              # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid;
+              # 4: declares the export_cams fields it reads
+              version="4")

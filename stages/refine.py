@@ -1,10 +1,14 @@
 """refine: phase 3, Prompt-guided Semantic Refinement (issue 3)."""
-NAME = "refine"
-INPUTS = ('prepare_data', 'train_cam', 'match', 'learn_prompts')
-SECTIONS = ('mask_generator', 'clip', 'refine', 'run.seed')
-VERSION = "1"
+from stages.contract import Stage
+from stages.train_cam import SEED_EVAL
 
 
 def run(cfg, inputs, out):
-    from stages.launch import run_training  # torchrun fan-out when run.nproc_per_node > 1
-    return run_training(NAME, cfg, inputs, out)
+    from pipeline.semples import run_refine
+    return run_refine(cfg, inputs, out)
+
+
+STAGE = Stage(name="refine", inputs=('prepare_data', 'train_cam', 'match', 'learn_prompts'),
+              sections=('mask_generator', 'clip', 'refine', 'run.seed') + SEED_EVAL,
+              version="2",  # 2: declares the data split and export_cams.cam its seed evaluation reads
+              run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1

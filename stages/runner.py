@@ -11,6 +11,7 @@ from pipeline.config import Config
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
 from pipeline.weights import preflight
 from stages import ORDER, get
+from stages.launch import execute
 
 log = logging.getLogger("wsss")
 
@@ -19,28 +20,26 @@ def stage_sections(cfg: Config, name: str) -> dict:
     """The config a stage's result depends on: whole sections, or dotted
     fields such as 'run.seed' (so work_dir/device never change a key)."""
     out = {}
-    mod = get(name)
-    for s in mod.SECTIONS:
+    stage = get(name)
+    for s in stage.sections:
         sec, _, field = s.partition(".")
         out[s] = cfg.section(sec)[field] if field else cfg.section(sec)
-    files = mod.input_files(cfg) if hasattr(mod, "input_files") else {}
+    files = stage.input_files(cfg) if stage.input_files else {}
     if files:  # small files the config names (a folder dataset's labels/classes): their content counts
         out["files"] = {str(f): sha256_file(f) if f.is_file() else None for f in files}
     return out
 
 
 def stage_inputs(cfg: Config, name: str) -> tuple[str, ...]:
-    """Upstream stages of `name` under this config: a stage's inputs(cfg) when it
-    has one (export_cams.source picks the training stage), else its INPUTS."""
-    mod = get(name)
-    return tuple(mod.inputs(cfg)) if hasattr(mod, "inputs") else tuple(mod.INPUTS)
+    """Upstream stages of `name` under this config (export_cams.source picks the training stage)."""
+    return get(name).inputs_of(cfg)
 
 
 def stage_keys(cfg: Config) -> dict[str, str]:
     """Artifact key of every stage, upstream first (keys chain through inputs)."""
     keys: dict[str, str] = {}
     for name in ORDER:
-        keys[name] = artifact_key(name, get(name).VERSION, stage_sections(cfg, name),
+        keys[name] = artifact_key(name, get(name).version, stage_sections(cfg, name),
                                   {i: keys[i] for i in stage_inputs(cfg, name)})
     return keys
 
@@ -96,7 +95,8 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
 
     The computation runs under the artifact's lock: another process (or
     machine) that needs the same artifact meanwhile waits, then finds it
-    cached. `compute(inputs, out) -> metrics` defaults to the stage's run()."""
+    cached. `compute(inputs, out) -> metrics` defaults to the stage's run()
+    under its config view (stages/launch.py execute)."""
     store = Store(cfg.run.work_dir)
     if not force and store.state(keys[name]) == "cached":
         log.info("%s: cached (%s)", name, store.path(keys[name]))
@@ -112,7 +112,7 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
             return store.path(keys[name])
         started = time.time()
         inputs = input_dirs(cfg, name, keys)
-        metrics = compute(inputs, out) if compute else get(name).run(cfg, inputs, out)
+        metrics = compute(inputs, out) if compute else execute(get(name), cfg, inputs, out)
         lock.check()  # a lease taken over meanwhile: the new holder finishes it
         return finish_stage(cfg, name, keys, metrics, started)
     finally:

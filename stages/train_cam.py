@@ -1,10 +1,18 @@
 """train_cam: classification warm start of the mask generator S (issue 3)."""
-NAME = "train_cam"
-INPUTS = ('prepare_data',)
-SECTIONS = ('mask_generator', 'train_cam', 'run.seed')
-VERSION = "1"
+from stages.contract import Stage
+
+# the training images (data.train_split) and the per-epoch seed evaluation: its split
+# (data.eval_split, else train_split) and the CAM it scores (export_cams.cam), which
+# with select gt_miou choose the weights kept
+SEED_EVAL = ('data.train_split', 'data.eval_split', 'export_cams.cam')
 
 
 def run(cfg, inputs, out):
-    from stages.launch import run_training  # torchrun fan-out when run.nproc_per_node > 1
-    return run_training(NAME, cfg, inputs, out)
+    from pipeline.semples import run_train_cam
+    return run_train_cam(cfg, inputs, out)
+
+
+STAGE = Stage(name="train_cam", inputs=('prepare_data',),
+              sections=('mask_generator', 'train_cam', 'run.seed') + SEED_EVAL,
+              version="2",  # 2: declares the data split and export_cams.cam its seed evaluation reads
+              run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1

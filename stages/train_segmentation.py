@@ -37,10 +37,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-NAME = "train_segmentation"
-INPUTS = ('prepare_data', 'pseudo_masks')
-SECTIONS = ('data', 'train_segmentation', 'run.seed')
-VERSION = "3"  # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional validation, predict_split
+from stages.contract import Stage
 
 log = logging.getLogger("wsss")
 
@@ -242,3 +239,10 @@ def run(cfg, inputs, out):
         ck.unlink()
     (work_dir / "last_checkpoint").unlink(missing_ok=True)
     return headline
+
+
+STAGE = Stage(name="train_segmentation", inputs=("prepare_data", "pseudo_masks"),
+              sections=("data", "train_segmentation", "run.seed"), run=run,
+              # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional
+              # validation, predict_split
+              version="3")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ClipCfg, ConfigError, MaskGeneratorCfg, load_config
+from pipeline.config import ClipCfg, Config, ConfigError, MaskGeneratorCfg, _load_raw, load_config
 from pipeline.data.classes import prompt_names
 from pipeline.losses import train_cam_step
 from pipeline.models.mask_generator import (build_mask_generator, load_mask_generator, load_weights_from,
@@ -39,8 +39,8 @@ def test_full_configs_build_a_quickgelu_clip():
         # the same model without the hub download (no network here)
         vl = build_vl(cfg.clip.model_copy(update={"pretrained": None, "allow_random_init": True}))
         assert _is_quick_gelu(vl)
-    coco = (ROOT / "configs/_base_/semples.yaml").read_text()
-    assert "model: ViT-B-32-quickgelu" in coco  # coco-full inherits the CLIP section unchanged
+    coco = Config.model_validate(_load_raw(ROOT / "configs/coco-full.yaml", {}))  # COCO data absent here
+    assert coco.clip == ClipCfg()  # coco-full keeps the code's CLIP section (ViT-B-32-quickgelu, openai)
 
 
 def test_gelu_clip_with_openai_weights_is_a_config_error(tmp_path):

@@ -5,6 +5,7 @@ through pseudo masks, segmentation training without validation and evaluate."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -326,3 +327,37 @@ def test_compare_a_report_without_gt_next_to_one_with_gt(tmp_path):
     (tmp_path / "folder/report.json").write_text(json.dumps({"final_model": folder["final_model"]}))
     with pytest.raises(ValueError, match="pseudo_mask_pixel_shares"):
         load_run("broken", tmp_path / "folder")
+
+
+def test_init_dataset_finds_its_template_in_an_installed_wheel(tmp_path):
+    """Built as a wheel and imported from it with the source tree off sys.path,
+    init_dataset still finds its template (package data, importlib.resources)."""
+    import subprocess
+    import sys
+    import zipfile
+    src = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info beside pyproject.toml
+    for name in ("pipeline", "stages", "flows"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src),
+                    "-w", str(wheels)], check=True, capture_output=True)
+    wheel = next(wheels.glob("wsss-*.whl"))
+    assert "pipeline/data/templates/folder.yaml" in zipfile.ZipFile(wheel).namelist()
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    d = tmp_path / "pets"
+    (d / "images").mkdir(parents=True)
+    jpg = sorted(COCO_TRAIN.glob("*.jpg"))[0]
+    shutil.copy(jpg, d / "images" / jpg.name)
+    (d / "labels.csv").write_text(f"image,labels\n{jpg.name},dog\n")
+    code = ("import sys, pipeline; from pathlib import Path\n"
+            "from pipeline.data.init_dataset import init_dataset\n"
+            "from pipeline.config import load_config\n"
+            f"assert Path(pipeline.__file__).is_relative_to({str(site)!r}), pipeline.__file__\n"
+            f"init_dataset(Path({str(d)!r}), Path('pets.yaml'))\n"
+            "print(load_config('pets.yaml').data.dataset)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "folder", res.stderr[-3000:]

@@ -103,8 +103,9 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     ddp_cfg = tiny_cfg(tmp_path, epochs=1, nproc_per_node=2, dist_backend="gloo")
     out = tmp_path / "ddp_match"
     out.mkdir()
-    from stages import match
-    metrics = match.run(ddp_cfg, input_dirs(ddp_cfg, "match"), out)
+    from stages import get
+    from stages.launch import execute
+    metrics = execute(get("match"), ddp_cfg, input_dirs(ddp_cfg, "match"), out)  # fans out: nproc_per_node 2
     a = torch.load(single / "model.pt")["state_dict"]
     b = torch.load(out / "model.pt")["state_dict"]
     warm = torch.load(input_dirs(cfg, "match")["train_cam"] / "model.pt")["state_dict"]

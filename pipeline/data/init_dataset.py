@@ -3,22 +3,28 @@
 Finds the labels file (labels.csv / labels.jsonl / labels.json), the image
 folder (DIR/images, else DIR) and an optional ground-truth folder (DIR/masks);
 writes DIR/classes.txt from the labels when no class list exists; writes a
-config whose data section reads the folder with the SemPLeS defaults.
+config whose data section reads the folder with the SemPLeS defaults, from
+the template templates/folder.yaml (package data: found in an installed wheel
+as in the source tree).
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
+from importlib.resources import files
 from pathlib import Path
+from string import Template
 from typing import Optional
-
-import yaml
 
 from pipeline.data.datasets import DataError, label_rows
 
 LABEL_FILES = ("labels.csv", "labels.jsonl", "labels.json")
 CLASS_FILES = ("classes.csv", "classes.txt")
-BASE = Path(__file__).resolve().parents[2] / "configs" / "_base_" / "semples.yaml"
+
+
+def template() -> Template:
+    return Template(files("pipeline.data").joinpath("templates/folder.yaml").read_text())
 
 
 def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
@@ -61,15 +67,9 @@ def init_dataset(folder: Path, out: Path, labels: Optional[Path] = None, images:
     if (folder / "masks").is_dir():
         split["masks"] = "masks"
     name = folder.resolve().name
-    cfg = {
-        "_base_": os.path.relpath(BASE, out.resolve().parent),
-        "run": {"name": name, "work_dir": f"runs/{name}"},
-        "data": {"dataset": "folder", "root": str(folder), "classes": rel(classes),
-                 "train_split": "train", "val_split": None, "eval_split": "train",
-                 "splits": {"train": split}},
-        "export_cams": {"split": "train"},
-    }
+    q = json.dumps  # JSON strings and objects are YAML: any path or name comes through quoted
+    text = template().substitute(folder=folder, name=q(name), work_dir=q(f"runs/{name}"), root=q(str(folder)),
+                                 classes=q(rel(classes)), split=q(split))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"# Written by `wsss init-dataset {folder}`: the SemPLeS defaults on this folder.\n"
-                   + yaml.safe_dump(cfg, sort_keys=False))
+    out.write_text(text)
     return counts, written

@@ -38,6 +38,7 @@ from mmengine.config import Config
 
 from pipeline.config import TrainSegmentationCfg
 from pipeline.data.classes import ClassSet, builtin_classes
+from pipeline.distributed import backend as dist_backend_of
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -299,7 +300,7 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
     # the final test may refine predictions by CRF; validation during training never does
     test_evaluator = dict(evaluator, type="CrfIoUMetric", crf=sec.crf.model_dump()) if sec.crf and evaluator \
         else evaluator
-    backend = dist_backend if dist_backend != "auto" else ("nccl" if cuda else "gloo")
+    backend = dist_backend_of(device, dist_backend)
     imports = ["pipeline.segmentation.mm_modules"] + (["mmdet.models"] if sec.model == "mask2former" else [])
     return Config(dict(
         custom_imports=dict(imports=imports, allow_failed_imports=False),

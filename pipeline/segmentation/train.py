@@ -1,8 +1,9 @@
 """Train / evaluate / predict with an mmseg config, through mmengine's Runner.
 
 Single process: ``train(cfg)`` in this process. Several processes:
-``launch(config_path, nproc)`` runs this module under torchrun
-(``python -m torch.distributed.run --nproc_per_node N -m
+``launch(config_path, nproc)`` runs this module under torchrun through the
+launcher every training stage shares (pipeline/distributed.py:
+``python -m torch.distributed.run --standalone --nproc_per_node N -m
 pipeline.segmentation.train <config> --launcher pytorch``), which is what
 mmseg's tools/dist_train.sh does; mmengine then wraps the model in DDP, shards
 the data per rank and saves checkpoints/logs on rank 0.
@@ -12,9 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,23 +77,11 @@ def train(cfg: Config, launcher: str = "none") -> None:
             runner.val()  # e.g. training had already finished before an interrupted rerun
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(config_path: Path, nproc: int, log_path: Path) -> None:
     """Run ``train`` under torchrun with ``nproc`` processes on this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "pipeline.segmentation.train", str(config_path),
-           "--launcher", "pytorch"]
-    root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    with open(log_path, "a") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if rc:
-        raise RuntimeError(f"torchrun training failed (exit {rc}); see {log_path}")
+    from pipeline.distributed import torchrun
+    torchrun("pipeline.segmentation.train", [config_path, "--launcher", "pytorch"], nproc,
+             "train_segmentation", log_path)
 
 
 def best_checkpoint(work_dir: Path) -> Path:
