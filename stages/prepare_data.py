@@ -31,6 +31,9 @@ def input_files(cfg: Config) -> list[Path]:
 
 
 def run(cfg: Config, inputs, out):
+    if cfg.data.fetch:  # a completed fetch is detected by its marker and not repeated
+        from pipeline.fetch import fetch_dataset
+        fetch_dataset(cfg.data)
     classes = dataset_classes(cfg.data)
     names = classes.names
     report = {}
