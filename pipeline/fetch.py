@@ -36,6 +36,7 @@ ENV_HASHES = "WSSS_FETCH_HASHES"
 MARKER = ".wsss-fetch-complete"  # written last into a fetched data set, before it is renamed into place
 REGISTRY = "wsss-fetch-registry.json"
 CHUNK = 1 << 20
+VOC_TRAIN_AUG = 10582  # SBD train 8,498 + val 2,857 + VOC train 1,464, minus VOC val 1,449, without duplicates
 
 
 class FetchError(RuntimeError):
@@ -282,6 +283,12 @@ class Fetcher:
 
 
 # ------------------------------------------------------------------ unpacking
+def fetched_or_absent(target: Path) -> bool:
+    """True when `wsss fetch` made target, or target is missing or empty."""
+    target = Path(target)
+    return (target / MARKER).exists() or not target.exists() or not any(target.iterdir())
+
+
 def _fresh_target(target: Path) -> bool:
     """True when target is already a completed fetch; raise if something else is there."""
     if (target / MARKER).exists():
@@ -392,6 +399,9 @@ def fetch_voc(root: Path, mirror: Optional[Path] = None, base_url: Optional[str]
         if not (sbd / "train.txt").exists():
             raise FetchError(f"{files[sbd_r.name]}: no benchmark_RELEASE/dataset/train.txt in the archive")
         info["counts"] = build_voc_aug(voc, sbd)
+        published = not (fetcher.overrides.keys() & {voc_r.name, sbd_r.name})  # the real archives
+        if published and info["counts"]["train_aug"] != VOC_TRAIN_AUG:
+            log.warning("train_aug has %d ids, not the usual %d", info["counts"]["train_aug"], VOC_TRAIN_AUG)
         return voc
 
     _build_beside(root, build, info)
@@ -428,16 +438,23 @@ def fetch_coco(root: Path, mirror: Optional[Path] = None, base_url: Optional[str
 
 
 def fetch_hub_weights(cfg=None) -> list[str]:
-    """CLIP and DeiT through open_clip's and timm's own caches (where the stages look for them)."""
+    """CLIP and DeiT through open_clip's and timm's own download functions, into the caches the
+    stages read (open_clip.create_model / timm.create_model with the same arguments). A config
+    that names local files (or no pretrained weights) needs nothing from the hubs."""
     import open_clip
     import timm
-    clip_model = cfg.clip.model if cfg else "ViT-B-32-quickgelu"
-    clip_tag = cfg.clip.pretrained if cfg and cfg.clip.pretrained else "openai"
-    backbone = cfg.mask_generator.backbone if cfg else "deit_small_patch16_224"
-    pcfg = open_clip.get_pretrained_cfg(clip_model, clip_tag)
-    done = [f"CLIP {clip_model}/{clip_tag}: {open_clip.download_pretrained(pcfg)}"]
-    timm.create_model(backbone, pretrained=True)  # fills timm's (Hugging Face) cache
-    done.append(f"timm {backbone}: cached")
+    from pipeline.config import _is_hub_tag
+    done = []
+    clip_model, clip_tag = (cfg.clip.model, cfg.clip.pretrained) if cfg else ("ViT-B-32-quickgelu", "openai")
+    if clip_tag and _is_hub_tag(clip_tag) and not (cfg and cfg.clip.factory):
+        pcfg = open_clip.get_pretrained_cfg(clip_model, clip_tag)
+        if not pcfg:
+            raise FetchError(f"clip: open_clip knows no pretrained tag '{clip_tag}' for {clip_model}")
+        done.append(f"CLIP {clip_model}/{clip_tag}: {open_clip.download_pretrained(pcfg)}")
+    backbone, pre = (cfg.mask_generator.backbone, cfg.mask_generator.pretrained) if cfg else ("deit_small_patch16_224", True)
+    if pre is True:
+        timm.create_model(backbone, pretrained=True)  # fills timm's (Hugging Face) cache
+        done.append(f"timm {backbone}: in timm's cache")
     return done
 
 
@@ -453,7 +470,9 @@ def fetch_weights(dest: Path, cfg=None, mirror: Optional[Path] = None, base_url:
         try:
             for line in fetch_hub_weights(cfg):
                 log.info(line)
-        except Exception as e:  # noqa: BLE001 - any hub failure: say what to set instead
+        except FetchError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any hub/network failure: say what to set instead
             raise FetchError(f"CLIP/DeiT download through open_clip/timm failed ({e}); offline, set "
                              "clip.pretrained and mask_generator.pretrained to local files, or pass --no-hub") from None
     return [(r.key, files[r.name], r.note) for r in remotes]

@@ -188,6 +188,9 @@ def _cli(*args) -> "object":
 def test_voc_fetch_resumes_converts_and_passes_data_check(env, tmp_path, archives):
     root = tmp_path / "data/VOCdevkit/VOC2012"
     cfg = _voc_config(tmp_path, root)
+    part = tmp_path / "data/VOCdevkit/wsss-downloads" / f"{SBD_TGZ}.part"  # left by an earlier, killed run
+    part.parent.mkdir(parents=True)
+    part.write_bytes(archives[SBD_TGZ][:1000])
     with _Server({VOC_TAR: archives[VOC_TAR], SBD_TGZ: archives[SBD_TGZ]}, drop_once={VOC_TAR}) as srv:
         env.setenv("WSSS_FETCH_BASE_URL", srv.url)
         res = _cli("fetch", "voc", "--config", cfg)
@@ -195,6 +198,7 @@ def test_voc_fetch_resumes_converts_and_passes_data_check(env, tmp_path, archive
         # the dropped transfer was resumed with a Range request, not restarted
         assert (VOC_TAR, None) in srv.requests
         assert any(n == VOC_TAR and r and r != "bytes=0-" for n, r in srv.requests), srv.requests
+        assert srv.requests.count((SBD_TGZ, "bytes=1000-")) == 1 and (SBD_TGZ, None) not in srv.requests
         n_requests = len(srv.requests)
         again = _cli("fetch", "voc", "--config", cfg)  # a completed fetch is not repeated
         assert again.exit_code == 0, again.output
@@ -310,3 +314,9 @@ def test_prepare_data_fetches_first_and_keeps_its_key(env, tmp_path, archives):
         out = run_stage(cfg, "prepare_data")
     report = json.loads((out / "data_report.json").read_text())
     assert report["train_aug"]["images"] == len(TRAIN_AUG) and report["val"]["images"] == len(VOC_VAL)
+    # a tree the user made (no marker) is used as it is: no download, no error
+    own = tmp_path / "own"
+    shutil.copytree(VOC_TINY, own)
+    cfg = load_config(_voc_config(tmp_path, own, fetch=True, train_split="train"))
+    env.setenv("WSSS_FETCH_BASE_URL", "http://127.0.0.1:9")
+    assert json.loads((run_stage(cfg, "prepare_data") / "data_report.json").read_text())["train"]["images"] == 70
