@@ -96,12 +96,12 @@ def weight_remotes() -> dict[str, list[Remote]]:
                               key="train_cam.init_checkpoint", note="voc configs")],
         "weaktr_coco": [Remote("weaktr_coco_deit_small_checkpoint_best_mIoU.pth", _gdrive("1Q5UdcGCHFitSJXljZmTA4USKPpyZIVDw"),
                                key="train_cam.init_checkpoint", note="coco configs")],
-        "sam": [Remote("sam_vit_h_4b8939.pth", sam + "sam_vit_h_4b8939.pth", "md5:4b8939a88964f0f4ff5f5b2642c598a6",
-                       key="sam.checkpoint", note="FMA-WSSS uses ViT-H"),
-                Remote("sam_vit_l_0b3195.pth", sam + "sam_vit_l_0b3195.pth", "md5:0b3195507c641ddb6910d2bb5adee89c",
-                       key="sam.checkpoint", note="ViT-L"),
-                Remote("sam_vit_b_01ec64.pth", sam + "sam_vit_b_01ec64.pth", "md5:01ec64d29a2fca3f0661936605ae66f8",
-                       key="sam.checkpoint", note="ViT-B")],
+        "sam_vit_h": [Remote("sam_vit_h_4b8939.pth", sam + "sam_vit_h_4b8939.pth", "md5:4b8939a88964f0f4ff5f5b2642c598a6",
+                             key="sam.checkpoint", note="SAM ViT-H, the one FMA-WSSS uses")],
+        "sam_vit_l": [Remote("sam_vit_l_0b3195.pth", sam + "sam_vit_l_0b3195.pth", "md5:0b3195507c641ddb6910d2bb5adee89c",
+                             key="sam.checkpoint", note="SAM ViT-L")],
+        "sam_vit_b": [Remote("sam_vit_b_01ec64.pth", sam + "sam_vit_b_01ec64.pth", "md5:01ec64d29a2fca3f0661936605ae66f8",
+                             key="sam.checkpoint", note="SAM ViT-B")],
         "swin_l": [Remote(SWIN_L_URL.rsplit("/", 1)[1], SWIN_L_URL, sha256_prefix="6580f57d",
                           key="train_segmentation.pretrained", note="mask2former swin_l (voc-full, coco-full)")],
         "resnet101": [Remote("resnet101_imagenet.pth", rn_url, sha256_prefix=rn_url.rsplit("-", 1)[1].split(".")[0],
@@ -113,7 +113,10 @@ def weight_groups_for(cfg) -> list[str]:
     """The weight groups a config needs (all of them without a config)."""
     if cfg is None:
         return list(weight_remotes())
-    groups = ["weaktr_coco" if cfg.data.dataset == "coco" else "weaktr_voc", "sam"]
+    sam = getattr(cfg, "sam", None)  # the SAM section, where the config has one: its variant, else ViT-H
+    variant = next((v for v in (getattr(sam, "model_type", None), getattr(sam, "model", None))
+                    if v in ("vit_h", "vit_l", "vit_b")), "vit_h")
+    groups = ["weaktr_coco" if cfg.data.dataset == "coco" else "weaktr_voc", f"sam_{variant}"]
     ts = cfg.train_segmentation
     if ts.model == "mask2former" and ts.backbone == "swin_l":
         groups.append("swin_l")
@@ -130,7 +133,6 @@ class ResumableDownloader:
 
     def __init__(self, part: Path, progress: bool = True, timeout: float = 60, max_attempts: int = 50):
         self.part, self.progress, self.timeout, self.max_attempts = part, progress, timeout, max_attempts
-        self.range_requests = 0
 
     def __call__(self, url: str, output_file, pooch=None, check_only: bool = False):
         if url.startswith("file://"):
@@ -141,7 +143,6 @@ class ResumableDownloader:
         for attempt in range(self.max_attempts):
             have = self.part.stat().st_size if self.part.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
-            self.range_requests += bool(have)
             got = 0
             try:
                 with requests.get(url, headers=headers, stream=True, timeout=self.timeout) as r:
@@ -203,7 +204,6 @@ class Fetcher:
         self.progress = progress
         self.overrides = _override_hashes()
         self.registry_path = self.folder / REGISTRY
-        self.range_requests = 0
 
     def _registry(self) -> dict:
         return json.loads(self.registry_path.read_text()) if self.registry_path.exists() else {}
@@ -231,7 +231,9 @@ class Fetcher:
     def describe(self, r: Remote) -> str:
         h = self.expected_hash(r) or (f"sha256 starting {r.sha256_prefix}" if r.sha256_prefix
                                       else "none published (recorded on first download)")
-        return f"{self.source(r)}\n    checksum {h}\n    target   {self.folder / r.name}"
+        part = self.folder / f"{r.name}.part"
+        kept = f"\n    partial  {part} ({part.stat().st_size} bytes; run again to resume)" if part.exists() else ""
+        return f"{self.source(r)}\n    checksum {h}\n    target   {self.folder / r.name}{kept}"
 
     def fetch(self, remotes: Iterable[Remote]) -> dict[str, Path]:
         """Retrieve every remote; one FetchError lists all that failed."""
@@ -257,8 +259,6 @@ class Fetcher:
             except FetchError as e:
                 bad.append(str(e))
                 continue
-            finally:
-                self.range_requests += dl.range_requests
             if r.name not in self.overrides and not r.known_hash:
                 digest = _sha256(path)
                 if r.sha256_prefix and not digest.startswith(r.sha256_prefix):
@@ -318,7 +318,8 @@ def _untar(archive: Path, dest: Path, members: Optional[Callable[[str], bool]] =
     try:
         with tarfile.open(archive) as tf:
             sel = [m for m in tf.getmembers() if members is None or members(m.name)]
-            tf.extractall(dest, members=sel, filter="data")
+            # "data" filter: no absolute paths, links out of dest or device files (3.11.4+)
+            tf.extractall(dest, members=sel, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     except (tarfile.TarError, EOFError, OSError) as e:
         raise FetchError(f"{archive}: cannot unpack ({e})") from None
 
@@ -464,17 +465,23 @@ def fetch_weights(dest: Path, cfg=None, mirror: Optional[Path] = None, base_url:
     (config key, path, note) for each. hub: also CLIP/DeiT into open_clip's/timm's caches."""
     groups = weight_remotes()
     remotes = [r for g in weight_groups_for(cfg) for r in groups[g]]
-    fetcher = Fetcher(Path(dest), mirror, base_url, progress)
-    files = fetcher.fetch(remotes)
-    if hub:
+    errors, files = [], {}
+    try:
+        files = Fetcher(Path(dest), mirror, base_url, progress).fetch(remotes)
+    except FetchError as e:
+        errors.append(str(e))
+    if hub and mirror:
+        log.info("CLIP/DeiT come from the hubs, not from a mirror: offline, set clip.pretrained and "
+                 "mask_generator.pretrained to local files (or copy the open_clip/timm caches)")
+    elif hub:
         try:
             for line in fetch_hub_weights(cfg):
                 log.info(line)
-        except FetchError:
-            raise
         except Exception as e:  # noqa: BLE001 - any hub/network failure: say what to set instead
-            raise FetchError(f"CLIP/DeiT download through open_clip/timm failed ({e}); offline, set "
-                             "clip.pretrained and mask_generator.pretrained to local files, or pass --no-hub") from None
+            errors.append(f"CLIP/DeiT through open_clip/timm failed ({e}); offline, set clip.pretrained and "
+                          "mask_generator.pretrained to local files, or pass --no-hub")
+    if errors:
+        raise FetchError("\n".join(errors))
     return [(r.key, files[r.name], r.note) for r in remotes]
 
 

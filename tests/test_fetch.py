@@ -269,14 +269,14 @@ def test_weights_recorded_then_checked_and_keys_printed(env, tmp_path):
     cfg = ROOT / "configs/voc-deeplabv2.yaml"
     from pipeline.fetch import weight_remotes
     files = {r.name: f"fake {r.name}".encode() for rs in weight_remotes().values() for r in rs}
-    sam = {r.name for r in weight_remotes()["sam"]}
+    sam = {r.name for r in weight_remotes()["sam_vit_h"]}
     # the SAM md5s and the ResNet-101 sha256 prefix are the publishers': fake files fail them
     with _Server(files) as srv:
         env.setenv("WSSS_FETCH_BASE_URL", srv.url)
         res = _cli("fetch", "weights", "--config", cfg, "--dest", tmp_path / "ckpt", "--no-hub")
     assert res.exit_code == 1
     assert "resnet101_imagenet.pth" in res.output and "does not start with" in res.output, res.output
-    assert all(n in res.output for n in sam)
+    assert all(n in res.output for n in sam) and "sam_vit_l" not in res.output  # the config needs ViT-H only
     reg = json.loads((tmp_path / "ckpt/wsss-fetch-registry.json").read_text())
     name = "weaktr_voc_deit_small_checkpoint_best_mIoU.pth"
     assert reg[name]["sha256"] == hashlib.sha256(files[name]).hexdigest()
