@@ -80,6 +80,12 @@ class DataCfg(Section):
     fetch: bool = Field(False, exclude=True, description="prepare_data first runs `wsss fetch` for this data set "
                         "(voc/coco) into data.root when it is not there yet")
 
+    @model_validator(mode="after")
+    def _check_fetch(self):
+        if self.fetch and self.dataset == "folder":
+            raise ValueError("fetch: only the published data sets (voc, coco) can be fetched")
+        return self
+
 
 class MaskGeneratorCfg(Section):
     arch: Literal["vit", "cnn"] = "vit"

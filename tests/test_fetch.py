@@ -320,3 +320,9 @@ def test_prepare_data_fetches_first_and_keeps_its_key(env, tmp_path, archives):
     cfg = load_config(_voc_config(tmp_path, own, fetch=True, train_split="train"))
     env.setenv("WSSS_FETCH_BASE_URL", "http://127.0.0.1:9")
     assert json.loads((run_stage(cfg, "prepare_data") / "data_report.json").read_text())["train"]["images"] == 70
+
+
+def test_fetch_is_refused_for_a_folder_dataset():
+    from pipeline.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="fetch: only the published data sets"):
+        load_config(ROOT / "configs/folder-smoke.yaml", overrides={"data": {"fetch": True}})
