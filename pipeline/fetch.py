@@ -303,6 +303,9 @@ def _fresh_target(target: Path) -> bool:
 def _build_beside(target: Path, build: Callable[[Path], Path], info: dict) -> None:
     """Build the tree in a temp folder beside target; the marker goes in last, then one rename."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a killed run (we hold the lock)
+        log.info("removing %s, left by an interrupted unpack", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         tree = build(tmp)
@@ -488,9 +491,12 @@ def fetch_weights(dest: Path, cfg=None, mirror: Optional[Path] = None, base_url:
 def fetch_dataset(data_cfg, dest: Optional[Path] = None, mirror: Optional[Path] = None,
                   base_url: Optional[str] = None, progress: bool = True) -> dict:
     """Fetch the data set a DataCfg names into dest (default data.root)."""
+    from filelock import FileLock
     root = Path(dest) if dest else Path(data_cfg.root)
-    if data_cfg.dataset == "voc":
-        return fetch_voc(root, mirror, base_url, progress)
-    if data_cfg.dataset == "coco":
-        return fetch_coco(root, mirror, base_url, progress)
-    raise FetchError(f"data.dataset '{data_cfg.dataset}': nothing to fetch (only voc and coco are published data sets)")
+    fetch = {"voc": fetch_voc, "coco": fetch_coco}.get(data_cfg.dataset)
+    if fetch is None:
+        raise FetchError(f"data.dataset '{data_cfg.dataset}': nothing to fetch (only voc and coco are published data sets)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root.parent / f".{root.name}.fetch.lock")):  # one fetch per target at a time
+        return fetch(root, mirror, base_url, progress)
+

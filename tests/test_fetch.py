@@ -238,8 +238,11 @@ def test_mirror_without_server_voc_and_coco(env, tmp_path, archives):
         (mirror / name).write_bytes(data)
     env.setenv("WSSS_FETCH_BASE_URL", "http://127.0.0.1:9")  # nothing listens: the mirror must be used
     voc_root = tmp_path / "voc/VOC2012"
+    stale = tmp_path / "voc/.VOC2012.partial-killed/VOCdevkit"  # an unpack killed mid-way
+    stale.mkdir(parents=True)
     res = _cli("fetch", "voc", "--dest", voc_root, "--mirror", mirror)
     assert res.exit_code == 0, res.output
+    assert not stale.parent.exists()
     assert (voc_root / "ImageSets/Segmentation/train_aug.txt").read_text().split() == TRAIN_AUG
     coco_root = tmp_path / "coco"
     cfg = _coco_config(tmp_path, coco_root)
