@@ -122,6 +122,50 @@ def data_check(config: Path = ConfigOpt):
         raise typer.Exit(1)
 
 
+DEFAULT_ROOTS = {"voc": Path("data/VOCdevkit/VOC2012"), "coco": Path("data/coco")}  # configs/_base_/*.yaml
+
+
+@app.command()
+def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
+          config: Optional[Path] = typer.Option(None, "--config", "-c", help="config whose data.root / weights to fetch"),
+          dest: Optional[Path] = typer.Option(None, help="voc/coco: the data set root (default data.root); "
+                                              "weights: folder (default checkpoints)"),
+          mirror: Optional[Path] = typer.Option(None, help="take the files from this local folder instead of the network"),
+          hub: bool = typer.Option(True, help="weights: also CLIP and DeiT into open_clip's/timm's caches")):
+    """Download, verify and unpack a data set (VOC 2012 + SBD aug, COCO 2014) or the weights the configs name.
+    Resumes interrupted downloads. Env: WSSS_FETCH_BASE_URL (another server), WSSS_FETCH_HASHES (checksum file)."""
+    _setup_logging()
+    from pipeline.config import ConfigError, load_config
+    from pipeline.fetch import FetchError, fetch_dataset, fetch_weights
+    if what not in ("voc", "coco", "weights"):
+        _fail(ValueError(f"fetch: unknown '{what}' (voc, coco or weights)"))
+    cfg = None
+    if config:
+        try:
+            cfg = load_config(config, check_paths=False)
+        except ConfigError as e:
+            _fail(e)
+    try:
+        if what == "weights":
+            rows = fetch_weights(dest or Path("checkpoints"), cfg, mirror, hub=hub)
+            typer.echo("config keys (set the ones your run uses):")
+            for key, path, note in rows:
+                typer.echo(f"  {key}: {path}    # {note}")
+            return
+        if cfg is not None and cfg.data.dataset != what:
+            _fail(ValueError(f"{config}: data.dataset is '{cfg.data.dataset}', not '{what}'"))
+        from pipeline.config import DataCfg
+        data = cfg.data if cfg else DataCfg(dataset=what, root=DEFAULT_ROOTS[what])
+        info = fetch_dataset(data, dest, mirror)
+    except FetchError as e:
+        _fail(e)
+    root = dest or data.root
+    if info.get("counts"):
+        typer.echo("  ".join(f"{k}: {v}" for k, v in info["counts"].items()))
+    typer.echo(f"{what} ready in {root}\nnext: wsss data check --config {config or f'configs/{what}-full.yaml'}"
+               + (f" (data.root: {root})" if dest else ""))
+
+
 @app.command("init-dataset")
 def init_dataset(folder: Path = typer.Argument(..., help="folder with images and a labels file"),
                  out: Optional[Path] = typer.Option(None, help="config to write (default configs/<folder name>.yaml)"),

@@ -88,6 +88,15 @@ class DataCfg(Section):
         "official", description="COCO GT masks from instances. official: as SemPLeS/WeakTr data/parse_coco.py "
         "(annotation order, the first instance to cover a pixel keeps it, crowd regions get their category); "
         "largest_first: larger instances first so small ones stay on top, crowd regions -> 255")
+    # excluded from dumps, hence from the artifact key: fetched or not, the data are the same
+    fetch: bool = Field(False, exclude=True, description="prepare_data first runs `wsss fetch` for this data set "
+                        "(voc/coco) into data.root when it is not there yet")
+
+    @model_validator(mode="after")
+    def _check_fetch(self):
+        if self.fetch and self.dataset == "folder":
+            raise ValueError("fetch: only the published data sets (voc, coco) can be fetched")
+        return self
 
 
 class MaskGeneratorCfg(Section):
@@ -455,8 +464,9 @@ def _origin_of(origin: dict, loc: tuple) -> str:
     return "?"
 
 
-def load_config(path: str | Path, overrides: Optional[dict] = None) -> Config:
-    """Load, merge and validate a config; raise ConfigError naming file and key."""
+def load_config(path: str | Path, overrides: Optional[dict] = None, check_paths: bool = True) -> Config:
+    """Load, merge and validate a config; raise ConfigError naming file and key.
+    check_paths=False: files it names need not exist yet (`wsss fetch` creates them)."""
     path = Path(path)
     origin: dict[str, str] = {}
     raw = _load_raw(path, origin)
@@ -472,7 +482,8 @@ def load_config(path: str | Path, overrides: Optional[dict] = None) -> Config:
             msgs.append(f"{_origin_of(origin, loc) if loc else path}: {key}: {err['msg']}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
     cfg.source = str(path.resolve())
-    _check_paths(cfg, origin)
+    if check_paths:
+        _check_paths(cfg, origin)
     return cfg
 
 
@@ -488,7 +499,7 @@ def _looks_like_path(value: str) -> bool:
 
 def _check_paths(cfg: Config, origin: dict) -> None:
     problems = []
-    if not cfg.data.root.exists():
+    if not cfg.data.root.exists() and not cfg.data.fetch:
         problems.append(("data.root", cfg.data.root))
     for key in ("mask_generator.pretrained", "clip.pretrained", "train_segmentation.pretrained",
                 "train_cam.init_checkpoint"):

@@ -28,6 +28,12 @@ def input_files(cfg: Config) -> list[Path]:
 
 
 def run(cfg: Config, inputs, out):
+    if cfg.data.fetch:
+        from pipeline.fetch import fetch_dataset, fetched_or_absent
+        if fetched_or_absent(cfg.data.root):  # a completed fetch is seen by its marker and not repeated
+            fetch_dataset(cfg.data)
+        else:
+            log.info("data.fetch: %s holds a tree not made by `wsss fetch`; using it as it is", cfg.data.root)
     classes = dataset_classes(cfg.data)
     names = classes.names
     report = {}
