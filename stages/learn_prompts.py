@@ -2,7 +2,7 @@
 NAME = "learn_prompts"
 INPUTS = ('prepare_data', 'match')
 SECTIONS = ('mask_generator', 'clip', 'learn_prompts', 'run.seed')
-VERSION = "1"
+VERSION = "2"  # 2: starts from the warm start's trained fusion (every key loaded); prompt period id 13
 
 
 def run(cfg, inputs, out):

@@ -2,7 +2,7 @@
 NAME = "match"
 INPUTS = ('prepare_data', 'train_cam')
 SECTIONS = ('mask_generator', 'clip', 'match', 'run.seed')
-VERSION = "1"
+VERSION = "2"  # 2: starts from the warm start's trained fusion (every key loaded)
 
 
 def run(cfg, inputs, out):

@@ -2,7 +2,7 @@
 NAME = "refine"
 INPUTS = ('prepare_data', 'train_cam', 'match', 'learn_prompts')
 SECTIONS = ('mask_generator', 'clip', 'refine', 'run.seed')
-VERSION = "1"
+VERSION = "2"  # 2: starts from the warm start's trained fusion (every key loaded); prompt period id 13
 
 
 def run(cfg, inputs, out):

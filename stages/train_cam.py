@@ -2,7 +2,7 @@
 NAME = "train_cam"
 INPUTS = ('prepare_data',)
 SECTIONS = ('mask_generator', 'train_cam', 'run.seed')
-VERSION = "1"
+VERSION = "2"  # 2: official warm start (feature fusion, uniform weight decay; train_cam.recipe)
 
 
 def run(cfg, inputs, out):

@@ -40,7 +40,7 @@ from typing import Optional
 NAME = "train_segmentation"
 INPUTS = ('prepare_data', 'pseudo_masks')
 SECTIONS = ('data', 'train_segmentation', 'run.seed')
-VERSION = "3"  # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional validation, predict_split
+VERSION = "4"  # 4: no classification loss on all-ignore crops, DeepLab-v2 classifier biases lr x20 wd 0; 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional validation, predict_split
 
 log = logging.getLogger("wsss")
 

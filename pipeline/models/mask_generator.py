@@ -346,11 +346,12 @@ def load_mask_generator(path: Path, device: torch.device | str = "cpu") -> nn.Mo
     return model.to(device).eval()
 
 
-def load_weights_from(model: nn.Module, path: Path) -> list[str]:
-    """Copy the weights of a saved mask generator (e.g. train_cam's) into ``model``.
-    As the official phases load the warm start with strict=False, a fusion of
-    another kind (warm start: maps, phases: features) is left freshly initialised;
-    every other weight must match. Returns the names left initialised."""
+def load_weights_from(model: nn.Module, path: Path) -> dict[str, list[str]]:
+    """Copy the weights of a saved mask generator (e.g. train_cam's) into ``model``, as the
+    official phases load the warm start (strict=False, and every key matches: they start
+    from the trained fusion). Only a fusion of another kind (a WeakTr V1 warm start's map
+    fusion, phases: features) is left freshly initialised; every other weight must match.
+    Returns {"loaded": names copied, "fresh": names left initialised}."""
     ckpt = _read_checkpoint(path)
     target = unwrap(model)
     sd = ckpt["state_dict"]
@@ -361,4 +362,4 @@ def load_weights_from(model: nn.Module, path: Path) -> list[str]:
     if bad_missing or unexpected:
         raise ValueError(f"{path}: weights do not fit this mask generator "
                          f"(missing {bad_missing[:5]}, unexpected {unexpected[:5]})")
-    return list(missing)
+    return {"loaded": sorted(sd), "fresh": sorted(missing)}
