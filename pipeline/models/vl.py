@@ -45,12 +45,13 @@ def prompted_template_ids(tokenizer, template: str, context_length: int) -> tupl
     tokenizing "a photo of ." gives. A suffix that is no single symbol is BPE-encoded."""
     pre, post = _split_template(template)
     enc = getattr(tokenizer, "encoder", None)
-    if enc is None or not hasattr(tokenizer, "encode"):  # another tokenizer: tokenize the sentence
+    if enc is None or not all(hasattr(tokenizer, a) for a in ("encode", "sot_token_id", "eot_token_id")):
+        # another tokenizer: tokenize the sentence
         ids = tokenizer([f"{pre} {post}".strip()])[0]
         return ids, (1 + len(tokenizer([pre])[0].nonzero()) - 2 if pre else 1)
-    prefix = [enc["<|startoftext|>"], *(tokenizer.encode(pre) if pre else [])]
+    prefix = [tokenizer.sot_token_id, *(tokenizer.encode(pre) if pre else [])]
     suffix = ([enc[post]] if post in enc else tokenizer.encode(post)) if post else []
-    ids = prefix + suffix + [enc["<|endoftext|>"]]
+    ids = prefix + suffix + [tokenizer.eot_token_id]
     out = torch.zeros(context_length, dtype=torch.long)
     out[: len(ids)] = torch.tensor(ids)
     return out, len(prefix)
