@@ -146,6 +146,25 @@ def test_mask2former_without_ignored_pixels_is_mmdets_loss(m2f_heads):
                                                                         rel=1e-5)
 
 
+def test_mask2former_all_ignore_crop_gets_no_classification_loss(m2f_heads):
+    """An image whose crop is all 255 has no gt mask; mmdet would still train every one of its
+    queries towards "no object". Ours: no gradient reaches its class scores (any decoder layer),
+    the other image's do, and the stock head's check fails."""
+    ours, stock = m2f_heads
+    gt, _ = _gt_with_ignored()
+    gt[1] = 255
+    for head, expect_zero in ((ours, True), (stock, False)):
+        cls, masks = _m2f_inputs(head, gt)
+        cls.requires_grad_()
+        _m2f_loss(head, gt, masks, cls).backward()
+        grad = cls.grad.abs().sum(dim=(0, 2, 3))  # per image
+        assert grad[0] > 0
+        assert (grad[1] == 0) == expect_zero, (type(head).__name__, grad)
+    # a batch of only all-ignore crops: zero loss, no NaN
+    cls, masks = _m2f_inputs(ours, torch.full_like(gt, 255))
+    assert _m2f_loss(ours, torch.full_like(gt, 255), masks, cls).item() == 0.0
+
+
 @pytest.mark.parametrize("arch", ["deeplabv2", "deeplabv3plus"])
 def test_deeplab_cross_entropy_ignores_255(tmp_path, arch):
     """mmseg's decode head passes ignore_index=255 to CrossEntropyLoss (avg over labelled pixels)."""
@@ -180,11 +199,16 @@ def test_deeplabv2_head_frozen_bn_and_head_lr(tmp_path):
     model.train()
     bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in bns)
-    # classifier lr x10, backbone x1
+    # deeplab-pytorch main.py: backbone lr x1, classifier weights lr x10 (both decayed), classifier
+    # biases lr x20 without weight decay
     groups = {id(p): g for g in build_optim_wrapper(model, mm.optim_wrapper).optimizer.param_groups
               for p in g["params"]}
-    assert groups[id(convs[0].weight)]["lr"] == pytest.approx(2.5e-3)
-    assert groups[id(model.backbone.conv1.weight)]["lr"] == pytest.approx(2.5e-4)
+    for c in convs:
+        assert (groups[id(c.weight)]["lr"], groups[id(c.weight)]["weight_decay"]) == \
+            (pytest.approx(2.5e-3), pytest.approx(5e-4))
+        assert (groups[id(c.bias)]["lr"], groups[id(c.bias)]["weight_decay"]) == (pytest.approx(5e-3), 0.0)
+    assert (groups[id(model.backbone.conv1.weight)]["lr"], groups[id(model.backbone.conv1.weight)]["weight_decay"]) \
+        == (pytest.approx(2.5e-4), pytest.approx(5e-4))
     assert mm.param_scheduler[0]["eta_min"] == 0.0
 
 
