@@ -355,3 +355,70 @@ def test_stage_best_checkpoint_tta_crf_are_labelled(tmp_path):
     # evaluate's report carries the label and the ground-truth-selection note
     final = evaluate._final_model({"train_segmentation": out})
     assert final["selected_on_ground_truth"] and final["label"] == vm["label"]
+
+
+# ------------------------------------------------------------ TTA = average over the views
+@pytest.mark.parametrize("arch", ["mask2former", "deeplabv3plus"])
+def test_tta_prediction_is_the_average_over_scaled_and_flipped_views(tmp_path, arch):
+    """mmseg's SegTTAModel on the config's tta_pipeline, for two val images, against a hand-made
+    average: each view (the image rescaled by mmcv.imrescale as Resize(keep_ratio) does,
+    optionally flipped) through the plain model, its logits flipped back and resized bilinearly
+    to the image, softmaxed, averaged over the views, argmax. Both paths run the same float32
+    model on the same view pixels, so the per-view logits agree to float rounding (atol 1e-5 of
+    their scale) and the labels agree wherever the two best averaged probabilities differ by
+    more than 1e-6 (the averaged probabilities' rounding is ~1e-7); elsewhere the TTA label is
+    one of the classes within 1e-6 of the best."""
+    import mmcv
+    import torch.nn.functional as F
+    from mmengine.dataset import Compose, pseudo_collate
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    init_default_scope("mmseg")
+    scales = [0.75, 1.0]
+    mm = _mm(tmp_path, model=arch, tiny=True, crop_size=64, tta_scales=scales)
+    torch.manual_seed(0)
+    model = MODELS.build(mm.model)
+    model.init_weights()
+    with torch.no_grad():  # a fresh random model predicts one class everywhere: perturb it so labels vary
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.eval()
+    tta = MODELS.build(dict(type="SegTTAModel", module=model))
+    seen = []  # what the TTA model merges: per-view logits at the image size (a spy; merging still runs)
+    merge = tta.merge_preds
+    tta.merge_preds = lambda lists: seen.append([d.seg_logits.data.clone() for d in lists[0]]) or merge(lists)
+    voc = ROOT / "data/voc-tiny"
+    ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()[:2]
+    pipe = Compose(mm.tta_pipeline)
+    short = mm.tta_pipeline[1]["transforms"][0][1]["scale"][1]  # the test scale's short side (scale 1.0)
+    for n, i in enumerate(ids):
+        sample = pipe(dict(img_path=str(voc / f"JPEGImages/{i}.jpg"), reduce_zero_label=False, seg_fields=[],
+                           seg_map_path=str(voc / f"SegmentationClass/{i}.png")))
+        assert len(sample["inputs"]) == 2 * len(scales)  # every scale with and without flip
+        with torch.no_grad():  # one image per batch, as the test loader
+            pred = tta.test_step(pseudo_collate([sample]))[0].pred_sem_seg.data[0]
+            img = mmcv.imread(str(voc / f"JPEGImages/{i}.jpg"))  # BGR, as LoadImageFromFile
+            logits = []
+            for r in scales:
+                view = mmcv.imrescale(img, (round(4 * short * r), round(short * r)), interpolation="bilinear")
+                for flip in (False, True):
+                    v = np.ascontiguousarray(view[:, ::-1] if flip else view)
+                    ds = SegDataSample(metainfo=dict(ori_shape=v.shape[:2], img_shape=v.shape[:2]))
+                    out = model.test_step(dict(inputs=[torch.from_numpy(v).permute(2, 0, 1)], data_samples=[ds]))
+                    lg = out[0].seg_logits.data[None]
+                    lg = lg.flip(-1) if flip else lg
+                    logits.append(F.interpolate(lg, size=img.shape[:2], mode="bilinear", align_corners=False)[0])
+        merged = sorted(seen[n], key=lambda t: t.sum().item())
+        for ours, theirs in zip(sorted(logits, key=lambda t: t.sum().item()), merged):
+            assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())
+        avg = torch.stack([lg.softmax(0) for lg in logits]).mean(0)
+        top2 = avg.topk(2, dim=0).values
+        clear = (top2[0] - top2[1]) > 1e-6
+        assert pred.shape == img.shape[:2] and clear.float().mean() > 0.5
+        assert torch.equal(pred[clear], avg.argmax(0)[clear])
+        # elsewhere (a random Mask2Former's saturated scores tie exactly) TTA picks one of the tied best
+        near_best = avg >= top2[0] - 1e-6
+        assert near_best.gather(0, pred[None].long()).all()
+        # the check can fail: the single-scale unflipped view alone labels pixels otherwise
+        assert (logits[2].argmax(0) != pred).any() and len(pred.unique()) > 1
