@@ -71,8 +71,8 @@ def _create_timm(cfg: MaskGeneratorCfg, load_weights: bool, **kwargs) -> nn.Modu
 
 
 class MapFusion(nn.Module):
-    """Warm-start attention fusion (WeakTr AAF.py): a squeeze-excitation over the
-    per-head attention maps, each pooled over (T, T); weights in (0, 1)."""
+    """WeakTr V1's attention fusion (AAF.py, 2023-03; train_cam.recipe weaktr_v1): a
+    squeeze-excitation over the per-head attention maps, each pooled over (T, T); weights in (0, 1)."""
 
     kind = "maps"
 
@@ -89,9 +89,10 @@ class MapFusion(nn.Module):
 
 
 class FeatureFusion(nn.Module):
-    """SemPLeS attention fusion (SemPLeS AAF.py, class AAF): each head's attention
-    *features* (B, C, T, D) pooled over tokens, a linear FFN D -> D/r -> 1 per head,
-    then a squeeze-excitation FFN over the C heads with a sigmoid."""
+    """The official attention fusion at HEAD (SemPLeS AAF.py and WeakTr AAF.py since V2,
+    class AAF; warm start and every phase): each head's attention *features* (B, C, T, D)
+    pooled over tokens, a linear FFN D -> D/r -> 1 per head, then a squeeze-excitation FFN
+    over the C heads with a sigmoid."""
 
     kind = "features"
 
