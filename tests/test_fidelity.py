@@ -542,7 +542,8 @@ def test_export_crops_the_remainder_and_resizes_the_grid_once():
 
 def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_it(tmp_path):
     """train_cam.init_checkpoint: the stage converts instead of training; match then keeps the
-    imported backbone and head and starts a fresh feature fusion (official strict=False load)."""
+    imported backbone and head and, the checkpoint being WeakTr V1's, starts a fresh feature
+    fusion (official strict=False load)."""
     path = tmp_path / "checkpoint_best_mIoU.pth"
     sd = official_state_dict(3, K=20, D=192, L=12, H=3, patches=16)  # deit_tiny at 64 px (the test config)
     torch.save({"model": sd, "epoch": 5}, path)
@@ -557,6 +558,9 @@ def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_i
     assert torch.equal(warm["cls_tokens"], sd["cls_token"]) and torch.equal(warm["patch_pos"], sd["pos_embed"][:, 20:])
     assert torch.equal(warm["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
     assert torch.equal(after["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
+    # a V1 warm start has no feature-fusion tensors: match says they start fresh
+    init = json.loads((dirs["match"] / "manifest.json").read_text())["metrics"]["init"]
+    assert set(init["fresh"]) == FEATURE_FUSION_KEYS and init["loaded"] == len(warm) - 2  # fc.0, fc.2 dropped
 
 
 def test_clip_input_norm_and_lr_scaling_switches():
