@@ -38,7 +38,9 @@ from pipeline.utils import progress
 NAME = "evaluate"
 INPUTS = ('prepare_data', 'export_cams', 'pseudo_masks', 'train_segmentation')
 SECTIONS = ('evaluate',)
-VERSION = "5"  # 5: official early-stopping threshold beside the global best; 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels; 4: CAM source
+# 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels; 4: CAM source;
+# 5: the official early-stopping threshold beside the global best
+VERSION = "5"
 log = logging.getLogger("wsss")
 SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
            "refine": "full SemPLeS (phase 3)"}

@@ -60,7 +60,8 @@ def _mm(name: str, tmp_path: Path):
 def _read(sec, mm) -> dict:
     opt, wrap, sched = mm.optim_wrapper.optimizer, mm.optim_wrapper, mm.param_scheduler[0]
     clip = wrap.get("clip_grad")
-    out = {"optimizer": opt.type, "lr": opt.lr, "weight_decay": opt.weight_decay, "batch": mm.train_dataloader.batch_size,
+    out = {"optimizer": opt.type, "lr": opt.lr, "weight_decay": opt.weight_decay,
+           "batch": mm.train_dataloader.batch_size,
            "iters": mm.train_cfg.max_iters, "crop": mm.model.data_preprocessor["size"][0],
            "grad_clip": (clip.max_norm, clip.norm_type) if clip else None, "poly": (sched.power, sched.eta_min)}
     head, pipe = mm.model.decode_head, mm.train_dataloader.dataset.pipeline
@@ -69,7 +70,8 @@ def _read(sec, mm) -> dict:
         tc = head.train_cfg
         out |= {"eps": opt.eps, "betas": tuple(opt.betas), "backbone_lr_mult": keys["backbone"]["lr_mult"],
                 "drop_path": mm.model.backbone.drop_path_rate, "queries": head.num_queries,
-                "decoder_layers": head.transformer_decoder.num_layers, "no_object_weight": head.loss_cls.class_weight[-1],
+                "decoder_layers": head.transformer_decoder.num_layers,
+                "no_object_weight": head.loss_cls.class_weight[-1],
                 "points": (tc.num_points, tc.oversample_ratio, tc.importance_sample_ratio),
                 "loss_weights": (head.loss_cls.loss_weight, head.loss_mask.loss_weight, head.loss_dice.loss_weight),
                 "match_cost_weights": tuple(c["weight"] for c in tc.assigner.match_costs),
@@ -79,7 +81,8 @@ def _read(sec, mm) -> dict:
     else:
         bias = keys["decode_head.classifiers.0.bias"]
         resize = pipe[2]["transforms"]
-        out |= {"momentum": opt.momentum, "frozen_bn": sec.frozen_bn and not mm.model.backbone.norm_cfg["requires_grad"],
+        out |= {"momentum": opt.momentum,
+                "frozen_bn": sec.frozen_bn and not mm.model.backbone.norm_cfg["requires_grad"],
                 "classifier_lr": (keys["decode_head"]["lr_mult"], bias["lr_mult"], bias["decay_mult"]),
                 "scales": [r[0]["scale_factor"] for r in resize], "rates": tuple(head.dilations)}
         assert [t["type"] for t in pipe] == ["LoadImageFromFile", "LoadAnnotations", "RandomChoice", "RandomCrop",
@@ -109,7 +112,8 @@ def test_mask2former_numbers_equal_mmsegs_own_swin_l_config(tmp_path):
     config carries the same recipe numbers (crop, batch and iterations come from FMA-WSSS)."""
     import mmseg
     from mmengine.config import Config
-    path = Path(mmseg.__file__).parent / ".mim/configs/mask2former/mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py"
+    path = (Path(mmseg.__file__).parent / ".mim/configs/mask2former"
+            / "mask2former_swin-l-in22k-384x384-pre_8xb2-160k_ade20k-640x640.py")
     if not path.exists():
         pytest.skip(f"{path}: mmseg installed without its configs")
     ref = Config.fromfile(str(path))
