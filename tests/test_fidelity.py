@@ -189,6 +189,15 @@ def test_official_warm_start_decays_every_parameter(match_run):
     assert len(groups[0]["params"]) == n_params
 
 
+def test_weaktr_v1_recipe_trains_the_map_fusion_with_filtered_decay(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    cfg = cfg.model_copy(update={"train_cam": cfg.train_cam.model_copy(update={"recipe": "weaktr_v1"})})
+    d = {s: run_stage(cfg, s) for s in ("prepare_data", "train_cam")}["train_cam"]
+    assert {k for k in _state(d) if k.startswith("fusion.")} == {"fusion.fc.0.weight", "fusion.fc.2.weight"}
+    groups = torch.load(d / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, cfg.train_cam.weight_decay]
+
+
 def test_weaktr_v1_warm_start_decays_only_matrices():
     """WeakTr V1 main.py: create_optimizer(args, model): timm's param_groups_weight_decay with
     the model's no_weight_decay() {pos_embed, cls_token}: 1-d tensors, biases, tokens and
