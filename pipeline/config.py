@@ -106,9 +106,10 @@ class MaskGeneratorCfg(Section):
     pretrained: Union[bool, str] = True  # True = timm's ImageNet weights, str = local file
     img_size: int = 224
     drop_path_rate: float = 0.1  # main*.py --drop-path default
-    # Attention fusion (AAF). The warm start weights heads from their pooled attention maps
-    # (WeakTr AAF.py), the SemPLeS phases from their pooled attention features (SemPLeS AAF.py);
-    # the stages set `fusion`. reduction/pool are the official commands' --reduction/--pool-type.
+    # Attention fusion (AAF). features: heads weighted from their pooled attention features
+    # (SemPLeS AAF.py, WeakTr AAF.py since V2; every phase and the official warm start); maps: from
+    # their pooled attention maps (WeakTr V1, train_cam.recipe weaktr_v1). The stages set `fusion`.
+    # reduction/pool are the official commands' --reduction/--pool-type.
     fusion: Literal["maps", "features"] = "maps"
     fusion_reduction: float = Field(8, gt=0, description="head FFN reduction (VOC 8, COCO 4)")
     fusion_pool: Literal["max", "avg"] = Field("max", description="pooling of maps/features (VOC max, COCO avg)")
@@ -203,6 +204,13 @@ class TrainCamCfg(TrainCfg):
     init_checkpoint: Optional[str] = Field(
         None, description="WeakTr's released checkpoint_best_mIoU.pth (or any official-layout state dict): "
                           "imported and verified instead of training")
+    # official: SemPLeS main.py / WeakTr main.py at HEAD (WeakTr V2+): the feature fusion the phases
+    # use (attn_head_ffn + attn_feat_ffn), timm create_optimizer(args, model.parameters()): one param
+    # group, every parameter decayed. weaktr_v1: WeakTr V1 (2023-03): the map fusion (fc) and
+    # create_optimizer(args, model): no decay for biases, norms, class tokens and positions.
+    recipe: Literal["official", "weaktr_v1"] = Field(
+        "official", description="warm-start recipe: official (feature fusion, uniform weight decay) or "
+                                "weaktr_v1 (WeakTr V1: map fusion, filtered weight decay)")
 
 
 class MatchCfg(TrainCfg):

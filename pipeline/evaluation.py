@@ -36,6 +36,26 @@ def sweep_seeds(items: Iterable[tuple[str, np.ndarray, Sequence[int], np.ndarray
     return {t: m.summary(class_names) for t, m in meters.items()}
 
 
+def official_threshold(curve: dict[float, float]) -> tuple[float | None, float]:
+    """The threshold the official sweep reports (SemPLeS / WeakTr evaluation.py whole_eval):
+    thresholds in ascending order, each kept while its mIoU beats the best so far (which starts
+    at 0), the loop stopping at the first that does not. Returns (threshold, mIoU); (None, 0.0)
+    when the first threshold scores 0 (the official loop then reports threshold 0.0)."""
+    best_t, best = None, 0.0
+    for t in sorted(curve):
+        if curve[t] > best:
+            best_t, best = t, curve[t]
+        else:
+            break
+    return best_t, best
+
+
+def best_threshold(curve: dict[float, float]) -> tuple[float, float]:
+    """The global maximum of the sweep (ties: the lower threshold); (threshold, mIoU)."""
+    t = max(curve, key=lambda t: (curve[t], -t))
+    return t, curve[t]
+
+
 def evaluate_seeds(store: CamStore, ids: Sequence[str], gt_path: Callable[[str], str | Path],
                    thresholds: Iterable[float], num_classes: int, class_names=None,
                    progress=lambda it, n: it) -> dict[float, dict]:

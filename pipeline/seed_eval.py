@@ -1,7 +1,8 @@
 """Per-epoch seed evaluation of a training stage, as the official code scores
 every epoch: CAMs at scale 1.0 with flip (pipeline.cam_inference.infer_cams,
 the same path export_cams uses), the official background-threshold sweep
-0.40..0.59 step 0.01 (pipeline.evaluation.sweep_seeds), best mIoU.
+0.40..0.59 step 0.01 (pipeline.evaluation.sweep_seeds), scored as the official
+whole_eval does (it stops at the first threshold that does not improve).
 
 It feeds the seed-mIoU curve of the training history and, with
 ``select: gt_miou``, the choice of the epoch whose weights the stage keeps.
@@ -57,10 +58,12 @@ def eval_ids(cfg: Config, stage: str, table: LabelTable) -> list[str]:
 def seed_miou_eval(cfg: Config, stage: str, prepare_dir: Path,
                    device: torch.device) -> Optional[Callable[[torch.nn.Module, int], dict]]:
     """fit()'s epoch_eval for a training stage: model, epoch -> {"seed_miou",
-    "seed_threshold"} (best of the official sweep); None when the stage's
-    seed_eval_every is 0."""
+    "seed_threshold"} as the official sweep reports them (main.py keeps the epoch with the
+    best whole_eval mIoU, which stops at the first non-improving threshold) and
+    {"seed_best_miou", "seed_best_threshold"} (the sweep's global maximum); None when the
+    stage's seed_eval_every is 0."""
     from pipeline.cam_inference import infer_cams
-    from pipeline.evaluation import sweep_seeds
+    from pipeline.evaluation import best_threshold, official_threshold, sweep_seeds
     from pipeline.utils import progress
 
     if not getattr(cfg, stage).seed_eval_every:
@@ -88,7 +91,10 @@ def seed_miou_eval(cfg: Config, stage: str, prepare_dir: Path,
                 res = sweep_seeds(items(), OFFICIAL_SWEEP, table.num_classes)
         finally:
             model.train(was_training)
-        best = max(res, key=lambda t: (res[t]["miou"], -t))  # ties: the lower threshold, as the sweep's max
-        return {"seed_miou": res[best]["miou"], "seed_threshold": best}
+        curve = {t: r["miou"] for t, r in res.items()}
+        # the official number (and checkpoint choice): the sweep stops at the first non-improving threshold
+        t, miou = official_threshold(curve)
+        best_t, best = best_threshold(curve)
+        return {"seed_miou": miou, "seed_threshold": t, "seed_best_miou": best, "seed_best_threshold": best_t}
 
     return evaluate

@@ -53,15 +53,29 @@ def _model_path(d: Path) -> Path:
 
 
 def _generator(cfg: Config, k: int, init: Path | None, device, fusion: str, load_weights: bool = True):
-    """S with the fusion of its phase (warm start: maps, SemPLeS phases: features),
-    optionally loaded from an upstream model.pt; returns (model, its config)."""
+    """S with the fusion of its phase (official: features; WeakTr V1 warm start: maps),
+    optionally loaded from an upstream model.pt; returns (model, its config, load record)."""
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     mcfg = cfg.mask_generator.model_copy(update={"fusion": fusion})
     model = build_mask_generator(mcfg, k, load_weights=load_weights and init is None)
-    if init is not None and load_weights_from(model, _model_path(init)) and is_main():
-        log.info("attention fusion '%s' starts freshly initialised: %s has another fusion "
-                 "(the official phases load the warm start with strict=False)", fusion, init)
-    return model.to(device), mcfg
+    record = None
+    if init is not None:
+        keys = load_weights_from(model, _model_path(init))
+        record = {"from": str(_model_path(init)), "loaded": len(keys["loaded"]), "fresh": keys["fresh"]}
+        if is_main():
+            groups: dict[str, int] = {}
+            for name in keys["loaded"]:
+                top = name.split(".")[0]
+                groups[top] = groups.get(top, 0) + 1
+            log.info("%s: loaded %d tensors (%s)", record["from"], record["loaded"],
+                     ", ".join(f"{g}: {n}" for g, n in groups.items()))
+            log.debug("loaded tensors: %s", ", ".join(keys["loaded"]))
+            if keys["fresh"]:
+                log.info("start freshly initialised (the warm start has another attention fusion; the "
+                         "official phases load it with strict=False): %s", ", ".join(keys["fresh"]))
+            else:
+                log.info("every tensor loaded: the phase starts from the warm start's trained fusion")
+    return model.to(device), mcfg, record
 
 
 def _set_trainable(model, trainable: str) -> None:
@@ -107,22 +121,34 @@ def _setup(cfg: Config, inputs: dict, tcfg):
     return device_of(cfg), table, train, gal, table.num_classes - 1
 
 
+def warm_start_param_groups(model, recipe: str, weight_decay: float) -> list[dict] | None:
+    """AdamW groups of the warm start. official: SemPLeS / WeakTr main.py at HEAD call timm
+    create_optimizer(args, model.parameters()); given an iterable rather than a module, timm
+    forms no groups and consults no no_weight_decay(): every parameter decays with
+    args.weight_decay (None: fit's single group). weaktr_v1: create_optimizer(args, model):
+    timm's param_groups_weight_decay with the model's no_weight_decay() (class tokens and
+    positions) and every 1-d tensor / bias undecayed."""
+    if recipe == "official":
+        return None
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=NO_DECAY)
+
+
 def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
     tc = cfg.train_cam
     device, table, train, gal, k = _setup(cfg, inputs, tc)
     if tc.init_checkpoint:  # WeakTr's released warm start instead of training one
         sd = read_official_state_dict(tc.init_checkpoint)
         # every weight comes from the checkpoint (the import is strict): no ImageNet weights to load
-        model, mcfg = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint), load_weights=False)
+        model, mcfg, _ = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint), load_weights=False)
         m = import_weaktr_checkpoint(model, tc.init_checkpoint, sd)
         if is_main():  # no epochs, so no epoch selection: the imported weights are model.pt
             _gallery(model.eval(), gal, table, device)(Path(out) / "gallery.png")
             save_mask_generator(model, Path(out) / MODEL, mcfg, k)
         return m | {"selection": selection_label(cfg, "train_cam")}
-    model, mcfg = _generator(cfg, k, None, device, "maps")
-    model.set_recipe(detach_tokens=False, detach_coarse=True)  # WeakTr models.py
-    # WeakTr's create_optimizer(args, model): no decay for biases, norms, class tokens, positions
-    groups = param_groups_weight_decay(model, tc.weight_decay, no_weight_decay_list=NO_DECAY)
+    official = tc.recipe == "official"
+    model, mcfg, _ = _generator(cfg, k, None, device, "features" if official else "maps")
+    model.set_recipe(detach_tokens=False, detach_coarse=True)  # WeakTr / SemPLeS models.py
+    groups = warm_start_param_groups(model, tc.recipe, tc.weight_decay)
     m = fit(out, tc, cfg.run.seed, train, model, train_cam_step, device, cfg.run.num_workers,
             "train_cam", _gallery(model, gal, table, device), param_groups=groups,
             epoch_eval=_seed_eval(cfg, "train_cam", inputs, device))
@@ -132,7 +158,7 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
 def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
     mc = cfg.match
     device, table, train, gal, k = _setup(cfg, inputs, mc)
-    model, mcfg = _generator(cfg, k, inputs["train_cam"], device, "features")
+    model, mcfg, init = _generator(cfg, k, inputs["train_cam"], device, "features")
     _set_trainable(model, mc.trainable)
     ctx = _context(cfg, table, device)
 
@@ -141,14 +167,14 @@ def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
 
     m = fit(out, mc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "match",
             _gallery(model, gal, table, device), epoch_eval=_seed_eval(cfg, "match", inputs, device))
-    return _finish(model, out, cfg, mcfg, k, "match", m)
+    return _finish(model, out, cfg, mcfg, k, "match", m | {"init": init})
 
 
 def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     from pipeline.interpret import interpret_prompts
     lc = cfg.learn_prompts
     device, table, train, gal, k = _setup(cfg, inputs, lc)
-    model, _ = _generator(cfg, k, inputs["match"], device, "features")
+    model, _, init = _generator(cfg, k, inputs["match"], device, "features")
     model = model.eval().requires_grad_(False)  # engine2.py: S in eval mode, under no_grad
     ctx = _context(cfg, table, device)
     torch.manual_seed(cfg.run.seed)
@@ -159,6 +185,7 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
 
     m = fit(out, lc, cfg.run.seed, train, prompts, step, device, cfg.run.num_workers, "learn_prompts",
             _gallery(model, gal, table, device))
+    m["init"] = init
     if is_main():
         torch_save_atomic({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
                            "clip": cfg.clip.model_dump(mode="json"), "classes": list(table.classes[1:])},
@@ -179,7 +206,7 @@ def load_prompts(d: Path) -> torch.Tensor:
 def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
     rc = cfg.refine
     device, table, train, gal, k = _setup(cfg, inputs, rc)
-    model, mcfg = _generator(cfg, k, inputs[rc.init_from], device, "features")
+    model, mcfg, init = _generator(cfg, k, inputs[rc.init_from], device, "features")
     _set_trainable(model, rc.trainable)
     ctx = _context(cfg, table, device)
     pk = load_prompts(inputs["learn_prompts"]).to(device)
@@ -193,4 +220,4 @@ def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
 
     m = fit(out, rc, cfg.run.seed, train, model, step, device, cfg.run.num_workers, "refine",
             _gallery(model, gal, table, device), epoch_eval=_seed_eval(cfg, "refine", inputs, device))
-    return _finish(model, out, cfg, mcfg, k, "refine", m)
+    return _finish(model, out, cfg, mcfg, k, "refine", m | {"init": init})

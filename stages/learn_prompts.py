@@ -9,5 +9,5 @@ def run(cfg, inputs, out):
 
 STAGE = Stage(name="learn_prompts", inputs=('prepare_data', 'match'),
               sections=('mask_generator', 'clip', 'learn_prompts', 'run.seed', 'data.train_split'),
-              version="2",  # 2: declares data.train_split
+              version="3",  # 2: declares data.train_split; 3: starts from the warm start's trained fusion (every key loaded), prompt period id 13
               run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1

@@ -14,5 +14,5 @@ def run(cfg, inputs, out):
 
 STAGE = Stage(name="train_cam", inputs=('prepare_data',),
               sections=('mask_generator', 'train_cam', 'run.seed') + SEED_EVAL,
-              version="2",  # 2: declares the data split and export_cams.cam its seed evaluation reads
+              version="3",  # 2: declares the data split and export_cams.cam its seed evaluation reads; 3: official warm start (feature fusion, uniform weight decay; train_cam.recipe)
               run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1

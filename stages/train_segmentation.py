@@ -244,5 +244,6 @@ def run(cfg, inputs, out):
 STAGE = Stage(name="train_segmentation", inputs=("prepare_data", "pseudo_masks"),
               sections=("data", "train_segmentation", "run.seed"), run=run,
               # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional
-              # validation, predict_split
-              version="3")
+              # validation, predict_split; 4: no classification loss on all-ignore crops, DeepLab-v2
+              # classifier biases lr x20 wd 0
+              version="4")

@@ -10,7 +10,7 @@ import pytest
 from cam_fixtures import gt_store
 from pipeline.cam_store import CamStore
 from pipeline.data.datasets import write_mask
-from pipeline.evaluation import evaluate_masks, evaluate_seeds
+from pipeline.evaluation import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 
 GT = np.array([[3, 3, 255], [0, 7, 7]], np.uint8)
 
@@ -34,6 +34,16 @@ def test_seed_scores_equal_a_hand_computed_confusion(tmp_path):
     t = float(np.float16(0.9))  # exactly the stored CAM value of pixel (0, 0)
     tie = evaluate_seeds(store, ["x"], lambda i: tmp_path / f"{i}.png", [t, t - 1e-4], 21)
     assert tie[t]["per_class_iou"]["3"] == 0 and tie[t - 1e-4]["per_class_iou"]["3"] == 50
+
+
+def test_official_sweep_stops_at_the_first_threshold_that_does_not_improve():
+    """SemPLeS / WeakTr evaluation.py whole_eval: `if mIoU > max_mIoU: keep else: break`, from 0."""
+    curve = {0.40: 50.0, 0.41: 52.0, 0.42: 51.0, 0.43: 60.0}
+    assert official_threshold(curve) == (0.41, 52.0)
+    assert best_threshold(curve) == (0.43, 60.0)  # the global maximum, reported beside it
+    assert official_threshold({0.41: 50.0, 0.40: 50.0, 0.42: 70.0}) == (0.40, 50.0)  # a tie stops it
+    assert best_threshold({0.40: 50.0, 0.41: 50.0}) == (0.40, 50.0)
+    assert official_threshold({0.40: 0.0, 0.41: 10.0}) == (None, 0.0)
 
 
 def test_mask_scores_count_ignored_predictions_as_missed(tmp_path):
@@ -69,6 +79,11 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
     assert report["num_images"] == len(ids) == 70
     assert report["seed_sweep"]["uses_ground_truth"] is True
     assert [float(t) for t in report["seed_sweep"]["curve"]] == [i / 100 for i in range(40, 60)]  # official sweep
+    # a flat curve: the official loop stops at the second threshold and reports the first
+    sw = report["seed_sweep"]
+    assert (sw["official_threshold"], sw["official_miou"]) == (0.4, pytest.approx(100.0))
+    assert metrics["seed_official_miou_gt_sweep"] == pytest.approx(100.0)
+    assert "official sweep threshold 0.4" in (out / "report.md").read_text()
     assert report["selection"]["uses_ground_truth"] is False and metrics["selection_uses_ground_truth"] is False
     assert "refine: last epoch (no pixel labels)" in (out / "report.md").read_text()
     assert report["final_model"]["available"] is False

@@ -3,7 +3,6 @@ main1-3.py, engine1-3.py; hustvl/WeakTr models.py, AAF.py, main.py,
 datasets.py) pinned one by one. Tiny random models on CPU, except the checkpoint
 import, which uses the official DeiT-S layout and shapes with random values."""
 import json
-import math
 import os
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from pipeline.losses import train_cam_step
 from pipeline.models.mask_generator import (build_mask_generator, load_mask_generator, load_weights_from,
                                             save_mask_generator)
 from pipeline.models.vl import PromptLearner, build_vl
-from pipeline.models.weaktr_import import import_weaktr_checkpoint
+from pipeline.models.weaktr_import import import_weaktr_checkpoint, to_mask_generator_keys
 from pipeline.training import TrainImages
 from stages.runner import run_stage
 from test_semples_stages import tiny_cfg
@@ -32,15 +31,23 @@ def _is_quick_gelu(vl) -> bool:
     return type(act).__name__ == "QuickGELU"
 
 
-def test_full_configs_build_a_quickgelu_clip():
-    for name, root in (("voc-full", "data/voc-tiny"),):
-        cfg = load_config(ROOT / f"configs/{name}.yaml", overrides={"data": {"root": root}})
-        assert cfg.clip.pretrained == "openai" and cfg.clip.model == "ViT-B-32-quickgelu"
-        # the same model without the hub download (no network here)
-        vl = build_vl(cfg.clip.model_copy(update={"pretrained": None, "allow_random_init": True}))
-        assert _is_quick_gelu(vl)
-    coco = Config.model_validate(_load_raw(ROOT / "configs/coco-full.yaml", {}))  # COCO data absent here
-    assert coco.clip == ClipCfg()  # coco-full keeps the code's CLIP section (ViT-B-32-quickgelu, openai)
+COCO_DATA = {"root": "data/coco-tiny", "splits": {
+    "train": {"images": "images/train2017", "annotations": "annotations/instances_train2017.json"},
+    "val": {"images": "images/val2017", "annotations": "annotations/instances_val2017.json"}}}
+
+
+def full_config(name: str):
+    data = COCO_DATA if name.startswith("coco") else {"root": "data/voc-tiny"}
+    return load_config(ROOT / f"configs/{name}.yaml", overrides={"data": data})
+
+
+@pytest.mark.parametrize("name", ["voc-full", "coco-full"])
+def test_full_configs_build_a_quickgelu_clip(name):
+    cfg = full_config(name)
+    assert cfg.clip.pretrained == "openai" and cfg.clip.model == "ViT-B-32-quickgelu"
+    # the same model without the hub download (no network here)
+    vl = build_vl(cfg.clip.model_copy(update={"pretrained": None, "allow_random_init": True}))
+    assert _is_quick_gelu(vl)
 
 
 def test_gelu_clip_with_openai_weights_is_a_config_error(tmp_path):
@@ -77,7 +84,12 @@ def _state(d):
     return torch.load(Path(d) / "model.pt", weights_only=True)["state_dict"]
 
 
-def test_match_trains_only_head_and_fusion(match_run):
+FEATURE_FUSION_KEYS = {"fusion.attn_head_ffn.0.weight", "fusion.attn_head_ffn.2.weight",
+                       "fusion.attn_feat_ffn.0.weight", "fusion.attn_feat_ffn.0.bias",
+                       "fusion.attn_feat_ffn.1.weight", "fusion.attn_feat_ffn.1.bias"}
+
+
+def test_match_trains_only_head_and_fusion_starting_from_the_warm_start(match_run):
     cfg, dirs = match_run
     warm, after = _state(dirs["train_cam"]), _state(dirs["match"])
     frozen = [k for k in after if not k.startswith(("head.", "fusion."))]
@@ -85,11 +97,33 @@ def test_match_trains_only_head_and_fusion(match_run):
     for k in frozen:
         assert torch.equal(after[k], warm[k]), f"{k} moved in match"
     assert not torch.equal(after["head.weight"], warm["head.weight"])
-    # the phases' feature fusion is new (the warm start has WeakTr's map fusion) and learns
-    assert not any(k.startswith("fusion.attn_") for k in warm)
-    assert {k for k in after if k.startswith("fusion.")} == {
-        "fusion.attn_head_ffn.0.weight", "fusion.attn_head_ffn.2.weight", "fusion.attn_feat_ffn.0.weight",
-        "fusion.attn_feat_ffn.0.bias", "fusion.attn_feat_ffn.1.weight", "fusion.attn_feat_ffn.1.bias"}
+    # official warm start: the feature fusion the phases use, trained there; match loads every key
+    assert {k for k in warm if k.startswith("fusion.")} == FEATURE_FUSION_KEYS
+    assert {k for k in after if k.startswith("fusion.")} == FEATURE_FUSION_KEYS
+    init = json.loads((dirs["match"] / "manifest.json").read_text())["metrics"]["init"]
+    assert init["fresh"] == [] and init["loaded"] == len(warm)
+
+
+def test_phases_start_from_the_trained_fusion(tmp_path):
+    """load_weights_from (official strict=False, every key matching): the phase's fusion IS the
+    warm start's, not a fresh one; a WeakTr V1 warm start leaves exactly the fusion fresh."""
+    torch.manual_seed(0)
+    feats = TINY.model_copy(update={"fusion": "features"})
+    warm = build_mask_generator(feats, 3)
+    with torch.no_grad():
+        for p in warm.fusion.parameters():
+            p.add_(1.0)  # "trained": differs from any fresh initialisation
+    save_mask_generator(warm, tmp_path / "warm.pt", feats, 3)
+    torch.manual_seed(1)
+    phase = build_mask_generator(feats, 3, load_weights=False)
+    keys = load_weights_from(phase, tmp_path / "warm.pt")
+    assert keys["fresh"] == [] and set(keys["loaded"]) == set(warm.state_dict())
+    for (n, a), b in zip(warm.state_dict().items(), phase.state_dict().values()):
+        assert torch.equal(a, b), n
+    v1 = build_mask_generator(TINY, 3)  # maps fusion
+    save_mask_generator(v1, tmp_path / "v1.pt", TINY, 3)
+    keys = load_weights_from(phase, tmp_path / "v1.pt")
+    assert set(keys["fresh"]) == FEATURE_FUSION_KEYS and not any(k.startswith("fusion.") for k in keys["loaded"])
 
 
 def test_trainable_all_moves_the_backbone(match_run, tmp_path):
@@ -112,14 +146,17 @@ def test_frozen_backbone_gets_no_gradient_and_fine_cam_is_head_and_fusion():
     assert all(p.grad is None for p in m.backbone_parameters())
 
 
-def test_warm_start_fine_cam_loss_does_not_reach_the_coarse_cam():
+@pytest.mark.parametrize("fusion", ["features", "maps"])
+def test_warm_start_fine_cam_loss_does_not_reach_the_coarse_cam(fusion):
     torch.manual_seed(0)
-    m = build_mask_generator(TINY, 3).set_recipe(detach_tokens=False, detach_coarse=True)
+    m = build_mask_generator(TINY.model_copy(update={"fusion": fusion}), 3)
+    m.set_recipe(detach_tokens=False, detach_coarse=True)
     out = m(torch.randn(2, 3, 64, 64))
     F.multilabel_soft_margin_loss(out["attn_logits"], torch.tensor([[1., 0, 1], [0, 1, 0]])).backward()
-    assert m.head.weight.grad is None  # only the fusion learns from the fine CAM (WeakTr models.py)
+    assert m.head.weight.grad is None  # only the fusion learns from the fine CAM (models.py coarse_cam.detach())
     assert m.vit.blocks[0].attn.qkv.weight.grad is None
-    assert m.fusion.fc[0].weight.grad.abs().sum() > 0
+    first = m.fusion.attn_head_ffn[0] if fusion == "features" else m.fusion.fc[0]
+    assert first.weight.grad.abs().sum() > 0
     loss, _, _ = train_cam_step(m, torch.randn(2, 3, 64, 64), torch.tensor([[1., 0, 1], [0, 1, 0]]))
     loss.backward()
     assert m.head.weight.grad.abs().sum() > 0 and m.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
@@ -139,22 +176,67 @@ def test_history_lr_is_official_lr_times_global_batch_over_512(match_run):
     assert (full.train_cam.lr, full.train_cam.warmup_epochs, full.train_cam.min_lr) == (6e-4, 5, 1e-5)
 
 
-def test_warm_start_decays_only_matrices(match_run):
+def test_official_warm_start_decays_every_parameter(match_run):
+    """SemPLeS / WeakTr main.py at HEAD: create_optimizer(args, model.parameters()): timm gets an
+    iterable, not a module, so it forms one group and every parameter (biases, norms, class
+    tokens, positions too) decays with args.weight_decay."""
     cfg, dirs = match_run
+    assert cfg.train_cam.recipe == "official"
     ck = torch.load(dirs["train_cam"] / "checkpoint.pt", weights_only=False)
-    decays = sorted(g["weight_decay"] for g in ck["optimizer"]["param_groups"])
-    assert decays == [0.0, cfg.train_cam.weight_decay]
+    groups = ck["optimizer"]["param_groups"]
+    n_params = len(_state(dirs["train_cam"]))  # every state tensor is a parameter (no buffers)
+    assert [g["weight_decay"] for g in groups] == [cfg.train_cam.weight_decay]
+    assert len(groups[0]["params"]) == n_params
+
+
+def test_weaktr_v1_recipe_trains_the_map_fusion_with_filtered_decay(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    cfg = cfg.model_copy(update={"train_cam": cfg.train_cam.model_copy(update={"recipe": "weaktr_v1"})})
+    d = {s: run_stage(cfg, s) for s in ("prepare_data", "train_cam")}["train_cam"]
+    assert {k for k in _state(d) if k.startswith("fusion.")} == {"fusion.fc.0.weight", "fusion.fc.2.weight"}
+    groups = torch.load(d / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert sorted(g["weight_decay"] for g in groups) == [0.0, cfg.train_cam.weight_decay]
+
+
+def test_weaktr_v1_warm_start_decays_only_matrices():
+    """WeakTr V1 main.py: create_optimizer(args, model): timm's param_groups_weight_decay with
+    the model's no_weight_decay() {pos_embed, cls_token}: 1-d tensors, biases, tokens and
+    positions undecayed."""
+    from pipeline.semples import warm_start_param_groups
+    m = build_mask_generator(TINY, 3)
+    groups = warm_start_param_groups(m, "weaktr_v1", 0.03)
+    names = {id(p): n for n, p in m.named_parameters()}
+    by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in groups}
+    assert set(by_decay) == {0.0, 0.03}
+    assert {"cls_tokens", "cls_pos", "patch_pos", "head.bias", "vit.blocks.0.norm1.weight",
+            "vit.blocks.0.attn.qkv.bias"} <= by_decay[0.0]
+    assert {"head.weight", "vit.blocks.0.attn.qkv.weight", "fusion.fc.0.weight"} <= by_decay[0.03]
+    assert warm_start_param_groups(m, "official", 0.03) is None  # fit's single uniform group
 
 
 # ------------------------------------------------------------------ 4. attention fusion
-@pytest.mark.parametrize("fusion", ["maps", "features"])
-def test_fusion_weights_depend_on_the_image(fusion):
-    torch.manual_seed(0)
-    m = build_mask_generator(TINY.model_copy(update={"fusion": fusion}), 3).eval()
+@pytest.mark.parametrize("layout", ["v2", "v1"])
+def test_fusion_is_the_official_aaf_numerically(layout):
+    """The whole forward (attention maps, features, fusion weights, fused CAM) of a deit-tiny-shaped
+    official state dict at 64 px against the reference written from models.py / AAF.py. float32 on
+    both paths with different op orders (einsum vs matmul, fused vs written-out layer norm): agreement
+    to rtol 1e-4 of the CAM scale; a wrong head/channel split changes CAMs by orders more."""
+    sd = official_state_dict(7, K=3, D=192, L=12, H=3, patches=16, layout=layout)
+    fusion = "features" if layout == "v2" else "maps"
+    model = build_mask_generator(TINY.model_copy(update={"fusion": fusion}), 3, load_weights=False)
+    model.load_state_dict(to_mask_generator_keys(sd))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        w = m(torch.randn(2, 3, 64, 64))["fusion_weights"]
-    assert w.shape == (2, 12 * 3) and ((w > 0) & (w < 1)).all()
-    assert not torch.allclose(w[0], w[1])
+        ours = model.eval()(x)
+        ref, ref_w = reference_fine_cam(sd, x, H=3)
+    tol = 1e-4 * ref.abs().max().item()
+    assert ref.abs().max() > 0 and not torch.allclose(ref_w[0], ref_w[1])  # image-dependent weights
+    assert torch.allclose(ours["fusion_weights"], ref_w, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(ours["fine"], ref, rtol=1e-4, atol=tol)
+    if layout == "v2":  # the test can fail: splitting C into contiguous head blocks is another model
+        wrong, wrong_w = reference_fine_cam(sd, x, H=3, split="contiguous")
+        assert not torch.allclose(wrong_w, ref_w, rtol=1e-4, atol=1e-6)
+        assert not torch.allclose(ours["fine"], wrong, rtol=1e-4, atol=tol)
 
 
 def test_fusion_shapes_follow_the_official_reductions():
@@ -187,11 +269,28 @@ def test_augmentations_are_timm_weaktr_and_crop_flip(match_run):
     assert names(weaktr) == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment",
                              "MaybeToTensor", "Normalize", "RandomErasing"]
     t = weaktr.transform.transforms
-    assert "bicubic" in str(t[0]) and t[-1].probability == 0.25 and len(t[2].ops) == 15
-    assert t[2].ops[0].magnitude == 9 and t[2].ops[0].magnitude_std == 0.5
+    # timm create_transform as WeakTr datasets.py calls it (main.py: --train-interpolation bicubic,
+    # default RandomResizedCrop scale/ratio, --aa rand-m9-mstd0.5-inc1, --reprob 0.25 --remode pixel --recount 1)
+    rrc, flip, ra, erase = t[0], t[1], t[2], t[-1]
+    assert (rrc.size, rrc.scale, rrc.ratio, str(rrc.interpolation)) == \
+        ((64, 64), (0.08, 1.0), (3 / 4, 4 / 3), "InterpolationMode.BICUBIC")
+    assert flip.p == 0.5
+    # inc1: timm's _RAND_INCREASING_TRANSFORMS (magnitude grows the distortion); without inc1 the list
+    # holds Posterize/Solarize/Color/... and this test fails
+    assert [o.name for o in ra.ops] == [
+        "AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeIncreasing", "SolarizeIncreasing",
+        "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing",
+        "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"]
+    assert {(o.prob, o.magnitude, o.magnitude_std) for o in ra.ops} == {(0.5, 9, 0.5)}
+    assert ra.num_layers == 2 and ra.choice_weights is None
+    assert (erase.probability, erase.mode, erase.min_count, erase.max_count, erase.per_pixel) == \
+        (0.25, "pixel", 1, 1, True)
     flip_only = TrainImages(table, 64, augment="crop_flip")
     assert names(flip_only) == ["RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "MaybeToTensor",
                                 "Normalize"]
+    f = flip_only.transform.transforms
+    assert (f[0].scale, f[0].ratio, str(f[0].interpolation), f[1].p) == \
+        ((0.08, 1.0), (3 / 4, 4 / 3), "InterpolationMode.BICUBIC", 0.5)
     assert (cfg.train_cam.augment, cfg.match.augment, cfg.learn_prompts.augment, cfg.refine.augment) == \
         ("weaktr", "weaktr", "crop_flip", "weaktr")
 
@@ -210,17 +309,25 @@ def test_prompt_init_is_uniform_and_names_are_official():
 K, D, L, H = 20, 384, 12, 6
 
 
-def official_state_dict(seed=0, K=K, D=D, L=L, H=H, patches=196) -> dict:
-    """Names and shapes of WeakTr's deit_small_WeakTr_patch16_224 (VOC, --reduction 8), random values."""
+def official_state_dict(seed=0, K=K, D=D, L=L, H=H, patches=196, layout="v1", reduction=8) -> dict:
+    """Names and shapes of WeakTr's deit_small_WeakTr_patch16_224 (VOC, --reduction 8), random
+    values. layout v1: WeakTr V1's map fusion (fc.*); v2: WeakTr V2/HEAD and SemPLeS AAF
+    (attn_head_ffn.*, attn_feat_ffn.*, --feat-reduction 8)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s, std=0.02: torch.randn(*s, generator=g) * std  # noqa: E731
-    c = L * H
+    c, hd = L * H, D // H
     sd = {"cls_token": r(1, K, D), "pos_embed": r(1, K + patches, D),
           "patch_embed.proj.weight": r(D, 3, 16, 16), "patch_embed.proj.bias": r(D),
           "norm.weight": 1 + r(D), "norm.bias": r(D),
-          "head.weight": r(K, D, 3, 3), "head.bias": r(K),
-          "adaptive_attention_fusion.fc.0.weight": r(c // 8, c, std=0.2),
-          "adaptive_attention_fusion.fc.2.weight": r(c, c // 8, std=0.2)}
+          "head.weight": r(K, D, 3, 3), "head.bias": r(K)}
+    a = "adaptive_attention_fusion."
+    if layout == "v1":
+        sd |= {a + "fc.0.weight": r(c // reduction, c, std=0.2), a + "fc.2.weight": r(c, c // reduction, std=0.2)}
+    else:
+        sd |= {a + "attn_head_ffn.0.weight": r(c // reduction, c, std=0.5),
+               a + "attn_head_ffn.2.weight": r(c, c // reduction, std=0.5),
+               a + "attn_feat_ffn.0.weight": r(hd // 8, hd, std=0.5), a + "attn_feat_ffn.0.bias": r(hd // 8),
+               a + "attn_feat_ffn.1.weight": r(1, hd // 8, std=0.5), a + "attn_feat_ffn.1.bias": r(1)}
     for i in range(L):
         b = f"blocks.{i}."
         sd |= {b + "norm1.weight": 1 + r(D), b + "norm1.bias": r(D), b + "attn.qkv.weight": r(3 * D, D),
@@ -230,12 +337,19 @@ def official_state_dict(seed=0, K=K, D=D, L=L, H=H, patches=196) -> dict:
     return sd
 
 
-def reference_fine_cam(sd: dict, x: torch.Tensor) -> torch.Tensor:
-    """WeakTr models.py forward (eval, 224 px) written from the official maths on a state dict."""
+def reference_fine_cam(sd: dict, x: torch.Tensor, H: int = H, split: str = "interleaved"):
+    """WeakTr / SemPLeS models.py forward (eval, square input at the checkpoint's grid) written
+    from the official maths on a state dict: (fine CAM, fusion weights). Feature fusion (AAF.py
+    class AAF): each block's attention output o (B, N, C) stacked to (L, B, N, C) and viewed
+    as (L, B, N, C/H, H) -- channel c belongs to "head" c % H -- then permuted to
+    (B, H*L, N, C/H); split='contiguous' (c // (C/H), the true head blocks) is the wrong variant."""
     B = x.shape[0]
+    K, D = sd["cls_token"].shape[1:]
+    L = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    g = int(round((sd["pos_embed"].shape[1] - K) ** 0.5))
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16).flatten(2).transpose(1, 2)
     t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], 1) + sd["pos_embed"]
-    weights = []
+    weights, feats = [], []
     for i in range(L):
         p = lambda n: sd[f"blocks.{i}.{n}"]  # noqa: E731
         y = F.layer_norm(t, (D,), p("norm1.weight"), p("norm1.bias"), eps=1e-6)
@@ -243,19 +357,35 @@ def reference_fine_cam(sd: dict, x: torch.Tensor) -> torch.Tensor:
         a = ((qkv[0] @ qkv[1].transpose(-2, -1)) * (D // H) ** -0.5).softmax(-1)
         weights.append(a)
         o = (a @ qkv[2]).transpose(1, 2).reshape(B, -1, D) @ p("attn.proj.weight").T + p("attn.proj.bias")
+        feats.append(o)
         t = t + o
         y = F.layer_norm(t, (D,), p("norm2.weight"), p("norm2.bias"), eps=1e-6)
         t = t + F.gelu(y @ p("mlp.fc1.weight").T + p("mlp.fc1.bias")) @ p("mlp.fc2.weight").T + p("mlp.fc2.bias")
-    x_patch = t[:, K:].reshape(B, 14, 14, D).permute(0, 3, 1, 2)
+    N = K + g * g
+    x_patch = t[:, K:].reshape(B, g, g, D).permute(0, 3, 1, 2)
     coarse = F.relu(F.conv2d(x_patch, sd["head.weight"], sd["head.bias"], padding=1))
-    maps = torch.stack(weights).permute(1, 2, 0, 3, 4).reshape(B, H * L, K + 196, K + 196)
-    pooled = F.adaptive_max_pool2d(maps, 1).flatten(1)
-    w = torch.sigmoid(F.relu(pooled @ sd["adaptive_attention_fusion.fc.0.weight"].T)
-                      @ sd["adaptive_attention_fusion.fc.2.weight"].T)
+    maps = torch.stack(weights).permute(1, 2, 0, 3, 4).reshape(B, H * L, N, N)
+    a = "adaptive_attention_fusion."
+    if a + "fc.0.weight" in sd:  # WeakTr V1: squeeze-excitation over max-pooled maps
+        pooled = F.adaptive_max_pool2d(maps, 1).flatten(1)
+        w = torch.sigmoid(F.relu(pooled @ sd[a + "fc.0.weight"].T) @ sd[a + "fc.2.weight"].T)
+    else:
+        f = torch.stack(feats)  # (L, B, N, C)
+        if split == "interleaved":
+            f = f.view(L, B, N, D // H, H).permute(1, 4, 0, 2, 3)
+        else:
+            f = f.view(L, B, N, H, D // H).permute(1, 3, 0, 2, 4)
+        f = f.reshape(B, H * L, N, D // H)
+        # AAF.forward_weight: (b, c, n, m) -> (b, c*m, n, 1), pooled over tokens (VOC: max)
+        pooled = F.adaptive_max_pool2d(f.permute(0, 1, 3, 2).reshape(B, H * L * (D // H), N, 1), 1)
+        pooled = pooled.view(B * H * L, D // H)
+        hw = pooled @ sd[a + "attn_feat_ffn.0.weight"].T + sd[a + "attn_feat_ffn.0.bias"]
+        hw = (hw @ sd[a + "attn_feat_ffn.1.weight"].T + sd[a + "attn_feat_ffn.1.bias"]).view(B, H * L)
+        w = torch.sigmoid(F.relu(hw @ sd[a + "attn_head_ffn.0.weight"].T) @ sd[a + "attn_head_ffn.2.weight"].T)
     fused = (maps * w[:, :, None, None]).mean(1)
-    cams = fused[:, :K, K:].reshape(B, K, 14, 14) * coarse
+    cams = fused[:, :K, K:].reshape(B, K, g, g) * coarse
     patch_attn = fused[:, K:, K:]
-    return (patch_attn.unsqueeze(1) @ cams.reshape(B, K, -1, 1)).reshape(B, K, 14, 14)
+    return (patch_attn.unsqueeze(1) @ cams.reshape(B, K, -1, 1)).reshape(B, K, g, g), w
 
 
 S_CFG = MaskGeneratorCfg(pretrained=False, drop_path_rate=0.0)  # DeiT-S, VOC fusion (reduction 8, max)
@@ -277,7 +407,7 @@ def test_imported_weaktr_checkpoint_gives_the_official_cams(official_ckpt):
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = model.eval()(x)["fine"]
-        ref = reference_fine_cam(sd, x)
+        ref, _ = reference_fine_cam(sd, x)
     assert ref.abs().max() > 0
     # two implementations of the same maths: float32 sums in another order, ~sqrt(n)*eps per dot product
     # (n <= 1536: ~5e-6) over 12 blocks: ~6e-5 of the output scale; tolerance 1e-4 of it. A class-order
@@ -302,14 +432,82 @@ def test_import_rejects_missing_extra_and_misshaped_keys(tmp_path, official_ckpt
 
 
 def test_phases_load_the_imported_warm_start_with_a_fresh_feature_fusion(tmp_path, official_ckpt):
-    path, _ = official_ckpt
+    path, _ = official_ckpt  # WeakTr V1: map fusion
     warm = build_mask_generator(S_CFG, K, load_weights=False)
     import_weaktr_checkpoint(warm, path)
     save_mask_generator(warm, tmp_path / "model.pt", S_CFG, K)
     phase = build_mask_generator(S_CFG.model_copy(update={"fusion": "features"}), K, load_weights=False)
-    fresh = load_weights_from(phase, tmp_path / "model.pt")
-    assert fresh and all(k.startswith("fusion.attn_") for k in fresh)
+    keys = load_weights_from(phase, tmp_path / "model.pt")
+    assert set(keys["fresh"]) == FEATURE_FUSION_KEYS
     assert torch.equal(phase.head.weight, warm.head.weight) and torch.equal(phase.cls_tokens, warm.cls_tokens)
+
+
+def test_v2_checkpoint_is_imported_and_the_phases_inherit_its_fusion(tmp_path):
+    """WeakTr V2/HEAD / SemPLeS layout (attn_head_ffn + attn_feat_ffn): detected by its keys,
+    imported with the official CAMs, and a phase loads every tensor of it, fusion included."""
+    sd = official_state_dict(5, layout="v2")
+    torch.save({"model": sd}, tmp_path / "v2.pth")
+    feats = S_CFG.model_copy(update={"fusion": "features"})
+    warm = build_mask_generator(feats, K, load_weights=False)
+    m = import_weaktr_checkpoint(warm, tmp_path / "v2.pth")
+    assert (m["fusion"], m["layout"]) == ("features", "WeakTr V2 / SemPLeS")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref, _ = reference_fine_cam(sd, x)
+        assert torch.allclose(warm.eval()(x)["fine"], ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+    save_mask_generator(warm, tmp_path / "model.pt", feats, K)
+    phase = build_mask_generator(feats, K, load_weights=False)
+    keys = load_weights_from(phase, tmp_path / "model.pt")
+    assert keys["fresh"] == [] and FEATURE_FUSION_KEYS <= set(keys["loaded"])
+    assert torch.equal(phase.fusion.attn_feat_ffn[0].weight, sd["adaptive_attention_fusion.attn_feat_ffn.0.weight"])
+    # a model of the other fusion kind, and an unknown fusion layout, are errors naming the keys
+    with pytest.raises(ValueError, match="'features' attention fusion, the model a 'maps'"):
+        import_weaktr_checkpoint(build_mask_generator(S_CFG, K, load_weights=False), tmp_path / "v2.pth")
+    odd = {k: v for k, v in sd.items() if "attn_feat_ffn" not in k} | {
+        "adaptive_attention_fusion.query": torch.zeros(1, 72)}
+    torch.save({"model": odd}, tmp_path / "odd.pth")
+    with pytest.raises(ValueError, match=r"unknown attention-fusion layout.*'attn_head_ffn.0.weight'.*'query'"):
+        import_weaktr_checkpoint(warm, tmp_path / "odd.pth")
+
+
+# SemPLeS / WeakTr evaluation.py categories_coco: the official model's rows are ids 1..90 (row = id - 1)
+OFFICIAL_COCO_NAMES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "street sign", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "hat", "backpack", "umbrella", "shoe",
+    "eye glasses", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle", "plate",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "mirror", "dining table", "window", "desk", "toilet", "door", "tv", "laptop", "mouse", "remote",
+    "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "blender", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
+
+
+def test_coco_90_row_checkpoint_is_imported_by_category_id(tmp_path):
+    """A synthetic official COCO checkpoint (90 class tokens / pos rows / head rows) imported into
+    the 80-class model: each class gets the row of its category id, which the reference picks by
+    name from the official category list; the CAMs equal the official forward on those rows."""
+    from pipeline.data.classes import COCO_CLASSES
+    assert len(OFFICIAL_COCO_NAMES) == 90
+    sd = official_state_dict(11, K=90, D=192, L=12, H=3, patches=16, layout="v2")
+    torch.save({"model": sd}, tmp_path / "coco.pth")
+    cfg = TINY.model_copy(update={"fusion": "features"})
+    model = build_mask_generator(cfg, 80, load_weights=False)
+    m = import_weaktr_checkpoint(model, tmp_path / "coco.pth")
+    assert m["class_rows"] == 90 and m["rows_selected_by"] == "COCO category id"
+    rows = torch.tensor([OFFICIAL_COCO_NAMES.index(n) for n in COCO_CLASSES[1:]])
+    assert torch.equal(model.cls_tokens, sd["cls_token"][:, rows])
+    assert torch.equal(model.head.bias, sd["head.bias"][rows])
+    ref_sd = sd | {"cls_token": sd["cls_token"][:, rows],
+                   "pos_embed": torch.cat([sd["pos_embed"][:, rows], sd["pos_embed"][:, 90:]], 1),
+                   "head.weight": sd["head.weight"][rows], "head.bias": sd["head.bias"][rows]}
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref, _ = reference_fine_cam(ref_sd, x, H=3)
+        ours = model.eval()(x)["fine"]
+    # float32, different op orders on both paths: within 1e-4 of the CAM scale
+    assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
 
 
 # ------------------------------------------------------------------ 11. weights_only loading
@@ -333,7 +531,7 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path):
     assert not marker.exists()
     with pytest.raises(ValueError, match="train_cam.init_checkpoint"):
         import_weaktr_checkpoint(m, tmp_path / "evil.pt")
-    assert not marker.exists() and math.isfinite(1.0)
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------ CAM export geometry
@@ -376,7 +574,8 @@ def test_export_crops_the_remainder_and_resizes_the_grid_once():
 
 def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_it(tmp_path):
     """train_cam.init_checkpoint: the stage converts instead of training; match then keeps the
-    imported backbone and head and starts a fresh feature fusion (official strict=False load)."""
+    imported backbone and head and, the checkpoint being WeakTr V1's, starts a fresh feature
+    fusion (official strict=False load)."""
     path = tmp_path / "checkpoint_best_mIoU.pth"
     sd = official_state_dict(3, K=20, D=192, L=12, H=3, patches=16)  # deit_tiny at 64 px (the test config)
     torch.save({"model": sd, "epoch": 5}, path)
@@ -391,6 +590,9 @@ def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_i
     assert torch.equal(warm["cls_tokens"], sd["cls_token"]) and torch.equal(warm["patch_pos"], sd["pos_embed"][:, 20:])
     assert torch.equal(warm["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
     assert torch.equal(after["vit.blocks.11.mlp.fc2.weight"], sd["blocks.11.mlp.fc2.weight"])
+    # a V1 warm start has no feature-fusion tensors: match says they start fresh
+    init = json.loads((dirs["match"] / "manifest.json").read_text())["metrics"]["init"]
+    assert set(init["fresh"]) == FEATURE_FUSION_KEYS and init["loaded"] == len(warm) - 2  # fc.0, fc.2 dropped
 
 
 def test_clip_input_norm_and_lr_scaling_switches():

@@ -76,15 +76,34 @@ def test_random_clip_needs_opt_in():
         build_vl(ClipCfg(factory="nowhere:nothing"))
 
 
+def official_prompted_ids(n_prompts: int, placeholder: int = -1) -> list[int]:
+    """SemPLeS CLIP-main/clip/model.py encode_btp, written by hand: <|startoftext|> 49406,
+    _tokenizer.encode('a photo of ') = 320 1125 539, the learned tokens, _tokenizer.encoder['.'] = 13,
+    <|endoftext|> 49407, then token 0 up to 77 (77 - 6 - P of them); features read at 5 + P."""
+    return [49406, 320, 1125, 539] + [placeholder] * n_prompts + [13, 49407] + [0] * (77 - 6 - n_prompts)
+
+
+def test_prompted_sentence_is_the_official_id_sequence(vl):
+    tmpl, eot = vl.prompted_tokens(30)
+    n = vl.n_prefix
+    spliced = torch.cat([tmpl[:n], torch.full((30,), -1), tmpl[n:]])[:77]
+    assert spliced.tolist() == official_prompted_ids(30)
+    assert eot == 5 + 30
+    # not what tokenizing the template gives ('.</w>' = 269)
+    assert vl.tokenize(["a photo of ."])[0, 4].item() == 269
+
+
 def test_prompts_change_text_features_and_eot_position(vl):
-    # splicing the token embeddings of real words must equal encoding the sentence:
-    # proves the EOT feature is read at its moved position
-    ids = vl.tokenize(["a photo of cat dog ."])[0]
-    words = vl.model.token_embedding(ids[4:6])[None]
+    # splicing the token embeddings of real words must equal encoding the official id sequence
+    # with those words in place: proves the EOT feature is read at its moved position
+    words_ids = vl.tokenize(["cat dog"])[0, 1:3]
+    ids = torch.tensor(official_prompted_ids(2))
+    ids[4:6] = words_ids
+    words = vl.model.token_embedding(words_ids)[None]
     # two paths (spliced embeddings, moved EOT vs plain tokens): float32 sums in another order through 2
     # layers of width <= 256: ~2*sqrt(256)*eps ~ 4e-6 of the feature scale; 1e-5 of it. Reading another
     # token instead (the regression this catches) changes the feature by O(its scale).
-    ref = vl.encode_text(["a photo of cat dog ."])
+    ref = vl.model.encode_text(ids[None])
     assert torch.allclose(vl.encode_prompted(words), ref, rtol=0, atol=1e-5 * ref.abs().max().item())
     pl = PromptLearner(3, 30, vl.token_width)
     f1 = pl(vl)

@@ -146,6 +146,25 @@ def test_mask2former_without_ignored_pixels_is_mmdets_loss(m2f_heads):
                                                                         rel=1e-5)
 
 
+def test_mask2former_all_ignore_crop_gets_no_classification_loss(m2f_heads):
+    """An image whose crop is all 255 has no gt mask; mmdet would still train every one of its
+    queries towards "no object". Ours: no gradient reaches its class scores (any decoder layer),
+    the other image's do, and the stock head's check fails."""
+    ours, stock = m2f_heads
+    gt, _ = _gt_with_ignored()
+    gt[1] = 255
+    for head, expect_zero in ((ours, True), (stock, False)):
+        cls, masks = _m2f_inputs(head, gt)
+        cls.requires_grad_()
+        _m2f_loss(head, gt, masks, cls).backward()
+        grad = cls.grad.abs().sum(dim=(0, 2, 3))  # per image
+        assert grad[0] > 0
+        assert (grad[1] == 0) == expect_zero, (type(head).__name__, grad)
+    # a batch of only all-ignore crops: zero loss, no NaN
+    cls, masks = _m2f_inputs(ours, torch.full_like(gt, 255))
+    assert _m2f_loss(ours, torch.full_like(gt, 255), masks, cls).item() == 0.0
+
+
 @pytest.mark.parametrize("arch", ["deeplabv2", "deeplabv3plus"])
 def test_deeplab_cross_entropy_ignores_255(tmp_path, arch):
     """mmseg's decode head passes ignore_index=255 to CrossEntropyLoss (avg over labelled pixels)."""
@@ -180,11 +199,16 @@ def test_deeplabv2_head_frozen_bn_and_head_lr(tmp_path):
     model.train()
     bns = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in bns)
-    # classifier lr x10, backbone x1
+    # deeplab-pytorch main.py: backbone lr x1, classifier weights lr x10 (both decayed), classifier
+    # biases lr x20 without weight decay
     groups = {id(p): g for g in build_optim_wrapper(model, mm.optim_wrapper).optimizer.param_groups
               for p in g["params"]}
-    assert groups[id(convs[0].weight)]["lr"] == pytest.approx(2.5e-3)
-    assert groups[id(model.backbone.conv1.weight)]["lr"] == pytest.approx(2.5e-4)
+    for c in convs:
+        assert (groups[id(c.weight)]["lr"], groups[id(c.weight)]["weight_decay"]) == \
+            (pytest.approx(2.5e-3), pytest.approx(5e-4))
+        assert (groups[id(c.bias)]["lr"], groups[id(c.bias)]["weight_decay"]) == (pytest.approx(5e-3), 0.0)
+    assert (groups[id(model.backbone.conv1.weight)]["lr"], groups[id(model.backbone.conv1.weight)]["weight_decay"]) \
+        == (pytest.approx(2.5e-4), pytest.approx(5e-4))
     assert mm.param_scheduler[0]["eta_min"] == 0.0
 
 
@@ -331,3 +355,70 @@ def test_stage_best_checkpoint_tta_crf_are_labelled(tmp_path):
     # evaluate's report carries the label and the ground-truth-selection note
     final = evaluate._final_model({"train_segmentation": out})
     assert final["selected_on_ground_truth"] and final["label"] == vm["label"]
+
+
+# ------------------------------------------------------------ TTA = average over the views
+@pytest.mark.parametrize("arch", ["mask2former", "deeplabv3plus"])
+def test_tta_prediction_is_the_average_over_scaled_and_flipped_views(tmp_path, arch):
+    """mmseg's SegTTAModel on the config's tta_pipeline, for two val images, against a hand-made
+    average: each view (the image rescaled by mmcv.imrescale as Resize(keep_ratio) does,
+    optionally flipped) through the plain model, its logits flipped back and resized bilinearly
+    to the image, softmaxed, averaged over the views, argmax. Both paths run the same float32
+    model on the same view pixels, so the per-view logits agree to float rounding (atol 1e-5 of
+    their scale) and the labels agree wherever the two best averaged probabilities differ by
+    more than 1e-6 (the averaged probabilities' rounding is ~1e-7); elsewhere the TTA label is
+    one of the classes within 1e-6 of the best."""
+    import mmcv
+    import torch.nn.functional as F
+    from mmengine.dataset import Compose, pseudo_collate
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+    init_default_scope("mmseg")
+    scales = [0.75, 1.0]
+    mm = _mm(tmp_path, model=arch, tiny=True, crop_size=64, tta_scales=scales)
+    torch.manual_seed(0)
+    model = MODELS.build(mm.model)
+    model.init_weights()
+    with torch.no_grad():  # a fresh random model predicts one class everywhere: perturb it so labels vary
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    model.eval()
+    tta = MODELS.build(dict(type="SegTTAModel", module=model))
+    seen = []  # what the TTA model merges: per-view logits at the image size (a spy; merging still runs)
+    merge = tta.merge_preds
+    tta.merge_preds = lambda lists: seen.append([d.seg_logits.data.clone() for d in lists[0]]) or merge(lists)
+    voc = ROOT / "data/voc-tiny"
+    ids = (voc / "ImageSets/Segmentation/val.txt").read_text().split()[:2]
+    pipe = Compose(mm.tta_pipeline)
+    short = mm.tta_pipeline[1]["transforms"][0][1]["scale"][1]  # the test scale's short side (scale 1.0)
+    for n, i in enumerate(ids):
+        sample = pipe(dict(img_path=str(voc / f"JPEGImages/{i}.jpg"), reduce_zero_label=False, seg_fields=[],
+                           seg_map_path=str(voc / f"SegmentationClass/{i}.png")))
+        assert len(sample["inputs"]) == 2 * len(scales)  # every scale with and without flip
+        with torch.no_grad():  # one image per batch, as the test loader
+            pred = tta.test_step(pseudo_collate([sample]))[0].pred_sem_seg.data[0]
+            img = mmcv.imread(str(voc / f"JPEGImages/{i}.jpg"))  # BGR, as LoadImageFromFile
+            logits = []
+            for r in scales:
+                view = mmcv.imrescale(img, (round(4 * short * r), round(short * r)), interpolation="bilinear")
+                for flip in (False, True):
+                    v = np.ascontiguousarray(view[:, ::-1] if flip else view)
+                    ds = SegDataSample(metainfo=dict(ori_shape=v.shape[:2], img_shape=v.shape[:2]))
+                    out = model.test_step(dict(inputs=[torch.from_numpy(v).permute(2, 0, 1)], data_samples=[ds]))
+                    lg = out[0].seg_logits.data[None]
+                    lg = lg.flip(-1) if flip else lg
+                    logits.append(F.interpolate(lg, size=img.shape[:2], mode="bilinear", align_corners=False)[0])
+        merged = sorted(seen[n], key=lambda t: t.sum().item())
+        for ours, theirs in zip(sorted(logits, key=lambda t: t.sum().item()), merged):
+            assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())
+        avg = torch.stack([lg.softmax(0) for lg in logits]).mean(0)
+        top2 = avg.topk(2, dim=0).values
+        clear = (top2[0] - top2[1]) > 1e-6
+        assert pred.shape == img.shape[:2] and clear.float().mean() > 0.5
+        assert torch.equal(pred[clear], avg.argmax(0)[clear])
+        # elsewhere (a random Mask2Former's saturated scores tie exactly) TTA picks one of the tied best
+        near_best = avg >= top2[0] - 1e-6
+        assert near_best.gather(0, pred[None].long()).all()
+        # the check can fail: the single-scale unflipped view alone labels pixels otherwise
+        assert (logits[2].argmax(0) != pred).any() and len(pred.unique()) > 1

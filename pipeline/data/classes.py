@@ -30,6 +30,13 @@ COCO_CLASSES = (
     "teddy bear", "hair drier", "toothbrush",
 )
 
+# COCO category id of each COCO_CLASSES entry after background (ids 1..90; 12, 26, 29, 30, 45,
+# 66, 68, 69, 71, 83 are unused). The official COCO mask generator has one class token / head
+# row per id 1..90 (row = id - 1; SemPLeS/WeakTr evaluation.py categories_coco).
+COCO_CATEGORY_IDS = (*range(1, 12), *range(13, 26), 27, 28, *range(31, 45), *range(46, 66), 67, 70,
+                     *range(72, 83), *range(84, 91))
+assert len(COCO_CATEGORY_IDS) == len(COCO_CLASSES) - 1
+
 # Names fed to the text encoder ("a photo of {name}.") where the label name is not a word.
 VOC_PROMPT_NAMES = dict(zip(VOC_CLASSES, VOC_CLASSES)) | {
     "aeroplane": "aeroplane", "diningtable": "dining table", "motorbike": "motorbike",

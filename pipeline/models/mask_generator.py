@@ -75,8 +75,8 @@ def _create_timm(cfg: MaskGeneratorCfg, load_weights: bool, **kwargs) -> nn.Modu
 
 
 class MapFusion(nn.Module):
-    """Warm-start attention fusion (WeakTr AAF.py): a squeeze-excitation over the
-    per-head attention maps, each pooled over (T, T); weights in (0, 1)."""
+    """WeakTr V1's attention fusion (AAF.py, 2023-03; train_cam.recipe weaktr_v1): a
+    squeeze-excitation over the per-head attention maps, each pooled over (T, T); weights in (0, 1)."""
 
     kind = "maps"
 
@@ -93,9 +93,10 @@ class MapFusion(nn.Module):
 
 
 class FeatureFusion(nn.Module):
-    """SemPLeS attention fusion (SemPLeS AAF.py, class AAF): each head's attention
-    *features* (B, C, T, D) pooled over tokens, a linear FFN D -> D/r -> 1 per head,
-    then a squeeze-excitation FFN over the C heads with a sigmoid."""
+    """The official attention fusion at HEAD (SemPLeS AAF.py and WeakTr AAF.py since V2,
+    class AAF; warm start and every phase): each head's attention *features* (B, C, T, D)
+    pooled over tokens, a linear FFN D -> D/r -> 1 per head, then a squeeze-excitation FFN
+    over the C heads with a sigmoid."""
 
     kind = "features"
 
@@ -350,11 +351,12 @@ def load_mask_generator(path: Path, device: torch.device | str = "cpu") -> nn.Mo
     return model.to(device).eval()
 
 
-def load_weights_from(model: nn.Module, path: Path) -> list[str]:
-    """Copy the weights of a saved mask generator (e.g. train_cam's) into ``model``.
-    As the official phases load the warm start with strict=False, a fusion of
-    another kind (warm start: maps, phases: features) is left freshly initialised;
-    every other weight must match. Returns the names left initialised."""
+def load_weights_from(model: nn.Module, path: Path) -> dict[str, list[str]]:
+    """Copy the weights of a saved mask generator (e.g. train_cam's) into ``model``, as the
+    official phases load the warm start (strict=False, and every key matches: they start
+    from the trained fusion). Only a fusion of another kind (a WeakTr V1 warm start's map
+    fusion, phases: features) is left freshly initialised; every other weight must match.
+    Returns {"loaded": names copied, "fresh": names left initialised}."""
     ckpt = _read_checkpoint(path)
     target = unwrap(model)
     sd = ckpt["state_dict"]
@@ -365,4 +367,4 @@ def load_weights_from(model: nn.Module, path: Path) -> list[str]:
     if bad_missing or unexpected:
         raise ValueError(f"{path}: weights do not fit this mask generator "
                          f"(missing {bad_missing[:5]}, unexpected {unexpected[:5]})")
-    return list(missing)
+    return {"loaded": sorted(sd), "fresh": sorted(missing)}

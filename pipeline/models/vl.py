@@ -37,6 +37,26 @@ def _split_template(template: str) -> tuple[str, str]:
     return pre.strip(), post.strip()
 
 
+def prompted_template_ids(tokenizer, template: str, context_length: int) -> tuple[torch.Tensor, int]:
+    """Token ids of the prompted sentence without its learned tokens, and the number of ids
+    before them. As SemPLeS clip.py get_template_tokens_dict / model.py encode_btp:
+    [sot] + encode(prefix) + [encoder[suffix]] + [eot] + zeros. The suffix is looked up as one
+    raw vocabulary symbol: the period is id 13 ('.'), not the word-final '.</w>' (269) that
+    tokenizing "a photo of ." gives. A suffix that is no single symbol is BPE-encoded."""
+    pre, post = _split_template(template)
+    enc = getattr(tokenizer, "encoder", None)
+    if enc is None or not all(hasattr(tokenizer, a) for a in ("encode", "sot_token_id", "eot_token_id")):
+        # another tokenizer: tokenize the sentence
+        ids = tokenizer([f"{pre} {post}".strip()])[0]
+        return ids, (1 + len(tokenizer([pre])[0].nonzero()) - 2 if pre else 1)
+    prefix = [tokenizer.sot_token_id, *(tokenizer.encode(pre) if pre else [])]
+    suffix = ([enc[post]] if post in enc else tokenizer.encode(post)) if post else []
+    ids = prefix + suffix + [tokenizer.eot_token_id]
+    out = torch.zeros(context_length, dtype=torch.long)
+    out[: len(ids)] = torch.tensor(ids)
+    return out, len(prefix)
+
+
 class OpenClipVL(nn.Module):
     """Frozen open_clip CLIP in eval mode; gradients flow through it to its
     inputs (masked images, prompt embeddings), never into its weights."""
@@ -57,10 +77,9 @@ class OpenClipVL(nn.Module):
         self.image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
         self.token_width = model.token_embedding.weight.shape[1]
         self.context_length = model.positional_embedding.shape[0]
-        pre, post = _split_template(template)
-        # "<sot> pre post <eot>": learned tokens go between pre and post
-        self.register_buffer("_tmpl", self.tokenize([f"{pre} {post}".strip()])[0], persistent=False)
-        self.n_prefix = 1 + len(self.tokenize([pre])[0].nonzero()) - 2 if pre else 1
+        ids, self.n_prefix = prompted_template_ids(tokenizer, template, self.context_length)
+        # "<sot> pre post <eot> 0...": learned tokens go after the first n_prefix ids
+        self.register_buffer("_tmpl", ids, persistent=False)
 
     def train(self, mode: bool = True):  # always eval (dropout off, frozen statistics)
         return super().train(False)

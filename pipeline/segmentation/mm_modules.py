@@ -44,6 +44,7 @@ from mmseg.registry import DATASETS, HOOKS, METRICS, MODELS  # noqa: E402
 from torch import nn  # noqa: E402
 
 VAL_HISTORY = "val_history.json"
+ALL_IGNORED = "wsss_all_ignored"  # img_meta flag: the crop's ground truth is ignore_index everywhere
 
 
 @DATASETS.register_module(force=True)
@@ -166,14 +167,20 @@ class IgnoreAwareMask2FormerHead(Mask2FormerHead):
     """Each gt class mask carries ``ignore_index`` at ignored pixels (1 = class,
     0 = not, 255 = unknown). A sampled point counts only if no pixel that
     bilinear sampling reads from it is ignored: for the Hungarian matching
-    costs, the mask BCE and the dice loss alike. Without ignored pixels this is
-    mmdet's loss exactly (same points, same normalisation)."""
+    costs, the mask BCE and the dice loss alike. An image whose ground truth is
+    all ignore has no classification loss (mmdet would teach every query "no
+    object" there). Without ignored pixels this is mmdet's loss exactly (same
+    points, same normalisation). What remains: an object partly inside an
+    ignored region is still one gt mask, and a query matched to nothing in an
+    image with some labelled pixels still learns "no object"."""
 
     def _seg_data_to_instance_data(self, batch_data_samples):
         gts, metas = super()._seg_data_to_instance_data(batch_data_samples)
-        for gt, sample in zip(gts, batch_data_samples):
+        for gt, sample, meta in zip(gts, batch_data_samples, metas):
+            ignored = sample.gt_sem_seg.data == self.ignore_index  # (1, H, W)
+            # a crop with no labelled pixel: nothing says its queries hold "no object"
+            meta[ALL_IGNORED] = bool(ignored.all())
             if len(gt):
-                ignored = sample.gt_sem_seg.data == self.ignore_index  # (1, H, W)
                 gt.masks = gt.masks.masked_fill(ignored, self.ignore_index)
         return gts, metas
 
@@ -206,7 +213,8 @@ class IgnoreAwareMask2FormerHead(Mask2FormerHead):
         pos_inds, neg_inds = sampling_result.pos_inds, sampling_result.neg_inds
         labels = gt_labels.new_full((self.num_queries,), self.num_classes, dtype=torch.long)
         labels[pos_inds] = gt_labels[sampling_result.pos_assigned_gt_inds]
-        label_weights = gt_labels.new_ones((self.num_queries,))
+        # no classification loss for an image whose ground truth is all ignore (mmdet: ones)
+        label_weights = gt_labels.new_full((self.num_queries,), 0 if img_meta.get(ALL_IGNORED) else 1)
         mask_targets = gt_masks[sampling_result.pos_assigned_gt_inds]
         mask_weights = mask_pred.new_zeros((self.num_queries,))
         mask_weights[pos_inds] = 1.0
@@ -226,7 +234,9 @@ class IgnoreAwareMask2FormerHead(Mask2FormerHead):
         mask_weights = torch.stack(mask_weights_list, dim=0)
         cls_scores = cls_scores.flatten(0, 1)
         class_weight = cls_scores.new_tensor(self.class_weight)
-        loss_cls = self.loss_cls(cls_scores, labels, label_weights, avg_factor=class_weight[labels].sum())
+        # mmdet normalises by class_weight[labels].sum(); zero-weighted (all-ignore) images drop out of it
+        loss_cls = self.loss_cls(cls_scores, labels, label_weights,
+                                 avg_factor=(class_weight[labels] * label_weights).sum())
         num_total_masks = max(reduce_mean(cls_scores.new_tensor([avg_factor])), 1)
         mask_preds = mask_preds[mask_weights > 0]
         if mask_targets.shape[0] == 0:  # zero match

@@ -11,7 +11,8 @@ Models
 - ``deeplabv2``: DeepLab-v2 as WSSS papers train it: plain ResNet (7x7 stem)
   at output stride 8 (dilation 2/4 in every block of stages 3/4), the
   ``DeepLabV2Head`` (four dilated 3x3 classifiers, rates 6/12/18/24, summed; no
-  image pooling), frozen BatchNorm, classifier lr x10, SGD + poly to 0,
+  image pooling), frozen BatchNorm, classifier weights lr x10, biases lr x20
+  and no weight decay (deeplab-pytorch main.py), SGD + poly to 0,
   discrete random scales 0.5-1.5, test at the original size.
 - ``mask2former``: ``IgnoreAwareMask2FormerHead`` (mmseg's Mask2FormerHead on
   mmdet 3.3.0, MSDeformAttn pixel decoder; 255 pixels in no loss term) on Swin
@@ -44,6 +45,7 @@ MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 # caffe-converted DeepLab-v2 weights: BGR channel means, no std (DeepLab's prototxt / isht7's port)
 CAFFE_MEAN_BGR = [104.008, 116.669, 122.675]
+DEEPLABV2_RATES = (6, 12, 18, 24)  # the four classifier dilations of DeepLab-v2 (ASPP-L)
 DEEPLABV2_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5]  # random train scales of the deeplab-pytorch VOC config
 
 # name: (embed_dims, depths, num_heads, window_size, pretrain_img_size)
@@ -91,7 +93,7 @@ def _deeplabv2(sec: TrainSegmentationCfg, n_cls: int, norm: dict, converted: Opt
         backbone["init_cfg"] = dict(type="Pretrained", checkpoint=str(path), prefix="backbone.")
         if has_head:
             head_init = dict(init_cfg=dict(type="Pretrained", checkpoint=str(path), prefix="decode_head."))
-    head = dict(type="DeepLabV2Head", **head_init, dilations=(6, 12, 18, 24), in_channels=widths[3], in_index=0,
+    head = dict(type="DeepLabV2Head", **head_init, dilations=DEEPLABV2_RATES, in_channels=widths[3], in_index=0,
                 channels=widths[3], dropout_ratio=0.0, num_classes=n_cls, align_corners=False,
                 loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0,
                                  avg_non_ignore=True))  # mean over labelled pixels, ignore_index 255
@@ -283,6 +285,11 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
     head_lr = sec.head_lr_mult if sec.head_lr_mult is not None else (10.0 if sec.model == "deeplabv2" else 1.0)
     if head_lr != 1.0:
         custom_keys["decode_head"] = dict(lr_mult=head_lr)
+    if sec.model == "deeplabv2":
+        # deeplab-pytorch main.py get_params: classifier weights lr x10 with weight decay ("10x"),
+        # classifier biases lr x20 without ("20x"). mmengine picks the longest matching key first.
+        for i in range(len(DEEPLABV2_RATES)):
+            custom_keys[f"decode_head.classifiers.{i}.bias"] = dict(lr_mult=2 * head_lr, decay_mult=0.0)
     if custom_keys:
         optim_wrapper["paramwise_cfg"] = dict(custom_keys=custom_keys, norm_decay_mult=0.0)
 
