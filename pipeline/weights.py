@@ -120,7 +120,7 @@ def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
         c = cfg.clip
         if c.factory is None and isinstance(c.pretrained, str) and _is_hub_tag(c.pretrained):
             out.append(clip_weight(c.model, c.pretrained))
-    if "train_segmentation" in stages:
+    if "train_segmentation" in stages and not cfg.train_segmentation.tiny:  # tiny: random init, loads none
         seg = cfg.train_segmentation.pretrained
         if isinstance(seg, str) and "://" in seg:
             out.append(segmentation_weight(cfg.train_segmentation))
