@@ -33,6 +33,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, load_config
+from pipeline.report import REPORT, EvalReport
 from pipeline.store import Store, digest
 from stages import get
 from stages.runner import compute_stage, select, stage_keys
@@ -135,18 +136,17 @@ def publish_stage(cfg: Config, name: str, path: Path) -> None:
 
 def publish_report(cfg: Config, path: Path) -> None:
     """report.md with the per-class chart inlined as a data: URI (the Prefect UI
-    cannot read files of the store) plus its path, and per-class IoU as a table."""
-    report = json.loads((path / "report.json").read_text())
+    cannot read files of the store) plus its path, and the per-class figures
+    the report has (IoU where there is ground truth, pseudo-mask pixel shares) as a table."""
+    report = EvalReport.load(path / REPORT)
     chart = path / "per_class_iou.png"
     md = (path / "report.md").read_text()
     if chart.exists():
         data = base64.b64encode(chart.read_bytes()).decode()
         md += f"\n## Per-class IoU chart\n\n![per-class IoU](data:image/png;base64,{data})\n\nFile: `{chart}`\n"
     create_markdown_artifact(md, key=artifact_key(cfg.run.name, "evaluate", "report"),
-                             description=f"evaluation report ({report.get('cam_source', '?')} CAMs); {path}")
-    final = report["final_model"].get("per_class_iou", {}) if report["final_model"]["available"] else {}
-    rows = [{"class": c, "seed": v, "pseudo_mask": report["pseudo_mask"]["per_class_iou"][c],
-             "final_val": final.get(c)} for c, v in report["seed"]["per_class_iou"].items()]
-    create_table_artifact(rows, key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
-                          description=f"per-class IoU (%): seed at t={report['seed']['bg_threshold']}, "
-                                      "pseudo mask, final model on val")
+                             description=f"evaluation report ({report.cam_source} CAMs); {path}")
+    seed = f"seed at t={report.seed.bg_threshold}" if report.seed else "seed n/a (no ground truth)"
+    create_table_artifact(report.per_class(), key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
+                          description=f"per-class IoU (%): {seed}, pseudo mask, final model on val; "
+                                      "share of the pseudo-mask pixels (fraction)")

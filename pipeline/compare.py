@@ -5,13 +5,15 @@ store holding exactly one finished evaluate artifact; the CLI also accepts
 configs and resolves them to their evaluate artifact. Output: one text table
 (markdown) of seed / pseudo-mask / final mIoU and per-class IoU, and a bar
 chart PNG. Numbers that used ground truth to choose something (the seed
-threshold sweep) are marked with '*'.
+threshold sweep) are marked with '*'; what a run's report lacks (a dataset
+without ground truth has no seed or pseudo-mask scores) reads n/a.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.report import REPORT, EvalReport, fmt
 
 GT_MARK = "*"
 GT_NOTE = (f"{GT_MARK} the background threshold was chosen with ground truth (best of the sweep): "
@@ -26,7 +28,7 @@ class CompareError(ValueError):
 class Run:
     label: str
     path: Path  # evaluate artifact directory
-    report: dict
+    report: EvalReport
 
 
 def find_evaluate_dir(path: Path) -> Path:
@@ -34,7 +36,7 @@ def find_evaluate_dir(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{path}: no such run directory or config")
-    if (path / "report.json").exists():
+    if (path / REPORT).exists():
         return path
     found = sorted(d for d in path.glob("evaluate-*") if (d / "manifest.json").exists())
     if not found:
@@ -47,16 +49,12 @@ def find_evaluate_dir(path: Path) -> Path:
 
 
 def load_run(label: str, eval_dir: Path) -> Run:
-    p = Path(eval_dir) / "report.json"
     if not (Path(eval_dir) / "manifest.json").exists():
         raise CompareError(f"{label}: {eval_dir} is not a finished evaluate artifact (no manifest.json)")
     try:
-        report = json.loads(p.read_text())
-        for k in ("seed", "seed_sweep", "pseudo_mask", "final_model"):
-            report[k]
-    except (OSError, ValueError, KeyError) as e:
-        raise CompareError(f"{label}: {p} is not an evaluate report ({e!r})") from None
-    return Run(label, Path(eval_dir), report)
+        return Run(label, Path(eval_dir), EvalReport.load(Path(eval_dir) / REPORT))
+    except ValueError as e:
+        raise CompareError(f"{label}: {e}") from None
 
 
 # (key, row label, uses ground truth to choose something)
@@ -65,37 +63,35 @@ KINDS = [("seed", "seed mIoU (fixed threshold)", False), ("seed_best", f"seed mI
 
 
 def summary(run: Run) -> dict[str, tuple[float | None, str]]:
-    """(mIoU, detail) of each kind in KINDS for one run."""
+    """(mIoU or None where the report has none, detail) of each kind in KINDS for one run."""
     r = run.report
-    final = r["final_model"]
-    return {"seed": (r["seed"]["miou"], f"t={r['seed']['bg_threshold']}"),
-            "seed_best": (r["seed_sweep"]["best_miou"], f"t={r['seed_sweep']['best_threshold']}"),
-            "pseudo": (r["pseudo_mask"]["miou"], ""),
-            "final": (final["miou"] if final.get("available") else None, "")}
+    seed, sweep, pseudo = r.seed, r.seed_sweep, r.pseudo_mask
+    return {"seed": (seed.miou, f"t={seed.bg_threshold}") if seed else (None, ""),
+            "seed_best": (sweep.best_miou, f"t={sweep.best_threshold}") if sweep else (None, ""),
+            "pseudo": (pseudo.miou if pseudo else None, ""),
+            "final": (r.final_miou, "")}
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+def classes(runs: list[Run]) -> list[str]:
+    """Every class of the runs, in the order they first appear."""
+    return list(dict.fromkeys(c for r in runs for c in r.report.classes()))
 
 
 def compare_table(runs: list[Run]) -> str:
     """Markdown table: rows = figures, columns = runs; then per-class IoU as seed / pseudo / final."""
     lines = ["| | " + " | ".join(r.label for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
     row = lambda label, cells: lines.append(f"| {label} | " + " | ".join(cells) + " |")  # noqa: E731
-    row("CAM source", [r.report.get("cam_source", "not recorded") for r in runs])
-    row("eval split (images)", [f"{r.report.get('eval_split')} ({r.report.get('num_images')})" for r in runs])
+    row("CAM source", [r.report.cam_source for r in runs])
+    row("eval split (images)", [f"{r.report.eval_split} ({r.report.num_images})" for r in runs])
+    row("images with ground truth", [str(r.report.num_images_with_gt) for r in runs])
     sums = [summary(r) for r in runs]
     for key, label, _ in KINDS:
-        row(label, [_fmt(s[key][0]) + (f" ({s[key][1]})" if s[key][1] else "") for s in sums])
+        row(label, [fmt(s[key][0]) + (f" ({s[key][1]})" if s[key][1] else "") for s in sums])
     row("**per-class IoU**: seed / pseudo mask / final", ["" for _ in runs])
-    for c in runs[0].report["seed"]["per_class_iou"]:
-        cells = []
-        for r in runs:
-            rep = r.report
-            final = rep["final_model"].get("per_class_iou", {}) if rep["final_model"].get("available") else {}
-            cells.append(" / ".join(_fmt(x) for x in (rep["seed"]["per_class_iou"].get(c),
-                                                      rep["pseudo_mask"]["per_class_iou"].get(c), final.get(c))))
-        row(c, cells)
+    per_class = [{p["class"]: p for p in r.report.per_class()} for r in runs]
+    for c in classes(runs):
+        row(c, [" / ".join(fmt(pc.get(c, {}).get(k)) for k in ("seed", "pseudo_mask", "final_val"))
+                for pc in per_class])
     return "\n".join(lines) + f"\n\n{GT_NOTE}\n"
 
 
@@ -107,9 +103,9 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
     from pipeline.plots import plt
 
     sums = [summary(r) for r in runs]
-    classes = list(runs[0].report["pseudo_mask"]["per_class_iou"])
+    names = classes(runs)
     w = 0.8 / len(runs)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.45 * len(classes) + 2), 8),
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.45 * len(names) + 2), 8),
                                       gridspec_kw={"height_ratios": [1, 1.3]})
     x = np.arange(len(KINDS))
     for i, (r, s) in enumerate(zip(runs, sums)):
@@ -122,14 +118,15 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
     top.set_ylabel("mIoU (%)")
     top.set_title(f"mIoU per run ({GT_MARK}, hatched: threshold chosen with ground truth)", fontsize=9)
     top.legend(fontsize=7)
-    xc = np.arange(len(classes))
+    xc = np.arange(len(names))
     for i, r in enumerate(runs):
-        vals = [r.report["pseudo_mask"]["per_class_iou"].get(c) or 0.0 for c in classes]
+        pseudo = r.report.pseudo_mask.per_class_iou if r.report.pseudo_mask else {}
+        vals = [pseudo.get(c) or 0.0 for c in names]
         bottom.bar(xc + i * w, vals, width=w, label=r.label, color=f"C{i}")
     bottom.set_xticks(xc + w * (len(runs) - 1) / 2)
-    bottom.set_xticklabels(classes, rotation=60, ha="right", fontsize=7)
+    bottom.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     bottom.set_ylabel("pseudo-mask IoU (%)")
-    bottom.set_title("per-class pseudo-mask IoU", fontsize=9)
+    bottom.set_title("per-class pseudo-mask IoU (n/a: 0)", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
