@@ -7,6 +7,11 @@ Determinism: the sample order of an epoch is DistributedSampler's
 permutation for (seed, epoch), also in single-process runs, and the
 augmentation of a sample is drawn from an RNG seeded by (seed, epoch, index),
 so DDP ranks together see exactly the batches of a single-process run.
+
+``fit`` is the loop over named pieces: ``setup`` (optimizer, schedule,
+precision and scaler, loader, DDP wrap), ``resume``, ``train_epoch`` (whose
+update is ``optimizer_step``, the step bench/train_step.py and
+bench/amp_exactness.py time) and ``save_checkpoint``.
 """
 from __future__ import annotations
 
