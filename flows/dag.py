@@ -35,10 +35,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline.config import Config, load_config
 from pipeline.report import REPORT, EvalReport
 from pipeline.store import Store, digest
+from pipeline.weights import preflight
 from stages import get
 from stages.runner import compute_stage, select, stage_keys
 
 SHARDED = ("export_cams", "pseudo_masks")
+INLINE_MAX = 2 ** 21  # bytes: larger PNGs are named by path only, not inlined into the Prefect artifact
 
 
 def _cache_key(context: TaskRunContext, parameters: dict) -> str:
@@ -106,6 +108,7 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
     if unknown:
         raise ValueError(f"force names stages not in this run: {unknown}")
     keys = stage_keys(cfg)
+    preflight(cfg, names, keys, force)  # hub weights: downloaded, or one clear error
     store = Store(cfg.run.work_dir)
     work_dir = str(Path(cfg.run.work_dir).resolve())
     config = str(Path(config).resolve())
@@ -135,18 +138,24 @@ def publish_stage(cfg: Config, name: str, path: Path) -> None:
 
 
 def publish_report(cfg: Config, path: Path) -> None:
-    """report.md with the per-class chart inlined as a data: URI (the Prefect UI
-    cannot read files of the store) plus its path, and the per-class figures
-    the report has (IoU where there is ground truth, pseudo-mask pixel shares) as a table."""
+    """report.md with the per-class chart and the gallery inlined as data: URIs (the
+    Prefect UI cannot read files of the store) plus their paths, and the report's
+    per-class table (EvalReport.per_class): IoU of seed, pseudo mask and final model
+    where there is ground truth (None where not) and the pseudo-mask pixel share."""
     report = EvalReport.load(path / REPORT)
-    chart = path / "per_class_iou.png"
     md = (path / "report.md").read_text()
-    if chart.exists():
-        data = base64.b64encode(chart.read_bytes()).decode()
-        md += f"\n## Per-class IoU chart\n\n![per-class IoU](data:image/png;base64,{data})\n\nFile: `{chart}`\n"
+    for png, title, alt in (("per_class_iou.png", "Per-class IoU chart", "per-class IoU"),
+                            ("gallery.png", "Gallery", "gallery")):
+        f = path / png
+        if not f.exists():
+            continue
+        md += f"\n## {title}\n\n"
+        if f.stat().st_size <= INLINE_MAX:
+            md += f"![{alt}](data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
+        md += f"File: `{f}`\n"
     create_markdown_artifact(md, key=artifact_key(cfg.run.name, "evaluate", "report"),
                              description=f"evaluation report ({report.cam_source} CAMs); {path}")
-    seed = f"seed at t={report.seed.bg_threshold}" if report.seed else "seed n/a (no ground truth)"
+    gt = (f"seed at t={report.seed.bg_threshold}, pseudo mask, final model on val" if report.seed
+          else "no ground truth on the eval split: IoU n/a")
     create_table_artifact(report.per_class(), key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
-                          description=f"per-class IoU (%): {seed}, pseudo mask, final model on val; "
-                                      "share of the pseudo-mask pixels (fraction)")
+                          description=f"per-class IoU (%): {gt}; pixel_share: fraction of pseudo-mask pixels")

@@ -3,17 +3,18 @@
 A run is an evaluate artifact directory (holding report.json) or a run
 store holding exactly one finished evaluate artifact; the CLI also accepts
 configs and resolves them to their evaluate artifact. Output: one text table
-(markdown) of seed / pseudo-mask / final mIoU and per-class IoU, and a bar
-chart PNG. Numbers that used ground truth to choose something (the seed
-threshold sweep) are marked with '*'; what a run's report lacks (a dataset
-without ground truth has no seed or pseudo-mask scores) reads n/a.
+(markdown) of seed / pseudo-mask / final mIoU, per-class IoU and pseudo-mask
+pixel shares, and a bar chart PNG. A run whose eval split has no ground-truth
+masks (a folder dataset) has no seed or pseudo-mask scores: those cells say
+n/a. Numbers that used ground truth to choose something (the seed threshold
+sweep) are marked with '*'. Reports are read as pipeline.report.EvalReport.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.report import REPORT, EvalReport, fmt
+from pipeline.report import REPORT, UNCERTAIN, EvalReport, fmt
 
 GT_MARK = "*"
 GT_NOTE = (f"{GT_MARK} the background threshold was chosen with ground truth (best of the sweep): "
@@ -63,22 +64,23 @@ KINDS = [("seed", "seed mIoU (fixed threshold)", False), ("seed_best", f"seed mI
 
 
 def summary(run: Run) -> dict[str, tuple[float | None, str]]:
-    """(mIoU or None where the report has none, detail) of each kind in KINDS for one run."""
+    """(mIoU, detail) of each kind in KINDS for one run; (None, "no GT") where its split has no masks."""
     r = run.report
     seed, sweep, pseudo = r.seed, r.seed_sweep, r.pseudo_mask
-    return {"seed": (seed.miou, f"t={seed.bg_threshold}") if seed else (None, ""),
-            "seed_best": (sweep.best_miou, f"t={sweep.best_threshold}") if sweep else (None, ""),
-            "pseudo": (pseudo.miou if pseudo else None, ""),
+    return {"seed": (seed.miou, f"t={seed.bg_threshold}") if seed else (None, "no GT"),
+            "seed_best": (sweep.best_miou, f"t={sweep.best_threshold}") if sweep else (None, "no GT"),
+            "pseudo": (pseudo.miou, "") if pseudo else (None, "no GT"),
             "final": (r.final_miou, "")}
 
 
 def classes(runs: list[Run]) -> list[str]:
-    """Every class of the runs, in the order they first appear."""
+    """Class names of all runs, in first-seen order (runs on other datasets add theirs)."""
     return list(dict.fromkeys(c for r in runs for c in r.report.classes()))
 
 
 def compare_table(runs: list[Run]) -> str:
-    """Markdown table: rows = figures, columns = runs; then per-class IoU as seed / pseudo / final."""
+    """Markdown table: rows = figures, columns = runs; then per-class IoU as seed / pseudo / final,
+    then each class's share of the pseudo-mask pixels."""
     lines = ["| | " + " | ".join(r.label for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
     row = lambda label, cells: lines.append(f"| {label} | " + " | ".join(cells) + " |")  # noqa: E731
     row("CAM source", [r.report.cam_source for r in runs])
@@ -87,11 +89,16 @@ def compare_table(runs: list[Run]) -> str:
     sums = [summary(r) for r in runs]
     for key, label, _ in KINDS:
         row(label, [fmt(s[key][0]) + (f" ({s[key][1]})" if s[key][1] else "") for s in sums])
+    names = classes(runs)
     row("**per-class IoU**: seed / pseudo mask / final", ["" for _ in runs])
     per_class = [{p["class"]: p for p in r.report.per_class()} for r in runs]
-    for c in classes(runs):
+    for c in names:
         row(c, [" / ".join(fmt(pc.get(c, {}).get(k)) for k in ("seed", "pseudo_mask", "final_val"))
                 for pc in per_class])
+    row("**pseudo-mask pixel share (%)**", ["" for _ in runs])
+    for c in [*names, UNCERTAIN]:
+        row(f"{c} (share)", [fmt(None if (v := r.report.pseudo_mask_pixel_shares.get(c)) is None else 100 * v)
+                             for r in runs])
     return "\n".join(lines) + f"\n\n{GT_NOTE}\n"
 
 
@@ -109,7 +116,9 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
                                       gridspec_kw={"height_ratios": [1, 1.3]})
     x = np.arange(len(KINDS))
     for i, (r, s) in enumerate(zip(runs, sums)):
-        bars = top.bar(x + i * w, [s[k][0] or 0.0 for k, _, _ in KINDS], width=w, label=r.label, color=f"C{i}")
+        # n/a (no GT, no final model): no bar
+        bars = top.bar(x + i * w, [np.nan if s[k][0] is None else s[k][0] for k, _, _ in KINDS], width=w,
+                       label=r.label, color=f"C{i}")
         for b, (_, _, uses_gt) in zip(bars, KINDS):
             if uses_gt:
                 b.set_hatch("//")
@@ -121,12 +130,12 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
     xc = np.arange(len(names))
     for i, r in enumerate(runs):
         pseudo = r.report.pseudo_mask.per_class_iou if r.report.pseudo_mask else {}
-        vals = [pseudo.get(c) or 0.0 for c in names]
+        vals = [np.nan if pseudo.get(c) is None else pseudo[c] for c in names]
         bottom.bar(xc + i * w, vals, width=w, label=r.label, color=f"C{i}")
     bottom.set_xticks(xc + w * (len(runs) - 1) / 2)
     bottom.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     bottom.set_ylabel("pseudo-mask IoU (%)")
-    bottom.set_title("per-class pseudo-mask IoU (n/a: 0)", fontsize=9)
+    bottom.set_title("per-class pseudo-mask IoU (no bar: n/a, e.g. no ground truth)", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -111,12 +111,14 @@ class EvalReport(_Part):
 
     def per_class(self) -> list[dict]:
         """One row per class: seed, pseudo-mask and final (val) IoU (None where the report has none)
-        and the class's share of the pseudo-mask pixels."""
+        and the class's share of the pseudo-mask pixels ("pixel_share"); without seed scores (no
+        ground truth) the rows are the pixel shares, the uncertain (255) pixels included."""
         seed = self.seed.per_class_iou if self.seed else {}
         pseudo = self.pseudo_mask.per_class_iou if self.pseudo_mask else {}
         final = self.final_per_class
         return [{"class": c, "seed": seed.get(c), "pseudo_mask": pseudo.get(c), "final_val": final.get(c),
-                 "pseudo_mask_pixel_share": self.pseudo_mask_pixel_shares.get(c)} for c in self.classes()]
+                 "pixel_share": self.pseudo_mask_pixel_shares.get(c)}
+                for c in self.classes() + ([] if self.seed else [UNCERTAIN])]
 
     def save(self, path: Path) -> None:
         write_json_atomic(Path(path), self.model_dump(mode="json", exclude_none=True))

@@ -96,8 +96,8 @@ def test_compare_shows_what_each_report_has(runs, tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in res.output.splitlines() if line.startswith("| ")}
     assert rows["images with ground truth"] == ["70", "0"]
-    assert rows["seed mIoU (fixed threshold)"] == [f"{gt.seed.miou:.2f} (t={gt.seed.bg_threshold})", "n/a"]
-    assert rows["pseudo-mask mIoU"] == [f"{gt.pseudo_mask.miou:.2f}", "n/a"]
+    assert rows["seed mIoU (fixed threshold)"] == [f"{gt.seed.miou:.2f} (t={gt.seed.bg_threshold})", "n/a (no GT)"]
+    assert rows["pseudo-mask mIoU"] == [f"{gt.pseudo_mask.miou:.2f}", "n/a (no GT)"]
     assert rows["final model mIoU (val)"] == ["12.50", "12.50"]
     assert rows["background"] == [f"100.00 / {gt.pseudo_mask.per_class_iou['background']:.2f} / 70.00",
                                   "n/a / n/a / 70.00"]
@@ -118,14 +118,16 @@ def test_publish_report_with_and_without_ground_truth(runs, monkeypatch):
         dag.publish_report(cfg, d)
         report = EvalReport.load(d / REPORT)
         rows = sent["voc-smoke-evaluate-per-class-iou"]
-        assert [r["class"] for r in rows] == list(report.pseudo_mask_pixel_shares)[:-1]  # all but uncertain
-        assert all(r["pseudo_mask_pixel_share"] == report.pseudo_mask_pixel_shares[r["class"]] for r in rows)
+        assert all(r["pixel_share"] == report.pseudo_mask_pixel_shares[r["class"]] for r in rows)
         assert rows[0]["final_val"] == 70.0
         md = sent["voc-smoke-evaluate-report"]
+        assert "![gallery](data:image/png;base64," in md
         if name == "gt":
+            assert [r["class"] for r in rows] == list(report.seed.per_class_iou)
             assert [r["seed"] for r in rows] == list(report.seed.per_class_iou.values())
             assert "![per-class IoU](data:image/png;base64," in md
-        else:
+        else:  # the pixel shares, the uncertain pixels too
+            assert [r["class"] for r in rows] == list(report.pseudo_mask_pixel_shares)
             assert all(r["seed"] is None and r["pseudo_mask"] is None for r in rows)
             assert "No ground-truth masks" in md and "per-class IoU chart" not in md.lower()
 
