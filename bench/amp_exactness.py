@@ -21,6 +21,7 @@ from pipeline.data.classes import prompt_names
 from pipeline.losses import StepContext, match_step
 from pipeline.models.mask_generator import MEAN, STD, build_mask_generator
 from pipeline.models.vl import build_vl, class_text_features
+from pipeline.training import Precision, optimizer_step
 
 
 def run(dtype, device, real: bool, steps: int, batch: int) -> list[float]:
@@ -37,7 +38,8 @@ def run(dtype, device, real: bool, steps: int, batch: int) -> list[float]:
     ctx = StepContext(vl, class_text_features(vl, prompt_names("voc", official=True), "a photo of {}.").to(device),
                       MEAN, STD)
     opt = torch.optim.AdamW([p for p in s.parameters() if p.requires_grad], lr=6.4e-5, weight_decay=0.03)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    precision = Precision(device.type, dtype is not None, dtype or torch.float32)
+    scaler = precision.scaler()
     g = torch.Generator().manual_seed(1)
     losses = []
     for _ in range(steps):
@@ -45,12 +47,9 @@ def run(dtype, device, real: bool, steps: int, batch: int) -> list[float]:
         y = torch.zeros(batch, 20)
         for i in range(batch):
             y[i, torch.randperm(20, generator=g)[: 1 + i % 2]] = 1
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with precision.autocast():
             loss = match_step(s, ctx, x, y.to(device), 2.4, 0.1)[0]
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        optimizer_step(loss, opt, scaler)
         losses.append(loss.item())
     return losses
 

@@ -33,6 +33,7 @@ from pipeline.data.classes import prompt_names
 from pipeline.losses import StepContext, learn_prompts_step, match_step, refine_step
 from pipeline.models.mask_generator import MEAN, STD, build_mask_generator
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
+from pipeline.training import Precision, optimizer_step
 
 BATCH = {"voc": {"match": 64, "learn_prompts": 128, "refine": 64},
          "coco": {"match": 32, "learn_prompts": 128, "refine": 24}}
@@ -71,16 +72,15 @@ def timed(step, device, steps: int) -> float:
 
 
 def make_step(loss_fn, params, device, dtype, fused: bool):
+    """One training step as fit() takes it: the forward under the run's autocast, then optimizer_step."""
     opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.03, fused=fused)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and dtype == torch.float16)
+    precision = Precision(device.type, device.type == "cuda", dtype)
+    scaler = precision.scaler()
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+        with precision.autocast():
             loss = loss_fn()
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        optimizer_step(loss, opt, scaler)
     return step
 
 

@@ -38,6 +38,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, load_config
+from pipeline.report import REPORT, EvalReport
 from pipeline.store import Store, digest
 from pipeline.weights import preflight
 from stages import get
@@ -142,10 +143,10 @@ def publish_stage(cfg: Config, name: str, path: Path) -> None:
 
 def publish_report(cfg: Config, path: Path) -> None:
     """report.md with the per-class chart and the gallery inlined as data: URIs (the
-    Prefect UI cannot read files of the store) plus their paths, and a per-class table:
-    IoU of seed, pseudo mask and final model where there is ground truth (None where
-    not, e.g. a folder dataset without masks) and the pseudo-mask pixel share."""
-    report = json.loads((path / "report.json").read_text())
+    Prefect UI cannot read files of the store) plus their paths, and the report's
+    per-class table (EvalReport.per_class): IoU of seed, pseudo mask and final model
+    where there is ground truth (None where not) and the pseudo-mask pixel share."""
+    report = EvalReport.load(path / REPORT)
     md = (path / "report.md").read_text()
     for png, title, alt in (("per_class_iou.png", "Per-class IoU chart", "per-class IoU"),
                             ("gallery.png", "Gallery", "gallery")):
@@ -157,14 +158,8 @@ def publish_report(cfg: Config, path: Path) -> None:
             md += f"![{alt}](data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
         md += f"File: `{f}`\n"
     create_markdown_artifact(md, key=artifact_key(cfg.run.name, "evaluate", "report"),
-                             description=f"evaluation report ({report.get('cam_source', '?')} CAMs); {path}")
-    iou = lambda part: report.get(part, {}).get("per_class_iou", {})  # noqa: E731
-    final = iou("final_model") if report["final_model"]["available"] else {}
-    shares = report.get("pseudo_mask_pixel_shares", {})
-    classes = list(iou("seed") or shares)  # without GT: every class and "uncertain (255)"
-    rows = [{"class": c, "seed": iou("seed").get(c), "pseudo_mask": iou("pseudo_mask").get(c),
-             "final_val": final.get(c), "pixel_share": shares.get(c)} for c in classes]
-    gt = (f"seed at t={report['seed']['bg_threshold']}, pseudo mask, final model on val" if "seed" in report
+                             description=f"evaluation report ({report.cam_source} CAMs); {path}")
+    gt = (f"seed at t={report.seed.bg_threshold}, pseudo mask, final model on val" if report.seed
           else "no ground truth on the eval split: IoU n/a")
-    create_table_artifact(rows, key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
+    create_table_artifact(report.per_class(), key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
                           description=f"per-class IoU (%): {gt}; pixel_share: fraction of pseudo-mask pixels")

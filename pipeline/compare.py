@@ -7,13 +7,14 @@ configs and resolves them to their evaluate artifact. Output: one text table
 pixel shares, and a bar chart PNG. A run whose eval split has no ground-truth
 masks (a folder dataset) has no seed or pseudo-mask scores: those cells say
 n/a. Numbers that used ground truth to choose something (the seed threshold
-sweep) are marked with '*'.
+sweep) are marked with '*'. Reports are read as pipeline.report.EvalReport.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.report import REPORT, UNCERTAIN, EvalReport, fmt
 
 GT_MARK = "*"
 GT_NOTE = (f"{GT_MARK} the background threshold was chosen with ground truth (best of the sweep): "
@@ -28,7 +29,7 @@ class CompareError(ValueError):
 class Run:
     label: str
     path: Path  # evaluate artifact directory
-    report: dict
+    report: EvalReport
 
 
 def find_evaluate_dir(path: Path) -> Path:
@@ -36,7 +37,7 @@ def find_evaluate_dir(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{path}: no such run directory or config")
-    if (path / "report.json").exists():
+    if (path / REPORT).exists():
         return path
     found = sorted(d for d in path.glob("evaluate-*") if (d / "manifest.json").exists())
     if not found:
@@ -49,19 +50,12 @@ def find_evaluate_dir(path: Path) -> Path:
 
 
 def load_run(label: str, eval_dir: Path) -> Run:
-    p = Path(eval_dir) / "report.json"
     if not (Path(eval_dir) / "manifest.json").exists():
         raise CompareError(f"{label}: {eval_dir} is not a finished evaluate artifact (no manifest.json)")
     try:
-        report = json.loads(p.read_text())
-        # GT scores come as a group; without GT masks a report has the pixel shares only
-        needed = ["final_model", *(("seed", "seed_sweep", "pseudo_mask") if "seed" in report
-                                   else ("pseudo_mask_pixel_shares",))]
-        for k in needed:
-            report[k]
-    except (OSError, ValueError, KeyError) as e:
-        raise CompareError(f"{label}: {p} is not an evaluate report ({e!r})") from None
-    return Run(label, Path(eval_dir), report)
+        return Run(label, Path(eval_dir), EvalReport.load(Path(eval_dir) / REPORT))
+    except ValueError as e:
+        raise CompareError(f"{label}: {e}") from None
 
 
 # (key, row label, uses ground truth to choose something)
@@ -72,53 +66,39 @@ KINDS = [("seed", "seed mIoU (fixed threshold)", False), ("seed_best", f"seed mI
 def summary(run: Run) -> dict[str, tuple[float | None, str]]:
     """(mIoU, detail) of each kind in KINDS for one run; (None, "no GT") where its split has no masks."""
     r = run.report
-    final = r["final_model"]
-    out = {"seed": (None, "no GT"), "seed_best": (None, "no GT"), "pseudo": (None, "no GT"),
-           "final": (final["miou"] if final.get("available") else None, "")}
-    if "seed" in r:
-        out.update(seed=(r["seed"]["miou"], f"t={r['seed']['bg_threshold']}"),
-                   seed_best=(r["seed_sweep"]["best_miou"], f"t={r['seed_sweep']['best_threshold']}"),
-                   pseudo=(r["pseudo_mask"]["miou"], ""))
-    return out
+    seed, sweep, pseudo = r.seed, r.seed_sweep, r.pseudo_mask
+    return {"seed": (seed.miou, f"t={seed.bg_threshold}") if seed else (None, "no GT"),
+            "seed_best": (sweep.best_miou, f"t={sweep.best_threshold}") if sweep else (None, "no GT"),
+            "pseudo": (pseudo.miou, "") if pseudo else (None, "no GT"),
+            "final": (r.final_miou, "")}
 
 
-def per_class(run: Run, part: str) -> dict[str, float | None]:
-    """Per-class IoU of 'seed', 'pseudo_mask' or 'final_model' ({} where not available)."""
-    r = run.report.get(part, {})
-    return r.get("per_class_iou", {}) if r.get("available", True) else {}
-
-
-def classes_of(runs: list[Run]) -> list[str]:
+def classes(runs: list[Run]) -> list[str]:
     """Class names of all runs, in first-seen order (runs on other datasets add theirs)."""
-    names = {}
-    for r in runs:
-        names.update(dict.fromkeys(per_class(r, "seed") or
-                                   [c for c in r.report.get("pseudo_mask_pixel_shares", {}) if c != "uncertain (255)"]))
-    return list(names)
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.2f}"
+    return list(dict.fromkeys(c for r in runs for c in r.report.classes()))
 
 
 def compare_table(runs: list[Run]) -> str:
-    """Markdown table: rows = figures, columns = runs; then per-class IoU as seed / pseudo / final."""
+    """Markdown table: rows = figures, columns = runs; then per-class IoU as seed / pseudo / final,
+    then each class's share of the pseudo-mask pixels."""
     lines = ["| | " + " | ".join(r.label for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
     row = lambda label, cells: lines.append(f"| {label} | " + " | ".join(cells) + " |")  # noqa: E731
-    row("CAM source", [r.report.get("cam_source", "not recorded") for r in runs])
-    row("eval split (images)", [f"{r.report.get('eval_split')} ({r.report.get('num_images')})" for r in runs])
+    row("CAM source", [r.report.cam_source for r in runs])
+    row("eval split (images)", [f"{r.report.eval_split} ({r.report.num_images})" for r in runs])
+    row("images with ground truth", [str(r.report.num_images_with_gt) for r in runs])
     sums = [summary(r) for r in runs]
     for key, label, _ in KINDS:
-        row(label, [_fmt(s[key][0]) + (f" ({s[key][1]})" if s[key][1] else "") for s in sums])
-    classes = classes_of(runs)
+        row(label, [fmt(s[key][0]) + (f" ({s[key][1]})" if s[key][1] else "") for s in sums])
+    names = classes(runs)
     row("**per-class IoU**: seed / pseudo mask / final", ["" for _ in runs])
-    for c in classes:
-        row(c, [" / ".join(_fmt(per_class(r, part).get(c)) for part in ("seed", "pseudo_mask", "final_model"))
-                for r in runs])
+    per_class = [{p["class"]: p for p in r.report.per_class()} for r in runs]
+    for c in names:
+        row(c, [" / ".join(fmt(pc.get(c, {}).get(k)) for k in ("seed", "pseudo_mask", "final_val"))
+                for pc in per_class])
     row("**pseudo-mask pixel share (%)**", ["" for _ in runs])
-    for c in [*classes, "uncertain (255)"]:
-        row(f"{c} (share)", [_fmt(None if (v := r.report.get("pseudo_mask_pixel_shares", {}).get(c)) is None
-                                  else 100 * v) for r in runs])
+    for c in [*names, UNCERTAIN]:
+        row(f"{c} (share)", [fmt(None if (v := r.report.pseudo_mask_pixel_shares.get(c)) is None else 100 * v)
+                             for r in runs])
     return "\n".join(lines) + f"\n\n{GT_NOTE}\n"
 
 
@@ -130,9 +110,9 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
     from pipeline.plots import plt
 
     sums = [summary(r) for r in runs]
-    classes = classes_of(runs)
+    names = classes(runs)
     w = 0.8 / len(runs)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.45 * len(classes) + 2), 8),
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.45 * len(names) + 2), 8),
                                       gridspec_kw={"height_ratios": [1, 1.3]})
     x = np.arange(len(KINDS))
     for i, (r, s) in enumerate(zip(runs, sums)):
@@ -147,12 +127,13 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
     top.set_ylabel("mIoU (%)")
     top.set_title(f"mIoU per run ({GT_MARK}, hatched: threshold chosen with ground truth)", fontsize=9)
     top.legend(fontsize=7)
-    xc = np.arange(len(classes))
+    xc = np.arange(len(names))
     for i, r in enumerate(runs):
-        vals = [np.nan if (v := per_class(r, "pseudo_mask").get(c)) is None else v for c in classes]
+        pseudo = r.report.pseudo_mask.per_class_iou if r.report.pseudo_mask else {}
+        vals = [np.nan if pseudo.get(c) is None else pseudo[c] for c in names]
         bottom.bar(xc + i * w, vals, width=w, label=r.label, color=f"C{i}")
     bottom.set_xticks(xc + w * (len(runs) - 1) / 2)
-    bottom.set_xticklabels(classes, rotation=60, ha="right", fontsize=7)
+    bottom.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
     bottom.set_ylabel("pseudo-mask IoU (%)")
     bottom.set_title("per-class pseudo-mask IoU (no bar: n/a, e.g. no ground truth)", fontsize=9)
     fig.tight_layout()

@@ -7,12 +7,18 @@ Determinism: the sample order of an epoch is DistributedSampler's
 permutation for (seed, epoch), also in single-process runs, and the
 augmentation of a sample is drawn from an RNG seeded by (seed, epoch, index),
 so DDP ranks together see exactly the batches of a single-process run.
+
+``fit`` is the loop over named pieces: ``setup`` (optimizer, schedule,
+precision and scaler, loader, DDP wrap), ``resume``, ``train_epoch`` (whose
+update is ``optimizer_step``, the step bench/train_step.py and
+bench/amp_exactness.py time) and ``save_checkpoint``.
 """
 from __future__ import annotations
 
 import logging
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -175,31 +181,63 @@ def write_gallery(path: Path, cams_fn: Callable[[torch.Tensor], torch.Tensor], d
     save_grid(path, rows, row_labels=labels)
 
 
+# ------------------------------------------------------------------ the optimizer step
+@dataclass(frozen=True)
+class Precision:
+    """Mixed precision of a run: the autocast of the forward pass and the
+    gradient scaler the update needs (a live one for float16 only)."""
+    device_type: str
+    enabled: bool
+    dtype: torch.dtype = torch.float16
+
+    @classmethod
+    def of(cls, tcfg: TrainCfg, device: torch.device) -> "Precision":
+        """tcfg.amp on CUDA only (CPU trains in float32)."""
+        return cls(device.type, tcfg.amp and device.type == "cuda",
+                   torch.bfloat16 if tcfg.amp_dtype == "bfloat16" else torch.float16)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+
+
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """One update from ``loss``: clear the gradients, backward the scaled loss,
+    step (skipped by the scaler on inf/NaN gradients) and update the scale."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
 # ------------------------------------------------------------------ loop
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple]
 
 
-def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module, step: StepFn,
-        device: torch.device, num_workers: int = 0, name: str = "train",
-        gallery: Optional[Callable[[Path], None]] = None, stop_after: Optional[int] = None,
-        param_groups: Optional[list[dict]] = None,
-        epoch_eval: Optional[Callable[[nn.Module, int], dict]] = None) -> dict:
-    """Train ``trainable`` (wrapped in DDP when a process group exists) with
-    ``step(module, images, labels) -> (loss, stats, n_items)`` for tcfg.epochs,
-    resuming from out/checkpoint.pt. Writes the loss history and, at the end,
-    the gallery (rank 0). ``stop_after`` ends the call after that epoch (tests
-    of resuming). ``param_groups`` (AdamW groups) default to every parameter
-    that requires grad, all with tcfg.weight_decay. ``epoch_eval(module, epoch)
-    -> {"seed_miou", ...}`` runs on rank 0 every tcfg.seed_eval_every epochs and
-    at the last one; its numbers join the epoch's history record, and with
-    tcfg.select 'gt_miou' the best epoch's weights go to out/best_model_state.pt.
-    Returns metrics of the last epoch (and of the selected one).
+@dataclass
+class Training:
+    """What fit() trains with, built by ``setup``: ``model`` is ``trainable``
+    wrapped in DDP when a process group exists."""
+    name: str
+    trainable: nn.Module
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: CosineLRScheduler
+    precision: Precision
+    scaler: torch.amp.GradScaler
+    sampler: DistributedSampler
+    loader: DataLoader
+    device: torch.device
 
-    The official recipe: AdamW at lr x global batch / 512 (tcfg.effective_lr()),
-    timm's cosine schedule stepped after each epoch, so epoch e > 0 trains at the
-    schedule's value for e - 1 (main*.py call lr_scheduler.step(epoch) after
-    train_one_epoch)."""
-    out = Path(out)
+
+def setup(tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module, device: torch.device,
+          num_workers: int = 0, name: str = "train", param_groups: Optional[list[dict]] = None) -> Training:
+    """The official recipe: AdamW at lr x global batch / 512 (tcfg.effective_lr())
+    over ``param_groups`` (default: every parameter that requires grad), timm's
+    cosine schedule, AMP per tcfg, and a loader whose sample order is
+    DistributedSampler's permutation for (seed, epoch)."""
     rank, world = dist_info()
     if tcfg.batch_size % world:
         raise ValueError(f"batch_size {tcfg.batch_size} is not divisible by {world} processes")
@@ -211,95 +249,126 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             trainable, device_ids=[device.index] if device.type == "cuda" else None)
-    lr = tcfg.effective_lr()
-    opt = torch.optim.AdamW(param_groups, lr=lr, weight_decay=tcfg.weight_decay,
+    opt = torch.optim.AdamW(param_groups, lr=tcfg.effective_lr(), weight_decay=tcfg.weight_decay,
                             fused=device.type == "cuda")
     sched = CosineLRScheduler(opt, t_initial=tcfg.epochs, lr_min=tcfg.min_lr, warmup_t=tcfg.warmup_epochs,
                               warmup_lr_init=tcfg.warmup_lr)
-    use_amp = tcfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if tcfg.amp_dtype == "bfloat16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    precision = Precision.of(tcfg, device)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     per_rank = tcfg.batch_size // world
     # official loaders drop the last incomplete batch (a tiny split keeps it rather than train on nothing)
     loader = DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=len(sampler) >= per_rank,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None)
+    return Training(name, trainable, model, opt, sched, precision, precision.scaler(), sampler, loader, device)
 
+
+def resume(tr: Training, path: Path) -> tuple[int, list[dict], Optional[dict]]:
+    """(first epoch to train, history, best-so-far) from checkpoint ``path``,
+    restoring weights, optimizer, schedule, scaler and this rank's RNG state;
+    (0, [], None) when there is no checkpoint."""
+    if not path.exists():
+        return 0, [], None
+    rank = dist_info()[0]
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    unwrap(tr.trainable).load_state_dict(ck["model"])
+    tr.opt.load_state_dict(ck["optimizer"])
+    tr.sched.load_state_dict(ck["scheduler"])
+    tr.scaler.load_state_dict(ck["scaler"])
+    _set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) and rank < len(ck["rng"]) else ck["rng"])
+    if is_main():
+        log.info("%s: resuming after epoch %d from %s", tr.name, ck["epoch"] + 1, path)
+    return ck["epoch"] + 1, ck["history"], ck.get("best")
+
+
+def train_epoch(tr: Training, step: StepFn, epoch: int, epochs: int, batch_size: int) -> dict:
+    """Train 0-based ``epoch``; its history record: the per-item means of the
+    step's stats over all ranks, lr, seconds and images/s. The schedule is
+    stepped before the epoch to the value for epoch - 1 (the official scripts
+    call lr_scheduler.step(epoch) after each epoch)."""
+    te = time.time()
+    tr.sched.step(max(epoch - 1, 0))
+    tr.sampler.set_epoch(epoch)
+    tr.loader.dataset.set_epoch(epoch)
+    tr.trainable.train()
+    world = dist_info()[1]
+    sums: dict[str, float] = {}
+    count = 0
+    batches = progress(tr.loader, f"{tr.name} epoch {epoch + 1}/{epochs}", every_s=30) if is_main() else tr.loader
+    for images, labels in batches:
+        images = images.to(tr.device, non_blocking=True)
+        labels = labels.to(tr.device, non_blocking=True)
+        with tr.precision.autocast():
+            loss, stats, n = step(tr.model, images, labels)
+        if world > 1:  # weight so that the all-reduced mean is the global per-item mean
+            t = torch.tensor([float(n)], device=tr.device)
+            dist.all_reduce(t)
+            loss = loss * (n * world / max(t.item(), 1))
+        optimizer_step(loss, tr.opt, tr.scaler)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        count += n
+    if world > 1:
+        keys = sorted(sums)
+        t = torch.tensor([sums[k] for k in keys] + [float(count)], device=tr.device, dtype=torch.float64)
+        dist.all_reduce(t)
+        sums, count = dict(zip(keys, t[:-1].tolist())), t[-1].item()
+    if not all(np.isfinite(list(sums.values()))):
+        raise FloatingPointError(f"{tr.name}: non-finite loss in epoch {epoch + 1}: {sums}")
+    seconds = time.time() - te
+    return {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
+            "lr": tr.opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
+            "images_per_s": round(len(tr.loader) * batch_size / seconds, 2)}
+
+
+def rng_states():
+    """This process's RNG state, or every rank's (a list) under DDP; every rank must call it."""
+    if dist_info()[1] == 1:
+        return _rng_state()
+    rngs = [None] * dist_info()[1]
+    dist.all_gather_object(rngs, _rng_state())
+    return rngs
+
+
+def save_checkpoint(tr: Training, path: Path, epoch: int, history: list[dict], best: Optional[dict], rngs) -> None:
+    """Everything ``resume`` needs to continue after 0-based ``epoch`` exactly (rank 0 writes)."""
+    torch_save_atomic({"epoch": epoch, "model": unwrap(tr.trainable).state_dict(), "optimizer": tr.opt.state_dict(),
+                       "scheduler": tr.sched.state_dict(), "scaler": tr.scaler.state_dict(),
+                       "rng": rngs, "history": history, "best": best}, path)
+
+
+def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module, step: StepFn,
+        device: torch.device, num_workers: int = 0, name: str = "train",
+        gallery: Optional[Callable[[Path], None]] = None, stop_after: Optional[int] = None,
+        param_groups: Optional[list[dict]] = None,
+        epoch_eval: Optional[Callable[[nn.Module, int], dict]] = None) -> dict:
+    """Train ``trainable`` (wrapped in DDP when a process group exists) with
+    ``step(module, images, labels) -> (loss, stats, n_items)`` for tcfg.epochs,
+    resuming from out/checkpoint.pt. Writes the loss history and, at the end,
+    the gallery (rank 0). ``stop_after`` ends the call after that epoch (tests
+    of resuming). ``param_groups``: see ``setup``. ``epoch_eval(module, epoch)
+    -> {"seed_miou", ...}`` runs on rank 0 every tcfg.seed_eval_every epochs and
+    at the last one; its numbers join the epoch's history record, and with
+    tcfg.select 'gt_miou' the best epoch's weights go to out/best_model_state.pt.
+    Returns metrics of the last epoch (and of the selected one)."""
+    out = Path(out)
+    tr = setup(tcfg, seed, dataset, trainable, device, num_workers, name, param_groups)
     if tcfg.select == "gt_miou" and epoch_eval is None:
         raise ValueError(f"{name}: select 'gt_miou' needs a seed evaluation (epoch_eval)")
-    ckpt_path = out / CHECKPOINT
-    start, history, best = 0, [], None
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        unwrap(trainable).load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) and rank < len(ck["rng"]) else ck["rng"])
-        start, history, best = ck["epoch"] + 1, ck["history"], ck.get("best")
-        if is_main():
-            log.info("%s: resuming after epoch %d from %s", name, ck["epoch"] + 1, ckpt_path)
+    start, history, best = resume(tr, out / CHECKPOINT)
     t0 = time.time()
-    for epoch in range(start, tcfg.epochs):
-        if stop_after is not None and epoch >= stop_after:
-            break
-        te = time.time()
-        sched.step(max(epoch - 1, 0))
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        trainable.train()
-        sums: dict[str, float] = {}
-        count = 0
-        batches = progress(loader, f"{name} epoch {epoch + 1}/{tcfg.epochs}", every_s=30) if is_main() else loader
-        for images, labels in batches:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, stats, n = step(model, images, labels)
-            n_all = n
-            if world > 1:  # weight so that the all-reduced mean is the global per-item mean
-                t = torch.tensor([float(n)], device=device)
-                dist.all_reduce(t)
-                n_all = t.item()
-                loss = loss * (n * world / max(n_all, 1))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * n
-            count += n
-        if world > 1:
-            keys = sorted(sums)
-            t = torch.tensor([sums[k] for k in keys] + [float(count)], device=device, dtype=torch.float64)
-            dist.all_reduce(t)
-            sums, count = dict(zip(keys, t[:-1].tolist())), t[-1].item()
-        if not all(np.isfinite(list(sums.values()))):
-            raise FloatingPointError(f"{name}: non-finite loss in epoch {epoch + 1}: {sums}")
-        seconds = time.time() - te
-        rec = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
-               "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
-               "images_per_s": round(len(loader) * tcfg.batch_size / seconds, 2)}
+    for epoch in range(start, tcfg.epochs if stop_after is None else min(stop_after, tcfg.epochs)):
+        rec = train_epoch(tr, step, epoch, tcfg.epochs, tcfg.batch_size)
         history.append(rec)
-        rngs = [_rng_state()]
-        if world > 1:
-            rngs = [None] * world
-            dist.all_gather_object(rngs, _rng_state())
+        rngs = rng_states()
         if is_main():
             if epoch_eval is not None and _eval_due(epoch, tcfg):  # after the RNG capture: resume-exact
                 rec.update(epoch_eval(unwrap(trainable), epoch + 1))
                 if tcfg.select == "gt_miou":
                     best = _keep_best(best, rec, trainable)
-            torch_save_atomic({"epoch": epoch, "model": unwrap(trainable).state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                          "rng": rngs if world > 1 else rngs[0], "history": history, "best": best}, ckpt_path)
+            save_checkpoint(tr, out / CHECKPOINT, epoch, history, best, rngs)
             save_loss_history(out, history, name)
-            done = epoch + 1 - start
-            eta = (time.time() - t0) / done * (tcfg.epochs - epoch - 1)
-            log.info("%s epoch %d/%d: %s lr %.3g (%.1fs, %.1f images/s, ETA %.0fs)", name, epoch + 1, tcfg.epochs,
-                     " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("epoch", "lr", "seconds", "images_per_s")),
-                     rec["lr"], rec["seconds"], rec["images_per_s"], eta)
+            _log_epoch(name, rec, tcfg.epochs, (time.time() - t0) / (epoch + 1 - start) * (tcfg.epochs - epoch - 1))
         barrier()
     if is_main() and gallery is not None and (stop_after is None or stop_after >= tcfg.epochs):
         trainable.eval()
@@ -311,6 +380,12 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
     selected = {f"selected_{k}": v for k, v in best.items() if k != "model"} if best else {}
     return {f"final_{k}": v for k, v in last.items() if k not in ("epoch", "seconds")} | \
            {"epochs": len(history), "first_loss": history[0]["loss"] if history else None} | selected
+
+
+def _log_epoch(name: str, rec: dict, epochs: int, eta: float) -> None:
+    losses = " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("epoch", "lr", "seconds", "images_per_s"))
+    log.info("%s epoch %d/%d: %s lr %.3g (%.1fs, %.1f images/s, ETA %.0fs)", name, rec["epoch"], epochs, losses,
+             rec["lr"], rec["seconds"], rec["images_per_s"], eta)
 
 
 # ------------------------------------------------------------------ checkpoint selection

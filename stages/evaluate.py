@@ -32,31 +32,30 @@ from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image, read_mask
 from pipeline.evaluation import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 from pipeline.refine_masks import seed_labels
-from pipeline.store import write_json_atomic
+from pipeline.report import (REPORT, SELECTING_STAGES, UNCERTAIN, EvalReport, FinalModel, Scores, SeedScores,
+                             SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars)
 from pipeline.utils import progress
 from stages.contract import Stage
 
 log = logging.getLogger("wsss")
-SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
-           "refine": "full SemPLeS (phase 3)"}
 OFFICIAL_RULE = ("thresholds ascending; stop at the first whose mIoU does not beat the best so far "
                  "(SemPLeS/WeakTr evaluation.py whole_eval)")
 SWEEP_NOTE = ("the sweep chooses the background threshold that maximises mIoU against the ground "
               "truth (as the official evaluation.py does): an upper bound, not a label-free number")
 
 
-def _final_model(inputs) -> dict:
+def _final_model(inputs) -> FinalModel:
     d = inputs.get("train_segmentation")
     p = Path(d) / "val_metrics.json" if d else None
     if p is None or not p.exists():
-        return {"available": False, "reason": f"{p or 'train_segmentation artifact'} not found"}
+        return FinalModel(available=False, reason=f"{p or 'train_segmentation artifact'} not found")
     try:
         doc = json.loads(p.read_text())
         if doc.get("validated") is False:  # no val ground truth (a folder dataset)
-            return {"available": False, "reason": doc.get("reason", "not validated")}
-        return {"available": True, "miou": float(doc["miou"]), "per_class_iou": doc.get("per_class_iou", {}),
-                "source": str(p), "label": doc.get("label", "last iteration; single-scale test"),
-                "selected_on_ground_truth": bool(doc.get("selected_on_ground_truth", False))}
+            return FinalModel(available=False, reason=doc.get("reason", "not validated"))
+        return FinalModel(available=True, miou=float(doc["miou"]), per_class_iou=doc.get("per_class_iou", {}),
+                          source=str(p), label=doc.get("label", "last iteration; single-scale test"),
+                          selected_on_ground_truth=bool(doc.get("selected_on_ground_truth", False)))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{p}: not a val_metrics.json with a 'miou' number ({e})") from None
 
@@ -67,12 +66,10 @@ def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
     for i in ids:
         counts += np.bincount(read_mask(mask_path(i)).ravel(), minlength=256)
     total = max(int(counts.sum()), 1)
-    return {**{n: float(counts[c] / total) for c, n in enumerate(names)}, "uncertain (255)": float(counts[255] / total)}
+    return {**{n: float(counts[c] / total) for c, n in enumerate(names)}, UNCERTAIN: float(counts[255] / total)}
 
 
 def run(cfg: Config, inputs, out: Path) -> dict:
-    from pipeline.plots import save_grid, save_per_class_bars
-
     ev = cfg.evaluate
     split = cfg.data.eval_split or cfg.data.train_split
     table = LabelTable.from_artifact(inputs["prepare_data"], split)
@@ -87,39 +84,26 @@ def run(cfg: Config, inputs, out: Path) -> dict:
     gt_ids = [i for i in ids if table[i].mask]
     masks = Path(inputs["pseudo_masks"]) / "masks"
     mask_of = lambda i: masks / f"{i}.png"  # noqa: E731
-    final = _final_model(inputs)
 
-    report = {"eval_split": split, "num_images": len(ids), "num_images_with_gt": len(gt_ids),
-              "cam_split": cfg.export_cams.split, "cam_source": cfg.export_cams.source,
-              "selection": _selection(cfg),
-              "pseudo_mask_pixel_shares": pixel_shares(mask_of, ids, names), "final_model": final}
-    metrics = {}
+    report = EvalReport(eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids),
+                        cam_split=cfg.export_cams.split, cam_source=cfg.export_cams.source,
+                        selection=_selection(cfg), pseudo_mask_pixel_shares=pixel_shares(mask_of, ids, names),
+                        final_model=_final_model(inputs))
     if gt_ids:
         sweep = evaluate_seeds(store, gt_ids, gt, [*ev.sweep, ev.bg_threshold], table.num_classes, names,
                                progress=lambda it, n: progress(it, f"evaluate seeds ({split})", total=n))
-        fixed = sweep[float(ev.bg_threshold)]
         curve = {t: sweep[t]["miou"] for t in sorted(float(x) for x in ev.sweep)}
         best_t, _ = best_threshold(curve)
         official_t, official_miou = official_threshold(curve)
-        pseudo = evaluate_masks(mask_of, gt_ids, gt, table.num_classes, names)
-        report.update({
-            "seed": {"bg_threshold": ev.bg_threshold, **fixed},
-            "seed_sweep": {"uses_ground_truth": True, "note": SWEEP_NOTE,
-                           "official_threshold": official_t, "official_miou": official_miou,
-                           "official_rule": OFFICIAL_RULE, "best_threshold": best_t,
-                           "best_miou": curve[best_t], "curve": curve, "at_best": sweep[best_t]},
-            "pseudo_mask": pseudo})
-        series = {f"seed (t={ev.bg_threshold})": fixed["per_class_iou"],
-                  f"seed (best t={best_t}, GT-chosen)": sweep[best_t]["per_class_iou"],
-                  "pseudo mask": pseudo["per_class_iou"]}
-        if final["available"]:
-            series["final model (val)"] = {c: final["per_class_iou"].get(c) for c in names}
-        save_per_class_bars(out / "per_class_iou.png", series, f"per-class IoU, {split} ({len(gt_ids)} images)")
-        metrics = {"seed_miou": fixed["miou"], "seed_best_miou_gt_sweep": curve[best_t],
-                   "seed_best_threshold": best_t, "seed_official_miou_gt_sweep": official_miou,
-                   "seed_official_threshold": official_t, "pseudo_mask_miou": pseudo["miou"]}
-    write_json_atomic(out / "report.json", report)
-    (out / "report.md").write_text(_markdown(report))
+        report.seed = SeedScores(bg_threshold=ev.bg_threshold, **sweep[float(ev.bg_threshold)])
+        report.seed_sweep = SeedSweep(uses_ground_truth=True, note=SWEEP_NOTE, best_threshold=best_t,
+                                      best_miou=curve[best_t], curve=curve, at_best=Scores(**sweep[best_t]),
+                                      official_threshold=official_t, official_miou=official_miou,
+                                      official_rule=OFFICIAL_RULE)
+        report.pseudo_mask = Scores(**evaluate_masks(mask_of, gt_ids, gt, table.num_classes, names))
+        save_report_bars(out / "per_class_iou.png", report)
+    report.save(out / REPORT)
+    (out / "report.md").write_text(report_markdown(report))
 
     rows, labels = [], []
     for i in fixed_sample(ids, ev.gallery_size):
@@ -127,22 +111,31 @@ def run(cfg: Config, inputs, out: Path) -> dict:
         rows.append([read_image(table[i].image), seed_labels(cams.astype(np.float32), classes, ev.bg_threshold),
                      read_mask(mask_of(i)), read_mask(table[i].mask) if table[i].mask else None])
         labels.append(i)
-    if rows:
-        save_grid(out / "gallery.png", rows, titles=["image", f"seed (t={ev.bg_threshold})", "pseudo mask",
-                                                    "ground truth"], row_labels=labels, pal=table.palette)
-    metrics["images_with_gt"] = len(gt_ids)
-    metrics["uncertain_pixel_share"] = report["pseudo_mask_pixel_shares"]["uncertain (255)"]
-    metrics["selection_uses_ground_truth"] = report["selection"]["uses_ground_truth"]
-    if final["available"]:
-        metrics["final_val_miou"] = final["miou"]
-    metrics["cam_source"] = cfg.export_cams.source
+    save_eval_gallery(out / "gallery.png", rows, labels, ev.bg_threshold, table.palette)
+    return _metrics(report)
+
+
+def _metrics(r: EvalReport) -> dict:
+    """The manifest's headline numbers of a report."""
+    metrics = {}
+    if r.seed and r.seed_sweep and r.pseudo_mask:
+        metrics = {"seed_miou": r.seed.miou, "seed_best_miou_gt_sweep": r.seed_sweep.best_miou,
+                   "seed_best_threshold": r.seed_sweep.best_threshold,
+                   "seed_official_miou_gt_sweep": r.seed_sweep.official_miou,
+                   "seed_official_threshold": r.seed_sweep.official_threshold, "pseudo_mask_miou": r.pseudo_mask.miou}
+    metrics["images_with_gt"] = r.num_images_with_gt
+    metrics["uncertain_pixel_share"] = r.pseudo_mask_pixel_shares[UNCERTAIN]
+    metrics["selection_uses_ground_truth"] = r.selection.uses_ground_truth
+    if r.final_model.available:
+        metrics["final_val_miou"] = r.final_model.miou
+    metrics["cam_source"] = r.cam_source
     return metrics
 
 
-def _selection(cfg: Config) -> dict:
+def _selection(cfg: Config) -> Selection:
     """How train_cam, match and refine (whose S makes the CAMs) kept their weights."""
     from pipeline.seed_eval import selection_label
-    stages = ("train_cam", "match", "refine")
+    stages = SELECTING_STAGES
     gt = [s for s in stages if getattr(cfg, s).select == "gt_miou"]
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
             "protocol): every number here depends on ground truth" if gt else
@@ -150,49 +143,7 @@ def _selection(cfg: Config) -> dict:
     if cfg.train_cam.init_checkpoint:
         note += "; the imported warm start may itself have been chosen on ground truth"
     uses_gt = bool(gt) or bool(cfg.train_cam.init_checkpoint)
-    return {"uses_ground_truth": uses_gt, "note": note, **{s: selection_label(cfg, s) for s in stages}}
-
-
-def _markdown(r: dict) -> str:
-    final = r["final_model"]
-    fm = f"{final['miou']:.2f}" if final["available"] else f"n/a ({final['reason']})"
-    fmt = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
-    how = f" ({final['label']})" if final["available"] else ""
-    lines = [f"# Evaluation: {r['eval_split']} ({r['num_images']} images with CAMs, "
-             f"{r['num_images_with_gt']} with ground truth)", "",
-             f"CAMs from the mask generator of stage `{r['cam_source']}` ({SOURCES[r['cam_source']]}).", ""]
-    if "seed" in r:
-        sw = r["seed_sweep"]
-        lines += [
-            "| what | split | mIoU | fg precision | fg recall |", "|---|---|---|---|---|",
-            f"| seed, bg threshold {r['seed']['bg_threshold']} | {r['eval_split']} | {r['seed']['miou']:.2f} | "
-            f"{r['seed']['fg_precision']:.2f} | {r['seed']['fg_recall']:.2f} |",
-            f"| seed, official sweep threshold {sw['official_threshold']} (stops at the first non-improving "
-            f"threshold; uses GT) | {r['eval_split']} | {sw['official_miou']:.2f} | | |",
-            f"| seed, best threshold {sw['best_threshold']} (global maximum of the sweep, uses GT) | "
-            f"{r['eval_split']} | {sw['best_miou']:.2f} | {sw['at_best']['fg_precision']:.2f} | "
-            f"{sw['at_best']['fg_recall']:.2f} |",
-            f"| pseudo mask | {r['eval_split']} | {r['pseudo_mask']['miou']:.2f} | "
-            f"{r['pseudo_mask']['fg_precision']:.2f} | {r['pseudo_mask']['fg_recall']:.2f} |",
-            f"| final segmentation model{how} | val | {fm} | | |", "",
-            f"Note: {sw['note']}.", "",
-            "Threshold sweep: " + ", ".join(f"{t}: {m:.2f}" for t, m in sw["curve"].items()), "",
-            "## Per-class IoU", "", "| class | seed | pseudo mask | final (val) |", "|---|---|---|---|",
-        ]
-        for c, v in r["seed"]["per_class_iou"].items():
-            f = final.get("per_class_iou", {}).get(c) if final["available"] else None
-            lines.append(f"| {c} | {fmt(v)} | {fmt(r['pseudo_mask']['per_class_iou'][c])} | {fmt(f)} |")
-    else:
-        lines += ["No ground-truth masks for this split: no seed or pseudo-mask scores; "
-                  "look at gallery.png and the pixel shares below.", "", f"Final segmentation model{how} (val): {fm}"]
-    lines += ["", "Checkpoint selection: " + "; ".join(f"{s}: {r['selection'][s]}" for s in ("train_cam", "match", "refine"))
-              + f". Note: {r['selection']['note']}."]
-    if final.get("selected_on_ground_truth"):
-        lines += ["", "Note: the final model's checkpoint was selected by val mIoU: the number is chosen on the "
-                  "ground truth it is reported on (as FMA-WSSS reports), not a held-out result."]
-    lines += ["", "## Pseudo-mask pixel shares (% of all pixels)", "", "| class | share |", "|---|---|"]
-    lines += [f"| {c} | {100 * v:.2f} |" for c, v in r["pseudo_mask_pixel_shares"].items()]
-    return "\n".join(lines) + "\n"
+    return Selection(uses_ground_truth=uses_gt, note=note, **{s: selection_label(cfg, s) for s in stages})
 
 
 STAGE = Stage(name="evaluate", inputs=("prepare_data", "export_cams", "pseudo_masks", "train_segmentation"),

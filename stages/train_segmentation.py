@@ -107,37 +107,14 @@ def report_label(sec) -> str:
     return "; ".join(parts)
 
 
-def save_val_curve(path: Path, history: list[dict], final_iter: int, selection: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([h["iter"] for h in history], [h["mIoU"] for h in history], marker="o", label="val mIoU")
-    last = history[-1]
-    ax.scatter([last["iter"]], [last["mIoU"]], s=80, facecolors="none", edgecolors="k",
-               label=f"last iteration ({last['mIoU']:.1f})", zorder=3)
-    best = max(history, key=lambda h: (h["mIoU"], -h["iter"]))
-    ax.scatter([best["iter"]], [best["mIoU"]], marker="*", s=120, color="tab:red", zorder=4,
-               label=f"best on val GT ({best['mIoU']:.1f})" + (", final model" if selection != "last" else ""))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("val mIoU")
-    ax.set_title(f"final model: iteration {final_iter}", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def save_gallery(model, records, path: Path, n: int, pal=None) -> None:
+    """The final model's predictions on the first ``n`` records, beside image and GT."""
     from pipeline.data.datasets import read_image, read_mask
-    from pipeline.plots import save_grid
+    from pipeline.report import save_prediction_gallery
     from pipeline.segmentation.train import predict
     rows = [[read_image(r.image), predict(model, r.image), read_mask(r.mask) if r.mask else None]
             for r in records[:n]]
-    if rows:
-        save_grid(path, rows, titles=["image", "prediction", "ground truth"],
-                  row_labels=[r.id for r in records[:n]], pal=pal)
+    save_prediction_gallery(path, rows, [r.id for r in records[:n]], pal)
 
 
 def write_predictions(model, table, out: Path) -> dict:
@@ -158,7 +135,7 @@ def write_predictions(model, table, out: Path) -> dict:
 
 def run(cfg, inputs, out):
     from pipeline.data.datasets import LabelTable
-    from pipeline.plots import save_per_class_bars
+    from pipeline.report import save_val_figures
     from pipeline.segmentation.mmseg_config import build_config
     from pipeline.segmentation.train import (best_checkpoint, export_weights, launch, load_model, test, train,
                                              val_history)
@@ -214,9 +191,7 @@ def run(cfg, inputs, out):
                        checkpoint=final.name, checkpoint_selection=sec.checkpoint_selection,
                        selected_on_ground_truth=sec.checkpoint_selection != "last", tta=sec.tta,
                        crf=sec.crf is not None, label=report_label(sec))
-        save_val_curve(out / "val_curve.png", history, metrics["iter"], sec.checkpoint_selection)
-        save_per_class_bars(out / "per_class_iou.png", {f"{sec.model} val": metrics["per_class_iou"]},
-                            f"{sec.model}: val mIoU {metrics['miou']:.1f}")
+        save_val_figures(out, history, metrics, sec.model, sec.checkpoint_selection)
         headline = {"miou": metrics["miou"], "pixel_acc": metrics["pixel_acc"], "iters": metrics["iter"]}
     else:
         why = (f"no ground-truth masks for val split '{cfg.data.val_split}'" if cfg.data.val_split

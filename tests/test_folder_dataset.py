@@ -296,12 +296,16 @@ def test_compare_a_report_without_gt_next_to_one_with_gt(tmp_path):
     (pixel shares only) and a VOC-style run: n/a where a figure is missing, classes of both runs."""
     from pipeline.compare import compare_table, load_run, save_compare_chart
     shares = {"background": 0.5, "person": 0.25, "tv": 0.125, "uncertain (255)": 0.125}
-    folder = {"eval_split": "train", "num_images": 3, "num_images_with_gt": 0, "cam_source": "refine",
+    common = {"eval_split": "train", "cam_split": "train", "cam_source": "refine",
+              "selection": {"uses_ground_truth": False, "note": "last epochs", "train_cam": "last epoch",
+                            "match": "last epoch", "refine": "last epoch"}}
+    folder = {**common, "num_images": 3, "num_images_with_gt": 0,
               "pseudo_mask_pixel_shares": shares, "final_model": {"available": False, "reason": "no GT"}}
     iou = {"background": 80.0, "aeroplane": 40.0, "person": None}
-    voc = {"eval_split": "train", "num_images": 4, "num_images_with_gt": 4, "cam_source": "refine",
+    voc = {**common, "num_images": 4, "num_images_with_gt": 4,
            "seed": {"bg_threshold": 0.45, "miou": 60.0, "per_class_iou": iou},
-           "seed_sweep": {"best_threshold": 0.5, "best_miou": 61.0},
+           "seed_sweep": {"note": "GT-chosen", "best_threshold": 0.5, "best_miou": 61.0, "curve": {"0.5": 61.0},
+                          "at_best": {"miou": 61.0, "per_class_iou": iou}},
            "pseudo_mask": {"miou": 70.0, "per_class_iou": iou},
            "pseudo_mask_pixel_shares": {"background": 0.75, "aeroplane": 0.25, "person": 0.0, "uncertain (255)": 0.0},
            "final_model": {"available": True, "miou": 50.0, "per_class_iou": {"background": 90.0}}}

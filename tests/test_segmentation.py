@@ -230,6 +230,7 @@ def test_stage_mask2former(tmp_path):
     assert 0 <= vm["miou"] <= 100 and len(vm["per_class_iou"]) == 21
     assert "Mask2FormerHead" in (out / "mmseg_config.py").read_text()
     assert (out / "model_final.pth").exists() and (out / "gallery.png").exists()
+    assert (out / "val_curve.png").stat().st_size > 1000 and (out / "per_class_iou.png").stat().st_size > 1000
 
 
 def test_missing_pseudo_mask_is_named(tmp_path):
