@@ -140,4 +140,4 @@ def test_markdown_lists_pseudo_mask_routes_and_the_official_threshold(runs):
     r.seed_sweep.official_threshold, r.seed_sweep.official_miou = 0.42, 99.0
     md = report_markdown(r)
     assert "| pseudo mask, route sam | train | 50.00 | 60.00 | 70.00 |" in md
-    assert "early stopping ends at threshold 0.42 (mIoU 99.00)" in md
+    assert "| seed, official sweep threshold 0.42 (stops at the first non-improving threshold; uses GT) | train | 99.00 | | |" in md
