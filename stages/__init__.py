@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ORDER = ("prepare_data", "train_cam", "match", "learn_prompts", "refine", "export_cams",
+ORDER = ("prepare_data", "sam_masks", "train_cam", "match", "learn_prompts", "refine", "export_cams",
          "pseudo_masks", "train_segmentation", "evaluate")
 
 
