@@ -45,11 +45,11 @@ def seed_masks(cam: np.ndarray, fg_classes, masks: np.ndarray, levels, p: float)
     if len(fg) and not ((fg >= 1) & (fg <= 255)).all():
         raise ValueError(f"fg_classes must be label ids in 1..255, got {fg.tolist()}")
     out = np.zeros(cam.shape[1:], dtype=np.uint8)
-    area = masks.reshape(len(masks), -1).sum(1)
+    area = masks.sum((1, 2))
     keep = np.flatnonzero(area > 0)
     if len(keep) == 0 or len(fg) == 0:
         return out
-    flat = masks[keep].reshape(len(keep), -1).astype(np.float64)
+    flat = masks[keep].reshape(len(keep), -1).astype(np.float64)  # len(keep) > 0 here
     g = np.maximum(cam, 0).reshape(len(fg), -1) @ flat.T / area[keep]  # (P, S')
     lo, hi = g.min(1, keepdims=True), g.max(1, keepdims=True)
     s = (g - lo) / (hi - lo + EPS)
@@ -76,7 +76,7 @@ def rsw_filter(masks: np.ndarray, levels, thresh: float) -> np.ndarray:
     levels = np.asarray(levels, dtype=np.int64).reshape(-1)
     if masks.ndim != 3 or len(masks) != len(levels):
         raise ValueError(f"masks must be (S, H, W) with S = len(levels) = {len(levels)}, got {masks.shape}")
-    flat = masks.reshape(len(masks), -1)
+    flat = masks.reshape(len(masks), masks.shape[1] * masks.shape[2])
     kept: list[int] = []
     for level in (2, 1, 0):
         idx = np.flatnonzero(levels == level)
