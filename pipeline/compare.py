@@ -87,6 +87,12 @@ def compare_table(runs: list[Run]) -> str:
     sums = [summary(r) for r in runs]
     for key, label, _ in KINDS:
         row(label, [_fmt(s[key][0]) + (f" ({s[key][1]})" if s[key][1] else "") for s in sums])
+    route_names = list(dict.fromkeys(m for r in runs for m in r.report.get("pseudo_mask_routes", {})))
+    for m in route_names:  # every pseudo-mask route a run scored; 'trained' marks the final model's
+        row(f"pseudo-mask mIoU, route {m}", [
+            (_fmt(r.report["pseudo_mask_routes"][m]["miou"]) + (" (trained)" if r.report.get("trained_route") == m
+                                                                 else "")) if m in r.report.get("pseudo_mask_routes", {})
+            else "n/a" for r in runs])
     row("**per-class IoU**: seed / pseudo mask / final", ["" for _ in runs])
     for c in runs[0].report["seed"]["per_class_iou"]:
         cells = []

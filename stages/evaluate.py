@@ -14,6 +14,11 @@ The report names the training stage whose mask generator made the CAMs
 (export_cams.source: train_cam | match | refine), so ablations say what
 they scored.
 
+Every pseudo-mask route of the run (pseudo_masks.method, the one the final
+model trains on, and pseudo_masks.extra_methods) is scored side by side:
+report["pseudo_mask_routes"][method] = {miou, per_class_iou, fg_precision,
+fg_recall}; report["pseudo_mask"] stays the trained route.
+
 Writes report.json, report.md, per_class_iou.png (when there is GT) and
 gallery.png (image | seed | pseudo mask | GT for a fixed sample).
 """
@@ -36,7 +41,7 @@ from pipeline.utils import progress
 NAME = "evaluate"
 INPUTS = ('prepare_data', 'export_cams', 'pseudo_masks', 'train_segmentation')
 SECTIONS = ('evaluate',)
-VERSION = "4"  # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels; 4: CAM source
+VERSION = "5"  # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels; 4: CAM source; 5: pseudo-mask routes
 log = logging.getLogger("wsss")
 SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
            "refine": "full SemPLeS (phase 3)"}
@@ -72,7 +77,7 @@ def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
 def run(cfg: Config, inputs, out: Path) -> dict:
     from pipeline.plots import save_grid, save_per_class_bars
 
-    ev = cfg.evaluate
+    ev, pm = cfg.evaluate, cfg.pseudo_masks
     split = cfg.data.eval_split or cfg.data.train_split
     table = LabelTable.from_artifact(inputs["prepare_data"], split)
     store = CamStore(store_path(inputs["export_cams"], cfg.export_cams.split))
@@ -100,19 +105,25 @@ def run(cfg: Config, inputs, out: Path) -> dict:
         curve = {t: sweep[t]["miou"] for t in sorted(float(x) for x in ev.sweep)}
         best_t = max(curve, key=lambda t: (curve[t], -t))
         pseudo = evaluate_masks(mask_of, gt_ids, gt, table.num_classes, names)
+        routes = {m: pseudo if m == pm.method else _route_scores(cfg, inputs, m, gt_ids, gt, table, names)
+                  for m in pm.routes}
         report.update({
             "seed": {"bg_threshold": ev.bg_threshold, **fixed},
             "seed_sweep": {"uses_ground_truth": True, "note": SWEEP_NOTE, "best_threshold": best_t,
                            "best_miou": curve[best_t], "curve": curve, "at_best": sweep[best_t]},
-            "pseudo_mask": pseudo})
+            "pseudo_mask": pseudo, "trained_route": pm.method,
+            "pseudo_mask_routes": {m: {k: r[k] for k in ("miou", "per_class_iou", "fg_precision", "fg_recall")}
+                                   for m, r in routes.items()}})
         series = {f"seed (t={ev.bg_threshold})": fixed["per_class_iou"],
-                  f"seed (best t={best_t}, GT-chosen)": sweep[best_t]["per_class_iou"],
-                  "pseudo mask": pseudo["per_class_iou"]}
+                  f"seed (best t={best_t}, GT-chosen)": sweep[best_t]["per_class_iou"]}
+        series.update({f"pseudo mask ({m}{', trained on' if m == pm.method else ''})": r["per_class_iou"]
+                       for m, r in routes.items()})
         if final["available"]:
             series["final model (val)"] = {c: final["per_class_iou"].get(c) for c in names}
         save_per_class_bars(out / "per_class_iou.png", series, f"per-class IoU, {split} ({len(gt_ids)} images)")
         metrics = {"seed_miou": fixed["miou"], "seed_best_miou_gt_sweep": curve[best_t],
-                   "seed_best_threshold": best_t, "pseudo_mask_miou": pseudo["miou"]}
+                   "seed_best_threshold": best_t, "pseudo_mask_miou": pseudo["miou"],
+                   **{f"pseudo_mask_miou_{m}": r["miou"] for m, r in routes.items()}}
     write_json_atomic(out / "report.json", report)
     (out / "report.md").write_text(_markdown(report))
 
@@ -132,6 +143,12 @@ def run(cfg: Config, inputs, out: Path) -> dict:
         metrics["final_val_miou"] = final["miou"]
     metrics["cam_source"] = cfg.export_cams.source
     return metrics
+
+
+def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) -> dict:
+    from stages.pseudo_masks import route_dir
+    d = route_dir(cfg, inputs["pseudo_masks"], method)
+    return evaluate_masks(lambda i: d / f"{i}.png", gt_ids, gt, table.num_classes, names)
 
 
 def _selection(cfg: Config) -> dict:
@@ -164,16 +181,23 @@ def _markdown(r: dict) -> str:
             f"{r['seed']['fg_precision']:.2f} | {r['seed']['fg_recall']:.2f} |",
             f"| seed, best threshold {sw['best_threshold']} (sweep, uses GT) | {r['eval_split']} | "
             f"{sw['best_miou']:.2f} | {sw['at_best']['fg_precision']:.2f} | {sw['at_best']['fg_recall']:.2f} |",
-            f"| pseudo mask | {r['eval_split']} | {r['pseudo_mask']['miou']:.2f} | "
-            f"{r['pseudo_mask']['fg_precision']:.2f} | {r['pseudo_mask']['fg_recall']:.2f} |",
+            f"| pseudo mask ({r.get('trained_route', '?')}, trained on) | {r['eval_split']} | "
+            f"{r['pseudo_mask']['miou']:.2f} | {r['pseudo_mask']['fg_precision']:.2f} | "
+            f"{r['pseudo_mask']['fg_recall']:.2f} |",
+            *[f"| pseudo mask ({m}) | {r['eval_split']} | {x['miou']:.2f} | {x['fg_precision']:.2f} | "
+              f"{x['fg_recall']:.2f} |" for m, x in r.get("pseudo_mask_routes", {}).items()
+              if m != r.get("trained_route")],
             f"| final segmentation model{how} | val | {fm} | | |", "",
             f"Note: {sw['note']}.", "",
             "Threshold sweep: " + ", ".join(f"{t}: {m:.2f}" for t, m in sw["curve"].items()), "",
-            "## Per-class IoU", "", "| class | seed | pseudo mask | final (val) |", "|---|---|---|---|",
         ]
+        extra = [m for m in r.get("pseudo_mask_routes", {}) if m != r.get("trained_route")]
+        lines += ["## Per-class IoU", "", "| class | seed | pseudo mask | " + "".join(f"{m} | " for m in extra)
+                  + "final (val) |", "|---" * (4 + len(extra)) + "|"]
         for c, v in r["seed"]["per_class_iou"].items():
             f = final.get("per_class_iou", {}).get(c) if final["available"] else None
-            lines.append(f"| {c} | {fmt(v)} | {fmt(r['pseudo_mask']['per_class_iou'][c])} | {fmt(f)} |")
+            routes = "".join(f"{fmt(r['pseudo_mask_routes'][m]['per_class_iou'][c])} | " for m in extra)
+            lines.append(f"| {c} | {fmt(v)} | {fmt(r['pseudo_mask']['per_class_iou'][c])} | {routes}{fmt(f)} |")
     else:
         lines += ["No ground-truth masks for this split: no seed or pseudo-mask scores; "
                   "look at gallery.png and the pixel shares below.", "", f"Final segmentation model{how} (val): {fm}"]
