@@ -44,12 +44,12 @@ OFFICIAL_URLS = {  # segment-anything README, "Model Checkpoints"
 }
 
 
-class _Timer:
-    """Seconds spent in encode / decode / post (everything else of generate)."""
+class StepTimer:
+    """Seconds spent in image encoding (set_image) and mask decoding (predict_torch)."""
 
     def __init__(self, device: torch.device):
         self.sync = device.type == "cuda"
-        self.totals = {"encode": 0.0, "decode": 0.0, "total": 0.0}
+        self.totals = {"encode": 0.0, "decode": 0.0}
 
     def wrap(self, name: str, fn):
         def timed(*a, **k):
@@ -63,10 +63,13 @@ class _Timer:
             return out
         return timed
 
-    def split(self) -> dict:
-        t = dict(self.totals)
-        t["post"] = max(t["total"] - t["encode"] - t["decode"], 0.0)
-        return t
+    def split(self, total: float) -> dict:
+        """encode / decode / post seconds, post = the rest of ``total`` (thresholds, RLE, NMS, clean-up, filter)."""
+        return {**self.totals, "post": max(total - self.totals["encode"] - self.totals["decode"], 0.0)}
+
+    def attach(self, predictor) -> None:
+        predictor.set_image = self.wrap("encode", predictor.set_image)
+        predictor.predict_torch = self.wrap("decode", predictor.predict_torch)
 
 
 class FmaMaskGenerator(SamAutomaticMaskGenerator):
@@ -80,14 +83,12 @@ class FmaMaskGenerator(SamAutomaticMaskGenerator):
             raise ValueError("iou_thresh_offsets / nms_offsets need one value per level (3)")
         self.rsw_thresh = rsw_thresh
         self.amp = amp and dev.type == "cuda"
-        self.timer = _Timer(dev)
-        self.predictor.set_image = self.timer.wrap("encode", self.predictor.set_image)
-        self.predictor.predict_torch = self.timer.wrap("decode", self.predictor.predict_torch)
+        self.timer = StepTimer(dev)
+        self.timer.attach(self.predictor)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[dict]:
         """Mask records of one HWC uint8 RGB image (see the module docstring)."""
-        start = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
@@ -101,13 +102,12 @@ class FmaMaskGenerator(SamAutomaticMaskGenerator):
                     "stability_score": float(data["stability_score"][i]),
                     "bbox": [float(v) for v in box_xyxy_to_xywh(torch.as_tensor(data["boxes"][i])).tolist()],
                     "area": int(area_from_rle(rle))} for i, rle in enumerate(data["rles"])]
-        self.timer.totals["total"] += time.perf_counter() - start
         return records
 
     def _process_crop(self, image, crop_box, crop_layer_idx, orig_size) -> MaskData:
         # Meta's per-crop NMS ranks by data["iou_preds"], which _process_batch
         # fills with the NMS-offset scores; SAM's own IoU comes back afterwards
-        data = super()._process_crop(image, crop_box, crop_layer_idx, orig_size)
+        data = empty_crop_fix(super()._process_crop(image, crop_box, crop_layer_idx, orig_size))
         data["iou_preds"] = data["iou_raw"]
         del data["iou_raw"]
         return data
@@ -143,6 +143,14 @@ class FmaMaskGenerator(SamAutomaticMaskGenerator):
         data["rles"] = mask_to_rle_pytorch(uncrop_masks(data["masks"], crop_box, h, w))
         del data["masks"]
         return data
+
+
+def empty_crop_fix(data: MaskData) -> MaskData:
+    """A crop without masks gets crop_boxes of shape (0,) from Meta's code, and the
+    cross-crop NMS then fails on an image where no crop found a mask: (0, 4)."""
+    if len(data["rles"]) == 0:
+        data["crop_boxes"] = torch.zeros((0, 4), dtype=torch.int64)
+    return data
 
 
 # ------------------------------------------------------------------ the model
@@ -198,11 +206,13 @@ def load_sam(model_type: str, checkpoint: Optional[str], tiny: bool, device: tor
 def make_generator(cfg, device: torch.device) -> FmaMaskGenerator:
     """FmaMaskGenerator from a SamCfg (pipeline/config.py)."""
     model = load_sam(cfg.model_type, cfg.checkpoint, cfg.tiny, device)
-    return FmaMaskGenerator(
-        model, iou_thresh_offsets=cfg.iou_thresh_offsets, nms_offsets=cfg.nms_offsets, rsw_thresh=cfg.rsw_thresh,
-        amp=cfg.amp, points_per_side=cfg.points_per_side, points_per_batch=cfg.points_per_batch,
-        pred_iou_thresh=cfg.pred_iou_thresh, stability_score_thresh=cfg.stability_score_thresh,
-        stability_score_offset=cfg.stability_score_offset, box_nms_thresh=cfg.box_nms_thresh,
-        crop_n_layers=cfg.crop_n_layers, crop_nms_thresh=cfg.crop_nms_thresh,
-        crop_overlap_ratio=cfg.crop_overlap_ratio, crop_n_points_downscale_factor=cfg.crop_n_points_downscale_factor,
-        min_mask_region_area=cfg.min_mask_region_area)
+    return FmaMaskGenerator(model, iou_thresh_offsets=cfg.iou_thresh_offsets, nms_offsets=cfg.nms_offsets,
+                            rsw_thresh=cfg.rsw_thresh, amp=cfg.amp, **meta_kwargs(cfg))
+
+
+def meta_kwargs(cfg) -> dict:
+    """The SamCfg fields Meta's SamAutomaticMaskGenerator takes."""
+    return {k: getattr(cfg, k) for k in (
+        "points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "stability_score_offset",
+        "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio", "crop_n_points_downscale_factor",
+        "min_mask_region_area")}

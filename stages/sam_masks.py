@@ -19,6 +19,7 @@ so the DAG can run it beside the training phases.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
         return 0
     table = _table(cfg, inputs)
     gen = make_generator(cfg.sam, get_device(cfg.run.device))  # before any file: bad weights write nothing
+    start = time.perf_counter()
     for image_id in progress(todo, f"sam_masks {cfg.sam.split}", total=len(todo)):
         image = read_image(table[image_id].image)
         try:
@@ -68,7 +70,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
         except Exception as e:
             raise RuntimeError(f"sam_masks: image '{image_id}' ({table[image_id].image}): {e}") from e
         write_masks_json(d / f"{image_id}.json", image_id, image.shape[0], image.shape[1], records)
-    t = gen.timer.split()
+    t = gen.timer.split(time.perf_counter() - start)  # post includes reading images and writing files
     log.info("sam_masks: %d images, %.2f s/image (encode %.2f, decode %.2f, post %.2f)", len(todo),
              t["total"] / len(todo), t["encode"] / len(todo), t["decode"] / len(todo), t["post"] / len(todo))
     return len(todo)

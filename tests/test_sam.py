@@ -127,10 +127,10 @@ def test_rock_sand_water_filter():
 
 
 # ---------------------------------------------------------------- generator
-def _generator(outputs, **kw):
+def _generator(outputs, crop_n_layers=0, **kw):
     """FmaMaskGenerator on a tiny SAM whose decoder returns fixed (logits, iou) for the one point."""
     from pipeline.sam_generator import FmaMaskGenerator, tiny_sam
-    gen = FmaMaskGenerator(tiny_sam(), points_per_side=1, crop_n_layers=0, pred_iou_thresh=0.86,
+    gen = FmaMaskGenerator(tiny_sam(), points_per_side=1, crop_n_layers=crop_n_layers, pred_iou_thresh=0.86,
                            stability_score_thresh=0.92, min_mask_region_area=0, **kw)
     logits, iou = outputs
 
@@ -175,6 +175,12 @@ def test_generator_rock_sand_water_filter_runs_after_the_nms():
     assert mask_utils.decode(recs[1]["segmentation"])[5:15, 25:35].all()
     assert isinstance(recs[0]["segmentation"]["counts"], str)  # JSON-ready COCO RLE
     assert sorted(r["level"] for r in _generator((logits, iou)).generate(image)) == [0, 1, 2]
+
+
+def test_an_image_without_any_mask_gives_no_records():
+    # with crops, Meta's cross-crop NMS fails when no crop found a mask (empty_crop_fix)
+    logits, iou = _logits(40, 40, (5, 30, 5, 30), (5, 30, 5, 30), (5, 30, 5, 30)), torch.zeros((1, 3))
+    assert _generator((logits, iou), crop_n_layers=1).generate(np.zeros((40, 40, 3), np.uint8)) == []
 
 
 def test_missing_weights_name_the_key_the_url_and_the_file(tmp_path, monkeypatch):
