@@ -18,7 +18,7 @@ post-processing is then underestimated (the output says so).
 On CPU it runs the tiny random SAM (tests' model) and says so: no GPU figure.
 
     python bench/sam_speed.py [--images N] [--checkpoint PATH] [--model-type vit_h]
-                              [--points-per-batch 64] [--amp] [--skip-reference]
+                              [--points-per-batch 64] [--amp] [--skip-reference] [--points-per-side 32]
 """
 from __future__ import annotations
 
@@ -71,12 +71,14 @@ def main():
     ap.add_argument("--points-per-batch", type=int, default=64)
     ap.add_argument("--amp", action="store_true", help="bfloat16 autocast (sam.amp)")
     ap.add_argument("--skip-reference", action="store_true", help="do not time Meta's generator")
+    ap.add_argument("--points-per-side", type=int, default=32, help="official 32; fewer for a quick check only")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     n = args.images or (16 if cuda else 2)
     tiny = not cuda
-    cfg = SamCfg(model_type=args.model_type, tiny=tiny, points_per_batch=args.points_per_batch, amp=args.amp)
+    cfg = SamCfg(model_type=args.model_type, tiny=tiny, points_per_batch=args.points_per_batch, amp=args.amp,
+                 points_per_side=args.points_per_side)
     if tiny:
         print(f"device: CPU ({torch.get_num_threads()} threads) - no GPU: the TINY random SAM with the official "
               "generator settings; the figures say nothing about a GPU or about ViT-H")
