@@ -18,6 +18,7 @@ so the DAG can run it beside the training phases.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -70,9 +71,10 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
         except Exception as e:
             raise RuntimeError(f"sam_masks: image '{image_id}' ({table[image_id].image}): {e}") from e
         write_masks_json(d / f"{image_id}.json", image_id, image.shape[0], image.shape[1], records)
-    t = gen.timer.split(time.perf_counter() - start)  # post includes reading images and writing files
+    total = time.perf_counter() - start
+    t = gen.timer.split(total)  # post includes reading images and writing files
     log.info("sam_masks: %d images, %.2f s/image (encode %.2f, decode %.2f, post %.2f)", len(todo),
-             t["total"] / len(todo), t["encode"] / len(todo), t["decode"] / len(todo), t["post"] / len(todo))
+             total / len(todo), t["encode"] / len(todo), t["decode"] / len(todo), t["post"] / len(todo))
     return len(todo)
 
 
@@ -90,13 +92,17 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
                            f"(e.g. {', '.join(missing[:5])}); run the missing shards")
     counts, levels, rows = [], np.zeros(3, np.int64), []
     sample = set(fixed_sample(ids, cfg.sam.gallery_size))
-    for image_id in ids:
-        masks, lv, _ = read_masks_json(d / f"{image_id}.json")
-        counts.append(len(masks))
-        levels += np.bincount(lv, minlength=3)[:3]
+    for image_id in ids:  # counts from the JSON alone; masks decoded for the gallery sample only
+        path = d / f"{image_id}.json"
+        try:
+            lv = [a["level"] for a in json.loads(path.read_text())["annotations"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a SAM masks file ({type(e).__name__}: {e})") from None
+        counts.append(len(lv))
+        levels += np.bincount(np.asarray(lv, np.int64), minlength=3)[:3]
         if image_id in sample:
             image = read_image(table[image_id].image)
-            rows.append([image, _overlay(image, masks)])
+            rows.append([image, _overlay(image, read_masks_json(path)[0])])
     if rows:
         save_grid(out / "sam_gallery.png", rows, titles=["image", "SAM masks (random colours)"])
     return {"images": len(ids), "split": cfg.sam.split, "masks_per_image": float(np.mean(counts)) if counts else 0.0,
