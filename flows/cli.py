@@ -47,6 +47,12 @@ def run(config: Path = ConfigOpt,
     """Run the whole DAG (or a slice of it); cached stages are skipped."""
     _setup_logging()
     cfg = _load(config)
+    from pipeline.weights import WeightsUnavailable, preflight
+    from stages.runner import select, stage_keys
+    try:  # before Prefect starts: one paragraph instead of a flow-run traceback (the flow checks again)
+        preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
+    except (WeightsUnavailable, KeyError) as e:
+        _fail(e)
     if prefect:
         from flows.dag import wsss_flow
         result = wsss_flow(config=str(config), until=until, start=start, force=list(force))

@@ -34,10 +34,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, load_config
 from pipeline.store import Store, digest
+from pipeline.weights import preflight
 from stages import get
 from stages.runner import compute_stage, select, stage_keys
 
 SHARDED = ("sam_masks", "export_cams", "pseudo_masks")
+INLINE_MAX = 2 ** 21  # bytes: larger PNGs are named by path only, not inlined into the Prefect artifact
 
 
 def _cache_key(context: TaskRunContext, parameters: dict) -> str:
@@ -105,6 +107,7 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
     if unknown:
         raise ValueError(f"force names stages not in this run: {unknown}")
     keys = stage_keys(cfg)
+    preflight(cfg, names, keys, force)  # hub weights: downloaded, or one clear error
     store = Store(cfg.run.work_dir)
     work_dir = str(Path(cfg.run.work_dir).resolve())
     config = str(Path(config).resolve())
@@ -134,19 +137,30 @@ def publish_stage(cfg: Config, name: str, path: Path) -> None:
 
 
 def publish_report(cfg: Config, path: Path) -> None:
-    """report.md with the per-class chart inlined as a data: URI (the Prefect UI
-    cannot read files of the store) plus its path, and per-class IoU as a table."""
+    """report.md with the per-class chart and the gallery inlined as data: URIs (the
+    Prefect UI cannot read files of the store) plus their paths, and a per-class table:
+    IoU of seed, pseudo mask and final model where there is ground truth (None where
+    not, e.g. a folder dataset without masks) and the pseudo-mask pixel share."""
     report = json.loads((path / "report.json").read_text())
-    chart = path / "per_class_iou.png"
     md = (path / "report.md").read_text()
-    if chart.exists():
-        data = base64.b64encode(chart.read_bytes()).decode()
-        md += f"\n## Per-class IoU chart\n\n![per-class IoU](data:image/png;base64,{data})\n\nFile: `{chart}`\n"
+    for png, title, alt in (("per_class_iou.png", "Per-class IoU chart", "per-class IoU"),
+                            ("gallery.png", "Gallery", "gallery")):
+        f = path / png
+        if not f.exists():
+            continue
+        md += f"\n## {title}\n\n"
+        if f.stat().st_size <= INLINE_MAX:
+            md += f"![{alt}](data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
+        md += f"File: `{f}`\n"
     create_markdown_artifact(md, key=artifact_key(cfg.run.name, "evaluate", "report"),
                              description=f"evaluation report ({report.get('cam_source', '?')} CAMs); {path}")
-    final = report["final_model"].get("per_class_iou", {}) if report["final_model"]["available"] else {}
-    rows = [{"class": c, "seed": v, "pseudo_mask": report["pseudo_mask"]["per_class_iou"][c],
-             "final_val": final.get(c)} for c, v in report["seed"]["per_class_iou"].items()]
+    iou = lambda part: report.get(part, {}).get("per_class_iou", {})  # noqa: E731
+    final = iou("final_model") if report["final_model"]["available"] else {}
+    shares = report.get("pseudo_mask_pixel_shares", {})
+    classes = list(iou("seed") or shares)  # without GT: every class and "uncertain (255)"
+    rows = [{"class": c, "seed": iou("seed").get(c), "pseudo_mask": iou("pseudo_mask").get(c),
+             "final_val": final.get(c), "pixel_share": shares.get(c)} for c in classes]
+    gt = (f"seed at t={report['seed']['bg_threshold']}, pseudo mask, final model on val" if "seed" in report
+          else "no ground truth on the eval split: IoU n/a")
     create_table_artifact(rows, key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
-                          description=f"per-class IoU (%): seed at t={report['seed']['bg_threshold']}, "
-                                      "pseudo mask, final model on val")
+                          description=f"per-class IoU (%): {gt}; pixel_share: fraction of pseudo-mask pixels")

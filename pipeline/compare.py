@@ -3,9 +3,11 @@
 A run is an evaluate artifact directory (holding report.json) or a run
 store holding exactly one finished evaluate artifact; the CLI also accepts
 configs and resolves them to their evaluate artifact. Output: one text table
-(markdown) of seed / pseudo-mask / final mIoU and per-class IoU, and a bar
-chart PNG. Numbers that used ground truth to choose something (the seed
-threshold sweep) are marked with '*'.
+(markdown) of seed / pseudo-mask / final mIoU, per-class IoU and pseudo-mask
+pixel shares, and a bar chart PNG. A run whose eval split has no ground-truth
+masks (a folder dataset) has no seed or pseudo-mask scores: those cells say
+n/a. Numbers that used ground truth to choose something (the seed threshold
+sweep) are marked with '*'.
 """
 from __future__ import annotations
 
@@ -52,7 +54,10 @@ def load_run(label: str, eval_dir: Path) -> Run:
         raise CompareError(f"{label}: {eval_dir} is not a finished evaluate artifact (no manifest.json)")
     try:
         report = json.loads(p.read_text())
-        for k in ("seed", "seed_sweep", "pseudo_mask", "final_model"):
+        # GT scores come as a group; without GT masks a report has the pixel shares only
+        needed = ["final_model", *(("seed", "seed_sweep", "pseudo_mask") if "seed" in report
+                                   else ("pseudo_mask_pixel_shares",))]
+        for k in needed:
             report[k]
     except (OSError, ValueError, KeyError) as e:
         raise CompareError(f"{label}: {p} is not an evaluate report ({e!r})") from None
@@ -65,13 +70,31 @@ KINDS = [("seed", "seed mIoU (fixed threshold)", False), ("seed_best", f"seed mI
 
 
 def summary(run: Run) -> dict[str, tuple[float | None, str]]:
-    """(mIoU, detail) of each kind in KINDS for one run."""
+    """(mIoU, detail) of each kind in KINDS for one run; (None, "no GT") where its split has no masks."""
     r = run.report
     final = r["final_model"]
-    return {"seed": (r["seed"]["miou"], f"t={r['seed']['bg_threshold']}"),
-            "seed_best": (r["seed_sweep"]["best_miou"], f"t={r['seed_sweep']['best_threshold']}"),
-            "pseudo": (r["pseudo_mask"]["miou"], ""),
-            "final": (final["miou"] if final.get("available") else None, "")}
+    out = {"seed": (None, "no GT"), "seed_best": (None, "no GT"), "pseudo": (None, "no GT"),
+           "final": (final["miou"] if final.get("available") else None, "")}
+    if "seed" in r:
+        out.update(seed=(r["seed"]["miou"], f"t={r['seed']['bg_threshold']}"),
+                   seed_best=(r["seed_sweep"]["best_miou"], f"t={r['seed_sweep']['best_threshold']}"),
+                   pseudo=(r["pseudo_mask"]["miou"], ""))
+    return out
+
+
+def per_class(run: Run, part: str) -> dict[str, float | None]:
+    """Per-class IoU of 'seed', 'pseudo_mask' or 'final_model' ({} where not available)."""
+    r = run.report.get(part, {})
+    return r.get("per_class_iou", {}) if r.get("available", True) else {}
+
+
+def classes_of(runs: list[Run]) -> list[str]:
+    """Class names of all runs, in first-seen order (runs on other datasets add theirs)."""
+    names = {}
+    for r in runs:
+        names.update(dict.fromkeys(per_class(r, "seed") or
+                                   [c for c in r.report.get("pseudo_mask_pixel_shares", {}) if c != "uncertain (255)"]))
+    return list(names)
 
 
 def _fmt(v) -> str:
@@ -93,15 +116,15 @@ def compare_table(runs: list[Run]) -> str:
             (_fmt(r.report["pseudo_mask_routes"][m]["miou"]) + (" (trained)" if r.report.get("trained_route") == m
                                                                  else "")) if m in r.report.get("pseudo_mask_routes", {})
             else "n/a" for r in runs])
+    classes = classes_of(runs)
     row("**per-class IoU**: seed / pseudo mask / final", ["" for _ in runs])
-    for c in runs[0].report["seed"]["per_class_iou"]:
-        cells = []
-        for r in runs:
-            rep = r.report
-            final = rep["final_model"].get("per_class_iou", {}) if rep["final_model"].get("available") else {}
-            cells.append(" / ".join(_fmt(x) for x in (rep["seed"]["per_class_iou"].get(c),
-                                                      rep["pseudo_mask"]["per_class_iou"].get(c), final.get(c))))
-        row(c, cells)
+    for c in classes:
+        row(c, [" / ".join(_fmt(per_class(r, part).get(c)) for part in ("seed", "pseudo_mask", "final_model"))
+                for r in runs])
+    row("**pseudo-mask pixel share (%)**", ["" for _ in runs])
+    for c in [*classes, "uncertain (255)"]:
+        row(f"{c} (share)", [_fmt(None if (v := r.report.get("pseudo_mask_pixel_shares", {}).get(c)) is None
+                                  else 100 * v) for r in runs])
     return "\n".join(lines) + f"\n\n{GT_NOTE}\n"
 
 
@@ -113,13 +136,15 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
     from pipeline.plots import plt
 
     sums = [summary(r) for r in runs]
-    classes = list(runs[0].report["pseudo_mask"]["per_class_iou"])
+    classes = classes_of(runs)
     w = 0.8 / len(runs)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(7, 0.45 * len(classes) + 2), 8),
                                       gridspec_kw={"height_ratios": [1, 1.3]})
     x = np.arange(len(KINDS))
     for i, (r, s) in enumerate(zip(runs, sums)):
-        bars = top.bar(x + i * w, [s[k][0] or 0.0 for k, _, _ in KINDS], width=w, label=r.label, color=f"C{i}")
+        # n/a (no GT, no final model): no bar
+        bars = top.bar(x + i * w, [np.nan if s[k][0] is None else s[k][0] for k, _, _ in KINDS], width=w,
+                       label=r.label, color=f"C{i}")
         for b, (_, _, uses_gt) in zip(bars, KINDS):
             if uses_gt:
                 b.set_hatch("//")
@@ -130,12 +155,12 @@ def save_compare_chart(runs: list[Run], path: Path) -> None:
     top.legend(fontsize=7)
     xc = np.arange(len(classes))
     for i, r in enumerate(runs):
-        vals = [r.report["pseudo_mask"]["per_class_iou"].get(c) or 0.0 for c in classes]
+        vals = [np.nan if (v := per_class(r, "pseudo_mask").get(c)) is None else v for c in classes]
         bottom.bar(xc + i * w, vals, width=w, label=r.label, color=f"C{i}")
     bottom.set_xticks(xc + w * (len(runs) - 1) / 2)
     bottom.set_xticklabels(classes, rotation=60, ha="right", fontsize=7)
     bottom.set_ylabel("pseudo-mask IoU (%)")
-    bottom.set_title("per-class pseudo-mask IoU", fontsize=9)
+    bottom.set_title("per-class pseudo-mask IoU (no bar: n/a, e.g. no ground truth)", fontsize=9)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

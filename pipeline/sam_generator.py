@@ -168,6 +168,11 @@ def tiny_sam(seed: int = 0, img_size: int = 128):
                    depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2), iou_head_hidden_dim=32)).eval()
 
 
+def hub_cache_path(url: str) -> Path:
+    """Where torch.hub keeps a downloaded checkpoint (what load_state_dict_from_url reads)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+
+
 def checkpoint_file(model_type: str, checkpoint: Optional[str]) -> Path:
     """Local path of the SAM weights: a file, or a URL downloaded into the torch
     hub cache (checkpoints/). Offline or missing: a clear error naming the
@@ -177,10 +182,10 @@ def checkpoint_file(model_type: str, checkpoint: Optional[str]) -> Path:
         if not Path(src).is_file():
             raise FileNotFoundError(f"sam.checkpoint: SAM weights file {src} does not exist")
         return Path(src)
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    path = cache / os.path.basename(src.split("?")[0])
+    path = hub_cache_path(src)
     if not path.is_file():
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(src, str(path), progress=False)
         except Exception as e:
             raise RuntimeError(f"sam.checkpoint: cannot download {src} to {path} ({type(e).__name__}: {e}); "

@@ -52,12 +52,12 @@ def _model_path(d: Path) -> Path:
     return p
 
 
-def _generator(cfg: Config, k: int, init: Path | None, device, fusion: str):
+def _generator(cfg: Config, k: int, init: Path | None, device, fusion: str, load_weights: bool = True):
     """S with the fusion of its phase (warm start: maps, SemPLeS phases: features),
     optionally loaded from an upstream model.pt; returns (model, its config)."""
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     mcfg = cfg.mask_generator.model_copy(update={"fusion": fusion})
-    model = build_mask_generator(mcfg, k, load_weights=init is None)
+    model = build_mask_generator(mcfg, k, load_weights=load_weights and init is None)
     if init is not None and load_weights_from(model, _model_path(init)) and is_main():
         log.info("attention fusion '%s' starts freshly initialised: %s has another fusion "
                  "(the official phases load the warm start with strict=False)", fusion, init)
@@ -112,7 +112,8 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
     device, table, train, gal, k = _setup(cfg, inputs, tc)
     if tc.init_checkpoint:  # WeakTr's released warm start instead of training one
         sd = read_official_state_dict(tc.init_checkpoint)
-        model, mcfg = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint))
+        # every weight comes from the checkpoint (the import is strict): no ImageNet weights to load
+        model, mcfg = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint), load_weights=False)
         m = import_weaktr_checkpoint(model, tc.init_checkpoint, sd)
         if is_main():  # no epochs, so no epoch selection: the imported weights are model.pt
             _gallery(model.eval(), gal, table, device)(Path(out) / "gallery.png")

@@ -61,11 +61,36 @@ def train_transform(crop_size: int, augment: str):
     is on -, rand-m9-mstd0.5-inc1, random erasing 0.25 pixel mode), or crop + flip only."""
     from timm.data import create_transform
     if augment == "weaktr":
-        return create_transform(crop_size, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
-                                interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1,
-                                mean=MEAN, std=STD)
+        t = create_transform(crop_size, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
+                             interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1,
+                             mean=MEAN, std=STD)
+        return _old_pillow_posterize(t)
     return create_transform(crop_size, is_training=True, color_jitter=None, auto_augment=None,
                             interpolation="bicubic", re_prob=0.0, mean=MEAN, std=STD)
+
+
+def _posterize_zero_bits_black(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
+    """timm's posterize, except that 0 bits gives what older Pillow gave (mask ~(2**8-1):
+    every value 0, a black image) instead of the ValueError of Pillow 13."""
+    from timm.data.auto_augment import posterize
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def _old_pillow_posterize(transform):
+    """PosterizeIncreasing (inc1) reaches 0 bits at magnitude 10 (m9 + mstd 0.5 noise
+    clipped at 10: ~1.5 in 1,000 samples). The official runs (timm 0.5.4, old Pillow)
+    got a black image there; today's Pillow raises. Swap the op's function inside this
+    transform only; timm's other ops are untouched (all fine at their extremes on RGB)."""
+    from timm.data.auto_augment import RandAugment
+    ops = [op for t in transform.transforms if isinstance(t, RandAugment) for op in t.ops
+           if op.name.startswith("Posterize")]
+    if not ops:
+        raise RuntimeError("timm's weaktr transform has no RandAugment Posterize op: timm changed, check the fix")
+    for op in ops:
+        op.aug_fn = _posterize_zero_bits_black
+    return transform
 
 
 class TrainImages(Dataset):

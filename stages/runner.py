@@ -9,6 +9,7 @@ from typing import Callable
 
 from pipeline.config import Config
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
+from pipeline.weights import preflight
 from stages import ORDER, get
 
 log = logging.getLogger("wsss")
@@ -120,7 +121,9 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
 
 def run_stage(cfg: Config, name: str, force: bool = False, keys: dict[str, str] | None = None) -> Path:
     """Run one stage if its artifact is not cached (or if forced); return its dir."""
-    return compute_stage(cfg, name, keys or stage_keys(cfg), force)
+    keys = keys or stage_keys(cfg)
+    preflight(cfg, [name], keys, [name] if force else ())  # hub weights before any write
+    return compute_stage(cfg, name, keys, force)
 
 
 def select(until: str | None = None, start: str | None = None, cfg: Config | None = None) -> list[str]:
@@ -149,4 +152,6 @@ def select(until: str | None = None, start: str | None = None, cfg: Config | Non
 def run_all(cfg: Config, until: str | None = None, start: str | None = None,
             force: tuple[str, ...] = ()) -> dict[str, Path]:
     keys = stage_keys(cfg)
-    return {n: run_stage(cfg, n, force=n in force, keys=keys) for n in select(until, start, cfg)}
+    names = select(until, start, cfg)
+    preflight(cfg, names, keys, force)  # every hub weight of the run, before the first stage
+    return {n: run_stage(cfg, n, force=n in force, keys=keys) for n in names}

@@ -176,6 +176,8 @@ def run(cfg, inputs, out):
         log.warning("train_segmentation: run.nproc_per_node=%d needs CUDA (mmengine binds each rank to a "
                     "GPU); training in one process on CPU", nproc)
         nproc = 1
+    from pipeline.weights import preflight
+    preflight(cfg, ["train_segmentation"])  # hub weights into torch.hub's cache, where mmengine reads them
     train_list, val_list, val_records = data_lists(cfg, inputs, out)
     table = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
     work_dir = out / "work_dir"

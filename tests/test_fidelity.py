@@ -279,7 +279,13 @@ def test_imported_weaktr_checkpoint_gives_the_official_cams(official_ckpt):
         ours = model.eval()(x)["fine"]
         ref = reference_fine_cam(sd, x)
     assert ref.abs().max() > 0
-    assert torch.allclose(ours, ref, rtol=1e-4, atol=1e-6 * ref.abs().max().item())
+    # two implementations of the same maths: float32 sums in another order, ~sqrt(n)*eps per dot product
+    # (n <= 1536: ~5e-6) over 12 blocks: ~6e-5 of the output scale; tolerance 1e-4 of it. A class-order
+    # or spatial mistake moves values by O(the scale): checked to fail the same tolerance.
+    tol = 1e-4 * ref.abs().max().item()
+    assert torch.allclose(ours, ref, rtol=0, atol=tol)
+    for wrong in (ours.flip(1), ours.flip(-1), ours.roll(1, -2)):
+        assert not torch.allclose(wrong, ref, rtol=0, atol=tol)
 
 
 def test_import_rejects_missing_extra_and_misshaped_keys(tmp_path, official_ckpt):
@@ -348,7 +354,24 @@ def test_export_crops_the_remainder_and_resizes_the_grid_once():
     total = up[0] + up[1].flip(-1)
     lo, hi = total.amin((1, 2), keepdim=True), total.amax((1, 2), keepdim=True)
     assert (hi - lo).min() > 1e-3
-    assert torch.allclose(torch.from_numpy(ours), (total - lo) / (hi - lo + 1e-8), atol=1e-5)
+    # infer_cams runs image and mirror as one batch of 2, the reference as two batches of 1: float32
+    # sums in another order, ~sqrt(n)*eps per dot product over the blocks, a few 1e-5 of |CAM| at most
+    # (test_cam_store: 7.2e-5 after normalisation on one CPU, 8e-7 here); min-max normalisation
+    # amplifies by max|total| / (max - min) (~1.1 here). Tolerance 1e-4 times that.
+    tol = 1e-4 * max(1.0, (total.abs().amax() / (hi - lo).amin()).item())
+    ref = (total - lo) / (hi - lo + 1e-8)
+    assert torch.allclose(torch.from_numpy(ours), ref, rtol=0, atol=tol)
+    # the regressions this guards against fail that tolerance: mirror not flipped back, crop shifted
+    # by a pixel (the remainder taken from the top/left), classes swapped
+    bad = {"unflipped mirror": up[0] + up[1], "shifted crop": None, "class order": total.flip(0)}
+    with torch.no_grad():
+        shifted = [m(x[..., 1:65, 1:97])["coarse"], m(x.flip(-1)[..., 1:65, 1:97])["coarse"]]
+    sup = [F.interpolate(g[:, [0, 2]], size=(70, 100), mode="bilinear", align_corners=False)[0] for g in shifted]
+    bad["shifted crop"] = sup[0] + sup[1].flip(-1)
+    for what, t in bad.items():
+        t_lo, t_hi = t.amin((1, 2), keepdim=True), t.amax((1, 2), keepdim=True)
+        diff = (torch.from_numpy(ours) - (t - t_lo) / (t_hi - t_lo + 1e-8)).abs().max().item()
+        assert diff > 10 * tol, what
 
 
 def test_train_cam_stage_imports_the_official_checkpoint_and_match_starts_from_it(tmp_path):

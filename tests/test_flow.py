@@ -210,6 +210,29 @@ def test_compare_smoke_run(smoke):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_compare_voc_run_with_a_folder_run_without_gt(smoke, folder_flow_run):
+    """A folder run without GT masks next to the VOC run: its scores are n/a, its pixel shares shown."""
+    voc = json.loads((Store(load_config(smoke["cfg"]).run.work_dir).path(stage_keys(load_config(smoke["cfg"]))
+                                                                       ["evaluate"]) / "report.json").read_text())
+    folder = json.loads((Path(folder_flow_run["dirs"]["evaluate"]) / "report.json").read_text())
+    png = smoke["tmp"] / "compare-folder.png"
+    res = _run([sys.executable, "-m", "flows.cli", "compare", str(smoke["cfg"]), str(folder_flow_run["cfg_path"]),
+                "--png", str(png)], smoke["env"], 300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in res.stdout.splitlines() if line.startswith("| ")}
+    assert rows["pseudo-mask mIoU"] == [f"{voc['pseudo_mask']['miou']:.2f}", "n/a (no GT)"]
+    assert rows["seed mIoU (fixed threshold)"][1] == "n/a (no GT)"
+    assert rows["final model mIoU (val)"] == [f"{voc['final_model']['miou']:.2f}", "n/a"]
+    assert rows["aeroplane"][1] == "n/a / n/a / n/a"  # a VOC class the folder run has not
+    assert rows["tv"][0] == "n/a / n/a / n/a"  # a class of the folder run only (COCO names)
+    share = folder["pseudo_mask_pixel_shares"]
+    assert rows["person (share)"][1] == f"{100 * share['person']:.2f}"
+    assert rows["uncertain (255) (share)"] == [f"{100 * voc['pseudo_mask_pixel_shares']['uncertain (255)']:.2f}",
+                                               f"{100 * share['uncertain (255)']:.2f}"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_export_cams_source_picks_the_training_stage(smoke):
     """export_cams.source: match exports the phase-1 model's CAMs, reusing every
     cached upstream artifact of the smoke run (refine's are different CAMs)."""

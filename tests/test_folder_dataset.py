@@ -149,11 +149,52 @@ def test_coco_export_round_trip_and_fields(tmp_path):
 
 # ----------------------------------------------------------------- folder-smoke, stage by stage
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory):
-    from stages.runner import run_all
-    work = tmp_path_factory.mktemp("folder") / "runs"
-    cfg = load_config(ROOT / "configs/folder-smoke.yaml", overrides={"run": {"work_dir": str(work)}})
-    return cfg, run_all(cfg)
+def folder_run(folder_flow_run):
+    """folder-smoke run by `wsss run` (conftest): its config and stage directories."""
+    return folder_flow_run["cfg"], folder_flow_run["dirs"]
+
+
+FLOW_SCRIPT = """
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+async def main():
+    async with get_client() as client:
+        runs = await client.read_flow_runs()
+        arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sys.argv[1:])))
+        print(json.dumps({"runs": [{"flow": (await client.read_flow(r.flow_id)).name, "state": r.state.name}
+                                   for r in runs],
+                          "artifacts": [{"key": a.key, "type": a.type, "data": a.data} for a in arts]}))
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+def test_folder_smoke_runs_through_the_prefect_flow_and_publishes_its_report(folder_flow_run):
+    """No GT masks: the flow still completes and publishes what the report has (pixel
+    shares, gallery); the IoU columns of the per-class table are empty."""
+    import sys
+
+    from stages import ORDER
+    from test_flow import _run
+    report = json.loads((Path(folder_flow_run["dirs"]["evaluate"]) / "report.json").read_text())
+    assert "seed" not in report  # the case that failed in publish_report
+    wanted = [f"folder-smoke-{n.replace('_', '-')}" for n in ORDER] + ["folder-smoke-evaluate-report",
+                                                                       "folder-smoke-evaluate-per-class-iou"]
+    res = _run([sys.executable, "-c", FLOW_SCRIPT, *wanted], folder_flow_run["env"], 300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout)
+    assert [(r["flow"], r["state"]) for r in got["runs"] if r["flow"] == "wsss"] == [("wsss", "Completed")]
+    arts = {a["key"]: a for a in got["artifacts"]}
+    assert sorted(arts) == sorted(wanted)
+    rows = json.loads(arts["folder-smoke-evaluate-per-class-iou"]["data"])
+    shares = report["pseudo_mask_pixel_shares"]
+    assert [r["class"] for r in rows] == list(shares)
+    for r in rows:
+        assert r["seed"] is None and r["pseudo_mask"] is None and r["final_val"] is None, r
+        assert r["pixel_share"] == shares[r["class"]], r
+    md = arts["folder-smoke-evaluate-report"]["data"]
+    assert "No ground-truth masks" in md and "![gallery](data:image/png;base64," in md and "gallery.png" in md
 
 
 @pytest.mark.slow
@@ -247,3 +288,41 @@ def test_folder_evaluate_and_validation_use_the_images_with_gt(folder_run, tmp_p
     assert 0 <= report["seed"]["miou"] <= 100 and (out / "per_class_iou.png").exists()
     _, val_list, records = data_lists(gt_cfg, {**dirs, "prepare_data": prep}, tmp_path / "seg")
     assert sorted(r.id for r in records) == ids and len(val_list.read_text().splitlines()) == 16
+
+
+def test_compare_a_report_without_gt_next_to_one_with_gt(tmp_path):
+    """Fast check of pipeline/compare.py on two stored evaluate artifacts: a folder run without GT
+    (pixel shares only) and a VOC-style run: n/a where a figure is missing, classes of both runs."""
+    from pipeline.compare import compare_table, load_run, save_compare_chart
+    shares = {"background": 0.5, "person": 0.25, "tv": 0.125, "uncertain (255)": 0.125}
+    folder = {"eval_split": "train", "num_images": 3, "num_images_with_gt": 0, "cam_source": "refine",
+              "pseudo_mask_pixel_shares": shares, "final_model": {"available": False, "reason": "no GT"}}
+    iou = {"background": 80.0, "aeroplane": 40.0, "person": None}
+    voc = {"eval_split": "train", "num_images": 4, "num_images_with_gt": 4, "cam_source": "refine",
+           "seed": {"bg_threshold": 0.45, "miou": 60.0, "per_class_iou": iou},
+           "seed_sweep": {"best_threshold": 0.5, "best_miou": 61.0},
+           "pseudo_mask": {"miou": 70.0, "per_class_iou": iou},
+           "pseudo_mask_pixel_shares": {"background": 0.75, "aeroplane": 0.25, "person": 0.0, "uncertain (255)": 0.0},
+           "final_model": {"available": True, "miou": 50.0, "per_class_iou": {"background": 90.0}}}
+    runs = []
+    for name, rep in (("voc", voc), ("folder", folder)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "report.json").write_text(json.dumps(rep))
+        (d / "manifest.json").write_text("{}")
+        runs.append(load_run(name, d))
+    table = compare_table(runs)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ")}
+    assert rows["seed mIoU (fixed threshold)"] == ["60.00 (t=0.45)", "n/a (no GT)"]
+    assert rows["pseudo-mask mIoU"] == ["70.00", "n/a (no GT)"]
+    assert rows["final model mIoU (val)"] == ["50.00", "n/a"]
+    assert rows["background"] == ["80.00 / 80.00 / 90.00", "n/a / n/a / n/a"]
+    assert rows["tv"] == ["n/a / n/a / n/a", "n/a / n/a / n/a"]  # the folder run's class
+    assert rows["tv (share)"] == ["n/a", "12.50"] and rows["uncertain (255) (share)"] == ["0.00", "12.50"]
+    save_compare_chart(runs, tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    # a report with neither GT scores nor pixel shares is not an evaluate report
+    (tmp_path / "folder/report.json").write_text(json.dumps({"final_model": folder["final_model"]}))
+    with pytest.raises(ValueError, match="pseudo_mask_pixel_shares"):
+        load_run("broken", tmp_path / "folder")

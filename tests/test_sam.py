@@ -195,6 +195,23 @@ def test_missing_weights_name_the_key_the_url_and_the_file(tmp_path, monkeypatch
     assert not (tmp_path / "hub/checkpoints/sam_vit_b_01ec64.pth").exists()
 
 
+def test_offline_sam_weights_stop_the_run_before_any_write(tmp_path, monkeypatch):
+    from conftest import ROOT
+    from pipeline.config import load_config
+    from pipeline.weights import WeightsUnavailable
+    from stages.runner import run_all
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = load_config(ROOT / "configs/voc-sam-smoke.yaml", overrides={
+        "run": {"work_dir": str(tmp_path / "runs")},
+        "sam": {"tiny": False, "model_type": "vit_b", "checkpoint": "http://127.0.0.1:9/sam_vit_b_01ec64.pth"}})
+    with pytest.raises(WeightsUnavailable, match=r"sam_masks needs Meta's SAM vit_b weights \(sam\.checkpoint: "
+                                                 r"http://127\.0\.0\.1:9/sam_vit_b_01ec64\.pth\)") as e:
+        run_all(cfg, until="sam_masks")
+    assert "hub/checkpoints/sam_vit_b_01ec64.pth" in str(e.value) and "Nothing was written" in str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_sam_split_must_match_the_export(tmp_path):
     from conftest import ROOT
     from pipeline.config import ConfigError, load_config

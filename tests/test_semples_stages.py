@@ -110,6 +110,11 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     warm = torch.load(input_dirs(cfg, "match")["train_cam"] / "model.pt")["state_dict"]
     moved = max((a[k] - warm[k]).abs().max().item() for k in a if k in warm)
     assert moved > 1e-4  # training changed the weights, so the comparison means something
+    # two paths: gloo averages the two ranks' gradients, one process averages all 4 images (another
+    # summation order, ~eps relative in the gradients). AdamW's step is lr * m / sqrt(v), so after 2 steps
+    # at effective lr 2e-3 the weights differ by ~lr * 1e-6 (a gradient within rounding of 0 could flip
+    # a step's sign; none does here); 1e-5 absolute is 1/200 of one step, while a wrong batch split or
+    # a missing all-reduce moves weights by whole steps.
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
     h1, h2 = history(single, "match"), history(out, "match")

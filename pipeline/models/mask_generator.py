@@ -64,10 +64,14 @@ def _create_timm(cfg: MaskGeneratorCfg, load_weights: bool, **kwargs) -> nn.Modu
                                  pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
     try:
         return timm.create_model(cfg.backbone, pretrained=bool(pre), **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
+    except Exception as e:
+        if isinstance(e, RuntimeError) and "Unknown model" in str(e):
             raise ValueError(f"mask_generator.backbone: unknown timm model '{cfg.backbone}'") from None
-        raise
+        if not pre:
+            raise
+        # the hub download failed (offline: huggingface_hub's LocalEntryNotFoundError): one paragraph
+        from pipeline.weights import explain, timm_weight
+        raise explain(timm_weight(cfg.backbone), e) from None
 
 
 class MapFusion(nn.Module):

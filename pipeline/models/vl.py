@@ -173,8 +173,15 @@ def build_vl(cfg: ClipCfg, device: torch.device | str = "cpu"):
                                  "clip.allow_random_init: true for tests")
             warnings.warn(RANDOM_INIT_WARNING)
             log.warning(RANDOM_INIT_WARNING)
-        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, force_image_size=cfg.image_size,
-                                       force_quick_gelu=bool(cfg.quick_gelu))
+        try:
+            model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained, force_image_size=cfg.image_size,
+                                           force_quick_gelu=bool(cfg.quick_gelu))
+        except Exception as e:
+            from pipeline.config import _is_hub_tag
+            if cfg.pretrained is None or not _is_hub_tag(cfg.pretrained):
+                raise
+            from pipeline.weights import clip_weight, explain
+            raise explain(clip_weight(cfg.model, cfg.pretrained), e) from None
         vl = OpenClipVL(model, open_clip.get_tokenizer(cfg.model), cfg.template)
     if isinstance(vl, nn.Module):
         vl = vl.to(device).eval().requires_grad_(False)

@@ -1,0 +1,175 @@
+"""Pretrained weights the configs download from a hub, resolved before any stage writes.
+
+``preflight(cfg, stages)`` goes through every hub weight the given stages will load and
+resolves it with the library's own cache/download function (timm + huggingface_hub,
+open_clip's ``download_pretrained``, torch.hub's checkpoint cache that mmengine reads), so
+a connected machine downloads first and an offline one fails with one paragraph: the
+model, the config key that takes a local file, and what to do. The runner and the flow
+call it for the stages about to run that are not cached; the loading code calls
+``explain`` on a failure too (a cache emptied in between). Local files and random-init
+(smoke) models cost nothing here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+from urllib.parse import urlparse
+
+from pipeline.config import Config, _is_hub_tag
+from pipeline.store import Store
+
+log = logging.getLogger("wsss")
+CLIP_STAGES = ("match", "learn_prompts", "refine")
+
+
+class WeightsUnavailable(RuntimeError):
+    """Hub weights neither cached nor downloadable: the message is the whole explanation."""
+
+
+@dataclass(frozen=True)
+class HubWeight:
+    stages: tuple[str, ...]  # the stages that load it
+    key: str  # config key that takes a local file instead
+    value: str  # what the config says now
+    what: str  # the model, in words
+    source: str  # where the library downloads it from
+    cache: str  # where the library keeps it
+    alternative: str = ""  # another way round, if any
+    fetch: Callable[[], object] = lambda: None  # the library's own resolve/download
+
+
+def timm_weight(name: str) -> HubWeight:
+    """mask_generator.pretrained: true: timm's ImageNet weights of the backbone."""
+    import timm
+
+    pcfg = timm.models.get_pretrained_cfg(name)
+    hub = getattr(pcfg, "hf_hub_id", None)
+    source = f"https://huggingface.co/{hub}" if hub else (getattr(pcfg, "url", None) or "timm's model hub")
+    # create_model is exactly the loading path of the stage (tag, safetensors or bin, hf or url)
+    return HubWeight(("train_cam",), "mask_generator.pretrained", "true",
+                     f"the ImageNet weights of timm model '{name}' (the mask generator's backbone)", source,
+                     "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface/hub)",
+                     "or set train_cam.init_checkpoint to WeakTr's released checkpoint_best_mIoU.pth "
+                     "(the warm start is then imported and needs no ImageNet weights)",
+                     lambda: timm.create_model(name, pretrained=True, num_classes=0))
+
+
+def clip_weight(model: str, tag: str) -> HubWeight:
+    """clip.pretrained: a hub tag ('openai', 'laion2b_s34b_b79k', ...) of an open_clip model."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg, is_pretrained_cfg
+
+    if not is_pretrained_cfg(model, tag):
+        raise WeightsUnavailable(f"clip.pretrained: open_clip has no '{tag}' weights for model '{model}' "
+                                 f"(it has: {', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}); "
+                                 "name one of those tags or a local checkpoint file")
+    pcfg = get_pretrained_cfg(model, tag)
+    source = f"https://huggingface.co/{pcfg['hf_hub'].rstrip('/')}" if pcfg.get("hf_hub") else pcfg.get("url", "")
+    return HubWeight(CLIP_STAGES, "clip.pretrained", tag, f"open_clip's '{tag}' weights of CLIP {model}", source,
+                     "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface/hub; URL downloads: ~/.cache/clip)",
+                     "a local OpenAI checkpoint also needs clip.quick_gelu: true",
+                     lambda: download_pretrained(pcfg))
+
+
+def _mm_url(name: str) -> str:
+    """open-mmlab://x -> the URL mmengine's CheckpointLoader loads it from."""
+    from mmengine.runner.checkpoint import get_deprecated_model_names, get_external_models
+
+    for prefix in ("open-mmlab://", "openmmlab://"):
+        if name.startswith(prefix):
+            model = name[len(prefix):]
+            model = get_deprecated_model_names().get(model, model)
+            return get_external_models()[model]
+    return name
+
+
+def segmentation_weight(sec) -> HubWeight:
+    """train_segmentation.pretrained: a URL or open-mmlab:// name that mmengine downloads."""
+    import torch.hub
+
+    value = sec.pretrained
+    url = _mm_url(value)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+    def fetch():
+        # mmengine's load_from_http = torch.hub.load_state_dict_from_url: it reads this cache file
+        if not url.startswith(("http://", "https://")):
+            raise FileNotFoundError(f"{value} resolves to {url}, which is not a URL mmengine downloads")
+        if not cached.exists():
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached))
+        return cached
+
+    return HubWeight(("train_segmentation",), "train_segmentation.pretrained", value,
+                     f"the backbone weights of the {sec.model} {sec.backbone} segmentation model", url,
+                     f"torch.hub's checkpoint cache ({cached})", "", fetch)
+
+
+def sam_weight(sec) -> HubWeight:
+    """sam.checkpoint: a URL (default Meta's for sam.model_type) downloaded into torch.hub's cache."""
+    from pipeline.sam_generator import OFFICIAL_URLS, checkpoint_file, hub_cache_path
+
+    url = sec.checkpoint or OFFICIAL_URLS[sec.model_type]
+    return HubWeight(("sam_masks",), "sam.checkpoint", url, f"Meta's SAM {sec.model_type} weights", url,
+                     f"torch.hub's checkpoint cache ({hub_cache_path(url)})", "",
+                     lambda: checkpoint_file(sec.model_type, url))
+
+
+def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
+    """The hub weights that ``stages`` will load under ``cfg`` (not local files, not random init)."""
+    stages = set(stages)
+    out = []
+    if ("train_cam" in stages and cfg.mask_generator.pretrained is True
+            and not cfg.train_cam.init_checkpoint):
+        out.append(timm_weight(cfg.mask_generator.backbone))
+    c = cfg.clip
+    if (stages & set(CLIP_STAGES) and c.factory is None and isinstance(c.pretrained, str)
+            and _is_hub_tag(c.pretrained)):
+        out.append(clip_weight(c.model, c.pretrained))
+    if "sam_masks" in stages and not cfg.sam.tiny and "://" in (cfg.sam.checkpoint or "://"):
+        out.append(sam_weight(cfg.sam))
+    seg = cfg.train_segmentation.pretrained
+    if "train_segmentation" in stages and isinstance(seg, str) and "://" in seg:
+        out.append(segmentation_weight(cfg.train_segmentation))
+    return out
+
+
+def explain(w: HubWeight, error: BaseException) -> WeightsUnavailable:
+    """The one paragraph for a weight that could not be resolved."""
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return WeightsUnavailable(
+        f"{', '.join(w.stages)} {'needs' if len(w.stages) == 1 else 'need'} {w.what} ({w.key}: {w.value}), which is neither in {w.cache} nor "
+        f"downloadable from here ({type(error).__name__}: {first}). Either run `wsss run` once on a machine "
+        f"with internet access (the file lands in that cache; copy the cache over or point this machine at "
+        f"it), or download the file from {w.source} yourself, copy it here and set {w.key}: /path/to/the/file "
+        f"in the config{('; ' + w.alternative) if w.alternative else ''}. Nothing was written to the run store.")
+
+
+_resolved: set[tuple[str, str]] = set()  # (key, value) already resolved by this process
+
+
+def preflight(cfg: Config, stages: Iterable[str], keys: Optional[dict[str, str]] = None,
+              force: Iterable[str] = ()) -> None:
+    """Resolve (download if needed) every hub weight of ``stages``; WeightsUnavailable on the first
+    that cannot be had, before any stage writes anything. With the stages' artifact ``keys``, the
+    cached ones (unless in ``force``) are skipped: they load nothing."""
+    stages = list(stages)
+    if not hub_weights(cfg, stages):  # smoke configs, local files: not even a look at the store
+        return
+    if keys is not None:
+        store = Store(cfg.run.work_dir)
+        stages = [n for n in stages if n in force or store.state(keys[n]) != "cached"]
+    for w in hub_weights(cfg, stages):
+        if (w.key, w.value) in _resolved:
+            continue
+        log.info("preflight: %s (%s: %s)", w.what, w.key, w.value)
+        try:
+            w.fetch()
+        except WeightsUnavailable:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure to get the file gets the same advice
+            raise explain(w, e) from None
+        _resolved.add((w.key, w.value))
