@@ -78,14 +78,13 @@ def stage(name: str, config: Path = ConfigOpt,
 
 @app.command()
 def status(config: Path = ConfigOpt):
-    """For each stage: cached / partial / missing / corrupt, key, size, headline metric."""
+    """For each stage this config runs: cached / partial / missing / corrupt, key, size, headline metric."""
     cfg = _load(config)
     from pipeline.store import Store
-    from stages import ORDER
-    from stages.runner import stage_keys
+    from stages.runner import select, stage_keys
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
     typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}metric")
-    for name in ORDER:
+    for name in select(cfg=cfg):
         key = keys[name]
         state = store.state(key)
         m = (store.manifest(key) or {}).get("metrics", {}) if state == "cached" else {}

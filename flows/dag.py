@@ -7,7 +7,7 @@ Each stage is one task whose Prefect cache key is the stage's artifact key
 (plus the run store it lives in), so an unchanged rerun does no work and a
 changed config section reruns that stage and its descendants only. The
 artifact store stays the source of truth: a damaged or missing artifact
-refreshes the task's cache. Per-image stages (export_cams, pseudo_masks) map
+refreshes the task's cache. Per-image stages (sam_masks, export_cams, pseudo_masks) map
 shards of images over the task runner: threads by default, a Dask cluster
 (LocalCluster, or any scheduler address) when run.task_runner is 'dask'.
 

@@ -89,6 +89,11 @@ def compare_table(runs: list[Run]) -> str:
     sums = [summary(r) for r in runs]
     for key, label, _ in KINDS:
         row(label, [fmt(s[key][0]) + (f" ({s[key][1]})" if s[key][1] else "") for s in sums])
+    route_names = list(dict.fromkeys(m for r in runs for m in (r.report.pseudo_mask_routes or {})))
+    for m in route_names:  # every pseudo-mask route a run scored; 'trained' marks the final model's
+        row(f"pseudo-mask mIoU, route {m}", [
+            fmt(routes[m].miou) + (" (trained)" if r.report.trained_route == m else "")
+            if m in (routes := r.report.pseudo_mask_routes or {}) else "n/a" for r in runs])
     names = classes(runs)
     row("**per-class IoU**: seed / pseudo mask / final", ["" for _ in runs])
     per_class = [{p["class"]: p for p in r.report.per_class()} for r in runs]

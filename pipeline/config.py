@@ -36,7 +36,9 @@ class Section(BaseModel):
 THROUGHPUT = ("run.work_dir", "run.device", "run.num_workers", "run.shard_size", "run.processes",
               "run.task_runner", "run.dask_address", "run.dask_workers", "run.nproc_per_node",
               "run.dist_backend", "run.lock_lease_s",
-              "export_cams.batch_size", "export_cams.writer_threads", "export_cams.prefetch_batches")
+              "export_cams.batch_size", "export_cams.writer_threads", "export_cams.prefetch_batches",
+              "sam.points_per_batch", "sam.amp",
+              "data.fetch")  # prepare_data fetches a missing tree first; the tree, not the fetch, makes the key
 
 
 class RunCfg(Section):
@@ -88,8 +90,8 @@ class DataCfg(Section):
         "official", description="COCO GT masks from instances. official: as SemPLeS/WeakTr data/parse_coco.py "
         "(annotation order, the first instance to cover a pixel keeps it, crowd regions get their category); "
         "largest_first: larger instances first so small ones stay on top, crowd regions -> 255")
-    # excluded from dumps, hence from the artifact key: fetched or not, the data are the same
-    fetch: bool = Field(False, exclude=True, description="prepare_data first runs `wsss fetch` for this data set "
+    # in THROUGHPUT, so part of no artifact key: fetched or not, the data are the same
+    fetch: bool = Field(False, description="prepare_data first runs `wsss fetch` for this data set "
                         "(voc/coco) into data.root when it is not there yet")
 
     @model_validator(mode="after")
@@ -263,6 +265,35 @@ class ExportCamsCfg(Section):
     prefetch_batches: int = Field(2, ge=1, description="batches each DataLoader worker prepares ahead")
 
 
+class SamCfg(Section):
+    """SAM automatic masks with FMA-WSSS's changes (pipeline/sam_generator.py). Official values:
+    FMA-WSSS configs/sam_auto_seg/patterns/mask_gen_ini.py, pattern 'l2_nmsf_s1_rsw3' (the one
+    configs/VOC/sams/cfg.py selects), on SAM ViT-H."""
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"  # FMA: sam_vit_h_4b8939.pth
+    checkpoint: Optional[str] = Field(None, description="local file or URL of the SAM weights; None = Meta's "
+                                      "official URL for model_type (downloaded into the torch hub cache)")
+    split: str = Field("train", description="the split whose masks are made; must equal export_cams.split")
+    tiny: bool = Field(False, description="tiny random-initialised SAM (segment-anything's classes): tests, smoke")
+    points_per_side: int = Field(32, ge=1)          # mask_gen_ini.py points_per_side = 32
+    pred_iou_thresh: float = 0.86                   # pred_iou_thresh = 0.86
+    stability_score_thresh: float = 0.92            # stability_score_thresh = 0.92
+    stability_score_offset: float = 1.0             # stability_score_offset = 1.0
+    box_nms_thresh: float = 0.7                     # box_nms_thresh = 0.7
+    crop_n_layers: int = Field(1, ge=0)             # crop_n_layers = 1
+    crop_nms_thresh: float = 0.7                    # crop_nms_thresh = 0.7
+    crop_overlap_ratio: float = 512 / 1500          # crop_overlap_ratio = 512 / 1500
+    crop_n_points_downscale_factor: int = Field(2, ge=1)  # crop_n_points_downscale_factor = 2
+    min_mask_region_area: int = Field(100, ge=0)    # min_mask_region_area = 100 (needs opencv)
+    iou_thresh_offsets: tuple[float, float, float] = (0.0, 0.0, 0.1)  # score_thresh_offset (sub-part, part, whole)
+    nms_offsets: tuple[float, float, float] = (0.0, 0.0, 1.0)  # score_nms_offset: whole masks win the NMS
+    rsw_thresh: Optional[float] = Field(0.3, description="rock_sand_water_thresh = 0.3; None = no filter")
+    gallery_size: int = Field(8, ge=0, description="mask overlays of a fixed sample of images")
+    # throughput only (the same masks): in THROUGHPUT, part of no artifact key
+    points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder call")
+    amp: bool = Field(False, description="bfloat16 autocast on CUDA (off: unmeasured whether masks "
+                      "stay within SAM's own tolerance)")
+
+
 class CrfCfg(Section):
     """pydensecrf parameters; defaults = WeakTr's VOC CAM-CRF (tool/imutils.py)."""
     iterations: int = Field(10, ge=1)
@@ -280,8 +311,15 @@ class AffinityCfg(Section):
     iterations: int = Field(6, ge=1, description="random-walk steps on the patch grid")
 
 
+PseudoMaskMethod = Literal["argmax", "crf", "affinity", "affinity_crf", "sam"]
+
+
 class PseudoMasksCfg(Section):
-    method: Literal["argmax", "crf", "affinity", "affinity_crf"] = "crf"
+    method: PseudoMaskMethod = Field("crf", description="the route the final model trains on (<out>/masks/)")
+    extra_methods: list[PseudoMaskMethod] = Field(default_factory=list, description="further routes written to "
+                                                  "<out>/masks_<method>/ and scored by evaluate beside it")
+    sam_p: float = Field(0.7, gt=0, description="sam route: background score (1 - max fg score) ** sam_p; "
+                         "FMA-WSSS VOC: 0.6 on coarse, 0.7 on fine CAMs (export_cams.cam: fine)")
     bg_threshold: float = Field(0.43, ge=0, le=1, description="VOC: WeakTr docs/Training.md, CRF "
                                 "post-processing `evaluation.py ... --t 43` (COCO 0.42)")
     low_threshold: Optional[float] = Field(None, description="uncertain band lower bg threshold")
@@ -299,7 +337,13 @@ class PseudoMasksCfg(Section):
             raise ValueError("low_threshold and high_threshold must be set together")
         if lo is not None and not 0 <= lo <= hi <= 1:
             raise ValueError(f"need 0 <= low_threshold <= high_threshold <= 1, got {lo}, {hi}")
+        if self.method in self.extra_methods or len(set(self.extra_methods)) != len(self.extra_methods):
+            raise ValueError(f"extra_methods {self.extra_methods} repeats a route (method is '{self.method}')")
         return self
+
+    @property
+    def routes(self) -> list[str]:
+        return [self.method, *self.extra_methods]
 
 
 class TrainSegmentationCfg(Section):
@@ -361,6 +405,7 @@ class Config(Section):
     learn_prompts: LearnPromptsCfg = Field(default_factory=LearnPromptsCfg)
     refine: RefineCfg = Field(default_factory=RefineCfg)
     export_cams: ExportCamsCfg = Field(default_factory=ExportCamsCfg)
+    sam: SamCfg = Field(default_factory=SamCfg)
     pseudo_masks: PseudoMasksCfg = Field(default_factory=PseudoMasksCfg)
     train_segmentation: TrainSegmentationCfg = Field(default_factory=TrainSegmentationCfg)
     evaluate: EvaluateCfg = Field(default_factory=EvaluateCfg)
@@ -393,6 +438,9 @@ class Config(Section):
                     raise ValueError(f"data.splits.{name}: a folder dataset needs 'labels' (a labels file)")
         elif self.data.val_split is None:
             raise ValueError("data.val_split: VOC/COCO need a val split")
+        if "sam" in self.pseudo_masks.routes and self.sam.split != self.export_cams.split:
+            raise ValueError(f"sam.split '{self.sam.split}' must equal export_cams.split '{self.export_cams.split}' "
+                             "(the sam route labels SAM's masks with the exported CAMs)")
         pred = self.train_segmentation.predict_split
         if pred is not None and pred not in self.data.all_splits:
             raise ValueError(f"train_segmentation.predict_split: '{pred}' is none of the data splits "
@@ -515,6 +563,8 @@ def _check_paths(cfg: Config, origin: dict) -> None:
         v = getattr(getattr(cfg, sec), field)
         if isinstance(v, str) and _looks_like_path(v) and not Path(v).exists():
             problems.append((key, v))
+    if cfg.sam.checkpoint and "://" not in cfg.sam.checkpoint and not Path(cfg.sam.checkpoint).exists():
+        problems.append(("sam.checkpoint", cfg.sam.checkpoint))
     for stage in ("train_cam", "match", "refine"):
         ids = getattr(cfg, stage).seed_eval_ids
         if ids is not None and not ids.exists():

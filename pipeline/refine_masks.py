@@ -141,7 +141,21 @@ def pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], cfg
 _W: dict = {}
 
 
-def _init(cam_path: str, cfg_json: str, mask_dir: str, pal: Optional[list] = None) -> None:
+def sam_pseudo_mask(path: Path, cams: np.ndarray, classes: Sequence[int], p: float) -> np.ndarray:
+    """FMA-WSSS's SAM seeding of one image from its sam_masks file (pipeline/sam_seeding.py)."""
+    from pipeline.sam_files import read_masks_json
+    from pipeline.sam_seeding import seed_masks
+
+    masks, levels, doc = read_masks_json(path)
+    if (doc["height"], doc["width"]) != cams.shape[1:]:
+        raise ValueError(f"{path}: masks are {doc['width']}x{doc['height']} but the CAMs "
+                         f"{cams.shape[2]}x{cams.shape[1]}")
+    return seed_masks(cams.astype(np.float32), classes, masks, levels, p)
+
+
+def _init(cam_path: str, cfg_json: str, mask_dir: str, pal: Optional[list] = None,
+          sam_dir: Optional[str] = None) -> None:
+    _W["sam_dir"] = None if sam_dir is None else Path(sam_dir)
     _W["store"] = CamStore(cam_path)
     _W["cfg"] = PseudoMasksCfg.model_validate_json(cfg_json)
     _W["dir"] = Path(mask_dir)
@@ -156,7 +170,10 @@ def _work(job: tuple) -> str:
         raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]} but {image_path} "
                          f"is {image.shape[1]}x{image.shape[0]}")
     try:
-        mask = pseudo_mask(image, cams.astype(np.float32), classes, _W["cfg"], attn, grid, patch)
+        if _W["cfg"].method == "sam":
+            mask = sam_pseudo_mask(_W["sam_dir"] / f"{image_id}.json", cams, classes, _W["cfg"].sam_p)
+        else:
+            mask = pseudo_mask(image, cams.astype(np.float32), classes, _W["cfg"], attn, grid, patch)
     except Exception as e:
         raise RuntimeError(f"image '{image_id}': {e}") from e
     write_mask(_W["dir"] / f"{image_id}.png", mask, _W["pal"])
@@ -192,7 +209,7 @@ def _pool_map(n: int, init: tuple, jobs: Iterator[tuple]) -> Iterator[str]:
 def write_masks(jobs: Iterable[tuple], init: tuple, n: int) -> Iterator[str]:
     """Write the pseudo mask of every job (id, image path, attention, grid,
     patch) with n processes; init = (CAM store path, PseudoMasksCfg json,
-    mask dir[, PNG palette as a list]). Yields image ids as they finish."""
+    mask dir[, PNG palette as a list[, sam_masks dir (method sam)]]). Yields image ids as they finish."""
     if n > 1 and mp.current_process().daemon:
         # e.g. a Dask worker (daemon by default) may not start processes; the
         # flow already spreads shards over workers, so run this shard inline

@@ -95,8 +95,14 @@ class EvalReport(_Part):
     seed: Optional[SeedScores] = None
     seed_sweep: Optional[SeedSweep] = None
     pseudo_mask: Optional[Scores] = None
-    # several pseudo-mask routes scored side by side: {route (e.g. "crf", "sam"): scores}
+    # every pseudo-mask route of the run scored side by side: {route (e.g. "sam", "crf"): scores};
+    # trained_route is the one train_segmentation trains on (its scores are also pseudo_mask)
     pseudo_mask_routes: Optional[dict[str, Scores]] = None
+    trained_route: Optional[str] = None
+
+    def extra_routes(self) -> dict[str, Scores]:
+        """The routes beside the trained one."""
+        return {k: v for k, v in (self.pseudo_mask_routes or {}).items() if k != self.trained_route}
 
     @property
     def final_per_class(self) -> dict[str, Optional[float]]:
@@ -117,8 +123,10 @@ class EvalReport(_Part):
         seed = self.seed.per_class_iou if self.seed else {}
         pseudo = self.pseudo_mask.per_class_iou if self.pseudo_mask else {}
         final = self.final_per_class
-        return [{"class": c, "seed": seed.get(c), "pseudo_mask": pseudo.get(c), "final_val": final.get(c),
-                 "pixel_share": self.pseudo_mask_pixel_shares.get(c)}
+        extra = self.extra_routes()
+        return [{"class": c, "seed": seed.get(c), "pseudo_mask": pseudo.get(c),
+                 **{f"pseudo_mask_{k}": v.per_class_iou.get(c) for k, v in extra.items()},
+                 "final_val": final.get(c), "pixel_share": self.pseudo_mask_pixel_shares.get(c)}
                 for c in self.classes() + ([] if self.seed else [UNCERTAIN])]
 
     def save(self, path: Path) -> None:
@@ -164,15 +172,18 @@ def report_markdown(r: EvalReport) -> str:
                       f"threshold; uses GT) | {split} | {sw.official_miou:.2f} | | |"]
         lines += [f"| seed, best threshold {sw.best_threshold} (global maximum of the sweep, uses GT) | {split} | "
                   f"{sw.best_miou:.2f} | {sw.at_best.fg_precision:.2f} | {sw.at_best.fg_recall:.2f} |",
-                  row("pseudo mask", r.pseudo_mask)]
-        lines += [row(f"pseudo mask, route {k}", s) for k, s in (r.pseudo_mask_routes or {}).items()]
+                  row("pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""), r.pseudo_mask)]
+        extra = r.extra_routes()
+        lines += [row(f"pseudo mask ({k})", s) for k, s in extra.items()]
         lines += [f"| final segmentation model{how} | val | {fm} | | |", ""]
         if sw.official_rule:
             lines += [f"Official sweep rule: {sw.official_rule}.", ""]
         lines += [f"Note: {sw.note}.", "",
                   "Threshold sweep: " + ", ".join(f"{t}: {m:.2f}" for t, m in sw.curve.items()), "",
-                  "## Per-class IoU", "", "| class | seed | pseudo mask | final (val) |", "|---|---|---|---|"]
-        lines += [f"| {p['class']} | {cell(p['seed'])} | {cell(p['pseudo_mask'])} | {cell(p['final_val'])} |"
+                  "## Per-class IoU", "", "| class | seed | pseudo mask | " + "".join(f"{k} | " for k in extra)
+                  + "final (val) |", "|---" * (4 + len(extra)) + "|"]
+        lines += [f"| {p['class']} | {cell(p['seed'])} | {cell(p['pseudo_mask'])} | "
+                  + "".join(f"{cell(p[f'pseudo_mask_{k}'])} | " for k in extra) + f"{cell(p['final_val'])} |"
                   for p in r.per_class()]
     else:
         lines += ["No ground-truth masks for this split: no seed or pseudo-mask scores; "
@@ -196,8 +207,8 @@ def save_report_bars(path: Path, r: EvalReport) -> None:
         return
     series = {f"seed (t={r.seed.bg_threshold})": r.seed.per_class_iou,
               f"seed (best t={r.seed_sweep.best_threshold}, GT-chosen)": r.seed_sweep.at_best.per_class_iou,
-              "pseudo mask": r.pseudo_mask.per_class_iou}
-    series |= {f"pseudo mask ({k})": s.per_class_iou for k, s in (r.pseudo_mask_routes or {}).items()}
+              "pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""): r.pseudo_mask.per_class_iou}
+    series |= {f"pseudo mask ({k})": s.per_class_iou for k, s in r.extra_routes().items()}
     if r.final_model.available:
         series["final model (val)"] = {c: r.final_per_class.get(c) for c in r.seed.per_class_iou}
     save_per_class_bars(path, series, f"per-class IoU, {r.eval_split} ({r.num_images_with_gt} images)")

@@ -108,6 +108,16 @@ def segmentation_weight(sec) -> HubWeight:
                      f"torch.hub's checkpoint cache ({cached})", "", fetch)
 
 
+def sam_weight(sec) -> HubWeight:
+    """sam.checkpoint: a URL (default Meta's for sam.model_type) downloaded into torch.hub's cache."""
+    from pipeline.sam_generator import OFFICIAL_URLS, checkpoint_file, hub_cache_path
+
+    url = sec.checkpoint or OFFICIAL_URLS[sec.model_type]
+    return HubWeight(("sam_masks",), "sam.checkpoint", url, f"Meta's SAM {sec.model_type} weights", url,
+                     f"torch.hub's checkpoint cache ({hub_cache_path(url)})", "",
+                     lambda: checkpoint_file(sec.model_type, url))
+
+
 def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
     """The hub weights that ``stages`` will load under ``cfg`` (not local files, not random init)."""
     stages = set(stages)
@@ -120,6 +130,10 @@ def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
         c = cfg.clip
         if c.factory is None and isinstance(c.pretrained, str) and _is_hub_tag(c.pretrained):
             out.append(clip_weight(c.model, c.pretrained))
+    if "sam_masks" in stages:
+        sam = cfg.sam
+        if not sam.tiny and "://" in (sam.checkpoint or "://"):
+            out.append(sam_weight(sam))
     if "train_segmentation" in stages and not cfg.train_segmentation.tiny:  # tiny: random init, loads none
         seg = cfg.train_segmentation.pretrained
         if isinstance(seg, str) and "://" in seg:

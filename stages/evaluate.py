@@ -16,6 +16,11 @@ The report names the training stage whose mask generator made the CAMs
 (export_cams.source: train_cam | match | refine), so ablations say what
 they scored.
 
+Every pseudo-mask route of the run (pseudo_masks.method, the one the final
+model trains on, and pseudo_masks.extra_methods) is scored side by side:
+report["pseudo_mask_routes"][method] = {miou, per_class_iou, fg_precision,
+fg_recall}; report["pseudo_mask"] stays the trained route.
+
 Writes report.json, report.md, per_class_iou.png (when there is GT) and
 gallery.png (image | seed | pseudo mask | GT for a fixed sample).
 """
@@ -70,7 +75,7 @@ def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
 
 
 def run(cfg: Config, inputs, out: Path) -> dict:
-    ev = cfg.evaluate
+    ev, pm = cfg.evaluate, cfg.pseudo_masks
     split = cfg.data.eval_split or cfg.data.train_split
     table = LabelTable.from_artifact(inputs["prepare_data"], split)
     store = CamStore(store_path(inputs["export_cams"], cfg.export_cams.split))
@@ -101,6 +106,10 @@ def run(cfg: Config, inputs, out: Path) -> dict:
                                       official_threshold=official_t, official_miou=official_miou,
                                       official_rule=OFFICIAL_RULE)
         report.pseudo_mask = Scores(**evaluate_masks(mask_of, gt_ids, gt, table.num_classes, names))
+        report.trained_route = pm.method
+        report.pseudo_mask_routes = {m: report.pseudo_mask if m == pm.method else
+                                     Scores(**_route_scores(cfg, inputs, m, gt_ids, gt, table, names))
+                                     for m in pm.routes}
         save_report_bars(out / "per_class_iou.png", report)
     report.save(out / REPORT)
     (out / "report.md").write_text(report_markdown(report))
@@ -123,6 +132,7 @@ def _metrics(r: EvalReport) -> dict:
                    "seed_best_threshold": r.seed_sweep.best_threshold,
                    "seed_official_miou_gt_sweep": r.seed_sweep.official_miou,
                    "seed_official_threshold": r.seed_sweep.official_threshold, "pseudo_mask_miou": r.pseudo_mask.miou}
+        metrics |= {f"pseudo_mask_miou_{k}": v.miou for k, v in (r.pseudo_mask_routes or {}).items()}
     metrics["images_with_gt"] = r.num_images_with_gt
     metrics["uncertain_pixel_share"] = r.pseudo_mask_pixel_shares[UNCERTAIN]
     metrics["selection_uses_ground_truth"] = r.selection.uses_ground_truth
@@ -130,6 +140,12 @@ def _metrics(r: EvalReport) -> dict:
         metrics["final_val_miou"] = r.final_model.miou
     metrics["cam_source"] = r.cam_source
     return metrics
+
+
+def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) -> dict:
+    from stages.pseudo_masks import route_dir
+    d = route_dir(cfg, inputs["pseudo_masks"], method)
+    return evaluate_masks(lambda i: d / f"{i}.png", gt_ids, gt, table.num_classes, names)
 
 
 def _selection(cfg: Config) -> Selection:
@@ -148,11 +164,12 @@ def _selection(cfg: Config) -> Selection:
 
 STAGE = Stage(name="evaluate", inputs=("prepare_data", "export_cams", "pseudo_masks", "train_segmentation"),
               sections=("evaluate", "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
+                        "pseudo_masks.method", "pseudo_masks.extra_methods",  # the routes it scores
                         # how the mask generator behind the CAMs kept its weights (the report's selection)
                         "train_cam.select", "train_cam.seed_eval_split", "train_cam.init_checkpoint",
                         "match.select", "match.seed_eval_split", "refine.select", "refine.seed_eval_split"),
               run=run,
               # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels;
               # 4: CAM source; 5: declares the data, export_cams and selection fields it reads;
-              # 6: the official early-stopping threshold beside the global best
-              version="6")
+              # 6: the official early-stopping threshold beside the global best; 7: pseudo-mask routes
+              version="7")

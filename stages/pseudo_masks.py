@@ -1,7 +1,11 @@
 """pseudo_masks: CAM seeds of the exported split -> label PNGs (the dataset's
 palette) in <out>/masks/<id>.png, by cfg.pseudo_masks.method (argmax | crf |
-affinity | affinity_crf, see pipeline/refine_masks.py). With
-cfg.pseudo_masks.coco_json also <out>/pseudo_masks_coco.json (pipeline/coco_export.py).
+affinity | affinity_crf, see pipeline/refine_masks.py; sam: FMA-WSSS's labelling
+of the sam_masks stage's masks, pipeline/sam_seeding.py). That is the route
+train_segmentation trains on; each of cfg.pseudo_masks.extra_methods is a
+further route in <out>/masks_<method>/<id>.png, which evaluate scores beside
+it. With cfg.pseudo_masks.coco_json also <out>/pseudo_masks_coco.json
+(pipeline/coco_export.py) of the trained route.
 
 Per-image stage: items / run_shard / finalize. run_shard skips PNGs already
 written (each is written atomically) and spreads the images over a process
@@ -30,8 +34,15 @@ COCO_JSON = "pseudo_masks_coco.json"
 
 
 def inputs(cfg: Config) -> tuple[str, ...]:
-    """The affinity methods use the attention of the mask generator that made the CAMs."""
-    return ('prepare_data', 'export_cams', cfg.export_cams.source)
+    """The affinity methods use the attention of the mask generator that made the CAMs;
+    the sam route the masks of sam_masks."""
+    sam = ('sam_masks',) if "sam" in cfg.pseudo_masks.routes else ()
+    return ('prepare_data', 'export_cams', cfg.export_cams.source) + sam
+
+
+def route_dir(cfg: Config, out: Path, method: str) -> Path:
+    """<out>/masks for the trained route, <out>/masks_<method> for the others."""
+    return Path(out) / ("masks" if method == cfg.pseudo_masks.method else f"masks_{method}")
 
 
 def _split(cfg: Config) -> str:
@@ -65,20 +76,32 @@ def _attention_jobs(cfg: Config, inputs, table: LabelTable, todo: list[str]):
 
 
 def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
-    mask_dir = out / "masks"
+    written = 0
+    for method in cfg.pseudo_masks.routes:
+        written += _run_route(cfg, inputs, out, ids, method)
+    return written
+
+
+def _run_route(cfg: Config, inputs, out: Path, ids: list[str], method: str) -> int:
+    mask_dir = route_dir(cfg, out, method)
     mask_dir.mkdir(parents=True, exist_ok=True)
     todo = [i for i in ids if not (mask_dir / f"{i}.png").exists()]
     if not todo:
         return 0
     table = LabelTable.from_artifact(inputs["prepare_data"], _split(cfg))
-    if cfg.pseudo_masks.method in AFFINITY:
+    route_cfg = cfg.pseudo_masks.model_copy(update={"method": method, "extra_methods": []})
+    if method in AFFINITY:
         jobs = _attention_jobs(cfg, inputs, table, todo)
     else:
         jobs = ((i, table[i].image, None, None, None) for i in todo)
-    init = (str(store_path(inputs["export_cams"], _split(cfg))), cfg.pseudo_masks.model_dump_json(), str(mask_dir),
-            table.palette.tolist())
+    sam_dir = None
+    if method == "sam":
+        from stages.sam_masks import mask_dir as sam_mask_dir
+        sam_dir = str(sam_mask_dir(inputs["sam_masks"], _split(cfg)))  # = sam.split (validated)
+    init = (str(store_path(inputs["export_cams"], _split(cfg))), route_cfg.model_dump_json(), str(mask_dir),
+            table.palette.tolist(), sam_dir)
     n = min(num_processes(cfg.run.processes), len(todo))
-    desc = f"pseudo_masks ({cfg.pseudo_masks.method}, {n} proc)"
+    desc = f"pseudo_masks ({method}, {n} proc)"
     CamStore(init[0])  # fail here, clearly, rather than in every worker
     for _ in progress(write_masks(jobs, init, n), desc, total=len(todo)):
         pass
@@ -89,30 +112,33 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     from pipeline.plots import save_grid
 
     ids = items(cfg, inputs)
+    pm = cfg.pseudo_masks
+    for method in pm.routes:
+        d = route_dir(cfg, out, method)
+        missing = [i for i in ids if not (d / f"{i}.png").exists()]
+        if missing:
+            raise RuntimeError(f"{d}: {len(missing)} pseudo masks missing "
+                               f"(e.g. {', '.join(missing[:5])}); run the missing shards")
     mask_dir = out / "masks"
-    missing = [i for i in ids if not (mask_dir / f"{i}.png").exists()]
-    if missing:
-        raise RuntimeError(f"{mask_dir}: {len(missing)} pseudo masks missing "
-                           f"(e.g. {', '.join(missing[:5])}); run the missing shards")
     table = LabelTable.from_artifact(inputs["prepare_data"], _split(cfg))
     store = CamStore(store_path(inputs["export_cams"], _split(cfg)))
     rows = []
-    for image_id in fixed_sample(ids, cfg.pseudo_masks.gallery_size):
+    for image_id in fixed_sample(ids, pm.gallery_size):
         cams, classes = store.read(image_id)
         rows.append([read_image(table[image_id].image),
-                     seed_labels(cams.astype(np.float32), classes, cfg.pseudo_masks.bg_threshold),
-                     read_mask(mask_dir / f"{image_id}.png")])
+                     seed_labels(cams.astype(np.float32), classes, pm.bg_threshold)]
+                    + [read_mask(route_dir(cfg, out, m) / f"{image_id}.png") for m in pm.routes])
     if rows:
         save_grid(out / "pseudo_mask_gallery.png", rows,
-                  titles=["image", f"seed (bg {cfg.pseudo_masks.bg_threshold})",
-                          f"pseudo mask ({cfg.pseudo_masks.method})"], pal=table.palette)
+                  titles=["image", f"seed (bg {pm.bg_threshold})", f"pseudo mask ({pm.method}, trained on)"]
+                  + [f"pseudo mask ({m})" for m in pm.extra_methods], pal=table.palette)
     ignored = _ignored_fraction(mask_dir, fixed_sample(ids, 64))
-    metrics = {"images": len(ids), "method": cfg.pseudo_masks.method, "ignored_fraction_sample": ignored}
-    if cfg.pseudo_masks.coco_json:
+    metrics = {"images": len(ids), "method": pm.method, "routes": pm.routes, "ignored_fraction_sample": ignored}
+    if pm.coco_json:
         from pipeline.coco_export import export_coco
         items_ = ((i, table[i].image, read_mask(mask_dir / f"{i}.png")) for i in ids)
         n = export_coco(out / COCO_JSON, items_, table.classes, f"wsss pseudo masks of split '{_split(cfg)}' "
-                        f"({cfg.pseudo_masks.method})")
+                        f"({pm.method})")
         metrics["coco_annotations"] = n["annotations"]
     return metrics
 
@@ -133,5 +159,5 @@ STAGE = Stage(name="pseudo_masks", inputs=inputs, run=run, items=items, run_shar
               # the CAMs' split and the mask generator behind them (affinity methods)
               sections=("pseudo_masks", "export_cams.split", "export_cams.source"),
               # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid;
-              # 4: declares the export_cams fields it reads
-              version="4")
+              # 4: declares the export_cams fields it reads; 5: routes (sam, extra_methods)
+              version="5")

@@ -99,3 +99,43 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
     assert metrics["final_val_miou"] == 12.5 and metrics["selection_uses_ground_truth"] is True
     assert "refine: best epoch by seed mIoU on train (uses ground truth)" in (out / "report.md").read_text()
     assert "| final segmentation model (last iteration; single-scale test) | val | 12.50 |" in (out / "report.md").read_text()
+
+
+def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp_path):
+    from pipeline.compare import Run, compare_table
+    from pipeline.config import load_config
+    from pipeline.data.datasets import LabelTable, read_mask
+    from stages import evaluate
+
+    cfg = load_config(smoke_cfg.source, overrides={
+        "run": {"work_dir": str(smoke_cfg.run.work_dir)}, "evaluate": {"sweep": [0.45], "gallery_size": 0},
+        "pseudo_masks": {"method": "sam", "extra_methods": ["crf", "argmax"]}})
+    export, pm, seg, out = (tmp_path / n for n in ("export", "pm", "seg", "out"))
+    ids = gt_store(prepared, "train", export)
+    table = LabelTable.from_artifact(prepared, "train")
+    for d in ("masks", "masks_crf", "masks_argmax"):
+        (pm / d).mkdir(parents=True)
+    for i in ids:  # trained route (sam) = GT; crf = GT with the top half background; argmax = all background
+        gt = read_mask(table[i].mask)
+        half = gt.copy()
+        half[: gt.shape[0] // 2] = 0
+        write_mask(pm / "masks" / f"{i}.png", gt)
+        write_mask(pm / "masks_crf" / f"{i}.png", half)
+        write_mask(pm / "masks_argmax" / f"{i}.png", np.zeros_like(gt))
+    seg.mkdir()
+    out.mkdir()
+    inputs = {"prepare_data": prepared, "export_cams": export, "pseudo_masks": pm, "train_segmentation": seg}
+    metrics = evaluate.run(cfg, inputs, out)
+    report = json.loads((out / "report.json").read_text())
+    routes = report["pseudo_mask_routes"]
+    assert list(routes) == ["sam", "crf", "argmax"] and report["trained_route"] == "sam"
+    assert routes["sam"]["miou"] == pytest.approx(100.0) == metrics["pseudo_mask_miou_sam"]
+    assert 0 < routes["argmax"]["miou"] < routes["crf"]["miou"] < 100.0
+    assert routes["argmax"]["fg_recall"] == 0.0
+    assert metrics["pseudo_mask_miou_crf"] == routes["crf"]["miou"]
+    md = (out / "report.md").read_text()
+    assert f"| pseudo mask (crf) | train | {routes['crf']['miou']:.2f} |" in md
+    assert "| class | seed | pseudo mask | crf | argmax | final (val) |" in md
+    table_md = compare_table([Run("a", out, report)])
+    assert f"| pseudo-mask mIoU, route sam | 100.00 (trained) |" in table_md
+    assert f"| pseudo-mask mIoU, route crf | {routes['crf']['miou']:.2f} |" in table_md

@@ -12,7 +12,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.weights import WeightsUnavailable, hub_weights, preflight
 from stages import ORDER
-from stages.runner import run_all
+from stages.runner import run_all, select
 
 ROOT = Path(__file__).resolve().parents[1]
 DEAD_URL = "https://127.0.0.1:9/checkpoints/swin_test-0123abcd.pth"  # port 9: refused at once, no network
@@ -62,10 +62,11 @@ def test_offline_clip_openai_fails_with_one_paragraph_before_any_write(tmp_path)
 
 
 def test_which_hub_weights_a_run_needs():
-    assert hub_weights(load_config(ROOT / "configs/voc-smoke.yaml"), ORDER) == []  # smoke: nothing to check
+    smoke = load_config(ROOT / "configs/voc-smoke.yaml")
+    assert hub_weights(smoke, select(cfg=smoke)) == []  # smoke (its stages: no sam_masks): nothing to check
     full = load_config(ROOT / "configs/voc-full.yaml", overrides={"data": {"root": str(ROOT / "data/voc-tiny")}})
     assert [w.key for w in hub_weights(full, ORDER)] == ["mask_generator.pretrained", "clip.pretrained",
-                                                           "train_segmentation.pretrained"]
+                                                           "sam.checkpoint", "train_segmentation.pretrained"]
     assert [w.key for w in hub_weights(full, ["pseudo_masks", "evaluate"])] == []
     assert [w.key for w in hub_weights(full, ["refine"])] == ["clip.pretrained"]
     imported = full.model_copy(update={"train_cam": full.train_cam.model_copy(
