@@ -114,7 +114,21 @@ def resolved(path: Path) -> dict:
     return Config.model_validate(_load_raw(path, {})).resolved()
 
 
+PINNED = ROOT / "tests/fixtures/resolved_configs.json"
+
+
 def test_resolved_configs_are_unchanged():
-    pinned = json.loads((ROOT / "tests/fixtures/resolved_configs.json").read_text())
+    """Moving values between YAML and code must not change what a config resolves to. A deliberate
+    change (a new field, a corrected official value) rewrites the pin with
+    `python tests/test_config_defaults.py --update`, so its diff shows in review what changed."""
+    pinned = json.loads(PINNED.read_text())
     for name, want in pinned.items():
         assert resolved(ROOT / name) == want, name
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:] == ["--update"]:
+        names = json.loads(PINNED.read_text())
+        PINNED.write_text(json.dumps({n: resolved(ROOT / n) for n in names}, indent=1, sort_keys=True) + "\n")
+        print(f"wrote {PINNED}")

@@ -139,5 +139,5 @@ def test_markdown_lists_pseudo_mask_routes_and_the_official_threshold(runs):
                                                                  fg_recall=70.0)}
     r.seed_sweep.official_threshold, r.seed_sweep.official_miou = 0.42, 99.0
     md = report_markdown(r)
-    assert "| pseudo mask, route sam | train | 50.00 | 60.00 | 70.00 |" in md
+    assert "| pseudo mask (sam) | train | 50.00 | 60.00 | 70.00 |" in md
     assert "| seed, official sweep threshold 0.42 (stops at the first non-improving threshold; uses GT) | train | 99.00 | | |" in md

@@ -72,10 +72,10 @@ def test_execute_runs_a_stage_under_its_view(cfg, tmp_path):
 
 
 def test_registry_is_the_dag_in_order():
-    assert ORDER == ("prepare_data", "train_cam", "match", "learn_prompts", "refine", "export_cams",
+    assert ORDER == ("prepare_data", "sam_masks", "train_cam", "match", "learn_prompts", "refine", "export_cams",
                      "pseudo_masks", "train_segmentation", "evaluate")
     assert all(get(n) is STAGES[n] and STAGES[n].name == n for n in ORDER)
-    assert {n for n in ORDER if STAGES[n].sharded} == {"export_cams", "pseudo_masks"}
+    assert {n for n in ORDER if STAGES[n].sharded} == {"sam_masks", "export_cams", "pseudo_masks"}
     assert {n for n in ORDER if STAGES[n].distributed} == {"train_cam", "match", "learn_prompts", "refine"}
     with pytest.raises(KeyError, match="unknown stage 'nope'"):
         get("nope")
@@ -117,6 +117,11 @@ def _candidates(path: str, value) -> list:
     if isinstance(value, str):
         return [value + "_x"]
     if isinstance(value, list):
+        item = typing.get_args(ann)[0] if typing.get_args(ann) else None
+        if typing.get_origin(item) is typing.Literal:  # a list of choices (pseudo_masks.extra_methods)
+            return [value + [o] for o in typing.get_args(item) if o not in value]
+        if value and all(isinstance(v, (int, float)) for v in value):  # same length, last number changed
+            return [value[:-1] + [value[-1] / 2 if value[-1] else 0.5]]
         return [value[:-1] if len(value) > 1 else value + [0.5]]
     if isinstance(value, dict):  # an empty mapping (data.splits)
         return [{"x": {}}]

@@ -76,7 +76,9 @@ def test_which_hub_weights_a_run_needs():
 
 def test_segmentation_url_resolves_through_the_torch_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    cfg = load_config(_cfg_file(tmp_path, f"train_segmentation: {{pretrained: '{DEAD_URL}'}}\n"))
+    tiny = load_config(_cfg_file(tmp_path, f"train_segmentation: {{pretrained: '{DEAD_URL}', tiny: true}}\n"))
+    assert hub_weights(tiny, ["train_segmentation"]) == []  # random-initialised: loads no weights
+    cfg = load_config(_cfg_file(tmp_path, f"train_segmentation: {{pretrained: '{DEAD_URL}', tiny: false}}\n"))
     # not cached, not downloadable: the run stops before its first stage, naming the key
     with pytest.raises(WeightsUnavailable, match=r"train_segmentation\.pretrained: https://127\.0\.0\.1:9/") as e:
         run_all(cfg)
