@@ -103,6 +103,7 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
 
 def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp_path):
     from pipeline.compare import Run, compare_table
+    from pipeline.report import EvalReport
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask
     from stages import evaluate
@@ -136,6 +137,6 @@ def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp
     md = (out / "report.md").read_text()
     assert f"| pseudo mask (crf) | train | {routes['crf']['miou']:.2f} |" in md
     assert "| class | seed | pseudo mask | crf | argmax | final (val) |" in md
-    table_md = compare_table([Run("a", out, report)])
+    table_md = compare_table([Run("a", out, EvalReport.load(out / "report.json"))])
     assert f"| pseudo-mask mIoU, route sam | 100.00 (trained) |" in table_md
     assert f"| pseudo-mask mIoU, route crf | {routes['crf']['miou']:.2f} |" in table_md

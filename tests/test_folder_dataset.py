@@ -176,12 +176,12 @@ def test_folder_smoke_runs_through_the_prefect_flow_and_publishes_its_report(fol
     shares, gallery); the IoU columns of the per-class table are empty."""
     import sys
 
-    from stages import ORDER
+    from stages.runner import select
     from test_flow import _run
     report = json.loads((Path(folder_flow_run["dirs"]["evaluate"]) / "report.json").read_text())
     assert "seed" not in report  # the case that failed in publish_report
-    wanted = [f"folder-smoke-{n.replace('_', '-')}" for n in ORDER] + ["folder-smoke-evaluate-report",
-                                                                       "folder-smoke-evaluate-per-class-iou"]
+    wanted = [f"folder-smoke-{n.replace('_', '-')}" for n in select(cfg=folder_flow_run["cfg"])] + [
+        "folder-smoke-evaluate-report", "folder-smoke-evaluate-per-class-iou"]
     res = _run([sys.executable, "-c", FLOW_SCRIPT, *wanted], folder_flow_run["env"], 300)
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads(res.stdout)

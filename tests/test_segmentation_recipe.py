@@ -354,7 +354,7 @@ def test_stage_best_checkpoint_tta_crf_are_labelled(tmp_path):
 
     # evaluate's report carries the label and the ground-truth-selection note
     final = evaluate._final_model({"train_segmentation": out})
-    assert final["selected_on_ground_truth"] and final["label"] == vm["label"]
+    assert final.selected_on_ground_truth and final.label == vm["label"]
 
 
 # ------------------------------------------------------------ TTA = average over the views
