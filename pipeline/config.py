@@ -37,7 +37,7 @@ THROUGHPUT = ("run.work_dir", "run.device", "run.num_workers", "run.shard_size",
               "run.task_runner", "run.dask_address", "run.dask_workers", "run.nproc_per_node",
               "run.dist_backend", "run.lock_lease_s",
               "export_cams.batch_size", "export_cams.writer_threads", "export_cams.prefetch_batches",
-              "sam.points_per_batch", "sam.amp",
+              "sam.points_per_batch", "sam.amp", "sam.images_in_flight",
               "data.fetch")  # prepare_data fetches a missing tree first; the tree, not the fetch, makes the key
 
 
@@ -292,6 +292,8 @@ class SamCfg(Section):
     points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder call")
     amp: bool = Field(False, description="bfloat16 autocast on CUDA (off: unmeasured whether masks "
                       "stay within SAM's own tolerance)")
+    images_in_flight: int = Field(2, ge=1, description="images read ahead (JPEG decode) and files written "
+                                  "behind (JSON + rename) while SAM works on the current one")
 
 
 class CrfCfg(Section):

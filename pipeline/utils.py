@@ -1,11 +1,12 @@
 """Small shared helpers: device, seeding, progress lines with ETA."""
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import time
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -53,3 +54,23 @@ def progress(items: Iterable[T], desc: str, total: Optional[int] = None,
             rate = i / max(now - start, 1e-9)
             eta = f", ETA {(total - i) / rate:.0f}s" if total else ""
             log.info("%s %d/%s (%.2f it/s%s)", desc, i, total or "?", rate, eta)
+
+
+def read_ahead(items: Iterable[T], load: Callable[[T], Any], ahead: int) -> Iterator[tuple[T, Any]]:
+    """(item, load(item)) in order, with up to ``ahead`` loads running in threads ahead of the
+    consumer (I/O and decoding that release the GIL overlap the caller's work). A load's
+    exception is raised when its item is reached."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    it = iter(items)
+    with ThreadPoolExecutor(max(1, ahead)) as pool:
+        queue = deque((x, pool.submit(load, x)) for x in itertools.islice(it, max(1, ahead)))
+        while queue:
+            x, fut = queue.popleft()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                queue.append((nxt, pool.submit(load, nxt)))
+            yield x, fut.result()
+
+
+_END = object()

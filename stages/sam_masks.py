@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     """Write the mask files of ``ids`` not yet written; returns how many were written."""
     from pipeline.sam_files import write_masks_json
     from pipeline.sam_generator import make_generator
-    from pipeline.utils import get_device, progress
+    from pipeline.utils import get_device, progress, read_ahead
 
     d = mask_dir(out, cfg.sam.split)
     d.mkdir(parents=True, exist_ok=True)
@@ -60,14 +62,22 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
         return 0
     table = _table(cfg, inputs)
     gen = make_generator(cfg.sam, get_device(cfg.run.device))  # before any file: bad weights write nothing
+    ahead = cfg.sam.images_in_flight
     start = time.perf_counter()
-    for image_id in progress(todo, f"sam_masks {cfg.sam.split}", total=len(todo)):
-        image = read_image(table[image_id].image)
-        try:
-            records = gen.generate(np.ascontiguousarray(image[..., :3]))
-        except Exception as e:
-            raise RuntimeError(f"sam_masks: image '{image_id}' ({table[image_id].image}): {e}") from e
-        write_masks_json(d / f"{image_id}.json", image_id, image.shape[0], image.shape[1], records)
+    images = read_ahead(todo, lambda i: read_image(table[i].image), ahead)  # decoding overlaps SAM
+    with ThreadPoolExecutor(1) as writer:  # JSON + rename behind SAM; at most `ahead` files pending
+        pending = deque()
+        for image_id, image in progress(images, f"sam_masks {cfg.sam.split}", total=len(todo)):
+            try:
+                records = gen.generate(np.ascontiguousarray(image[..., :3]))
+            except Exception as e:
+                raise RuntimeError(f"sam_masks: image '{image_id}' ({table[image_id].image}): {e}") from e
+            pending.append(writer.submit(write_masks_json, d / f"{image_id}.json", image_id, image.shape[0],
+                                         image.shape[1], records))
+            while len(pending) > ahead:
+                pending.popleft().result()
+        for f in pending:  # a failed write raises here
+            f.result()
     total = time.perf_counter() - start
     t = gen.timer.split(total)  # post includes reading images and writing files
     log.info("sam_masks: %d images, %.2f s/image (encode %.2f, decode %.2f, post %.2f)", len(todo),

@@ -284,3 +284,28 @@ def test_sam_route_through_the_flow_resumes_after_a_kill(tmp_path):
         assert set(np.unique(sam)) <= {0, *table[i].labels} and sam.shape == crf.shape == masks.shape[1:]
         assert not sam[~masks.any(0)].any()                        # uncovered pixels are background
         assert np.array_equal(coco[i], sam)                        # the COCO export is the trained route
+
+
+def test_read_ahead_keeps_order_and_raises_at_the_failing_item():
+    """sam_masks' image prefetch: order kept, at most `ahead` loads started before the consumer
+    takes an item, a load's error raised when its item is reached (earlier items delivered)."""
+    import threading
+    from pipeline.utils import read_ahead
+    started, lock = [], threading.Lock()
+
+    def load(i):
+        with lock:
+            started.append(i)
+        if i == 5:
+            raise OSError(f"cannot read {i}")
+        return i * i
+
+    got = []
+    with pytest.raises(OSError, match="cannot read 5"):
+        for i, v in read_ahead(range(8), load, 2):
+            with lock:
+                assert len(started) <= i + 1 + 2  # never more than 2 ahead of the consumer
+            got.append((i, v))
+    assert got == [(i, i * i) for i in range(5)]
+    assert list(read_ahead([], load, 3)) == []
+    assert [v for _, v in read_ahead(range(3), load, 1)] == [0, 1, 4]
