@@ -23,7 +23,6 @@ class-agnostic until pseudo_masks labels them.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -168,11 +167,6 @@ def tiny_sam(seed: int = 0, img_size: int = 128):
                    depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2), iou_head_hidden_dim=32)).eval()
 
 
-def hub_cache_path(url: str) -> Path:
-    """Where torch.hub keeps a downloaded checkpoint (what load_state_dict_from_url reads)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
-
-
 def checkpoint_file(model_type: str, checkpoint: Optional[str]) -> Path:
     """Local path of the SAM weights: a file, or a URL downloaded into the torch
     hub cache (checkpoints/). Offline or missing: a clear error naming the
@@ -182,15 +176,13 @@ def checkpoint_file(model_type: str, checkpoint: Optional[str]) -> Path:
         if not Path(src).is_file():
             raise FileNotFoundError(f"sam.checkpoint: SAM weights file {src} does not exist")
         return Path(src)
-    path = hub_cache_path(src)
-    if not path.is_file():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(src, str(path), progress=False)
-        except Exception as e:
-            raise RuntimeError(f"sam.checkpoint: cannot download {src} to {path} ({type(e).__name__}: {e}); "
-                               f"offline, put the file at {path} or set sam.checkpoint to a local copy") from None
-    return path
+    from pipeline.weights import hub_cache_path, hub_download
+    try:
+        return hub_download(src)
+    except Exception as e:
+        path = hub_cache_path(src)
+        raise RuntimeError(f"sam.checkpoint: cannot download {src} to {path} ({type(e).__name__}: {e}); "
+                           f"offline, put the file at {path} or set sam.checkpoint to a local copy") from None
 
 
 def load_sam(model_type: str, checkpoint: Optional[str], tiny: bool, device: torch.device):

@@ -86,22 +86,33 @@ def _mm_url(name: str) -> str:
     return name
 
 
+def hub_cache_path(url: str) -> Path:
+    """Where torch.hub keeps a downloaded checkpoint (what load_state_dict_from_url, and so
+    mmengine's load_from_http, reads)."""
+    import torch.hub
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def hub_download(url: str) -> Path:
+    """The torch.hub cache file of ``url``, downloaded first if it is not there."""
+    import torch.hub
+    path = hub_cache_path(url)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), progress=False)
+    return path
+
+
 def segmentation_weight(sec) -> HubWeight:
     """train_segmentation.pretrained: a URL or open-mmlab:// name that mmengine downloads."""
-    import torch.hub
-
     value = sec.pretrained
     url = _mm_url(value)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    cached = hub_cache_path(url)
 
     def fetch():
-        # mmengine's load_from_http = torch.hub.load_state_dict_from_url: it reads this cache file
         if not url.startswith(("http://", "https://")):
             raise FileNotFoundError(f"{value} resolves to {url}, which is not a URL mmengine downloads")
-        if not cached.exists():
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(cached))
-        return cached
+        return hub_download(url)
 
     return HubWeight(("train_segmentation",), "train_segmentation.pretrained", value,
                      f"the backbone weights of the {sec.model} {sec.backbone} segmentation model", url,
@@ -110,7 +121,7 @@ def segmentation_weight(sec) -> HubWeight:
 
 def sam_weight(sec) -> HubWeight:
     """sam.checkpoint: a URL (default Meta's for sam.model_type) downloaded into torch.hub's cache."""
-    from pipeline.sam_generator import OFFICIAL_URLS, checkpoint_file, hub_cache_path
+    from pipeline.sam_generator import OFFICIAL_URLS, checkpoint_file
 
     url = sec.checkpoint or OFFICIAL_URLS[sec.model_type]
     return HubWeight(("sam_masks",), "sam.checkpoint", url, f"Meta's SAM {sec.model_type} weights", url,

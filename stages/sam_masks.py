@@ -43,9 +43,7 @@ def _table(cfg: Config, inputs) -> LabelTable:
 
 
 def items(cfg: Config, inputs) -> list[str]:
-    if not cfg.sam.tiny:  # fetch/verify the weights once, before any shard (offline: a clear error here)
-        from pipeline.sam_generator import checkpoint_file
-        checkpoint_file(cfg.sam.model_type, cfg.sam.checkpoint)
+    # the weights were resolved by the preflight (pipeline/weights.py) before any stage ran
     return _table(cfg, inputs).ids()
 
 
@@ -126,7 +124,6 @@ def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 
 def run(cfg: Config, inputs, out: Path) -> dict:
-    items(cfg, inputs)
     run_shard(cfg, inputs, out, _table(cfg, inputs).ids())
     return finalize(cfg, inputs, out)
 
