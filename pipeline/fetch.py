@@ -16,7 +16,6 @@ beside the downloads on first download and checked against it after.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,13 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from pipeline.store import sha256_file, write_json_atomic
+
 log = logging.getLogger("wsss")
 
 ENV_BASE_URL = "WSSS_FETCH_BASE_URL"
 ENV_HASHES = "WSSS_FETCH_HASHES"
 MARKER = ".wsss-fetch-complete"  # written last into a fetched data set, before it is renamed into place
 REGISTRY = "wsss-fetch-registry.json"
-CHUNK = 1 << 20
 VOC_TRAIN_AUG = 10582  # SBD train 8,498 + val 2,857 + VOC train 1,464, minus VOC val 1,449, without duplicates
 
 
@@ -184,14 +184,6 @@ def _override_hashes() -> dict[str, str]:
         raise FetchError(f"{ENV_HASHES}={path}: not a readable JSON file of checksums ({e})") from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Fetcher:
     """Retrieves Remotes into `folder` (from the publisher, WSSS_FETCH_BASE_URL or a mirror
     folder), verified; collects what could not be fetched into one error."""
@@ -211,9 +203,7 @@ class Fetcher:
     def _record(self, name: str, digest: str, url: str) -> None:
         reg = self._registry()
         reg[name] = {"sha256": digest, "url": url, "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tmp = self.registry_path.with_name(self.registry_path.name + ".tmp")
-        tmp.write_text(json.dumps(reg, indent=2) + "\n")
-        os.replace(tmp, self.registry_path)
+        write_json_atomic(self.registry_path, reg)
 
     def expected_hash(self, r: Remote) -> Optional[str]:
         if r.name in self.overrides:
@@ -260,7 +250,7 @@ class Fetcher:
                 bad.append(str(e))
                 continue
             if r.name not in self.overrides and not r.known_hash:
-                digest = _sha256(path)
+                digest = sha256_file(path)
                 if r.sha256_prefix and not digest.startswith(r.sha256_prefix):
                     path.unlink()
                     bad.append(f"{src}: sha256 {digest} does not start with {r.sha256_prefix} "
@@ -443,22 +433,16 @@ def fetch_coco(root: Path, mirror: Optional[Path] = None, base_url: Optional[str
 
 def fetch_hub_weights(cfg=None) -> list[str]:
     """CLIP and DeiT through open_clip's and timm's own download functions, into the caches the
-    stages read (open_clip.create_model / timm.create_model with the same arguments). A config
-    that names local files (or no pretrained weights) needs nothing from the hubs."""
-    import open_clip
-    import timm
-    from pipeline.config import _is_hub_tag
+    stages read: the hub weights the preflight resolves (pipeline/weights.py), for the config's
+    stages, or without a config the official CLIP and DeiT-S. A config that names local files
+    (or no pretrained weights) needs nothing from the hubs."""
+    from pipeline.weights import CLIP_STAGES, clip_weight, hub_weights, timm_weight
+    weights = (hub_weights(cfg, ("train_cam", *CLIP_STAGES)) if cfg is not None else
+               [clip_weight("ViT-B-32-quickgelu", "openai"), timm_weight("deit_small_patch16_224")])
     done = []
-    clip_model, clip_tag = (cfg.clip.model, cfg.clip.pretrained) if cfg else ("ViT-B-32-quickgelu", "openai")
-    if clip_tag and _is_hub_tag(clip_tag) and not (cfg and cfg.clip.factory):
-        pcfg = open_clip.get_pretrained_cfg(clip_model, clip_tag)
-        if not pcfg:
-            raise FetchError(f"clip: open_clip knows no pretrained tag '{clip_tag}' for {clip_model}")
-        done.append(f"CLIP {clip_model}/{clip_tag}: {open_clip.download_pretrained(pcfg)}")
-    backbone, pre = (cfg.mask_generator.backbone, cfg.mask_generator.pretrained) if cfg else ("deit_small_patch16_224", True)
-    if pre is True:
-        timm.create_model(backbone, pretrained=True)  # fills timm's (Hugging Face) cache
-        done.append(f"timm {backbone}: in timm's cache")
+    for w in weights:
+        w.fetch()
+        done.append(f"{w.what} ({w.key}): in {w.cache}")
     return done
 
 

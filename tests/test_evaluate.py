@@ -138,5 +138,5 @@ def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp
     assert f"| pseudo mask (crf) | train | {routes['crf']['miou']:.2f} |" in md
     assert "| class | seed | pseudo mask | crf | argmax | final (val) |" in md
     table_md = compare_table([Run("a", out, EvalReport.load(out / "report.json"))])
-    assert f"| pseudo-mask mIoU, route sam | 100.00 (trained) |" in table_md
+    assert "| pseudo-mask mIoU, route sam | 100.00 (trained) |" in table_md
     assert f"| pseudo-mask mIoU, route crf | {routes['crf']['miou']:.2f} |" in table_md

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ClipCfg, Config, ConfigError, MaskGeneratorCfg, _load_raw, load_config
+from pipeline.config import ClipCfg, ConfigError, MaskGeneratorCfg, load_config
 from pipeline.data.classes import prompt_names
 from pipeline.losses import train_cam_step
 from pipeline.models.mask_generator import (build_mask_generator, load_mask_generator, load_weights_from,
