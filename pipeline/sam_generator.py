@@ -9,6 +9,8 @@ FMA-WSSS's src/libs/sam/custom_sam/sam_auto.py (SamAuto):
   (``iou_thresh_offsets``, official (0, 0, 0.1)) and before the per-crop box
   NMS (``nms_offsets``, official (0, 0, 1.0): whole masks win the NMS); the
   reported predicted_iou is SAM's own;
+- per-level biases added to the stability score before its filter
+  (``stability_score_bias``, official (0, 0, 0)); the reported score is unbiased;
 - after the clean-up, the rock-sand-water filter (pipeline/sam_seeding.rsw_filter).
 The per-batch step is written on Meta's public helpers (segment_anything.utils.amg).
 
@@ -73,13 +75,15 @@ class StepTimer:
 
 class FmaMaskGenerator(SamAutomaticMaskGenerator):
     def __init__(self, model, iou_thresh_offsets=(0.0, 0.0, 0.0), nms_offsets=(0.0, 0.0, 0.0),
-                 rsw_thresh: Optional[float] = None, amp: bool = False, **kwargs):
+                 stability_score_bias=(0.0, 0.0, 0.0), rsw_thresh: Optional[float] = None, amp: bool = False,
+                 **kwargs):
         super().__init__(model, output_mode="coco_rle", **kwargs)
         dev = self.predictor.device
         self.iou_thresh_offsets = torch.as_tensor(iou_thresh_offsets, dtype=torch.float32, device=dev)
         self.nms_offsets = torch.as_tensor(nms_offsets, dtype=torch.float32, device=dev)
-        if self.iou_thresh_offsets.shape != (3,) or self.nms_offsets.shape != (3,):
-            raise ValueError("iou_thresh_offsets / nms_offsets need one value per level (3)")
+        self.stability_score_bias = torch.as_tensor(stability_score_bias, dtype=torch.float32, device=dev)
+        if {tuple(t.shape) for t in (self.iou_thresh_offsets, self.nms_offsets, self.stability_score_bias)} != {(3,)}:
+            raise ValueError("iou_thresh_offsets / nms_offsets / stability_score_bias need one value per level (3)")
         self.rsw_thresh = rsw_thresh
         self.amp = amp and dev.type == "cuda"
         self.timer = StepTimer(dev)
@@ -132,8 +136,9 @@ class FmaMaskGenerator(SamAutomaticMaskGenerator):
         del data["iou_thresh"]
         data["stability_score"] = calculate_stability_score(data["masks"], self.predictor.model.mask_threshold,
                                                             self.stability_score_offset)
-        if self.stability_score_thresh > 0.0:
-            data.filter(data["stability_score"] >= self.stability_score_thresh)
+        if self.stability_score_thresh > 0.0:  # sam_auto.py: (score + bias of the level) >= thresh
+            bias = self.stability_score_bias[data["level"]]
+            data.filter(data["stability_score"] + bias >= self.stability_score_thresh)
         data["masks"] = data["masks"] > self.predictor.model.mask_threshold
         data["boxes"] = batched_mask_to_box(data["masks"])
         near_edge = is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, w, h])
@@ -204,7 +209,8 @@ def make_generator(cfg, device: torch.device) -> FmaMaskGenerator:
     """FmaMaskGenerator from a SamCfg (pipeline/config.py)."""
     model = load_sam(cfg.model_type, cfg.checkpoint, cfg.tiny, device)
     return FmaMaskGenerator(model, iou_thresh_offsets=cfg.iou_thresh_offsets, nms_offsets=cfg.nms_offsets,
-                            rsw_thresh=cfg.rsw_thresh, amp=cfg.amp, **meta_kwargs(cfg))
+                            stability_score_bias=cfg.stability_score_bias, rsw_thresh=cfg.rsw_thresh, amp=cfg.amp,
+                            **meta_kwargs(cfg))
 
 
 def meta_kwargs(cfg) -> dict:

@@ -176,6 +176,26 @@ def test_generator_rock_sand_water_filter_runs_after_the_nms():
     assert sorted(r["level"] for r in _generator((logits, iou)).generate(image)) == [0, 1, 2]
 
 
+def test_generator_stability_score_bias_is_added_per_level_before_the_filter():
+    # FMA sam_auto.py _process_batch: keep (stability + bias[level]) >= stability_score_thresh
+    h, w = 40, 40
+    image = np.zeros((h, w, 3), np.uint8)
+    logits = _logits(h, w, (2, 8, 2, 8), (5, 15, 25, 35), (10, 20, 10, 20))
+    logits[0, 2, 8:22, 8:22] = torch.where(logits[0, 2, 8:22, 8:22] > 0, 20.0, 0.5)  # a soft ring
+    # whole: 100 px above +1, 196 above -1 -> stability 0.51; sub-part and part are sharp (1.0)
+    iou = torch.tensor([[0.9, 0.9, 0.9]])
+    recs = _generator((logits, iou)).generate(image)
+    assert sorted(r["level"] for r in recs) == [0, 1]
+    recs = _generator((logits, iou), stability_score_bias=(0.0, 0.0, 0.45)).generate(image)
+    assert sorted(r["level"] for r in recs) == [0, 1, 2]
+    whole = next(r for r in recs if r["level"] == 2)
+    assert whole["stability_score"] == pytest.approx(100 / 196)  # the reported score is SAM's own
+    recs = _generator((logits, iou), stability_score_bias=(-0.5, 0.0, 0.45)).generate(image)
+    assert sorted(r["level"] for r in recs) == [1, 2]             # a negative bias drops the sub-part
+    with pytest.raises(ValueError, match="one value per level"):
+        _generator((logits, iou), stability_score_bias=(0.0, 0.1))
+
+
 def test_an_image_without_any_mask_gives_no_records():
     # with crops, Meta's cross-crop NMS fails when no crop found a mask (empty_crop_fix)
     logits, iou = _logits(40, 40, (5, 30, 5, 30), (5, 30, 5, 30), (5, 30, 5, 30)), torch.zeros((1, 3))
