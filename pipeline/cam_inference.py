@@ -17,7 +17,7 @@ Two routes to the same numbers:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,17 +59,31 @@ def _min_max(total: torch.Tensor) -> torch.Tensor:
     return (total - lo) / (hi - lo + 1e-8)
 
 
-def _cam_output(model, x: torch.Tensor, cam: str) -> torch.Tensor:
-    out = model(x)
+def _cam_output(model, x: torch.Tensor, cam: str, caa=None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(CAM grid (B, K, h, w) float32, CAA attention (B, N, N) or None)."""
+    if caa is not None and getattr(model, "arch", None) != "vit":
+        raise ValueError("export_cams.caa: CAA needs the attention of a ViT mask generator (mask_generator.arch: "
+                         f"vit), not arch '{getattr(model, 'arch', type(model).__name__)}'")
+    out = model(x, caa_layers=caa.last_n_layers) if caa is not None else model(x)
     if cam not in out:
         raise ValueError(f"export_cams.cam: the mask generator has no '{cam}' CAM output")
-    return out[cam].float()
+    return out[cam].float(), out.get("caa_attn")
+
+
+def _refined(grid: torch.Tensor, attn: Optional[torch.Tensor], caa) -> torch.Tensor:
+    """The CAA CAMs of one forward's grid (float32, outside autocast) when CAA is on."""
+    if caa is None:
+        return grid
+    from pipeline.cams.caa import refine
+    with torch.autocast(grid.device.type, enabled=False):
+        return refine(grid, attn, caa)
 
 
 @torch.no_grad()
 def infer_cams(model, image: np.ndarray, labels: Sequence[int], scales: Sequence[float] = (1.0,),
-               flip: bool = True, cam: str = "fine", device: torch.device | str = "cpu") -> np.ndarray:
-    """(H, W, 3) uint8 image, foreground label ids -> (len(labels), H, W) float32 in [0, 1]."""
+               flip: bool = True, cam: str = "fine", device: torch.device | str = "cpu", caa=None) -> np.ndarray:
+    """(H, W, 3) uint8 image, foreground label ids -> (len(labels), H, W) float32 in [0, 1].
+    caa: a CaaCfg (pipeline/cams/caa.py on each forward's grid before the upsampling) or None."""
     if not labels:
         raise ValueError("an image without foreground labels has no CAMs")
     H, W = image.shape[:2]
@@ -80,7 +94,8 @@ def infer_cams(model, image: np.ndarray, labels: Sequence[int], scales: Sequence
         x = normalize_numpy(img)[None].to(device)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        grid = _cam_output(model, x, cam)[:, keep]  # (B, C_present, h, w)
+        grid, attn = _cam_output(model, x, cam, caa)
+        grid = _refined(grid[:, keep], attn, caa)  # (B, C_present, h, w)
         up = _to_image_size(model, grid, img.shape[:2], (H, W))
         if flip:
             up[1] = up[1].flip(-1)
@@ -91,7 +106,7 @@ def infer_cams(model, image: np.ndarray, labels: Sequence[int], scales: Sequence
 @torch.no_grad()
 def infer_cams_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence[int]],
                      size: tuple[int, int], flip: bool = True, cam: str = "fine",
-                     device: torch.device | str = "cpu", amp: bool = False) -> torch.Tensor:
+                     device: torch.device | str = "cpu", amp: bool = False, caa=None) -> torch.Tensor:
     """B images of one size (H, W): ``scaled`` holds, per scale, the resized
     images as uint8 (B, h, w, 3); ``labels`` their foreground ids. Returns
     (B, C_max, H, W) float32 in [0, 1] on ``device``: image b's CAMs are
@@ -108,8 +123,8 @@ def infer_cams_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Seq
         if flip:
             x = torch.cat([x, x.flip(-1)])  # rows B.. are the mirrored images
         with torch.autocast(device.type, enabled=amp):
-            grid = _cam_output(model, x, cam)
-        grid = grid.gather(1, keep[:, :, None, None].expand(-1, -1, *grid.shape[-2:]))
+            grid, attn = _cam_output(model, x, cam, caa)
+        grid = _refined(grid.gather(1, keep[:, :, None, None].expand(-1, -1, *grid.shape[-2:])), attn, caa)
         up = _to_image_size(model, grid, tuple(x.shape[-2:]), (H, W))
         total += up[:B] + up[B:].flip(-1) if flip else up
     return _min_max(total)
@@ -163,7 +178,7 @@ class ScaledBatches(Dataset):
 def export_batched(model, records: Sequence[Record], store: CamStore, scales: Sequence[float], flip: bool,
                    cam: str, device: torch.device | str, batch_size: int = 8, num_workers: int = 0,
                    prefetch_factor: int = 2, writer_threads: int = 8, amp: bool = False,
-                   progress=None) -> int:
+                   progress=None, caa=None) -> int:
     """Write the CAMs of ``records`` into ``store``; returns how many were written.
     Memory is bounded by the loader's prefetch, one batch on the device and
     the writer's queue, whatever the number of records."""
@@ -191,7 +206,7 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
         try:
             for recs, scaled in steps:
                 out = infer_cams_batch(model, scaled, [r.labels for r in recs], image_size(recs[0]),
-                                       flip, cam, device, amp).half()
+                                       flip, cam, device, amp, caa).half()
                 if device.type == "cuda":
                     host = out.to("cpu", non_blocking=True)
                     done = torch.cuda.Event()
@@ -209,13 +224,13 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
 
 
 def export_per_image(model, records: Sequence[Record], store: CamStore, scales: Sequence[float], flip: bool,
-                     cam: str, device: torch.device | str, amp: bool = False) -> int:
+                     cam: str, device: torch.device | str, amp: bool = False, caa=None) -> int:
     """The old export loop: decode, infer_cams and write one image at a time
     on the calling thread (the reference the batched export is checked and
     benchmarked against)."""
     device = torch.device(device)
     with torch.autocast(device.type, enabled=amp):
         for rec in records:
-            cams = infer_cams(model, read_image(rec.image), rec.labels, scales, flip, cam, device)
+            cams = infer_cams(model, read_image(rec.image), rec.labels, scales, flip, cam, device, caa)
             store.write(rec.id, cams, rec.labels, cams.shape[1:])
     return len(records)

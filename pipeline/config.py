@@ -246,6 +246,25 @@ class RefineCfg(TrainCfg):
     trainable: Literal["head", "all"] = "head"
 
 
+class CaaCfg(Section):
+    """FMA-WSSS's CAA (class-aware attention-based affinity, src/tasks/aff_cam; maths in
+    src/libs/seeding/aff/caller.py att_cam and tools.py att2aff / get_aff_mask / aff_cam) applied to
+    every forward's CAM grid during export (pipeline/cams/caa.py). Defaults: FMA's VOC fine seed,
+    configs/VOC/seg/infer/final/affx2,at_cam,attx1,·5thresh/cfg.py on configs/aff_voc/base.py. FMA's
+    VOC coarse seed (.../cls/infer/final/affx2,at_score,att2affx1): box_thresh 0.4, at score; COCO
+    (configs/aff_voc/coco/att1次,·6阈,aff2次,at_cam.py): box_thresh 0.6. Off by default: the SemPLeS
+    authors' FMA-WSSS fork seeded raw SemPLeS CAMs in the end (README, SAM route)."""
+    enabled: bool = False
+    last_n_layers: int = Field(8, ge=1, description="aff_voc/base.py att2aff_cfg.last_n_layers = 8: attention "
+                               "averaged over heads and these last layers")
+    sinkhorn_iters: int = Field(1, ge=0, description="att2aff_cfg.method.n_iter = 1 ('attx1'; base 3)")
+    power: int = Field(2, ge=1, description="aff_cfg.n_iters = 2 ('affx2'): out = A^power @ (box * x)")
+    box_thresh: float = Field(0.5, ge=0, le=1, description="aff_mask_cfg.method.thresh = .5 ('·5thresh'; base "
+                              "0.4): boxes around the contours of score > t * max")
+    at: Literal["cam", "score"] = Field("cam", description="aff_at = 'cam': refine the raw CAM; 'score': its "
+                                        "relu'd min-max (the boxes always come from the score)")
+
+
 class ExportCamsCfg(Section):
     # which training stage's mask generator makes the CAMs: the ablation warm
     # start (train_cam) vs L_match only (match) vs full SemPLeS (refine)
@@ -256,6 +275,7 @@ class ExportCamsCfg(Section):
     flip: bool = True
     cam: Literal["fine", "coarse"] = "fine"
     gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
+    caa: CaaCfg = Field(default_factory=CaaCfg, description="FMA-WSSS's CAA on each forward's CAMs (arch vit)")
     # throughput only (same CAMs within fp rounding): in THROUGHPUT, left out of
     # the artifact key, so a resumed export may change them
     batch_size: int = Field(8, ge=1,
@@ -286,6 +306,9 @@ class SamCfg(Section):
     min_mask_region_area: int = Field(100, ge=0)    # min_mask_region_area = 100 (needs opencv)
     iou_thresh_offsets: tuple[float, float, float] = (0.0, 0.0, 0.1)  # score_thresh_offset (sub-part, part, whole)
     nms_offsets: tuple[float, float, float] = (0.0, 0.0, 1.0)  # score_nms_offset: whole masks win the NMS
+    # stability_score_bias (sam_auto.py SamAuto.__init__ / _process_batch): added per level to the stability
+    # score before its threshold; mask_gen_ini.py l2_nmsf_s1_rsw3 = (0.0, 0.0, 0.0)
+    stability_score_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
     rsw_thresh: Optional[float] = Field(0.3, description="rock_sand_water_thresh = 0.3; None = no filter")
     gallery_size: int = Field(8, ge=0, description="mask overlays of a fixed sample of images")
     # throughput only (the same masks): in THROUGHPUT, part of no artifact key

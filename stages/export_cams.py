@@ -61,7 +61,8 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     return export_batched(model, records, store, ec.scales, ec.flip, ec.cam, device, batch_size=ec.batch_size,
                           num_workers=cfg.run.num_workers, prefetch_factor=ec.prefetch_batches,
                           writer_threads=ec.writer_threads, amp=device.type == "cuda",
-                          progress=lambda it, total: progress(it, f"export_cams {ec.split} batches", total))
+                          progress=lambda it, total: progress(it, f"export_cams {ec.split} batches", total),
+                          caa=ec.caa if ec.caa.enabled else None)
 
 
 def finalize(cfg: Config, inputs, out: Path) -> dict:

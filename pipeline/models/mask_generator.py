@@ -210,7 +210,9 @@ class ViTMaskGenerator(nn.Module):
         grid = F.interpolate(grid, scale_factor=((h + 0.1) / gh, (w + 0.1) / gw), mode="bicubic")
         return grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, caa_layers: int = 0) -> dict[str, torch.Tensor]:
+        """caa_layers > 0 adds "caa_attn" (B, N, N): the head-averaged softmax attention of the
+        last caa_layers blocks, patch tokens only (pipeline/cams/caa.merged_attention)."""
         x = self._fit_to_patches(x)
         B, K = x.shape[0], self.num_classes
         h, w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
@@ -236,6 +238,10 @@ class ViTMaskGenerator(nn.Module):
                 feats = feats.reshape(B, self.num_heads * L, T, -1).float()
         finally:
             self._maps, self._feats = [], []
+        extra = {}
+        if caa_layers:
+            from pipeline.cams.caa import merged_attention
+            extra["caa_attn"] = merged_attention(maps, self.num_heads, K, caa_layers)
         weight = self.fusion.weights(maps, feats)  # (B, C)
         attn = (maps * weight[:, :, None, None]).mean(1)  # (B, T, T)
         x_cls, x_patch = tokens[:, :K], tokens[:, K:]
@@ -248,7 +254,7 @@ class ViTMaskGenerator(nn.Module):
         fine = torch.einsum("bij,bkj->bki", patch_attn, cams.flatten(2)).reshape(B, K, h, w)
         return {"cls_logits": x_cls.mean(-1), "patch_logits": coarse.mean((2, 3)),
                 "attn_logits": fine.mean((2, 3)), "coarse": coarse, "fine": fine,
-                "patch_attn": patch_attn, "fusion_weights": weight, "grid": (h, w)}
+                "patch_attn": patch_attn, "fusion_weights": weight, "grid": (h, w), **extra}
 
     def cams(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)["fine"]
