@@ -408,6 +408,30 @@ class TrainSegmentationCfg(Section):
                                          "(PNGs + COCO JSON); None = none")
 
 
+class EnsembleCfg(Section):
+    """Further final models blended with train_segmentation's at evaluation time (stage ensemble,
+    pipeline/segmentation/ensemble.py): the SemPLeS authors' FMA-WSSS fork, ensemble.py (2024-02-15..17)."""
+    routes: list[PseudoMaskMethod] = Field(default_factory=list, description="one more final model per route, "
+                                           "trained with train_segmentation's recipe on that route's pseudo "
+                                           "masks (a route of pseudo_masks.extra_methods); empty = no ensemble")
+    weights: list[float] = Field(default_factory=lambda: [0.85, 0.15], description="blend weights: "
+                                 "train_segmentation's model first, then one per route (the fork's ensemble.py "
+                                 "a = 0.85 / 1 - a, swept 1.0..0.7)")
+    gallery_size: int = Field(4, ge=0, description="val image | blend | GT rows")
+
+    @model_validator(mode="after")
+    def _check_weights(self):
+        if self.routes:
+            if len(self.weights) != 1 + len(self.routes):
+                raise ValueError(f"ensemble.weights: {len(self.weights)} weights for {1 + len(self.routes)} models "
+                                 "(train_segmentation's, then one per ensemble.routes entry)")
+            if min(self.weights) < 0 or sum(self.weights) <= 0:
+                raise ValueError(f"ensemble.weights: {self.weights}: need non-negative weights, not all zero")
+            if len(set(self.routes)) != len(self.routes):
+                raise ValueError(f"ensemble.routes: {self.routes} names a route twice")
+        return self
+
+
 # the official seed sweep: SemPLeS/WeakTr evaluation.py --start 40 (--end 60), thresholds range(40, 60) / 100
 OFFICIAL_SWEEP = tuple(round(0.01 * i, 2) for i in range(40, 60))
 
@@ -433,6 +457,7 @@ class Config(Section):
     sam: SamCfg = Field(default_factory=SamCfg)
     pseudo_masks: PseudoMasksCfg = Field(default_factory=PseudoMasksCfg)
     train_segmentation: TrainSegmentationCfg = Field(default_factory=TrainSegmentationCfg)
+    ensemble: EnsembleCfg = Field(default_factory=EnsembleCfg)
     evaluate: EvaluateCfg = Field(default_factory=EvaluateCfg)
 
     # set by load_config, not by YAML
@@ -466,6 +491,13 @@ class Config(Section):
         if "sam" in self.pseudo_masks.routes and self.sam.split != self.export_cams.split:
             raise ValueError(f"sam.split '{self.sam.split}' must equal export_cams.split '{self.export_cams.split}' "
                              "(the sam route labels SAM's masks with the exported CAMs)")
+        bad = [r for r in self.ensemble.routes if r not in self.pseudo_masks.extra_methods]
+        if bad:
+            raise ValueError(f"ensemble.routes: {bad} not in pseudo_masks.extra_methods "
+                             f"{self.pseudo_masks.extra_methods} (train_segmentation's model trains on "
+                             f"pseudo_masks.method '{self.pseudo_masks.method}'; each further model on an extra route)")
+        if self.ensemble.routes and self.data.val_split is None:
+            raise ValueError("ensemble.routes: the blend is scored on the val split; data.val_split is null")
         pred = self.train_segmentation.predict_split
         if pred is not None and pred not in self.data.all_splits:
             raise ValueError(f"train_segmentation.predict_split: '{pred}' is none of the data splits "

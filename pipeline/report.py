@@ -72,6 +72,16 @@ class FinalModel(_Part):
     selected_on_ground_truth: Optional[bool] = None
 
 
+class EnsembleScores(_Part):
+    """The ensemble stage's val result: the blend and each model alone (same images, same metric)."""
+    miou: float
+    per_class_iou: dict[str, Optional[float]]
+    label: str
+    weights: list[float]
+    members: dict[str, float]  # model -> its own val mIoU (argmax of its probabilities, single-scale)
+    source: str
+
+
 class Selection(_Part):
     """How the training stages kept their weights (in words, per stage)."""
     uses_ground_truth: bool
@@ -99,6 +109,7 @@ class EvalReport(_Part):
     # trained_route is the one train_segmentation trains on (its scores are also pseudo_mask)
     pseudo_mask_routes: Optional[dict[str, Scores]] = None
     trained_route: Optional[str] = None
+    ensemble: Optional[EnsembleScores] = None  # with ensemble.routes: the blended final models
 
     def extra_routes(self) -> dict[str, Scores]:
         """The routes beside the trained one."""
@@ -151,6 +162,15 @@ def fmt(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def _ensemble_rows(r: EvalReport) -> list[str]:
+    """Table rows of each ensemble model alone and of the blend (none without an ensemble)."""
+    e = r.ensemble
+    if e is None:
+        return []
+    return ([f"| {name} alone (ensemble stage's scoring) | val | {m:.2f} | | |" for name, m in e.members.items()]
+            + [f"| {e.label} | val | {e.miou:.2f} | | |"])
+
+
 def report_markdown(r: EvalReport) -> str:
     """report.md: the scores table (or, without ground truth, what there is),
     the checkpoint selection and the pseudo-mask pixel shares."""
@@ -175,7 +195,8 @@ def report_markdown(r: EvalReport) -> str:
                   row("pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""), r.pseudo_mask)]
         extra = r.extra_routes()
         lines += [row(f"pseudo mask ({k})", s) for k, s in extra.items()]
-        lines += [f"| final segmentation model{how} | val | {fm} | | |", ""]
+        lines += [f"| final segmentation model{how} | val | {fm} | | |"]
+        lines += _ensemble_rows(r) + [""]
         if sw.official_rule:
             lines += [f"Official sweep rule: {sw.official_rule}.", ""]
         lines += [f"Note: {sw.note}.", "",
@@ -188,6 +209,7 @@ def report_markdown(r: EvalReport) -> str:
     else:
         lines += ["No ground-truth masks for this split: no seed or pseudo-mask scores; "
                   "look at gallery.png and the pixel shares below.", "", f"Final segmentation model{how} (val): {fm}"]
+        lines += [row.replace("| val |", "(val):") for row in _ensemble_rows(r)]
     sel = r.selection
     lines += ["", "Checkpoint selection: " + "; ".join(f"{s}: {getattr(sel, s)}" for s in SELECTING_STAGES)
               + f". Note: {sel.note}."]

@@ -145,7 +145,7 @@ def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
         sam = cfg.sam
         if not sam.tiny and "://" in (sam.checkpoint or "://"):
             out.append(sam_weight(sam))
-    if "train_segmentation" in stages and not cfg.train_segmentation.tiny:  # tiny: random init, loads none
+    if stages & {"train_segmentation", "ensemble"} and not cfg.train_segmentation.tiny:  # ensemble: same recipe  # tiny: random init, loads none
         seg = cfg.train_segmentation.pretrained
         if isinstance(seg, str) and "://" in seg:
             out.append(segmentation_weight(cfg.train_segmentation))

@@ -9,7 +9,8 @@ report says so. Then pseudo-mask mIoU,
 per-class IoU, foreground precision/recall, and how the training stages
 chose the weights behind the CAMs (last epoch, or best epoch by seed mIoU
 against GT: then the numbers use GT). The final segmentation model's
-val numbers come from train_segmentation's val_metrics.json when present.
+val numbers come from train_segmentation's val_metrics.json when present, and,
+with ensemble.routes, those of the ensemble stage (each model alone and the blend).
 Scores use only the images with a ground-truth mask (a folder dataset may
 have none: then only the per-class pixel shares and the gallery remain).
 The report names the training stage whose mask generator made the CAMs
@@ -65,6 +66,28 @@ def _final_model(inputs) -> FinalModel:
         raise ValueError(f"{p}: not a val_metrics.json with a 'miou' number ({e})") from None
 
 
+def _ensemble(inputs):
+    """The ensemble stage's val_metrics.json as EnsembleScores (None when the run has no ensemble)."""
+    from pipeline.report import EnsembleScores
+    d = inputs.get("ensemble")
+    if not d:
+        return None
+    p = Path(d) / "val_metrics.json"
+    try:
+        doc = json.loads(p.read_text())
+        return EnsembleScores(miou=doc["miou"], per_class_iou=doc["per_class_iou"], label=doc["label"],
+                              weights=doc["weights"], members={k: v["miou"] for k, v in doc["members"].items()},
+                              source=str(p))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{p}: not an ensemble val_metrics.json ({type(e).__name__}: {e})") from None
+
+
+def inputs(cfg: Config) -> tuple[str, ...]:
+    """The ensemble stage joins when ensemble.routes names further final models."""
+    return ("prepare_data", "export_cams", "pseudo_masks", "train_segmentation") + (
+        ("ensemble",) if cfg.ensemble.routes else ())
+
+
 def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
     """Share of all pixels per class (and uncertain, 255) over the masks of ``ids``."""
     counts = np.zeros(256, np.int64)
@@ -93,7 +116,7 @@ def run(cfg: Config, inputs, out: Path) -> dict:
     report = EvalReport(eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids),
                         cam_split=cfg.export_cams.split, cam_source=cfg.export_cams.source,
                         selection=_selection(cfg), pseudo_mask_pixel_shares=pixel_shares(mask_of, ids, names),
-                        final_model=_final_model(inputs))
+                        final_model=_final_model(inputs), ensemble=_ensemble(inputs))
     if gt_ids:
         sweep = evaluate_seeds(store, gt_ids, gt, [*ev.sweep, ev.bg_threshold], table.num_classes, names,
                                progress=lambda it, n: progress(it, f"evaluate seeds ({split})", total=n))
@@ -138,6 +161,8 @@ def _metrics(r: EvalReport) -> dict:
     metrics["selection_uses_ground_truth"] = r.selection.uses_ground_truth
     if r.final_model.available:
         metrics["final_val_miou"] = r.final_model.miou
+    if r.ensemble:
+        metrics["ensemble_val_miou"] = r.ensemble.miou
     metrics["cam_source"] = r.cam_source
     return metrics
 
@@ -162,8 +187,8 @@ def _selection(cfg: Config) -> Selection:
     return Selection(uses_ground_truth=uses_gt, note=note, **{s: selection_label(cfg, s) for s in stages})
 
 
-STAGE = Stage(name="evaluate", inputs=("prepare_data", "export_cams", "pseudo_masks", "train_segmentation"),
-              sections=("evaluate", "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
+STAGE = Stage(name="evaluate", inputs=inputs,
+              sections=("evaluate", "ensemble.routes", "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
                         "pseudo_masks.method", "pseudo_masks.extra_methods",  # the routes it scores
                         # how the mask generator behind the CAMs kept its weights (the report's selection)
                         "train_cam.select", "train_cam.seed_eval_split", "train_cam.init_checkpoint",

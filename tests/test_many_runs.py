@@ -117,6 +117,23 @@ def test_voc_ablations_share_upstream_artifacts():
     assert len({cfg.run.work_dir for cfg in cfgs.values()}) == 1  # one store
 
 
+def test_caa_and_ensemble_ablations_share_what_they_can_with_voc_full():
+    over = {"data": {"root": str(ROOT / "data/voc-tiny")}}
+    full = load_config(ROOT / "configs/voc-full.yaml", overrides=over)
+    caa = load_config(ROOT / "configs/ablations/voc-caa.yaml", overrides=over)
+    ens = load_config(ROOT / "configs/ablations/voc-ensemble.yaml", overrides=over)
+    assert caa.export_cams.caa.enabled and not full.export_cams.caa.enabled
+    assert ens.ensemble.routes == ["crf"] and ens.pseudo_masks.extra_methods == ["crf"]
+    kf, kc, ke = stage_keys(full), stage_keys(caa), stage_keys(ens)
+    for stage in ("prepare_data", "sam_masks", "train_cam", "match", "learn_prompts", "refine"):
+        assert kf[stage] == kc[stage] == ke[stage], stage
+    for stage in ("export_cams", "pseudo_masks", "train_segmentation", "evaluate"):
+        assert kf[stage] != kc[stage], stage  # raw vs CAA CAMs: every route and the final model follow
+    for stage in ("export_cams", "pseudo_masks", "train_segmentation"):
+        assert kf[stage] == ke[stage], stage  # the ensemble reuses voc-full's final model
+    assert stage_inputs(ens, "evaluate")[-1] == "ensemble" and "ensemble" not in stage_inputs(full, "evaluate")
+
+
 def test_compare_fails_clearly_without_an_evaluate_artifact(tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"_base_: {ROOT / 'configs/voc-smoke.yaml'}\nrun: {{work_dir: {tmp_path / 'runs'}}}\n")

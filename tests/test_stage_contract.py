@@ -73,7 +73,7 @@ def test_execute_runs_a_stage_under_its_view(cfg, tmp_path):
 
 def test_registry_is_the_dag_in_order():
     assert ORDER == ("prepare_data", "sam_masks", "train_cam", "match", "learn_prompts", "refine", "export_cams",
-                     "pseudo_masks", "train_segmentation", "evaluate")
+                     "pseudo_masks", "train_segmentation", "ensemble", "evaluate")
     assert all(get(n) is STAGES[n] and STAGES[n].name == n for n in ORDER)
     assert {n for n in ORDER if STAGES[n].sharded} == {"sam_masks", "export_cams", "pseudo_masks"}
     assert {n for n in ORDER if STAGES[n].distributed} == {"train_cam", "match", "learn_prompts", "refine"}
@@ -160,6 +160,7 @@ UNMUTABLE = {
     "pseudo_masks.high_threshold": "set together with low_threshold",
     "learn_prompts.select": "phase 2 must keep 'last'",
     "learn_prompts.seed_eval_every": "phase 2 must keep 0",
+    "ensemble.routes": "names routes of pseudo_masks.extra_methods, with one weight each (test_ensemble.py)",
 }
 
 
