@@ -141,3 +141,30 @@ def test_markdown_lists_pseudo_mask_routes_and_the_official_threshold(runs):
     md = report_markdown(r)
     assert "| pseudo mask (sam) | train | 50.00 | 60.00 | 70.00 |" in md
     assert "| seed, official sweep threshold 0.42 (stops at the first non-improving threshold; uses GT) | train | 99.00 | | |" in md
+
+
+def test_markdown_and_metrics_report_each_ensemble_model_and_the_blend(runs, tmp_path):
+    from pipeline.report import EnsembleScores
+    from stages.evaluate import _ensemble, _metrics
+    _, dirs = runs
+    ens = tmp_path / "ensemble"
+    ens.mkdir()
+    (ens / "val_metrics.json").write_text(json.dumps({
+        "miou": 61.25, "per_class_iou": {"background": 80.0}, "label": "ensemble of 2 mask2former models",
+        "weights": [0.85, 0.15], "members": {"train_segmentation (sam)": {"miou": 60.0},
+                                             "ensemble member (crf)": {"miou": 55.5}}}))
+    e = _ensemble({"ensemble": ens})
+    assert isinstance(e, EnsembleScores) and e.members == {"train_segmentation (sam)": 60.0,
+                                                           "ensemble member (crf)": 55.5}
+    assert _ensemble({}) is None
+    r = EvalReport.load(dirs["gt"] / REPORT)
+    r.ensemble = e
+    md = report_markdown(r)
+    assert "| train_segmentation (sam) alone (ensemble stage's scoring) | val | 60.00 | | |" in md
+    assert "| ensemble member (crf) alone (ensemble stage's scoring) | val | 55.50 | | |" in md
+    assert "| ensemble of 2 mask2former models | val | 61.25 | | |" in md
+    assert _metrics(r)["ensemble_val_miou"] == 61.25
+    assert EvalReport.model_validate_json(r.model_dump_json()).ensemble == e  # report.json round trip
+    (ens / "val_metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an ensemble val_metrics.json"):
+        _ensemble({"ensemble": ens})

@@ -67,9 +67,8 @@ def merged_attention(maps: torch.Tensor, heads: int, n_tokens: int, last_n_layer
     averaged, then the last n layers, the first ``n_tokens`` (class) tokens dropped; float16
     rounding as FMA stores it (infer_cam/run.py saves merge_att(...).to(float16))."""
     B, C, T, _ = maps.shape
-    per_layer = maps.float().view(B, heads, C // heads, T, T).mean(1)  # (B, L, T, T)
-    merged = per_layer[:, -last_n_layers:, n_tokens:, n_tokens:].mean(1)
-    return merged.half().float()
+    last = maps.view(B, heads, C // heads, T, T)[:, :, -last_n_layers:, n_tokens:, n_tokens:]
+    return last.float().mean(1).mean(1).half().float()  # heads, then layers
 
 
 def refine(cams: torch.Tensor, attn: torch.Tensor, cfg) -> torch.Tensor:
