@@ -105,3 +105,27 @@ def test_evaluate_takes_the_ensemble_only_when_routes_are_set():
     plain = load_config(ROOT / "configs/voc-smoke.yaml", overrides=over)
     assert "ensemble" in stage_inputs(with_ens, "evaluate") and "ensemble" in select(cfg=with_ens)
     assert "ensemble" not in stage_inputs(plain, "evaluate") and "ensemble" not in select(cfg=plain)
+
+
+@pytest.mark.parametrize("arch", ["mask2former", "deeplabv3plus"])
+def test_class_probabilities_sum_to_one_and_argmax_to_the_models_own_prediction(tmp_path, arch):
+    from mmseg.apis import init_model
+    from pipeline.config import load_config
+    from pipeline.data.datasets import LabelTable
+    from pipeline.segmentation.ensemble import class_probabilities
+    from pipeline.segmentation.mmseg_config import build_config
+    from pipeline.segmentation.train import _prepare, predict
+    from stages.runner import run_stage
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
+        "run": {"work_dir": str(tmp_path / "runs"), "device": "cpu"}, "data": {"max_images": 2},
+        "train_segmentation": {"model": arch}})
+    image = LabelTable.from_artifact(run_stage(cfg, "prepare_data"), "val").records[0].image
+    mm = build_config(cfg.train_segmentation, dataset="voc", train_list=tmp_path / "t.txt", val_list=None,
+                      work_dir=tmp_path / "wd")
+    _prepare(mm)
+    torch.manual_seed(0)
+    model = init_model(mm, None, device="cpu")
+    p = class_probabilities(model, image)
+    assert p.shape[0] == 21 and p.min() >= 0
+    torch.testing.assert_close(p.sum(0), torch.ones(p.shape[1:]), rtol=0, atol=1e-5)
+    assert np.array_equal(p.argmax(0).numpy().astype(np.uint8), predict(model, image))
