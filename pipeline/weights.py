@@ -145,7 +145,8 @@ def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
         sam = cfg.sam
         if not sam.tiny and "://" in (sam.checkpoint or "://"):
             out.append(sam_weight(sam))
-    if stages & {"train_segmentation", "ensemble"} and not cfg.train_segmentation.tiny:  # ensemble: same recipe  # tiny: random init, loads none
+    # ensemble trains further models with the same recipe; tiny: random init, loads none
+    if stages & {"train_segmentation", "ensemble"} and not cfg.train_segmentation.tiny:
         seg = cfg.train_segmentation.pretrained
         if isinstance(seg, str) and "://" in seg:
             out.append(segmentation_weight(cfg.train_segmentation))

@@ -188,7 +188,8 @@ def _selection(cfg: Config) -> Selection:
 
 
 STAGE = Stage(name="evaluate", inputs=inputs,
-              sections=("evaluate", "ensemble.routes", "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
+              sections=("evaluate", "ensemble.routes",  # whether the ensemble stage is an input
+                        "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
                         "pseudo_masks.method", "pseudo_masks.extra_methods",  # the routes it scores
                         # how the mask generator behind the CAMs kept its weights (the report's selection)
                         "train_cam.select", "train_cam.seed_eval_split", "train_cam.init_checkpoint",
@@ -196,5 +197,6 @@ STAGE = Stage(name="evaluate", inputs=inputs,
               run=run,
               # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels;
               # 4: CAM source; 5: declares the data, export_cams and selection fields it reads;
-              # 6: the official early-stopping threshold beside the global best; 7: pseudo-mask routes
-              version="7")
+              # 6: the official early-stopping threshold beside the global best; 7: pseudo-mask routes;
+              # 8: the ensemble's models and blend
+              version="8")

@@ -159,5 +159,6 @@ STAGE = Stage(name="pseudo_masks", inputs=inputs, run=run, items=items, run_shar
               # the CAMs' split and the mask generator behind them (affinity methods)
               sections=("pseudo_masks", "export_cams.split", "export_cams.source"),
               # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid;
-              # 4: declares the export_cams fields it reads; 5: routes (sam, extra_methods)
-              version="5")
+              # 4: declares the export_cams fields it reads; 5: routes (sam, extra_methods);
+              # 6: SAM seeding in float32 (as the official anns_seed)
+              version="6")
