@@ -137,7 +137,8 @@ def pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], cfg
 
 
 # ------------------------------------------------------------ process pool
-# Workers import this module only (numpy, pydensecrf, zarr: no torch), so they start fast.
+# Workers import this module only (numpy, pydensecrf, zarr: no torch), so they start fast; the sam
+# route's workers import torch on their first image (its seeding is the official torch float32 maths).
 _W: dict = {}
 
 
