@@ -21,6 +21,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.pseudo_masks.routes import NAMES as ROUTE_NAMES
+
 
 class ConfigError(ValueError):
     """A config problem, naming the file and the dotted key."""
@@ -266,7 +268,7 @@ class ExportCamsCfg(Section):
 
 
 class SamCfg(Section):
-    """SAM automatic masks with FMA-WSSS's changes (pipeline/sam_generator.py). Official values:
+    """SAM automatic masks with FMA-WSSS's changes (pipeline/sam/generator.py). Official values:
     FMA-WSSS configs/sam_auto_seg/patterns/mask_gen_ini.py, pattern 'l2_nmsf_s1_rsw3' (the one
     configs/VOC/sams/cfg.py selects), on SAM ViT-H."""
     model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"  # FMA: sam_vit_h_4b8939.pth
@@ -308,12 +310,12 @@ class CrfCfg(Section):
 
 
 class AffinityCfg(Section):
-    """Random walk over the mask generator's patch attention (pipeline/refine_masks.py)."""
+    """Random walk over the mask generator's patch attention (pipeline/pseudo_masks/affinity.py)."""
     beta: float = Field(8.0, gt=0, description="affinity = symmetrised attention ** beta")
     iterations: int = Field(6, ge=1, description="random-walk steps on the patch grid")
 
 
-PseudoMaskMethod = Literal["argmax", "crf", "affinity", "affinity_crf", "sam"]
+PseudoMaskMethod = Literal[ROUTE_NAMES]  # the registered routes (pipeline/pseudo_masks/routes.py)
 
 
 class PseudoMasksCfg(Section):

@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import numpy as np
 from PIL import Image
 
+from pipeline.artifacts import DataArtifact
 from pipeline.config import DataCfg
 from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSet, builtin_classes,
                                    dataset_classes, palette)
@@ -428,7 +429,7 @@ class LabelTable:
 
     @classmethod
     def from_artifact(cls, prepare_dir: Path, split: str) -> "LabelTable":
-        p = Path(prepare_dir) / f"labels_{split}.json"
+        p = DataArtifact(prepare_dir).labels(split)
         if not p.exists():
             raise DataError(f"{p}: no label table for split '{split}' (is it in the data config?)")
         return cls.load(p)

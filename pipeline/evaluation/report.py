@@ -19,9 +19,10 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.artifacts import EvalArtifact
 from pipeline.store import write_json_atomic
 
-REPORT = "report.json"
+REPORT = EvalArtifact.REPORT
 UNCERTAIN = "uncertain (255)"  # the pixel-share key of the uncertain (255) pixels
 SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
            "refine": "full SemPLeS (phase 3)"}
@@ -33,7 +34,7 @@ class _Part(BaseModel):
 
 
 class Scores(_Part):
-    """Scores of label maps against ground truth (pipeline.metrics), in percent;
+    """Scores of label maps against ground truth (pipeline.evaluation.metrics), in percent;
     a class in neither GT nor prediction has IoU None."""
     miou: float
     per_class_iou: dict[str, Optional[float]]
