@@ -33,7 +33,8 @@ W, H = 500, 375
 
 def sample(image_id: str):
     img = np.asarray(Image.open(TINY / f"JPEGImages/{image_id}.jpg").convert("RGB").resize((W, H), Image.BILINEAR))
-    gt = np.asarray(Image.fromarray(read_mask(TINY / f"SegmentationClass/{image_id}.png")).resize((W, H), Image.NEAREST))
+    gt = read_mask(TINY / f"SegmentationClass/{image_id}.png")
+    gt = np.asarray(Image.fromarray(gt).resize((W, H), Image.NEAREST))
     classes = [int(c) for c in np.unique(gt) if 0 < c < 255]
     small = gt[8::16, 8::16]
     blocky = np.kron(small, np.ones((16, 16), np.uint8))[:H, :W]
@@ -81,7 +82,8 @@ def main():
             out = d / f"masks_{n}"
             out.mkdir()
             t = time.perf_counter()
-            done = list(write_masks(iter(jobs), WorkerSetup(str(d / "cams.zarr"), cfg.model_dump_json(), str(out), "bench"), n))
+            setup = WorkerSetup(str(d / "cams.zarr"), cfg.model_dump_json(), str(out), "bench")
+            done = list(write_masks(iter(jobs), setup, n))
             rates[n] = len(done) / (time.perf_counter() - t)
             print(f"pseudo_masks crf, {n} process(es): {rates[n]:.2f} images/s over {len(done)} images "
                   f"(pool start-up included)")

@@ -126,10 +126,12 @@ DEFAULT_ROOTS = {"voc": Path("data/VOCdevkit/VOC2012"), "coco": Path("data/coco"
 
 @app.command()
 def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
-          config: Optional[Path] = typer.Option(None, "--config", "-c", help="config whose data.root / weights to fetch"),
+          config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                help="config whose data.root / weights to fetch"),
           dest: Optional[Path] = typer.Option(None, help="voc/coco: the data set root (default data.root); "
                                               "weights: folder (default checkpoints)"),
-          mirror: Optional[Path] = typer.Option(None, help="take the files from this local folder instead of the network"),
+          mirror: Optional[Path] = typer.Option(None,
+                                                help="take the files from this local folder instead of the network"),
           hub: bool = typer.Option(True, help="weights: also CLIP and DeiT into open_clip's/timm's caches")):
     """Download, verify and unpack a data set (VOC 2012 + SBD aug, COCO 2014) or the weights the configs name.
     Resumes interrupted downloads. Env: WSSS_FETCH_BASE_URL (another server), WSSS_FETCH_HASHES (checksum file)."""
@@ -174,7 +176,8 @@ def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
 @app.command("init-dataset")
 def init_dataset(folder: Path = typer.Argument(..., help="folder with images and a labels file"),
                  out: Optional[Path] = typer.Option(None, help="config to write (default configs/<folder name>.yaml)"),
-                 labels: Optional[Path] = typer.Option(None, help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
+                 labels: Optional[Path] = typer.Option(None,
+                                                       help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
                  images: Optional[Path] = typer.Option(None, help="image folder (default FOLDER/images, else FOLDER)"),
                  force: bool = typer.Option(False, help="overwrite an existing config")):
     """Write a config for a folder of images with tags and print the images per class."""

@@ -360,7 +360,8 @@ class TrainSegmentationCfg(Section):
     crop_size: int = Field(512, ge=32)
     batch_size: int = Field(16, ge=1, description="total over all processes")
     iters: int = Field(40000, ge=1)
-    optimizer: Optional[Literal["sgd", "adamw"]] = Field(None, description="None: SGD for DeepLab, AdamW for Mask2Former")
+    optimizer: Optional[Literal["sgd", "adamw"]] = Field(None,
+                                                         description="None: SGD for DeepLab, AdamW for Mask2Former")
     lr: float = 0.01
     weight_decay: float = 5e-4
     amp: bool = Field(False, description="mixed precision (CUDA only)")
@@ -369,7 +370,7 @@ class TrainSegmentationCfg(Section):
     log_interval: int = Field(50, ge=1)
     gallery_size: int = Field(8, ge=0)
     tiny: bool = Field(False, description="small random-initialised variant (tests, smoke)")
-    # issue 11: the papers' protocols, each switchable
+    # the papers' protocols, each switchable
     checkpoint_selection: Literal["last", "best_val_miou"] = Field(
         "last", description="final model: the last iteration, or the val checkpoint with the best mIoU "
         "(mmengine save_best='mIoU'; FMA-WSSS reports this; numbers are then selected on val ground truth)")

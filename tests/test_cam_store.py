@@ -117,7 +117,7 @@ def test_batched_export_equals_the_per_image_reference(tmp_path):
     import torch
     from cam_fixtures import export_per_image
     from pipeline.cams.inference import (export_batched, infer_cams, infer_cams_batch,
-                                        same_size_batches, ScaledBatches)
+                                         same_size_batches, ScaledBatches)
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_image
     from pipeline.models.mask_generator import load_mask_generator

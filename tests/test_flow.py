@@ -1,4 +1,4 @@
-"""Issue 6: the real Prefect flow end to end on the smoke config.
+"""The real Prefect flow end to end on the smoke config.
 
 One run store is shared by the module: a real local Prefect server serves
 the voc-smoke deployment and `prefect deployment run wsss/voc-smoke --watch`

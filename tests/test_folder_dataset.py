@@ -1,4 +1,4 @@
-"""Issue 14: folder datasets (images + tags), `wsss data check` / `wsss
+"""Folder datasets (images + tags), `wsss data check` / `wsss
 init-dataset` on them, the COCO JSON export, and configs/folder-smoke.yaml
 (the vendored coco-tiny photos as a folder dataset) run stage by stage
 through pseudo masks, segmentation training without validation and evaluate."""

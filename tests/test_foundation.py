@@ -1,4 +1,4 @@
-"""Issue 2: configs, data checks on corrupted copies of the tiny data, eval-masks."""
+"""Configs, data checks on corrupted copies of the tiny data, eval-masks."""
 from __future__ import annotations
 
 import json

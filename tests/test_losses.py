@@ -4,7 +4,7 @@ import math
 import torch
 
 from pipeline.semples.losses import (build_pairs, match_loss, normalised_masks, prompt_loss, refine_loss,
-                             sim_max_loss, sim_min_loss)
+                                     sim_max_loss, sim_min_loss)
 
 
 def test_sim_losses_known_values():

@@ -1,4 +1,4 @@
-"""Checkpoint selection and the per-epoch seed evaluation (issue 10, item 9):
+"""Checkpoint selection and the per-epoch seed evaluation:
 the one-pass threshold sweep equals per-threshold confusion matrices, fit()
 records a real seed-mIoU curve and keeps the best epoch under gt_miou (also
 across a resume), the stages save the selected weights and say which

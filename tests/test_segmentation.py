@@ -1,4 +1,4 @@
-"""train_segmentation (issue 5): mmseg models on CPU with mmcv-lite, on the
+"""train_segmentation: mmseg models on CPU with mmcv-lite, on the
 vendored tiny VOC data. Pseudo masks here are copies of the real GT PNGs
 (real data, standing in for the pseudo_masks stage's output)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 11: the final model as the papers train it. Tiny random-init models
+"""The final model as the papers train it. Tiny random-init models
 on CPU; the DeepLab-v2 weight conversion uses a real ResNet-101 layout with
 random values."""
 from __future__ import annotations

@@ -155,7 +155,8 @@ def coco_records(cfg: DataCfg, split: str, mask_dir: Optional[Path] = None) -> t
         labels = set()
         for a in anns:
             if a["category_id"] not in cmap:
-                problems.append(Problem(str(ann_path), f"annotation {a['id']}: category_id {a['category_id']} not in categories"))
+                problems.append(Problem(str(ann_path),
+                                        f"annotation {a['id']}: category_id {a['category_id']} not in categories"))
             else:
                 labels.add(cmap[a["category_id"]])
         if not anns:

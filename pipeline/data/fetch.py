@@ -93,9 +93,11 @@ def weight_remotes() -> dict[str, list[Remote]]:
     from pipeline.weights import SAM_URLS as SAM
     rn_url = ResNet101_Weights.IMAGENET1K_V1.url
     return {
-        "weaktr_voc": [Remote("weaktr_voc_deit_small_checkpoint_best_mIoU.pth", _gdrive("1uUHGLIDFm49Gh41Ddc8_T93-bRWnJzeF"),
+        "weaktr_voc": [Remote("weaktr_voc_deit_small_checkpoint_best_mIoU.pth",
+                              _gdrive("1uUHGLIDFm49Gh41Ddc8_T93-bRWnJzeF"),
                               key="train_cam.init_checkpoint", note="voc configs")],
-        "weaktr_coco": [Remote("weaktr_coco_deit_small_checkpoint_best_mIoU.pth", _gdrive("1Q5UdcGCHFitSJXljZmTA4USKPpyZIVDw"),
+        "weaktr_coco": [Remote("weaktr_coco_deit_small_checkpoint_best_mIoU.pth",
+                               _gdrive("1Q5UdcGCHFitSJXljZmTA4USKPpyZIVDw"),
                                key="train_cam.init_checkpoint", note="coco configs")],
         **{f"sam_{v}": [Remote(SAM[v].rsplit("/", 1)[1], SAM[v], md5, key="sam.checkpoint", note=note)]
            for v, md5, note in (("vit_h", "md5:4b8939a88964f0f4ff5f5b2642c598a6", "SAM ViT-H, the one FMA-WSSS uses"),
@@ -104,7 +106,8 @@ def weight_remotes() -> dict[str, list[Remote]]:
         "swin_l": [Remote(SWIN_L_URL.rsplit("/", 1)[1], SWIN_L_URL, sha256_prefix="6580f57d",
                           key="train_segmentation.pretrained", note="mask2former swin_l (voc-full, coco-full)")],
         "resnet101": [Remote("resnet101_imagenet.pth", rn_url, sha256_prefix=rn_url.rsplit("-", 1)[1].split(".")[0],
-                             key="train_segmentation.pretrained", note="deeplabv2 configs (pretrained_format: pytorch)")],
+                             key="train_segmentation.pretrained",
+                             note="deeplabv2 configs (pretrained_format: pytorch)")],
     }
 
 
@@ -160,7 +163,8 @@ class ResumableDownloader:
                             got += len(chunk)
                             bar.update(len(chunk))
                     if total is not None and self.part.stat().st_size < total:
-                        raise requests.ConnectionError(f"connection closed at {self.part.stat().st_size} of {total} bytes")
+                        raise requests.ConnectionError(
+                            f"connection closed at {self.part.stat().st_size} of {total} bytes")
                 break
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
                 if got == 0 or attempt == self.max_attempts - 1:
@@ -477,7 +481,8 @@ def fetch_dataset(data_cfg, dest: Optional[Path] = None, mirror: Optional[Path] 
     root = Path(dest) if dest else Path(data_cfg.root)
     fetch = {"voc": fetch_voc, "coco": fetch_coco}.get(data_cfg.dataset)
     if fetch is None:
-        raise FetchError(f"data.dataset '{data_cfg.dataset}': nothing to fetch (only voc and coco are published data sets)")
+        raise FetchError(f"data.dataset '{data_cfg.dataset}': nothing to fetch "
+                         "(only voc and coco are published data sets)")
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.fetch.lock")):  # one fetch per target at a time
         return fetch(root, mirror, base_url, progress)

@@ -36,10 +36,11 @@ from pipeline.artifacts import CamArtifact, EvalArtifact, MaskArtifact, Segmenta
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image, read_mask
+from pipeline.evaluation.report import (SELECTING_STAGES, UNCERTAIN, EvalReport, FinalModel, Scores, SeedScores,
+                                        SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars,
+                                        selection_label)
 from pipeline.evaluation.scores import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 from pipeline.pseudo_masks.threshold import seed_labels
-from pipeline.evaluation.report import (SELECTING_STAGES, UNCERTAIN, EvalReport, FinalModel, Scores, SeedScores,
-                             SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars)
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -149,7 +150,6 @@ def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) ->
 
 def _selection(cfg: Config) -> Selection:
     """How train_cam, match and refine (whose S makes the CAMs) kept their weights."""
-    from pipeline.semples.seed_eval import selection_label
     stages = SELECTING_STAGES
     gt = [s for s in stages if getattr(cfg, s).select == "gt_miou"]
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "

@@ -14,13 +14,13 @@ from pipeline.artifacts import ModelArtifact
 from pipeline.config import Config
 from pipeline.data.classes import prompt_names
 from pipeline.data.datasets import LabelTable
-from pipeline.semples.losses import (StepContext, learn_prompts_step, match_step, refine_step,
-                             train_cam_step)
+from pipeline.evaluation.report import selection_label
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
-from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint, read_official_state_dict
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
-from pipeline.semples.seed_eval import seed_miou_eval, selection_label
+from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint, read_official_state_dict
+from pipeline.semples.losses import StepContext, learn_prompts_step, match_step, refine_step, train_cam_step
+from pipeline.semples.seed_eval import seed_miou_eval
 from pipeline.semples.training import TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.store import torch_save_atomic
 from pipeline.utils import get_device, seed_everything

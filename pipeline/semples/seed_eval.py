@@ -26,16 +26,6 @@ log = logging.getLogger("wsss")
 SECTIONS = ('data.train_split', 'data.eval_split', 'export_cams.cam')
 
 
-def selection_label(cfg: Config, stage: str) -> str:
-    """How a training stage picks the weights it keeps, in words."""
-    if stage == "train_cam" and cfg.train_cam.init_checkpoint:
-        return (f"imported from {cfg.train_cam.init_checkpoint} (WeakTr's released checkpoint_best_mIoU.pth "
-                "was chosen by its authors on ground truth)")
-    if getattr(cfg, stage).select == "gt_miou":
-        return f"best epoch by seed mIoU on {seed_eval_split(cfg, stage)} (uses ground truth)"
-    return "last epoch (no pixel labels)"
-
-
 def eval_ids(cfg: Config, stage: str, table: LabelTable) -> list[str]:
     """Images of the seed evaluation: the split, or the ids of seed_eval_ids
     (a record matches its id, or the digits after its last '_', so WeakTr's

@@ -40,8 +40,8 @@ from pipeline.store import torch_save_atomic
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
-CHECKPOINT = ModelArtifact.CHECKPOINT
-BEST_MODEL = ModelArtifact.BEST_STATE  # select: gt_miou: the chosen epoch's weights (state_dict)
+CHECKPOINT = ModelArtifact.checkpoint.name
+BEST_MODEL = ModelArtifact.best_state.name  # select: gt_miou: the chosen epoch's weights (state_dict)
 
 
 # ------------------------------------------------------------------ distributed
