@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.pseudo_masks.routes import NAMES as ROUTE_NAMES
+from pipeline.routes import NAMES as ROUTE_NAMES
 
 
 class ConfigError(ValueError):
@@ -315,7 +315,7 @@ class AffinityCfg(Section):
     iterations: int = Field(6, ge=1, description="random-walk steps on the patch grid")
 
 
-PseudoMaskMethod = Literal[ROUTE_NAMES]  # the registered routes (pipeline/pseudo_masks/routes.py)
+PseudoMaskMethod = Literal[ROUTE_NAMES]  # the registered routes (pipeline/routes.py)
 
 
 class PseudoMasksCfg(Section):

@@ -1,4 +1,4 @@
-"""The work of the pseudo_masks stage: every route of the run (pipeline/pseudo_masks/routes.py)
+"""The work of the pseudo_masks stage: every route of the run (pipeline/routes.py)
 over the images of the exported CAM split, one label PNG per image and route (the dataset's
 palette, pipeline/artifacts.py MaskArtifact), spread over a process pool.
 
@@ -21,7 +21,7 @@ from pipeline.artifacts import CamArtifact, MaskArtifact, ModelArtifact
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config, PseudoMasksCfg
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
-from pipeline.pseudo_masks import routes
+from pipeline import routes
 from pipeline.utils import num_processes, progress
 
 
