@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.cam_inference import _resized, infer_cams  # noqa: E402
+from pipeline.cams.inference import _resized, infer_cams  # noqa: E402
 from pipeline.cams import caa as caa_mod  # noqa: E402
 from pipeline.config import CaaCfg, MaskGeneratorCfg  # noqa: E402
 from pipeline.models.mask_generator import build_mask_generator, normalize_numpy  # noqa: E402

@@ -171,7 +171,7 @@ def test_the_mask_generator_hands_out_the_attention_caa_needs(smoke_cfg):
 
 
 def test_export_with_caa_refines_every_forward_and_needs_a_vit(tmp_path):
-    from pipeline.cam_inference import infer_cams, infer_cams_batch
+    from pipeline.cams.inference import infer_cams, infer_cams_batch
     from pipeline.cams.caa import refine as caa_refine
     from pipeline.config import load_config
     from pipeline.models.mask_generator import build_mask_generator, normalize_numpy
