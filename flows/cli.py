@@ -81,15 +81,14 @@ def status(config: Path = ConfigOpt):
     """For each stage this config runs: cached / partial / missing / corrupt, key, size, headline metric."""
     cfg = _load(config)
     from pipeline.store import Store
-    from stages.runner import select, stage_keys
+    from stages.runner import headline, select, stage_keys
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
     typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}metric")
     for name in select(cfg=cfg):
         key = keys[name]
         state = store.state(key)
-        m = (store.manifest(key) or {}).get("metrics", {}) if state == "cached" else {}
-        head = next(iter(m.items()), None)
-        metric = f"{head[0]}={head[1]:.4g}" if head and isinstance(head[1], (int, float)) else ""
+        head = headline((store.manifest(key) or {}).get("metrics")) if state == "cached" else None
+        metric = f"{head[0]}={head[1]:.4g}" if head else ""
         size = store.size(key)
         typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{metric}")
 
@@ -100,6 +99,7 @@ def data_check(config: Path = ConfigOpt):
     cfg = _load(config)
     from pipeline.data.classes import ClassFileError, dataset_classes
     from pipeline.data.datasets import check_split, per_class_counts
+    from pipeline.data.image_checks import size_problems
     try:
         names = dataset_classes(cfg.data).names
     except ClassFileError as e:
@@ -116,6 +116,11 @@ def data_check(config: Path = ConfigOpt):
         for p in problems:
             typer.echo(f"  BAD {p}", err=True)
         bad += len(problems)
+        for found, action in zip(size_problems(cfg, good, len(names) - 1),
+                                 (cfg.checks.small_images, cfg.checks.large_images)):
+            for p in found:  # the CAM export's limits (checks.*): BAD refuses a run, WARN does not
+                typer.echo(f"  {'BAD' if action == 'error' else 'WARN'} {p}", err=True)
+            bad += len(found) if action == "error" else 0
     if bad:
         typer.echo(f"{bad} bad items", err=True)
         raise typer.Exit(1)
@@ -170,13 +175,15 @@ def init_dataset(folder: Path = typer.Argument(..., help="folder with images and
                  out: Optional[Path] = typer.Option(None, help="config to write (default configs/<folder name>.yaml)"),
                  labels: Optional[Path] = typer.Option(None, help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
                  images: Optional[Path] = typer.Option(None, help="image folder (default FOLDER/images, else FOLDER)"),
-                 force: bool = typer.Option(False, help="overwrite an existing config")):
+                 force: bool = typer.Option(False, help="overwrite an existing config"),
+                 tiny: bool = typer.Option(False, help="CPU-sized: tiny random-initialised models, 2 epochs "
+                                           "(minutes, no downloads; numbers say nothing about the method)")):
     """Write a config for a folder of images with tags and print the images per class."""
     from pipeline.data.datasets import DataError
     from pipeline.data.init_dataset import init_dataset as write_config
     out = out or Path("configs") / f"{folder.resolve().name}.yaml"
     try:
-        counts, written = write_config(folder, out, labels, images, overwrite=force)
+        counts, written = write_config(folder, out, labels, images, overwrite=force, tiny=tiny)
     except DataError as e:
         _fail(e)
     if written:

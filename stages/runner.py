@@ -89,6 +89,22 @@ def _headline(metrics: dict | None) -> str:
                      if isinstance(v, (int, float)))
 
 
+# the number a stage is judged by, where it has one: the training stages' seed mIoU (selected epoch,
+# else the last), else their last loss; segmentation's and evaluate's mIoU
+HEADLINE = ("selected_seed_miou", "final_seed_miou", "final_loss", "miou", "seed_miou", "final_val_miou")
+
+
+def headline(metrics: dict | None) -> tuple[str, float] | None:
+    """(name, value) of a stage's headline number: the first of HEADLINE it has, else its
+    first numeric metric (not a flag, not a text such as the selection label)."""
+    num = {k: v for k, v in (metrics or {}).items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for k in (*HEADLINE, *num):
+        if k in num:
+            return k, num[k]
+    return None
+
+
 def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = False,
                   compute: Callable[[dict, Path], dict] | None = None) -> Path:
     """Make a stage's artifact if it is not cached (or if forced); return its dir.
@@ -100,7 +116,7 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
     store = Store(cfg.run.work_dir)
     if not force and store.state(keys[name]) == "cached":
         log.info("%s: cached (%s)", name, store.path(keys[name]))
-        return store.path(keys[name])
+        return _checked(cfg, name, store.path(keys[name]))
     lock = ArtifactLock(store, keys[name], cfg.run.lock_lease_s)
     lock.acquire(log=lambda msg: log.info("%s: %s", name, msg))
     try:
@@ -109,14 +125,28 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
             force = False
         out = begin_stage(cfg, name, keys, force)  # re-checks the manifest now that we hold the lock
         if out is None:
-            return store.path(keys[name])
+            return _checked(cfg, name, store.path(keys[name]))
         started = time.time()
         inputs = input_dirs(cfg, name, keys)
         metrics = compute(inputs, out) if compute else execute(get(name), cfg, inputs, out)
         lock.check()  # a lease taken over meanwhile: the new holder finishes it
-        return finish_stage(cfg, name, keys, metrics, started)
+        path = finish_stage(cfg, name, keys, metrics, started)
     finally:
         lock.release()
+    return _checked(cfg, name, path)
+
+
+def _checked(cfg: Config, name: str, path: Path) -> Path:
+    """After prepare_data (computed or cached): the image sizes the CAM export can handle
+    (pipeline/data/image_checks.py; the checks section is part of no key), before any
+    training starts."""
+    if name == "prepare_data":
+        from pipeline.data.datasets import LabelTable
+        from pipeline.data.image_checks import check_sizes
+        for split in cfg.data.all_splits:
+            table = LabelTable.from_artifact(path, split)
+            check_sizes(cfg, table.records, table.num_classes - 1, f"prepare_data split '{split}'")
+    return path
 
 
 def run_stage(cfg: Config, name: str, force: bool = False, keys: dict[str, str] | None = None) -> Path:
