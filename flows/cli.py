@@ -17,11 +17,49 @@ app.add_typer(data_app, name="data")
 ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TRACE = logging.getLogger("wsss.traceback")  # full tracebacks: the run's log file only
+
+
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.addFilter(_no_prefect_failure_reports)
+
+
+def _no_prefect_failure_reports(record: logging.LogRecord) -> bool:
+    """Terminal only: Prefect reports a failure at every level (task, shard flow, flow), each
+    with the traceback; those records go to the run's log file, the CLI prints the error once."""
+    if not record.name.startswith("prefect"):
+        return True
+    msg = record.getMessage()
+    return not (record.exc_info or msg.startswith("Finished in state Failed")
+                or msg.startswith("Encountered exception during execution"))
+
+
+def _log_file(cfg) -> Path:
+    """Everything this command logs, tracebacks included: <work_dir>/logs/<run.name>-<UTC time>-<pid>.log
+    (opened once the preflight has passed: an offline failure leaves no store behind)."""
+    import time
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = Path(cfg.run.work_dir) / "logs" / f"{cfg.run.name}-{stamp}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    TRACE.addHandler(handler)
+    TRACE.propagate = False
+    return path
+
+
+def _fail_run(e: Exception, log_path: Path) -> None:
+    """One paragraph on the terminal; the traceback (every chained exception) in the log file."""
+    TRACE.error("%s", e, exc_info=e)
+    typer.echo(f"error: {e}\n(full traceback: {log_path})", err=True)
+    raise typer.Exit(1)
 
 
 def _load(config: Path):
@@ -53,12 +91,16 @@ def run(config: Path = ConfigOpt,
         preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
     except (WeightsUnavailable, KeyError) as e:
         _fail(e)
-    if prefect:
-        from flows.dag import wsss_flow
-        result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
-    else:
-        from stages.runner import run_all
-        result = {k: str(v) for k, v in run_all(cfg, until, start, tuple(force)).items()}
+    log_path = _log_file(cfg)
+    try:
+        if prefect:
+            from flows.dag import wsss_flow
+            result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
+        else:
+            from stages.runner import run_all
+            result = {k: str(v) for k, v in run_all(cfg, until, start, tuple(force)).items()}
+    except Exception as e:  # noqa: BLE001 - every failure: one paragraph here, the traceback in the log
+        _fail_run(e, log_path)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -68,11 +110,17 @@ def stage(name: str, config: Path = ConfigOpt,
     """Run one stage alone, reusing the cached artifacts of its inputs."""
     _setup_logging()
     cfg = _load(config)
-    from stages.runner import run_stage
+    from pipeline.weights import WeightsUnavailable, preflight
+    from stages.runner import run_stage, stage_keys
+    try:
+        preflight(cfg, [name], stage_keys(cfg), [name] if force else ())
+    except (WeightsUnavailable, KeyError) as e:
+        _fail(e)
+    log_path = _log_file(cfg)
     try:
         out = run_stage(cfg, name, force=force)
-    except (KeyError, RuntimeError, ValueError, FileNotFoundError, NotImplementedError) as e:
-        _fail(e)
+    except Exception as e:  # noqa: BLE001 - every failure: one paragraph here, the traceback in the log
+        _fail_run(e, log_path)
     typer.echo(str(out))
 
 

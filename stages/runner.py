@@ -9,6 +9,7 @@ from typing import Callable
 
 from pipeline.config import Config
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
+from pipeline.utils import stage_error
 from pipeline.weights import preflight
 from stages import ORDER, get
 from stages.launch import execute
@@ -112,7 +113,18 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
     The computation runs under the artifact's lock: another process (or
     machine) that needs the same artifact meanwhile waits, then finds it
     cached. `compute(inputs, out) -> metrics` defaults to the stage's run()
-    under its config view (stages/launch.py execute)."""
+    under its config view (stages/launch.py execute). Any exception leaves as one
+    StageError naming the stage, the images or file and the config fields it concerns
+    (pipeline.utils.stage_error; the original is its cause)."""
+    sections = tuple(get(name).sections)  # an unknown name is a KeyError of its own
+    try:
+        return _compute_stage(cfg, name, keys, force, compute)
+    except Exception as e:
+        raise stage_error(name, e, sections) from e
+
+
+def _compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool,
+                   compute: Callable[[dict, Path], dict] | None) -> Path:
     store = Store(cfg.run.work_dir)
     if not force and store.state(keys[name]) == "cached":
         log.info("%s: cached (%s)", name, store.path(keys[name]))
