@@ -121,7 +121,7 @@ def _records_in(frame_locals: dict) -> list:
     single = [v for v in frame_locals.values() if is_rec(v)]
     if single:
         return single[:1]
-    lists = [v for v in frame_locals.values() if isinstance(v, (list, tuple)) and v and len(v) < 10 ** 6
+    lists = [v for v in frame_locals.values() if isinstance(v, (list, tuple)) and 0 < len(v) <= 64
              and is_rec(v[0])]
     return min(lists, key=len) if lists else []
 
@@ -136,13 +136,15 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def stage_error(stage: str, exc: BaseException, sections: tuple[str, ...] = ()) -> StageError:
     """``exc`` (raised while ``stage`` ran) as a StageError: the images of the innermost project
-    frame that held label records or an image id, the file of an OSError, the config fields
-    its message names or hints at, else the stage's declared sections."""
+    frame that held label records (one, or a batch) or an image id, the file of an OSError, the
+    config fields its message names or hints at, else the stage's declared sections. The
+    project's own errors name their images and files already: no guessing for those."""
     if isinstance(exc, StageError):
         return exc
     images: list[str] = []
     file = None
-    for e in _chain(exc):
+    ours = type(exc).__module__.split(".")[0] in ("pipeline", "stages")
+    for e in [] if ours else _chain(exc):
         file = file or getattr(e, "filename", None)
         frames = []
         tb = e.__traceback__
