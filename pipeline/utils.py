@@ -89,8 +89,7 @@ _FIELD_HINTS = (
      "export_cams.scales, checks.min_patches (an image too small for one patch)"),
     (r"DataLoader worker", "run.num_workers (0 runs the loading in the main process, with its own traceback)"),
 )
-_FIELD = re.compile(r"\b(run|data|mask_generator|clip|train_cam|match|learn_prompts|refine|export_cams|sam|"
-                    r"pseudo_masks|train_segmentation|evaluate|checks)\.[a-z_]+(?:\.[a-z_]+)*")
+_FIELD = re.compile(r"(?<![\w/.-])([a-z_]+)\.([a-z_]+)(?:\.[a-z_]+)*")
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -111,6 +110,29 @@ class StageError(RuntimeError):
             where += f" (file {file})"
         super().__init__(f"stage '{stage}' failed{where}: {type(error).__name__}: {msg or '(no message)'}"
                          f" [config: {'; '.join(fields)}]")
+
+    def __reduce__(self):  # Prefect pickles a failed task's exception; the original may not unpickle
+        return _restore_stage_error, (str(self), self.stage, self.images, self.file, self.fields)
+
+
+def _restore_stage_error(message: str, stage: str, images: list[str], file: Optional[str],
+                         fields: list[str]) -> StageError:
+    e = StageError.__new__(StageError)
+    RuntimeError.__init__(e, message)
+    e.stage, e.error, e.images, e.file, e.fields = stage, None, images, file, fields
+    return e
+
+
+def _config_fields(text: str) -> list[str]:
+    """Dotted config fields (section.field...) named in ``text``: real ones only, not file names."""
+    from pipeline.config import Config
+    out = []
+    for m in _FIELD.finditer(text):
+        section = Config.model_fields.get(m.group(1))
+        model = getattr(section, "annotation", None)
+        if section is not None and m.group(2) in getattr(model, "model_fields", {}):
+            out.append(m.group(0))
+    return list(dict.fromkeys(out))
 
 
 def _records_in(frame_locals: dict) -> list:
@@ -160,7 +182,7 @@ def stage_error(stage: str, exc: BaseException, sections: tuple[str, ...] = ()) 
             elif isinstance(f.f_locals.get("image_id"), str):
                 images = [f.f_locals["image_id"]]
     text = " ".join(str(e) for e in _chain(exc))
-    fields = list(dict.fromkeys(m.group(0) for m in _FIELD.finditer(str(exc))))
+    fields = _config_fields(str(exc))
     for pattern, hint in _FIELD_HINTS:
         if re.search(pattern, text, re.IGNORECASE):
             fields.append(hint.format(stage=stage))

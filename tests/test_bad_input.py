@@ -456,3 +456,29 @@ def test_status_headline_prefers_the_seed_miou_and_skips_text():
     assert headline({"selection": "x", "final_loss": 0.7}) == ("final_loss", 0.7)
     assert headline({"selection_uses_ground_truth": True, "images": 3}) == ("images", 3)
     assert headline({"split": "train"}) is None
+
+
+def test_stage_error_names_the_batch_the_fields_and_survives_pickling():
+    import pickle
+
+    from pipeline.data.datasets import Record
+    from pipeline.utils import StageError, stage_error
+
+    def infer(recs):  # a project frame holding the batch being computed
+        raise RuntimeError("CUDA out of memory. Tried to allocate 211.00 GiB")
+
+    batch = [Record("a", "/d/a.jpg", None, 9, 9, [1]), Record("b", "/d/b.jpg", None, 9, 9, [1])]
+    try:
+        infer(batch)
+    except RuntimeError as exc:
+        e = stage_error("export_cams", exc, ("mask_generator", "export_cams"))
+    assert isinstance(e, StageError) and e.images == ["a", "b"]
+    assert str(e).startswith("stage 'export_cams' failed on images a, b: RuntimeError: CUDA out of memory")
+    assert "export_cams.batch_size, export_cams.scales, checks.export_memory_gb" in str(e)
+    assert stage_error("export_cams", e) is e  # re-raised once, not wrapped again
+    back = pickle.loads(pickle.dumps(e))  # Prefect persists a failed task's exception
+    assert str(back) == str(e) and back.stage == "export_cams" and back.images == ["a", "b"]
+    plain = stage_error("pseudo_masks", KeyError("x"), ("pseudo_masks", "data"))
+    assert "[config: one of this stage's sections: pseudo_masks, data]" in str(plain)
+    named = stage_error("refine", ValueError("refine.lr must be positive; see /tmp/run.log"), ("refine",))
+    assert named.fields == ["refine.lr"]
