@@ -5,7 +5,6 @@ offline preflight; and the CPU user's path: `init-dataset --tiny`, `status`, `se
 from __future__ import annotations
 
 import errno
-import json
 import re
 import shutil
 import subprocess
