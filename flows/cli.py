@@ -147,7 +147,7 @@ def data_check(config: Path = ConfigOpt):
     cfg = _load(config)
     from pipeline.data.classes import ClassFileError, dataset_classes
     from pipeline.data.datasets import check_split, per_class_counts
-    from pipeline.data.image_checks import size_problems
+    from pipeline.data.image_checks import cam_splits, size_problems
     try:
         names = dataset_classes(cfg.data).names
     except ClassFileError as e:
@@ -164,8 +164,8 @@ def data_check(config: Path = ConfigOpt):
         for p in problems:
             typer.echo(f"  BAD {p}", err=True)
         bad += len(problems)
-        for found, action in zip(size_problems(cfg, good, len(names) - 1),
-                                 (cfg.checks.small_images, cfg.checks.large_images)):
+        checked = size_problems(cfg, good, len(names) - 1) if split in cam_splits(cfg) else ([], [])
+        for found, action in zip(checked, (cfg.checks.small_images, cfg.checks.large_images)):
             for p in found:  # the CAM export's limits (checks.*): BAD refuses a run, WARN does not
                 typer.echo(f"  {'BAD' if action == 'error' else 'WARN'} {p}", err=True)
             bad += len(found) if action == "error" else 0

@@ -154,8 +154,8 @@ def _checked(cfg: Config, name: str, path: Path) -> Path:
     training starts."""
     if name == "prepare_data":
         from pipeline.data.datasets import LabelTable
-        from pipeline.data.image_checks import check_sizes
-        for split in cfg.data.all_splits:
+        from pipeline.data.image_checks import cam_splits, check_sizes
+        for split in cam_splits(cfg):
             table = LabelTable.from_artifact(path, split)
             check_sizes(cfg, table.records, table.num_classes - 1, f"prepare_data split '{split}'")
     return path

@@ -51,6 +51,14 @@ def arch_of(arch: str, backbone: str) -> Arch:
     return Arch(int(m.feature_info[-1]["reduction"]), 0, 1)
 
 
+def cam_splits(cfg: Config) -> list[str]:
+    """The splits whose full images go through the mask generator: export_cams.split and the
+    seed-scoring split of every training stage that scores seeds."""
+    from pipeline.config import seed_eval_split
+    scored = [seed_eval_split(cfg, s) for s in ("train_cam", "match", "refine") if getattr(cfg, s).seed_eval_every]
+    return list(dict.fromkeys([cfg.export_cams.split, *scored]))
+
+
 def export_bytes(height: int, width: int, scale: float, a: Arch, num_classes_fg: int, flip: bool) -> int:
     """Estimated bytes of one image's CAM forward at ``scale`` (module docstring)."""
     cells = (int(height * scale) // a.patch) * (int(width * scale) // a.patch)
