@@ -361,6 +361,7 @@ def test_offline_preflight_probes_once_and_does_not_retry(tmp_path, monkeypatch,
     from huggingface_hub import constants
 
     import pipeline.weights as weights
+    from stages.runner import preflight
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "https://wsss-offline.invalid")
@@ -377,7 +378,7 @@ def test_offline_preflight_probes_once_and_does_not_retry(tmp_path, monkeypatch,
     caplog.set_level(logging.WARNING)
     t0 = time.time()
     with pytest.raises(weights.WeightsUnavailable, match=r"host unreachable, wsss-offline\.invalid:443"):
-        weights.preflight(cfg, ["train_cam"])
+        preflight(cfg, ["train_cam"])
     took = time.time() - t0
     assert probes == ["https://wsss-offline.invalid"]
     assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
