@@ -73,7 +73,7 @@ def score_members(models: dict[str, object], weights: Sequence[float], records, 
     """Scores on ``records`` (id, image, mask) of each model alone (argmax of its own
     probabilities) and of the weighted blend ('ensemble'), one pass over the images;
     write_pred(id, labels) gets the blend's labels."""
-    from pipeline.metrics import Confusion
+    from pipeline.evaluation.metrics import Confusion
     meters = {name: Confusion(num_classes) for name in [*models, "ensemble"]}
     steps = progress(records) if progress else records
     for r in steps:
