@@ -20,7 +20,7 @@ from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint,
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
 from pipeline.seed_eval import seed_miou_eval, selection_label
 from pipeline.training import BEST_MODEL, TrainImages, dist_info, fit, is_main, write_gallery
-from pipeline.store import torch_save_atomic
+from pipeline.store import decoding, torch_save_atomic
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")
@@ -105,7 +105,9 @@ def _finish(model, out: Path, cfg: Config, mcfg, k: int, stage: str, metrics: di
     best epoch's) as model.pt; the metrics say which selection was used."""
     if is_main():
         if getattr(cfg, stage).select == "gt_miou":
-            model.load_state_dict(torch.load(Path(out) / BEST_MODEL, map_location="cpu", weights_only=True))
+            with decoding(Path(out) / BEST_MODEL, "best-epoch weights file"):
+                state = torch.load(Path(out) / BEST_MODEL, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
         save_mask_generator(model, Path(out) / MODEL, mcfg, k)
     return {"selection": selection_label(cfg, stage)} | metrics
 
@@ -200,7 +202,8 @@ def load_prompts(d: Path) -> torch.Tensor:
     p = Path(d) / PROMPTS
     if not p.exists():
         raise FileNotFoundError(f"{p}: learned prompts missing")
-    return torch.load(p, map_location="cpu", weights_only=True)["prompts"]
+    with decoding(p, "learned prompts file"):
+        return torch.load(p, map_location="cpu", weights_only=True)["prompts"]
 
 
 def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:

@@ -31,7 +31,10 @@ class Stage:
     finalize(cfg_view, inputs, out) -> metrics, so a flow can map shards over
     workers. input_files(cfg) -> paths: small files whose content the key
     covers. distributed: run() fans out under torchrun when
-    run.nproc_per_node > 1 (stages/launch.py)."""
+    run.nproc_per_node > 1 (stages/launch.py). per_image(cfg_view) -> the
+    per-image outputs (pipeline.store.PerImage): before a damaged or partial
+    artifact is resumed, those that fail their check are removed (Store.heal),
+    so the stage, which skips images whose output exists, redoes them."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
     sections: tuple[str, ...]
@@ -42,6 +45,7 @@ class Stage:
     finalize: Optional[Callable[..., dict]] = None
     input_files: Optional[Callable[[Config], list]] = None
     distributed: bool = False
+    per_image: Optional[Callable[..., tuple]] = None
 
     def __post_init__(self):
         shard = (self.items, self.run_shard, self.finalize)

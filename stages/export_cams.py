@@ -4,7 +4,8 @@ cfg.export_cams.split, into one zarr v3 group (pipeline/cam_store.py):
 <out>/cams_<split>.zarr, one float16 (C_present, H, W) array per image.
 
 Per-image stage: items -> image ids; run_shard writes the CAMs of some ids
-(skipping complete arrays, rewriting interrupted ones) with the batched path
+(skipping complete arrays, rewriting interrupted ones; per_image lets the
+runner remove damaged arrays before a resume) with the batched path
 of pipeline/cam_inference.py: DataLoader workers (run.num_workers) decode and
 resize, same-size batches (export_cams.batch_size) run on the device, a
 thread pool (export_cams.writer_threads) compresses and writes; memory is
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cam_store import CamStore, fixed_sample, store_path
+from pipeline.cam_store import CamStore, fixed_sample, store_path, verify_array
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
+from pipeline.store import PerImage
 from stages.contract import Stage
 
 log = logging.getLogger("wsss")
@@ -39,17 +41,23 @@ def items(cfg: Config, inputs) -> list[str]:
     return _table(cfg, inputs).ids()
 
 
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """One zarr array (a directory) per image in the split's group."""
+    return (PerImage(store_path("", cfg.export_cams.split).as_posix(), "", verify_array, is_dir=True),)
+
+
 def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     """Write the CAMs of ``ids`` not yet complete; returns how many were written."""
     from pipeline.cam_inference import export_batched
     from pipeline.models.mask_generator import load_mask_generator
-    from pipeline.utils import get_device, progress
+    from pipeline.utils import get_device, log_pending, progress
 
     table = _table(cfg, inputs)
     store = CamStore(store_path(out, cfg.export_cams.split), mode="a")
     todo = store.missing(ids)
     if not todo:
         return 0
+    log_pending("export_cams", todo, len(ids))
     device = get_device(cfg.run.device)
     model = load_mask_generator(Path(inputs[cfg.export_cams.source]) / "model.pt", device)
     ec = cfg.export_cams
@@ -94,5 +102,5 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 
 
 STAGE = Stage(name="export_cams", inputs=inputs, sections=("mask_generator", "export_cams"), run=run,
-              items=items, run_shard=run_shard, finalize=finalize,
+              items=items, run_shard=run_shard, finalize=finalize, per_image=per_image,
               version="3")  # 2: batched export (CAMs equal v1 within fp rounding); 3: official remainder crop

@@ -8,7 +8,8 @@ it. With cfg.pseudo_masks.coco_json also <out>/pseudo_masks_coco.json
 (pipeline/coco_export.py) of the trained route.
 
 Per-image stage: items / run_shard / finalize. run_shard skips PNGs already
-written (each is written atomically) and spreads the images over a process
+written (each is written atomically; per_image lets the runner remove damaged
+ones before a resume) and spreads the images over a process
 pool of cfg.run.processes workers (0 = all cores). The affinity methods run
 the mask generator in this process for the patch attention and hand it to the
 workers with the image.
@@ -25,7 +26,8 @@ from pipeline.cam_store import CamStore, fixed_sample, store_path
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image, read_mask
 from pipeline.refine_masks import seed_labels, write_masks
-from pipeline.utils import num_processes, progress
+from pipeline.store import PerImage
+from pipeline.utils import log_pending, num_processes, progress
 from stages.contract import Stage
 
 log = logging.getLogger("wsss")
@@ -43,6 +45,15 @@ def inputs(cfg: Config) -> tuple[str, ...]:
 def route_dir(cfg: Config, out: Path, method: str) -> Path:
     """<out>/masks for the trained route, <out>/masks_<method> for the others."""
     return Path(out) / ("masks" if method == cfg.pseudo_masks.method else f"masks_{method}")
+
+
+def _layout(cfg: Config, method: str) -> PerImage:
+    return PerImage(route_dir(cfg, Path(), method).as_posix(), ".png", read_mask)
+
+
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """One label PNG per image and route."""
+    return tuple(_layout(cfg, m) for m in cfg.pseudo_masks.routes)
 
 
 def _split(cfg: Config) -> str:
@@ -85,9 +96,10 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
 def _run_route(cfg: Config, inputs, out: Path, ids: list[str], method: str) -> int:
     mask_dir = route_dir(cfg, out, method)
     mask_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not (mask_dir / f"{i}.png").exists()]
+    todo = _layout(cfg, method).pending(out, ids)
     if not todo:
         return 0
+    log_pending("pseudo_masks", todo, len(ids), method)
     table = LabelTable.from_artifact(inputs["prepare_data"], _split(cfg))
     route_cfg = cfg.pseudo_masks.model_copy(update={"method": method, "extra_methods": []})
     if method in AFFINITY:
@@ -115,7 +127,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     pm = cfg.pseudo_masks
     for method in pm.routes:
         d = route_dir(cfg, out, method)
-        missing = [i for i in ids if not (d / f"{i}.png").exists()]
+        missing = _layout(cfg, method).pending(out, ids)
         if missing:
             raise RuntimeError(f"{d}: {len(missing)} pseudo masks missing "
                                f"(e.g. {', '.join(missing[:5])}); run the missing shards")
@@ -156,6 +168,7 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 
 
 STAGE = Stage(name="pseudo_masks", inputs=inputs, run=run, items=items, run_shard=run_shard, finalize=finalize,
+              per_image=per_image,
               # the CAMs' split and the mask generator behind them (affinity methods)
               sections=("pseudo_masks", "export_cams.split", "export_cams.source"),
               # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid;

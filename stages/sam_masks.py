@@ -12,13 +12,13 @@ Decode a mask with pycocotools.mask.decode(ann["segmentation"]).
 
 Per-image stage like export_cams: items -> image ids; run_shard writes the
 files of some ids (each atomically, temp + rename, so a file's existence is
-the image's completion flag and a resumed shard skips it); finalize checks
+the image's completion flag and a resumed shard skips it; per_image lets the
+runner remove damaged files before a resume); finalize checks
 that every image has its file and draws a gallery. Needs prepare_data only,
 so the DAG can run it beside the training phases.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -29,6 +29,8 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
+from pipeline.sam_files import load_masks_doc
+from pipeline.store import PerImage
 from stages.contract import Stage
 
 log = logging.getLogger("wsss")
@@ -36,6 +38,11 @@ log = logging.getLogger("wsss")
 
 def mask_dir(out: Path, split: str) -> Path:
     return Path(out) / f"masks_{split}"
+
+
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """One JSON file per image."""
+    return (PerImage(mask_dir(Path(), cfg.sam.split).as_posix(), ".json", load_masks_doc),)
 
 
 def _table(cfg: Config, inputs) -> LabelTable:
@@ -51,13 +58,14 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     """Write the mask files of ``ids`` not yet written; returns how many were written."""
     from pipeline.sam_files import write_masks_json
     from pipeline.sam_generator import make_generator
-    from pipeline.utils import get_device, progress, read_ahead
+    from pipeline.utils import get_device, log_pending, progress, read_ahead
 
     d = mask_dir(out, cfg.sam.split)
     d.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not (d / f"{i}.json").exists()]
+    todo = per_image(cfg)[0].pending(out, ids)
     if not todo:
         return 0
+    log_pending("sam_masks", todo, len(ids))
     table = _table(cfg, inputs)
     gen = make_generator(cfg.sam, get_device(cfg.run.device))  # before any file: bad weights write nothing
     ahead = cfg.sam.images_in_flight
@@ -91,7 +99,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     table = _table(cfg, inputs)
     d = mask_dir(out, cfg.sam.split)
     ids = table.ids()
-    missing = [i for i in ids if not (d / f"{i}.json").exists()]
+    missing = per_image(cfg)[0].pending(out, ids)
     if missing:
         raise RuntimeError(f"{d}: {len(missing)} images have no SAM masks file "
                            f"(e.g. {', '.join(missing[:5])}); run the missing shards")
@@ -99,10 +107,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     sample = set(fixed_sample(ids, cfg.sam.gallery_size))
     for image_id in ids:  # counts from the JSON alone; masks decoded for the gallery sample only
         path = d / f"{image_id}.json"
-        try:
-            lv = [a["level"] for a in json.loads(path.read_text())["annotations"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a SAM masks file ({type(e).__name__}: {e})") from None
+        lv = [a["level"] for a in load_masks_doc(path)["annotations"]]
         counts.append(len(lv))
         levels += np.bincount(np.asarray(lv, np.int64), minlength=3)[:3]
         if image_id in sample:
@@ -129,4 +134,4 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 
 
 STAGE = Stage(name="sam_masks", inputs=("prepare_data",), sections=("sam",), version="1",
-              run=run, items=items, run_shard=run_shard, finalize=finalize)
+              run=run, items=items, run_shard=run_shard, finalize=finalize, per_image=per_image)
