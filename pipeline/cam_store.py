@@ -42,6 +42,10 @@ class CamStoreError(ValueError):
     """A CAM store problem, naming the store and image."""
 
 
+def _advice(path: Path) -> str:
+    return advice(path, otherwise="write it again (`wsss run --force export_cams`)")
+
+
 def store_path(export_dir: str | Path, split: str) -> Path:
     return Path(export_dir) / f"cams_{split}.zarr"
 
@@ -51,8 +55,8 @@ class CamStore:
         """mode 'r': an existing store; 'a': create if missing."""
         self.path = Path(path)
         if mode == "r" and not (self.path / "zarr.json").exists():
-            raise CamStoreError(f"{self.path}: no CAM store (zarr group) here; {advice(self.path / 'zarr.json')}")
-        with decoding(self.path / "zarr.json", "CAM store (zarr group)"):
+            raise CamStoreError(f"{self.path}: no CAM store (zarr group) here; {_advice(self.path)}")
+        with decoding(self.path / "zarr.json", "CAM store (zarr group)", _advice(self.path)):
             self.group = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
         self.writable = mode != "r"
 
@@ -93,8 +97,8 @@ class CamStore:
         arr = self._array(image_id)
         if arr is None:
             what = "no CAMs" if not where.exists() else "an incomplete CAM array (interrupted write or lost chunk)"
-            raise CamStoreError(f"{where}: {what} for image '{image_id}'; {advice(where)}")
-        with decoding(where, "CAM array"):
+            raise CamStoreError(f"{where}: {what} for image '{image_id}'; {_advice(where)}")
+        with decoding(where, "CAM array", _advice(where)):
             return arr[...], list(arr.attrs["classes"])
 
     def verify(self, image_id: str) -> None:

@@ -46,16 +46,16 @@ class UnreadableFile(ValueError):
     """A file that exists but cannot be decoded; the message names it and says what to do."""
 
 
-def advice(path: str | Path) -> str:
+def advice(path: str | Path, otherwise: Optional[str] = None) -> str:
     """What to do about a file that cannot be read: an artifact's file is
-    recomputed, a data set's file is replaced."""
+    recomputed, any other (a data set's) replaced, or ``otherwise``."""
     for parent in Path(path).absolute().parents:
         m = _ARTIFACT_DIR.fullmatch(parent.name)
         if m:
             return (f"it belongs to the {m[1]} artifact {parent}: run `wsss run` again (files that fail their "
                     f"check are recomputed) or `wsss run --force {m[1]}`")
-    return ("replace the file (`wsss fetch voc` / `wsss fetch coco` fetches a data set again, or copy it anew) "
-            "or remove it from the split")
+    return otherwise or ("replace the file (`wsss fetch voc` / `wsss fetch coco` fetches a data set again, or "
+                         "copy it anew) or remove it from the split")
 
 
 @contextmanager
