@@ -91,10 +91,9 @@ class PerImage:
 
     def unit_of(self, rel: str) -> Optional[str]:
         """The per-image output (relative path) that artifact file ``rel`` belongs to, if any."""
-        head, _, rest = rel.partition("/")
-        if head != self.folder or not rest:
+        if not rel.startswith(self.folder + "/"):
             return None
-        first, _, below = rest.partition("/")
+        first, _, below = rel[len(self.folder) + 1:].partition("/")
         if (self.is_dir and below) or (not self.is_dir and not below and first.endswith(self.suffix)
                                        and not first.startswith(".")):
             return f"{self.folder}/{first}"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.data.classes import dataset_classes
-from pipeline.data.datasets import DataError, LabelTable, check_split, per_class_counts, render_coco_masks
-from pipeline.store import write_json_atomic
+from pipeline.data.datasets import (DataError, LabelTable, check_split, per_class_counts, read_mask,
+                                    render_coco_masks)
+from pipeline.store import PerImage, write_json_atomic
 from stages.contract import Stage
 
 log = logging.getLogger("wsss")
@@ -25,6 +26,13 @@ def input_files(cfg: Config) -> list[Path]:
         return []
     return [cfg.data.root / cfg.data.classes] + [cfg.data.root / cfg.data.splits[s].labels
                                                  for s in cfg.data.all_splits]
+
+
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """COCO: the rendered label PNGs (render_coco_masks skips those already there)."""
+    if cfg.data.dataset != "coco":
+        return ()
+    return tuple(PerImage(f"masks/{s}", ".png", read_mask) for s in cfg.data.all_splits)
 
 
 def run(cfg: Config, inputs, out):
@@ -60,6 +68,7 @@ def run(cfg: Config, inputs, out):
 
 
 STAGE = Stage(name="prepare_data", inputs=(), sections=("data",), run=run, input_files=input_files,
+              per_image=per_image,
               # 2: COCO masks rendered as the official parse_coco.py (data.coco_render);
               # 3: folder datasets, label tables carry prompt names and colours
               version="3")

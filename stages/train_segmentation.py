@@ -37,6 +37,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from pipeline.store import PerImage
 from stages.contract import Stage
 
 log = logging.getLogger("wsss")
@@ -216,8 +217,15 @@ def run(cfg, inputs, out):
     return headline
 
 
+def per_image(cfg) -> tuple[PerImage, ...]:
+    """The final model's label PNGs of train_segmentation.predict_split (skipped when there)."""
+    from pipeline.data.datasets import read_mask
+    split = cfg.train_segmentation.predict_split
+    return (PerImage(f"predictions/{split}", ".png", read_mask),) if split else ()
+
+
 STAGE = Stage(name="train_segmentation", inputs=("prepare_data", "pseudo_masks"),
-              sections=("data", "train_segmentation", "run.seed"), run=run,
+              sections=("data", "train_segmentation", "run.seed"), run=run, per_image=per_image,
               # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional
               # validation, predict_split; 4: no classification loss on all-ignore crops, DeepLab-v2
               # classifier biases lr x20 wd 0

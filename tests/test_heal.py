@@ -220,6 +220,8 @@ def test_heal_removes_what_fails_and_keeps_what_passes(tmp_path):
     assert layouts[0].unit_of("cams_train.zarr/a/c/0/0/0") == "cams_train.zarr/a"
     assert layouts[0].unit_of("cams_train.zarr/zarr.json") is None
     assert layouts[1].unit_of("masks/a.png") == "masks/a.png" and layouts[1].unit_of("masks/x/a.png") is None
+    nested = PerImage("masks/val", ".png", read_mask)  # COCO's rendered masks, predictions/<split>
+    assert nested.unit_of("masks/val/a.png") == "masks/val/a.png" and nested.unit_of("masks/a.png") is None
 
     _chunk(out / "cams_train.zarr" / "a").unlink()
     assert not cams.is_complete("a") and cams.missing(["a", "b", "z"]) == ["a"]
