@@ -15,8 +15,8 @@ blosc releases the GIL) on a thread pool with a bounded queue.
 
 Compression: one chunk per image (a read is one file), blosc-zstd level 5
 with byte shuffle (typesize 2), then a crc32c of the compressed bytes (zarr's
-codec: a damaged chunk fails its read instead of decoding to garbage). CAMs are smooth upsampled maps, so the
-shuffled float16 exponent bytes compress well: ~17% of the official float32
+codec: a damaged chunk fails its read instead of decoding to garbage). CAMs
+are smooth upsampled maps, so the shuffled float16 exponent bytes compress well: ~17% of the official float32
 .npy dict on a 500x375 3-class map (bit-shuffle gave 25%, plain zstd 21%;
 bench/bench_cam_store.py prints the figures).
 """
