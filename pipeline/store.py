@@ -264,14 +264,11 @@ class Store:
         ``heal`` first); ``fresh`` empties it (a forced recomputation)."""
         d = self.path(key)
         if fresh:
-            self.clear(key)
+            shutil.rmtree(d, ignore_errors=True)
         if (d / MANIFEST).exists():
             (d / MANIFEST).unlink()
         d.mkdir(parents=True, exist_ok=True)
         return d
-
-    def clear(self, key: str) -> None:
-        shutil.rmtree(self.path(key), ignore_errors=True)
 
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
                  metrics: dict, started: float) -> dict:
@@ -381,8 +378,3 @@ class ArtifactLock:
             self.holder_file.unlink(missing_ok=True)
         self._lease.release()
 
-    def __enter__(self) -> "ArtifactLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

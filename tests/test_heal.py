@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.cam_store import CamStore, CamStoreError, store_path, verify_array
+from pipeline.cams.store import CamStore, CamStoreError, store_path, verify_array
 from pipeline.config import load_config
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
 from pipeline.store import MANIFEST, PerImage, Store, UnreadableFile, advice, decoding
@@ -262,7 +262,7 @@ def test_readers_name_the_file_and_say_what_to_do(tmp_path):
         read_image(jpg)
     assert "wsss fetch voc" in str(e.value)
     (tmp_path / "m.json").write_text('{"image_id": "a", "hei')
-    from pipeline.sam_files import read_masks_json
+    from pipeline.sam.files import read_masks_json
     with pytest.raises(UnreadableFile, match="cannot read this SAM masks file"):
         read_masks_json(tmp_path / "m.json")
     from pipeline.models.mask_generator import load_mask_generator
@@ -285,7 +285,7 @@ def test_unreadable_manifest_is_corrupt_and_healed_by_decoding(tmp_path):
     (out / "masks_train" / "b.json").write_text('{"image_id": "b", "hei')
     (out / MANIFEST).write_text('{"key": "sam')
     assert store.state(key) == "corrupt" and "cannot read this artifact manifest" in store.problems(key)[0]
-    from pipeline.sam_files import load_masks_doc
+    from pipeline.sam.files import load_masks_doc
     removed = store.heal(key, (PerImage("masks_train", ".json", load_masks_doc),))
     assert [r.split(":")[0] for r in removed] == ["masks_train/b.json"]
     assert (out / "masks_train" / "a.json").exists()

@@ -30,6 +30,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from pipeline.artifacts import CamArtifact
 from pipeline.store import advice, decoding
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2)
@@ -47,7 +48,8 @@ def _advice(path: Path) -> str:
 
 
 def store_path(export_dir: str | Path, split: str) -> Path:
-    return Path(export_dir) / f"cams_{split}.zarr"
+    """The CAM store of ``split`` in an export_cams artifact."""
+    return CamArtifact(export_dir).store(split)
 
 
 class CamStore:
