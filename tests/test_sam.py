@@ -245,7 +245,7 @@ def test_sam_route_through_the_flow_resumes_after_a_kill(sam_smoke_run, tmp_path
     cfg = load_config(cfg_file)
     keys = stage_keys(cfg)
     store = Store(cfg.run.work_dir)
-    store.clear(keys["sam_masks"])
+    shutil.rmtree(store.path(keys["sam_masks"]))
     prepared = store.path(keys["prepare_data"])
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
