@@ -17,11 +17,49 @@ app.add_typer(data_app, name="data")
 ConfigOpt = typer.Option(..., "--config", "-c", help="YAML config file")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+TRACE = logging.getLogger("wsss.traceback")  # full tracebacks: the run's log file only
+
+
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.addFilter(_no_prefect_failure_reports)
+
+
+def _no_prefect_failure_reports(record: logging.LogRecord) -> bool:
+    """Terminal only: Prefect reports a failure at every level (task, shard flow, flow), each
+    with the traceback; those records go to the run's log file, the CLI prints the error once."""
+    if not record.name.startswith("prefect"):
+        return True
+    msg = record.getMessage()
+    return not (record.exc_info or msg.startswith("Finished in state Failed")
+                or msg.startswith("Encountered exception during execution"))
+
+
+def _log_file(cfg) -> Path:
+    """Everything this command logs, tracebacks included: <work_dir>/logs/<run.name>-<UTC time>-<pid>.log
+    (opened once the preflight has passed: an offline failure leaves no store behind)."""
+    import time
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = Path(cfg.run.work_dir) / "logs" / f"{cfg.run.name}-{stamp}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    TRACE.addHandler(handler)
+    TRACE.propagate = False
+    return path
+
+
+def _fail_run(e: Exception, log_path: Path) -> None:
+    """One paragraph on the terminal; the traceback (every chained exception) in the log file."""
+    TRACE.error("%s", e, exc_info=e)
+    typer.echo(f"error: {e}\n(full traceback: {log_path})", err=True)
+    raise typer.Exit(1)
 
 
 def _load(config: Path):
@@ -53,12 +91,16 @@ def run(config: Path = ConfigOpt,
         preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
     except (WeightsUnavailable, KeyError) as e:
         _fail(e)
-    if prefect:
-        from flows.dag import wsss_flow
-        result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
-    else:
-        from stages.runner import run_all
-        result = {k: str(v) for k, v in run_all(cfg, until, start, tuple(force)).items()}
+    log_path = _log_file(cfg)
+    try:
+        if prefect:
+            from flows.dag import wsss_flow
+            result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
+        else:
+            from stages.runner import run_all
+            result = {k: str(v) for k, v in run_all(cfg, until, start, tuple(force)).items()}
+    except Exception as e:  # noqa: BLE001 - every failure: one paragraph here, the traceback in the log
+        _fail_run(e, log_path)
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -68,11 +110,17 @@ def stage(name: str, config: Path = ConfigOpt,
     """Run one stage alone, reusing the cached artifacts of its inputs."""
     _setup_logging()
     cfg = _load(config)
-    from stages.runner import run_stage
+    from pipeline.weights import WeightsUnavailable
+    from stages.runner import preflight, run_stage, stage_keys
+    try:
+        preflight(cfg, [name], stage_keys(cfg), [name] if force else ())
+    except (WeightsUnavailable, KeyError) as e:
+        _fail(e)
+    log_path = _log_file(cfg)
     try:
         out = run_stage(cfg, name, force=force)
-    except (KeyError, RuntimeError, ValueError, FileNotFoundError, NotImplementedError) as e:
-        _fail(e)
+    except Exception as e:  # noqa: BLE001 - every failure: one paragraph here, the traceback in the log
+        _fail_run(e, log_path)
     typer.echo(str(out))
 
 
@@ -83,16 +131,15 @@ def status(config: Path = ConfigOpt,
     below a corrupt artifact, the files that fail their manifest entry."""
     cfg = _load(config)
     from pipeline.store import Store
-    from stages.runner import select, stage_keys
+    from stages.runner import headline, select, stage_keys
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
     typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}metric")
     corrupt = []
     for name in select(cfg=cfg):
         key = keys[name]
         state = store.state(key)
-        m = (store.manifest(key) or {}).get("metrics", {}) if state == "cached" else {}
-        head = next(iter(m.items()), None)
-        metric = f"{head[0]}={head[1]:.4g}" if head and isinstance(head[1], (int, float)) else ""
+        head = headline((store.manifest(key) or {}).get("metrics")) if state == "cached" else None
+        metric = f"{head[0]}={head[1]:.4g}" if head else ""
         size = store.size(key)
         typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{metric}")
         if state == "corrupt":
@@ -114,6 +161,7 @@ def data_check(config: Path = ConfigOpt):
     cfg = _load(config)
     from pipeline.data.classes import ClassFileError, dataset_classes
     from pipeline.data.datasets import check_split, per_class_counts
+    from pipeline.data.image_checks import cam_splits, size_problems
     try:
         names = dataset_classes(cfg.data).names
     except ClassFileError as e:
@@ -130,6 +178,11 @@ def data_check(config: Path = ConfigOpt):
         for p in problems:
             typer.echo(f"  BAD {p}", err=True)
         bad += len(problems)
+        checked = size_problems(cfg, good, len(names) - 1) if split in cam_splits(cfg) else ([], [])
+        for found, action in zip(checked, (cfg.checks.small_images, cfg.checks.large_images)):
+            for p in found:  # the CAM export's limits (checks.*): BAD refuses a run, WARN does not
+                typer.echo(f"  {'BAD' if action == 'error' else 'WARN'} {p}", err=True)
+            bad += len(found) if action == "error" else 0
     if bad:
         typer.echo(f"{bad} bad items", err=True)
         raise typer.Exit(1)
@@ -193,13 +246,15 @@ def init_dataset(folder: Path = typer.Argument(..., help="folder with images and
                  labels: Optional[Path] = typer.Option(None,
                                                        help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
                  images: Optional[Path] = typer.Option(None, help="image folder (default FOLDER/images, else FOLDER)"),
-                 force: bool = typer.Option(False, help="overwrite an existing config")):
+                 force: bool = typer.Option(False, help="overwrite an existing config"),
+                 tiny: bool = typer.Option(False, help="CPU-sized: tiny random-initialised models, 2 epochs "
+                                           "(minutes, no downloads; numbers say nothing about the method)")):
     """Write a config for a folder of images with tags and print the images per class."""
     from pipeline.data.datasets import DataError
     from pipeline.data.init_dataset import init_dataset as write_config
     out = out or Path("configs") / f"{folder.resolve().name}.yaml"
     try:
-        counts, written = write_config(folder, out, labels, images, overwrite=force)
+        counts, written = write_config(folder, out, labels, images, overwrite=force, tiny=tiny)
     except DataError as e:
         _fail(e)
     if written:

@@ -1,5 +1,5 @@
-"""Serve deployments `wsss/<config name>` (voc-full, coco-full, voc-smoke by
-default) against the Prefect API in PREFECT_API_URL, so that
+"""Serve deployments `wsss/<config name>` (every configs/*.yaml by default, not the
+bases or ablations in its subfolders) against the Prefect API in PREFECT_API_URL, so that
 `prefect deployment run wsss/voc-full` starts a run. Run it with
 `wsss serve` or `python -m flows.serve`; it blocks, executing runs itself."""
 from __future__ import annotations
@@ -13,12 +13,16 @@ from prefect import serve
 from pipeline.config import load_config
 from flows.dag import wsss_flow
 
-DEFAULT_CONFIGS = ("configs/voc-full.yaml", "configs/coco-full.yaml", "configs/voc-smoke.yaml")
+
+
+def default_configs() -> list[str]:
+    """configs/*.yaml of the directory `wsss serve` runs in (the project root), sorted."""
+    return [str(p) for p in sorted(Path("configs").glob("*.yaml"))]
 
 
 def deployments(configs: Optional[list[str]] = None):
     out = []
-    for c in configs or DEFAULT_CONFIGS:
+    for c in configs or default_configs():
         path = Path(c).resolve()
         if not path.exists():
             raise FileNotFoundError(f"{path}: config not found")
@@ -29,7 +33,7 @@ def deployments(configs: Optional[list[str]] = None):
 
 
 def serve_deployments(configs: Optional[list[str]] = None) -> None:
-    for c in configs or DEFAULT_CONFIGS:  # data paths may be absent on this machine: warn only
+    for c in configs or default_configs():  # data paths may be absent on this machine: warn only
         try:
             load_config(c)
         except Exception as e:  # noqa: BLE001 - reported, the deployment still serves

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.routes import NAMES as ROUTE_NAMES
+
+# Value ranges shared by many fields (a bad value is refused naming its field, before any stage runs)
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class ConfigError(ValueError):
@@ -46,7 +51,7 @@ THROUGHPUT = ("run.work_dir", "run.device", "run.num_workers", "run.shard_size",
 class RunCfg(Section):
     name: str = "wsss"
     work_dir: Path = Path("runs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2 ** 32, description="numpy seeds must be in [0, 2**32)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(8, ge=0, description="DataLoader workers")
     shard_size: int = Field(256, ge=1, description="images per shard of per-image stages")
@@ -108,8 +113,8 @@ class MaskGeneratorCfg(Section):
     arch: Literal["vit", "cnn"] = "vit"
     backbone: str = "deit_small_patch16_224"
     pretrained: Union[bool, str] = True  # True = timm's ImageNet weights, str = local file
-    img_size: int = 224
-    drop_path_rate: float = 0.1  # main*.py --drop-path default
+    img_size: int = Field(224, ge=1)
+    drop_path_rate: float = Field(0.1, ge=0, lt=1)  # main*.py --drop-path default
     # Attention fusion (AAF). features: heads weighted from their pooled attention features
     # (SemPLeS AAF.py, WeakTr AAF.py since V2; every phase and the official warm start); maps: from
     # their pooled attention maps (WeakTr V1, train_cam.recipe weaktr_v1). The stages set `fusion`.
@@ -133,7 +138,7 @@ class ClipCfg(Section):
     allow_random_init: bool = False
     factory: Optional[str] = Field(None, description="'module:function' returning a VL model")
     template: str = "a photo of {}."
-    image_size: int = 224
+    image_size: int = Field(224, ge=1)
     # OpenAI's CLIP weights were trained with QuickGELU; open_clip builds plain GELU for
     # 'ViT-B-32' even with pretrained='openai'. None = from the model name ('-quickgelu').
     quick_gelu: Optional[bool] = None
@@ -165,15 +170,15 @@ class TrainCfg(Section):
     # The official scripts' --lr (VOC phases 1 and 3: 5.12e-4 -> 6.4e-5 effective at batch 64); the
     # effective lr is lr x global batch / lr_scale_batch (main*.py: linear_scaled_lr = lr * batch_size
     # * world_size / 512). null = lr as is.
-    lr: float = 5.12e-4
+    lr: Positive = 5.12e-4
     lr_scale_batch: Optional[int] = Field(512, ge=1)
-    weight_decay: float = 0.03
+    weight_decay: NonNegative = 0.03
     warmup_epochs: int = Field(0, ge=0)
-    warmup_lr: float = 1e-6
-    min_lr: float = 0.0
+    warmup_lr: NonNegative = 1e-6
+    min_lr: NonNegative = 0.0
     amp: bool = True
     amp_dtype: Literal["float16", "bfloat16"] = Field("float16", description="official: float16 autocast + GradScaler")
-    crop_size: int = 224
+    crop_size: int = Field(224, ge=1)
     # weaktr: timm's ImageNet train transform as WeakTr's datasets.py builds it (bicubic random
     # resized crop, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25); crop_flip: crop + flip
     augment: Literal["weaktr", "crop_flip"] = "weaktr"
@@ -202,9 +207,9 @@ class TrainCfg(Section):
 
 class TrainCamCfg(TrainCfg):
     # WeakTr main.py / docs/Training.md (VOC): --lr 6e-4, --weight-decay 0.03, warmup 5, min lr 1e-5
-    lr: float = 6e-4
+    lr: Positive = 6e-4
     warmup_epochs: int = Field(5, ge=0)
-    min_lr: float = 1e-5
+    min_lr: NonNegative = 1e-5
     init_checkpoint: Optional[str] = Field(
         None, description="WeakTr's released checkpoint_best_mIoU.pth (or any official-layout state dict): "
                           "imported and verified instead of training")
@@ -218,8 +223,8 @@ class TrainCamCfg(TrainCfg):
 
 
 class MatchCfg(TrainCfg):
-    lambda_b: float = 2.4  # README main1.py --hypers 2.4 (VOC)
-    mask_eps: float = 0.1  # engine1.py min-max eps
+    lambda_b: NonNegative = 2.4  # README main1.py --hypers 2.4 (VOC)
+    mask_eps: Positive = 0.1  # engine1.py min-max eps
     # head: as models123.py, patch tokens and attention detached, only the CAM head and the
     # attention fusion learn; all: the whole mask generator learns (a deviation)
     trainable: Literal["head", "all"] = "head"
@@ -228,21 +233,21 @@ class MatchCfg(TrainCfg):
 class LearnPromptsCfg(TrainCfg):
     # README main2.py VOC command: --batch-size 128 --lr 0.1 (-> 0.025 effective)
     batch_size: int = Field(128, ge=1, description="global batch (all processes)")
-    lr: float = 0.1
+    lr: Positive = 0.1
     augment: Literal["weaktr", "crop_flip"] = "crop_flip"
-    lambda_t: float = 0.02  # --hypers 0.02 (VOC)
+    lambda_t: NonNegative = 0.02  # --hypers 0.02 (VOC)
     n_prompts: int = Field(30, ge=1, description="--btp_length 30")
     prompt_init: Literal["uniform", "normal"] = Field(
         "uniform", description="uniform: torch.rand as main2.py; normal: N(0, 0.02)")
-    mask_eps: float = 1e-4  # engine2.py min-max eps
+    mask_eps: Positive = 1e-4  # engine2.py min-max eps
     n_interpret_images: int = Field(4, ge=0)
     vocab_topk: int = Field(5, ge=1)
 
 
 class RefineCfg(TrainCfg):
-    lambda_b: float = 2.4  # README main3.py --hypers 2.4 0.05 (VOC)
-    lambda_refine: float = 0.05
-    mask_eps: float = 0.1  # engine3.py min-max eps
+    lambda_b: NonNegative = 2.4  # README main3.py --hypers 2.4 0.05 (VOC)
+    lambda_refine: NonNegative = 0.05
+    mask_eps: Positive = 0.1  # engine3.py min-max eps
     # --resume of the WeakTr checkpoint: S restarts from the warm start
     init_from: Literal["train_cam", "match"] = "train_cam"
     trainable: Literal["head", "all"] = "head"
@@ -254,7 +259,7 @@ class ExportCamsCfg(Section):
     source: Literal["train_cam", "match", "refine"] = "refine"
     split: str = "train"
     # README CAM generation: --scales 1.0 1.2 (each with its flip)
-    scales: list[float] = Field(default_factory=lambda: [1.0, 1.2])
+    scales: list[Positive] = Field(default_factory=lambda: [1.0, 1.2], min_length=1)
     flip: bool = True
     cam: Literal["fine", "coarse"] = "fine"
     gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
@@ -277,18 +282,18 @@ class SamCfg(Section):
     split: str = Field("train", description="the split whose masks are made; must equal export_cams.split")
     tiny: bool = Field(False, description="tiny random-initialised SAM (segment-anything's classes): tests, smoke")
     points_per_side: int = Field(32, ge=1)          # mask_gen_ini.py points_per_side = 32
-    pred_iou_thresh: float = 0.86                   # pred_iou_thresh = 0.86
-    stability_score_thresh: float = 0.92            # stability_score_thresh = 0.92
-    stability_score_offset: float = 1.0             # stability_score_offset = 1.0
-    box_nms_thresh: float = 0.7                     # box_nms_thresh = 0.7
+    pred_iou_thresh: Fraction = 0.86                # pred_iou_thresh = 0.86
+    stability_score_thresh: Fraction = 0.92         # stability_score_thresh = 0.92
+    stability_score_offset: NonNegative = 1.0       # stability_score_offset = 1.0
+    box_nms_thresh: Fraction = 0.7                  # box_nms_thresh = 0.7
     crop_n_layers: int = Field(1, ge=0)             # crop_n_layers = 1
-    crop_nms_thresh: float = 0.7                    # crop_nms_thresh = 0.7
-    crop_overlap_ratio: float = 512 / 1500          # crop_overlap_ratio = 512 / 1500
+    crop_nms_thresh: Fraction = 0.7                 # crop_nms_thresh = 0.7
+    crop_overlap_ratio: Annotated[float, Field(ge=0, lt=1)] = 512 / 1500  # crop_overlap_ratio = 512 / 1500
     crop_n_points_downscale_factor: int = Field(2, ge=1)  # crop_n_points_downscale_factor = 2
     min_mask_region_area: int = Field(100, ge=0)    # min_mask_region_area = 100 (needs opencv)
     iou_thresh_offsets: tuple[float, float, float] = (0.0, 0.0, 0.1)  # score_thresh_offset (sub-part, part, whole)
     nms_offsets: tuple[float, float, float] = (0.0, 0.0, 1.0)  # score_nms_offset: whole masks win the NMS
-    rsw_thresh: Optional[float] = Field(0.3, description="rock_sand_water_thresh = 0.3; None = no filter")
+    rsw_thresh: Optional[float] = Field(0.3, ge=0, le=1, description="rock_sand_water_thresh = 0.3; None = no filter")
     gallery_size: int = Field(8, ge=0, description="mask overlays of a fixed sample of images")
     # throughput only (the same masks): in THROUGHPUT, part of no artifact key
     points_per_batch: int = Field(64, ge=1, description="point prompts per mask-decoder call")
@@ -301,12 +306,12 @@ class SamCfg(Section):
 class CrfCfg(Section):
     """pydensecrf parameters; defaults = WeakTr's VOC CAM-CRF (tool/imutils.py)."""
     iterations: int = Field(10, ge=1)
-    gauss_sxy: float = 4
-    gauss_compat: float = 3
-    bilateral_sxy: float = 83
-    bilateral_srgb: float = 5
-    bilateral_compat: float = 3
-    gt_prob: float = 0.7
+    gauss_sxy: Positive = 4
+    gauss_compat: NonNegative = 3
+    bilateral_sxy: Positive = 83
+    bilateral_srgb: Positive = 5
+    bilateral_compat: NonNegative = 3
+    gt_prob: float = Field(0.7, gt=0, lt=1, description="pydensecrf unary_from_labels: confidence in the seed labels")
 
 
 class AffinityCfg(Section):
@@ -326,8 +331,8 @@ class PseudoMasksCfg(Section):
                          "FMA-WSSS VOC: 0.6 on coarse, 0.7 on fine CAMs (export_cams.cam: fine)")
     bg_threshold: float = Field(0.43, ge=0, le=1, description="VOC: WeakTr docs/Training.md, CRF "
                                 "post-processing `evaluation.py ... --t 43` (COCO 0.42)")
-    low_threshold: Optional[float] = Field(None, description="uncertain band lower bg threshold")
-    high_threshold: Optional[float] = Field(None, description="uncertain band upper bg threshold")
+    low_threshold: Optional[float] = Field(None, ge=0, le=1, description="uncertain band lower bg threshold")
+    high_threshold: Optional[float] = Field(None, ge=0, le=1, description="uncertain band upper bg threshold")
     ignore_uncertain: bool = True
     crf: CrfCfg = Field(default_factory=CrfCfg)
     affinity: AffinityCfg = Field(default_factory=AffinityCfg)
@@ -354,7 +359,7 @@ class TrainSegmentationCfg(Section):
     """mmsegmentation model trained on the pseudo masks (pipeline/segmentation)."""
     model: Literal["deeplabv3plus", "deeplabv2", "mask2former"] = "deeplabv3plus"
     backbone: Literal["resnet18", "resnet50", "resnet101", "swin_t", "swin_s", "swin_b", "swin_l"] = "resnet101"
-    depth: Optional[int] = Field(None, description="ResNet depth override (18/50/101)")
+    depth: Optional[Literal[18, 34, 50, 101, 152]] = Field(None, description="ResNet depth override (mmseg ResNet)")
     # local checkpoint file, or a hub name mmengine can load (open-mmlab://resnet101_v1c, an http URL)
     pretrained: Optional[str] = None
     crop_size: int = Field(512, ge=32)
@@ -362,8 +367,8 @@ class TrainSegmentationCfg(Section):
     iters: int = Field(40000, ge=1)
     optimizer: Optional[Literal["sgd", "adamw"]] = Field(None,
                                                          description="None: SGD for DeepLab, AdamW for Mask2Former")
-    lr: float = 0.01
-    weight_decay: float = 5e-4
+    lr: Positive = 0.01
+    weight_decay: NonNegative = 5e-4
     amp: bool = Field(False, description="mixed precision (CUDA only)")
     val_interval: int = Field(4000, ge=1)
     checkpoint_interval: int = Field(4000, ge=1)
@@ -382,10 +387,25 @@ class TrainSegmentationCfg(Section):
         "ResNet stride in the 3x3 conv; caffe (caffe-converted DeepLab-v2 ResNet-101, keys Scale.*): "
         "BGR 0-255 minus mean, stride in the first 1x1 conv")
     tta: bool = Field(False, description="multi-scale + flip test of the final model (mmseg SegTTAModel)")
-    tta_scales: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    tta_scales: list[Positive] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5, 1.75], min_length=1)
     crf: Optional[CrfCfg] = Field(None, description="dense CRF on the final model's predictions; None = off")
     predict_split: Optional[str] = Field(None, description="split whose predictions the final model writes "
                                          "(PNGs + COCO JSON); None = none")
+
+
+class ChecksCfg(Section):
+    """Image checks of `wsss data check` and of every run once prepare_data is done
+    (pipeline/data/image_checks.py). No stage declares this section, so it is part of no
+    artifact key: it decides whether a run may go on, never what a stage computes."""
+    min_patches: int = Field(1, ge=1, description="patches of the mask generator the shorter image side must "
+                             "give at the smallest export_cams scale (fewer: no CAM grid, the export fails)")
+    small_images: Literal["error", "warn"] = Field("error", description="an image below min_patches: refuse "
+                                                   "the run (error) or log a warning")
+    export_memory_gb: float = Field(32.0, gt=0, description="budget for one image's CAM forward with its flip at "
+                                    "the largest export_cams scale (estimated from the attention maps the "
+                                    "mask generator keeps, float32)")
+    large_images: Literal["error", "warn"] = Field("error", description="an image over export_memory_gb: refuse "
+                                                   "the run (error; resize the image) or log a warning")
 
 
 # the official seed sweep: SemPLeS/WeakTr evaluation.py --start 40 (--end 60), thresholds range(40, 60) / 100
@@ -393,9 +413,9 @@ OFFICIAL_SWEEP = tuple(round(0.01 * i, 2) for i in range(40, 60))
 
 
 class EvaluateCfg(Section):
-    bg_threshold: float = Field(0.43, description="the fixed seed threshold = the pseudo masks' "
+    bg_threshold: float = Field(0.43, ge=0, le=1, description="the fixed seed threshold = the pseudo masks' "
                                 "(VOC: WeakTr docs/Training.md --t 43)")
-    sweep: list[float] = Field(default_factory=lambda: list(OFFICIAL_SWEEP),
+    sweep: list[Fraction] = Field(default_factory=lambda: list(OFFICIAL_SWEEP), min_length=1,
                                description="background thresholds of the seed sweep (picks its best with GT)")
     gallery_size: int = Field(8, ge=0)
 
@@ -414,6 +434,7 @@ class Config(Section):
     pseudo_masks: PseudoMasksCfg = Field(default_factory=PseudoMasksCfg)
     train_segmentation: TrainSegmentationCfg = Field(default_factory=TrainSegmentationCfg)
     evaluate: EvaluateCfg = Field(default_factory=EvaluateCfg)
+    checks: ChecksCfg = Field(default_factory=ChecksCfg)
 
     # set by load_config, not by YAML
     source: Optional[str] = Field(None, exclude=True)

@@ -156,21 +156,48 @@ def unique_tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc`` (itself or in its cause/context chain): torch's zip writer
+    turns a failed write (ENOSPC) into 'unexpected pos ...' and keeps the real error as context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a unique temporary sibling of ``path`` to write; rename it into place when the
+    block succeeds. On any failure the temporary file is removed and an OSError (disk full,
+    permissions, ...) is re-raised naming ``path`` and its errno."""
+    path = Path(path)
+    tmp = unique_tmp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        err = _os_error(e)
+        if err is not None and not (isinstance(e, OSError) and str(path) in str(e)):
+            raise OSError(err.errno, f"{os.strerror(err.errno)} while writing", str(path)) from e
+        raise
+
+
 def torch_save_atomic(obj: Any, path: Path) -> None:
     """torch.save via a unique temp file and a rename. Through a file object:
     given a path, torch names the archive's root folder after the (temp) file
     name, which would put the writer's pid into the bytes."""
     import torch
-    tmp = unique_tmp(path)
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = unique_tmp(path)
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
 class Store:

@@ -5,6 +5,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
@@ -82,3 +83,118 @@ def read_ahead(items: Iterable[T], load: Callable[[T], Any], ahead: int) -> Iter
 
 
 _END = object()
+
+
+# ------------------------------------------------------------------ stage errors
+# config fields an error is about, by what its message says (first match wins); {stage} = the stage
+_FIELD_HINTS = (
+    (r"Invalid (learning rate|lr)", "{stage}.lr"),
+    (r"Invalid weight_decay", "{stage}.weight_decay"),
+    (r"No space left on device|Errno 28|Disk quota", "run.work_dir (the disk it is on is full)"),
+    (r"out of memory|can't allocate memory|not enough memory|DefaultCPUAllocator",
+     "{stage}.batch_size, export_cams.scales, checks.export_memory_gb"),
+    (r"Kernel size can't be greater|padded input size|Padding size should be less|input image .* smaller",
+     "export_cams.scales, checks.min_patches (an image too small for one patch)"),
+    (r"DataLoader worker", "run.num_workers (0 runs the loading in the main process, with its own traceback)"),
+)
+_FIELD = re.compile(r"(?<![\w/.-])([a-z_]+)\.([a-z_]+)(?:\.[a-z_]+)*")
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class StageError(RuntimeError):
+    """An exception that left a stage, re-raised once with the stage, the images or file and the
+    config fields it concerns; the original is its __cause__ (the full traceback, for the log)."""
+
+    def __init__(self, stage: str, error: BaseException, images: list[str], file: Optional[str],
+                 fields: list[str]):
+        self.stage, self.error, self.images, self.file, self.fields = stage, error, images, file, fields
+        lines = [ln for ln in str(error).strip().splitlines() if ln.strip()]
+        msg = "\n  ".join(lines[:12] + ([f"... ({len(lines) - 12} more lines)"] if len(lines) > 12 else []))
+        where = ""
+        if images:
+            more = f" (+{len(images) - 3} more)" if len(images) > 3 else ""
+            where += f" on image{'s' if len(images) > 1 else ''} {', '.join(images[:3])}{more}"
+        if file and not any(file in i for i in images) and file not in msg:
+            where += f" (file {file})"
+        super().__init__(f"stage '{stage}' failed{where}: {type(error).__name__}: {msg or '(no message)'}"
+                         f" [config: {'; '.join(fields)}]")
+
+    def __reduce__(self):  # Prefect pickles a failed task's exception; the original may not unpickle
+        return _restore_stage_error, (str(self), self.stage, self.images, self.file, self.fields)
+
+
+def _restore_stage_error(message: str, stage: str, images: list[str], file: Optional[str],
+                         fields: list[str]) -> StageError:
+    e = StageError.__new__(StageError)
+    RuntimeError.__init__(e, message)
+    e.stage, e.error, e.images, e.file, e.fields = stage, None, images, file, fields
+    return e
+
+
+def _config_fields(text: str) -> list[str]:
+    """Dotted config fields (section.field...) named in ``text``: real ones only, not file names."""
+    from pipeline.config import Config
+    out = []
+    for m in _FIELD.finditer(text):
+        section = Config.model_fields.get(m.group(1))
+        model = getattr(section, "annotation", None)
+        if section is not None and m.group(2) in getattr(model, "model_fields", {}):
+            out.append(m.group(0))
+    return list(dict.fromkeys(out))
+
+
+def _records_in(frame_locals: dict) -> list:
+    """Label records (objects with id, image and labels) a frame holds: single ones, else the
+    shortest list of them (a batch rather than the whole split)."""
+    def is_rec(v):
+        return all(hasattr(v, a) for a in ("id", "image", "labels")) and isinstance(getattr(v, "id"), str)
+    single = [v for v in frame_locals.values() if is_rec(v)]
+    if single:
+        return single[:1]
+    lists = [v for v in frame_locals.values() if isinstance(v, (list, tuple)) and 0 < len(v) <= 64
+             and is_rec(v[0])]
+    return min(lists, key=len) if lists else []
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def stage_error(stage: str, exc: BaseException, sections: tuple[str, ...] = ()) -> StageError:
+    """``exc`` (raised while ``stage`` ran) as a StageError: the images of the innermost project
+    frame that held label records (one, or a batch) or an image id, the file of an OSError, the
+    config fields its message names or hints at, else the stage's declared sections. The
+    project's own errors name their images and files already: no guessing for those."""
+    if isinstance(exc, StageError):
+        return exc
+    images: list[str] = []
+    file = None
+    ours = type(exc).__module__.split(".")[0] in ("pipeline", "stages")
+    for e in [] if ours else _chain(exc):
+        file = file or getattr(e, "filename", None)
+        frames = []
+        tb = e.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        for f in reversed(frames):  # innermost first, project code only
+            if images or not f.f_code.co_filename.startswith(_PROJECT) or "site-packages" in f.f_code.co_filename:
+                continue
+            recs = _records_in(f.f_locals)
+            if recs:
+                images = [r.id for r in recs] if len(recs) > 1 else [f"{recs[0].id} ({recs[0].image})"]
+            elif isinstance(f.f_locals.get("image_id"), str):
+                images = [f.f_locals["image_id"]]
+    text = " ".join(str(e) for e in _chain(exc))
+    fields = _config_fields(str(exc))
+    for pattern, hint in _FIELD_HINTS:
+        if re.search(pattern, text, re.IGNORECASE):
+            fields.append(hint.format(stage=stage))
+            break
+    if not fields:
+        fields = [f"one of this stage's sections: {', '.join(sections)}" if sections else "none known"]
+    return StageError(stage, exc, images, str(file) if file else None, fields)

@@ -7,16 +7,22 @@ record declares the hub weights it loads (stages/contract.py ``weights``); the r
 preflight (stages/runner.py) gathers them for the stages about to run and ``resolve``s
 them, so a connected machine downloads first and an offline one fails with one
 paragraph: the model, the config key, and what to do. The loading code calls ``explain``
-on a failure too (a cache emptied in between). Local files and random-init (smoke)
+on a failure too (a cache emptied in between). Before the first download the weight's
+host is probed once (one TCP connect, ``PROBE_TIMEOUT_S``): an unreachable host puts the
+libraries in their offline mode (cache only), so an offline machine gets its answer in
+seconds, not after huggingface_hub's retry loop (~1 min). Local files and random-init (smoke)
 models cost nothing here.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 from urllib.parse import urlparse
 
 from pipeline.config import _is_hub_tag
@@ -27,6 +33,7 @@ SAM_URLS = {  # Meta's SAM checkpoints by sam.model_type: segment-anything READM
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
+PROBE_TIMEOUT_S = 3.0  # name lookup + TCP connect of the one probe per host
 
 
 class WeightsUnavailable(RuntimeError):
@@ -43,6 +50,7 @@ class HubWeight:
     alternative: str = ""  # another way round, if any
     fetch: Callable[[], object] = lambda: None  # the library's own resolve/download
     stages: tuple[str, ...] = ()  # the stages that load it (the preflight fills it in)
+    hf: bool = False  # downloaded through huggingface_hub (its endpoint is probed, its offline mode used)
 
 
 def timm_weight(name: str) -> HubWeight:
@@ -58,7 +66,7 @@ def timm_weight(name: str) -> HubWeight:
                      "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface/hub)",
                      "or set train_cam.init_checkpoint to WeakTr's released checkpoint_best_mIoU.pth "
                      "(the warm start is then imported and needs no ImageNet weights)",
-                     lambda: timm.create_model(name, pretrained=True, num_classes=0))
+                     lambda: timm.create_model(name, pretrained=True, num_classes=0), hf=bool(hub))
 
 
 def clip_weight(model: str, tag: str) -> HubWeight:
@@ -75,7 +83,7 @@ def clip_weight(model: str, tag: str) -> HubWeight:
     return HubWeight("clip.pretrained", tag, f"open_clip's '{tag}' weights of CLIP {model}", source,
                      "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface/hub; URL downloads: ~/.cache/clip)",
                      "a local OpenAI checkpoint also needs clip.quick_gelu: true",
-                     lambda: download_pretrained(pcfg))
+                     lambda: download_pretrained(pcfg), hf=bool(pcfg.get("hf_hub")))
 
 
 def _mm_url(name: str) -> str:
@@ -102,6 +110,8 @@ def hub_download(url: str) -> Path:
     import torch.hub
     path = hub_cache_path(url)
     if not path.is_file():
+        if _offline.active:
+            raise ConnectionError(f"{_host(url)} is not reachable ({_offline.active}) and {path} is not cached")
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(path), progress=False)
     return path
@@ -142,9 +152,12 @@ def segmentation_weights(sec) -> list[HubWeight]:
     return []
 
 
-def explain(w: HubWeight, error: BaseException) -> WeightsUnavailable:
-    """The one paragraph for a weight that could not be resolved."""
+def explain(w: HubWeight, error: BaseException, offline: Optional[str] = None) -> WeightsUnavailable:
+    """The one paragraph for a weight that could not be resolved (``offline``: why the probe
+    found its host unreachable)."""
     first = (str(error).strip().splitlines() or [""])[0][:300]
+    if offline:
+        first = f"host unreachable, {offline}; cache only: {first}"
     who = f"{', '.join(w.stages)} {'needs' if len(w.stages) == 1 else 'need'}" if w.stages else "the run needs"
     return WeightsUnavailable(
         f"{who} {w.what} ({w.key}: {w.value}), which is neither in {w.cache} nor "
@@ -155,6 +168,64 @@ def explain(w: HubWeight, error: BaseException) -> WeightsUnavailable:
 
 
 _resolved: set[tuple[str, str]] = set()  # (key, value) already resolved by this process
+_probes: dict[tuple[str, int], Optional[str]] = {}  # (host, port) -> None (reachable) or why not
+
+
+class _Offline(threading.local):
+    active: Optional[str] = None  # why the hub is treated as offline, while it is
+
+
+_offline = _Offline()
+
+
+def _host(url: str) -> str:
+    return urlparse(url).hostname or url
+
+
+def unreachable(url: str) -> Optional[str]:
+    """None if ``url``'s host takes a TCP connection within PROBE_TIMEOUT_S, else the reason.
+    One probe per host and process; the name lookup runs in a thread, so a hanging resolver
+    costs no more than the timeout either."""
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        return None  # not a network address: the library reports what it is
+    where = (u.hostname, u.port or (443 if u.scheme == "https" else 80))
+    if where not in _probes:
+        result: list[Optional[str]] = [f"no answer from {where[0]}:{where[1]} in {PROBE_TIMEOUT_S:g} s"]
+
+        def probe():
+            try:
+                socket.create_connection(where, timeout=PROBE_TIMEOUT_S).close()
+                result[0] = None
+            except OSError as e:
+                result[0] = f"{where[0]}:{where[1]}: {e}"
+
+        t = threading.Thread(target=probe, daemon=True)
+        t.start()
+        t.join(PROBE_TIMEOUT_S + 0.5)
+        _probes[where] = result[0]
+    return _probes[where]
+
+
+@contextmanager
+def hub_offline(reason: str):
+    """The libraries' cache-only mode: huggingface_hub's HF_HUB_OFFLINE (read at call time
+    through its constants) and hub_download's own check; a cached file still resolves."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE, _offline.active = True, reason
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, _offline.active = before, None
+
+
+def _probe_url(w: HubWeight) -> str:
+    if w.hf:
+        from huggingface_hub import constants
+        return constants.ENDPOINT
+    return w.source
 
 
 def resolve(weights: Iterable[HubWeight]) -> None:
@@ -163,10 +234,16 @@ def resolve(weights: Iterable[HubWeight]) -> None:
         if (w.key, w.value) in _resolved:
             continue
         log.info("preflight: %s (%s: %s)", w.what, w.key, w.value)
+        down = None
         try:
-            w.fetch()
+            down = unreachable(_probe_url(w))
+            if down:
+                with hub_offline(down):
+                    w.fetch()
+            else:
+                w.fetch()
         except WeightsUnavailable:
             raise
         except Exception as e:  # noqa: BLE001 - any failure to get the file gets the same advice
-            raise explain(w, e) from None
+            raise explain(w, e, down) from None
         _resolved.add((w.key, w.value))

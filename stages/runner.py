@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Optional
 
 from pipeline.config import Config
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
+from pipeline.utils import stage_error
 from pipeline.weights import HubWeight, resolve
 from stages import ORDER, get
 from stages.contract import view
@@ -128,6 +129,22 @@ def _headline(metrics: dict | None) -> str:
                      if isinstance(v, (int, float)))
 
 
+# the number a stage is judged by, where it has one: the training stages' seed mIoU (selected epoch,
+# else the last), else their last loss; segmentation's and evaluate's mIoU
+HEADLINE = ("selected_seed_miou", "final_seed_miou", "final_loss", "miou", "seed_miou", "final_val_miou")
+
+
+def headline(metrics: dict | None) -> tuple[str, float] | None:
+    """(name, value) of a stage's headline number: the first of HEADLINE it has, else its
+    first numeric metric (not a flag, not a text such as the selection label)."""
+    num = {k: v for k, v in (metrics or {}).items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for k in (*HEADLINE, *num):
+        if k in num:
+            return k, num[k]
+    return None
+
+
 def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = False,
                   compute: Callable[[dict, Path], dict] | None = None) -> Path:
     """Make a stage's artifact if it is not cached (or if forced); return its dir.
@@ -135,11 +152,22 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
     The computation runs under the artifact's lock: another process (or
     machine) that needs the same artifact meanwhile waits, then finds it
     cached. `compute(inputs, out) -> metrics` defaults to the stage's run()
-    under its config view (stages/launch.py execute)."""
+    under its config view (stages/launch.py execute). Any exception leaves as one
+    StageError naming the stage, the images or file and the config fields it concerns
+    (pipeline.utils.stage_error; the original is its cause)."""
+    sections = tuple(get(name).sections)  # an unknown name is a KeyError of its own
+    try:
+        return _compute_stage(cfg, name, keys, force, compute)
+    except Exception as e:
+        raise stage_error(name, e, sections) from e
+
+
+def _compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool,
+                   compute: Callable[[dict, Path], dict] | None) -> Path:
     store = Store(cfg.run.work_dir)
     if not force and store.state(keys[name]) == "cached":
         log.info("%s: cached (%s)", name, store.path(keys[name]))
-        return store.path(keys[name])
+        return _checked(cfg, name, store.path(keys[name]))
     lock = ArtifactLock(store, keys[name], cfg.run.lock_lease_s)
     lock.acquire(log=lambda msg: log.info("%s: %s", name, msg))
     try:
@@ -148,14 +176,28 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
             force = False
         out = begin_stage(cfg, name, keys, force)  # re-checks the manifest now that we hold the lock
         if out is None:
-            return store.path(keys[name])
+            return _checked(cfg, name, store.path(keys[name]))
         started = time.time()
         inputs = input_dirs(cfg, name, keys)
         metrics = compute(inputs, out) if compute else execute(get(name), cfg, inputs, out)
         lock.check()  # a lease taken over meanwhile: the new holder finishes it
-        return finish_stage(cfg, name, keys, metrics, started)
+        path = finish_stage(cfg, name, keys, metrics, started)
     finally:
         lock.release()
+    return _checked(cfg, name, path)
+
+
+def _checked(cfg: Config, name: str, path: Path) -> Path:
+    """After prepare_data (computed or cached): the image sizes the CAM export can handle
+    (pipeline/data/image_checks.py; the checks section is part of no key), before any
+    training starts."""
+    if name == "prepare_data":
+        from pipeline.data.datasets import LabelTable
+        from pipeline.data.image_checks import cam_splits, check_sizes
+        for split in cam_splits(cfg):
+            table = LabelTable.from_artifact(path, split)
+            check_sizes(cfg, table.records, table.num_classes - 1, f"prepare_data split '{split}'")
+    return path
 
 
 def run_stage(cfg: Config, name: str, force: bool = False, keys: dict[str, str] | None = None) -> Path:

@@ -114,7 +114,8 @@ def test_init_dataset_writes_a_config_that_checks_clean(tmp_path):
     out = tmp_path / "configs/pets.yaml"
     res = _cli("init-dataset", d, "--out", out)
     assert res.exit_code == 0, res.output
-    assert (d / "classes.txt").read_text() == "cat\ndog\nperson\n"
+    # beside the config, not in the data folder
+    assert (out.parent / "pets.classes.txt").read_text() == "cat\ndog\nperson\n" and not (d / "classes.txt").exists()
     counts = {ln.split()[0]: int(ln.split()[1]) for ln in res.output.splitlines() if ln.startswith("  ")}
     assert counts == {"dog": 2, "cat": 1, "person": 1}
     cfg = load_config(out)

@@ -134,8 +134,10 @@ def test_prepare_data_refuses_bad_data_and_writes_no_table(voc_copy, tmp_path):
     root, cfg_path, ids = voc_copy
     bad = _corrupt("label out of range", root, ids)
     cfg = load_config(cfg_path, overrides={"run": {"work_dir": str(tmp_path / "runs")}})
-    with pytest.raises(DataError, match=str(bad)):
+    from pipeline.utils import StageError
+    with pytest.raises(StageError, match=str(bad)) as e:  # re-raised once, naming the stage
         run_stage(cfg, "prepare_data")
+    assert isinstance(e.value.error, DataError) and "stage 'prepare_data' failed" in str(e.value)
     key = stage_keys(cfg)["prepare_data"]
     assert Store(cfg.run.work_dir).state(key) == "partial"
     assert not list(Store(cfg.run.work_dir).path(key).glob("labels_*.json"))

@@ -24,6 +24,7 @@ from pipeline.cams.store import CamStore, CamStoreError, store_path, verify_arra
 from pipeline.config import load_config
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
 from pipeline.store import MANIFEST, PerImage, Store, UnreadableFile, advice, decoding
+from pipeline.utils import StageError
 from stages.runner import run_all
 from test_flow import _run
 
@@ -187,16 +188,17 @@ def test_truncated_input_image_is_named_by_data_check_and_the_run(sam_smoke_run,
     assert "wsss fetch voc" in res.output
 
     fresh = load_config(cfg_path, overrides={"run": {"work_dir": str(tmp_path / "runs-fresh")}})
-    with pytest.raises(DataError, match=re.escape(f"{image}: unreadable or truncated image")):
+    with pytest.raises(StageError, match=re.escape(f"{image}: unreadable or truncated image")) as e:
         run_all(fresh, until="prepare_data")  # what `wsss run` runs
+    assert isinstance(e.value.__cause__, DataError)
 
     store, src = Store(cfg.run.work_dir), cfg.export_cams.source
     fake_refine(cfg, store.open(keys[src]))
     store.finalize(keys[src], src, stage_sections(cfg, src), {i: keys[i] for i in stage_inputs(cfg, src)}, {}, 0.0)
     assert Store(cfg.run.work_dir).state(prepared.name) == "cached"
-    with pytest.raises(UnreadableFile, match=re.escape(f"{image}: cannot read this image")) as e:
+    with pytest.raises(StageError, match=re.escape(f"{image}: cannot read this image")) as e:
         run_stage(cfg, "export_cams", keys=keys)
-    assert "wsss fetch voc" in str(e.value)
+    assert isinstance(e.value.__cause__, UnreadableFile) and "wsss fetch voc" in str(e.value)
 
 
 # ------------------------------------------------------------------ the pieces

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -22,7 +21,7 @@ from pipeline.artifacts import DataArtifact
 from pipeline.config import DataCfg, missing_root_hint
 from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSet, builtin_classes,
                                    dataset_classes, palette)
-from pipeline.store import advice, decoding, unique_tmp
+from pipeline.store import advice, atomic_write, decoding
 
 
 class DataError(ValueError):
@@ -65,9 +64,8 @@ def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = N
     path = Path(path)
     im = Image.fromarray(mask.astype(np.uint8), mode="P")
     im.putpalette((palette() if pal is None else np.asarray(pal, np.uint8)).reshape(-1).tolist())
-    tmp = unique_tmp(path)
-    im.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        im.save(tmp, format="PNG")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -419,9 +417,8 @@ class LabelTable:
                "prompt_names": self.prompt_names,
                "colors": {str(i): list(c) for i, c in self.class_set.colors.items()},
                "records": [asdict(r) for r in self.records]}
-        tmp = unique_tmp(path)
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(doc))
 
     @classmethod
     def load(cls, path: Path) -> "LabelTable":

@@ -2,10 +2,12 @@
 
 Finds the labels file (labels.csv / labels.jsonl / labels.json), the image
 folder (DIR/images, else DIR) and an optional ground-truth folder (DIR/masks);
-writes DIR/classes.txt from the labels when no class list exists; writes a
-config whose data section reads the folder with the SemPLeS defaults, from
-the template templates/folder.yaml (package data: found in an installed wheel
-as in the source tree).
+writes a class list from the labels when DIR has none, beside the config
+(``<config stem>.classes.txt``: the data folder may be read-only or shared, and
+the list is the config's choice of classes); writes a config whose data section
+reads the folder with the SemPLeS defaults, from the template
+templates/folder.yaml, or with ``tiny`` also templates/folder-tiny.yaml's
+CPU-sized models (package data: found in an installed wheel as in the source tree).
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ LABEL_FILES = ("labels.csv", "labels.jsonl", "labels.json")
 CLASS_FILES = ("classes.csv", "classes.txt")
 
 
-def template() -> Template:
-    return Template(files("pipeline.data").joinpath("templates/folder.yaml").read_text())
+def template(name: str = "folder") -> Template:
+    return Template(files("pipeline.data").joinpath(f"templates/{name}.yaml").read_text())
 
 
 def _find(folder: Path, names: tuple[str, ...], what: str) -> Path:
@@ -43,9 +45,9 @@ def class_counts(labels: Path) -> Counter:
 
 
 def init_dataset(folder: Path, out: Path, labels: Optional[Path] = None, images: Optional[Path] = None,
-                 overwrite: bool = False) -> tuple[Counter, Optional[Path]]:
-    """Write the config ``out`` for ``folder``; returns (images per class, the
-    class list written, or None when one existed)."""
+                 overwrite: bool = False, tiny: bool = False) -> tuple[Counter, Optional[Path]]:
+    """Write the config ``out`` for ``folder`` (``tiny``: CPU-sized models); returns (images
+    per class, the class list written, or None when one existed)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder")
@@ -57,11 +59,15 @@ def init_dataset(folder: Path, out: Path, labels: Optional[Path] = None, images:
     if not counts:
         raise DataError(f"{labels}: no labelled image")
     written = None
+    beside = out.with_name(f"{out.stem}.classes.txt")
     try:
         classes = _find(folder, CLASS_FILES, "class list")
     except DataError:
-        classes = written = folder / "classes.txt"
-        classes.write_text("".join(f"{n}\n" for n in sorted(counts)))
+        classes = beside
+        if not beside.is_file():  # a list written before (perhaps edited since) is kept
+            written = beside
+            beside.parent.mkdir(parents=True, exist_ok=True)
+            beside.write_text("".join(f"{n}\n" for n in sorted(counts)))
     rel = lambda p: os.path.relpath(Path(p).resolve(), folder.resolve())  # noqa: E731
     split = {"images": rel(images), "labels": rel(labels)}
     if (folder / "masks").is_dir():
@@ -70,6 +76,8 @@ def init_dataset(folder: Path, out: Path, labels: Optional[Path] = None, images:
     q = json.dumps  # JSON strings and objects are YAML: any path or name comes through quoted
     text = template().substitute(folder=folder, name=q(name), work_dir=q(f"runs/{name}"), root=q(str(folder)),
                                  classes=q(rel(classes)), split=q(split))
+    if tiny:
+        text += template("folder-tiny").substitute()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return counts, written

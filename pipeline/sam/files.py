@@ -3,20 +3,18 @@ pseudo_masks worker processes that read these files start fast."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import decoding, unique_tmp
+from pipeline.store import atomic_write, decoding
 
 
 def write_masks_json(path: Path, image_id: str, height: int, width: int, records: list[dict]) -> None:
     """Atomically (temp + rename): the file's existence marks the image done."""
     doc = {"image_id": image_id, "height": height, "width": width, "annotations": records}
-    tmp = unique_tmp(path)
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(doc))
 
 
 def load_masks_doc(path: Path) -> dict:

@@ -23,11 +23,10 @@ own tools (tools/train.py, tools/test.py) can run that config too.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
-from pipeline.store import unique_tmp
+from pipeline.store import atomic_write
 
 ensure_mmcv()
 
@@ -94,9 +93,8 @@ class ValMetricsHook(Hook):
         path = Path(runner.work_dir) / VAL_HISTORY
         history = json.loads(path.read_text()) if path.exists() else []
         history.append({"iter": runner.iter, **{k: float(v) for k, v in metrics.items()}})
-        tmp = unique_tmp(path)
-        tmp.write_text(json.dumps(history, indent=1))
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            tmp.write_text(json.dumps(history, indent=1))
 
 
 @METRICS.register_module(force=True)

@@ -17,11 +17,12 @@ names) is refused with the keys it saw.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
+
+from pipeline.store import atomic_write
 
 RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 CLASSIFIER_KEY = re.compile(r"^layer5\.conv2d_list\.(\d+)\.(weight|bias)$")
@@ -82,8 +83,7 @@ def convert_deeplabv2_checkpoint(src: str | Path, dst: Path, num_classes: int, p
         raise ValueError(f"{src}: {info['layout']} weights, but train_segmentation.pretrained_format is "
                          f"'{pretrained_format}'; set it to "
                          f"'{'caffe' if info['layout'].startswith('caffe') else 'pytorch'}'")
-    tmp = dst.with_name(f".{dst.name}.tmp")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": out, "meta": {"converted_from": str(src.resolve()), **info}}, tmp)
-    os.replace(tmp, dst)
+    with atomic_write(dst) as tmp:
+        torch.save({"state_dict": out, "meta": {"converted_from": str(src.resolve()), **info}}, tmp)
     return info
