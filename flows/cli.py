@@ -125,13 +125,16 @@ def stage(name: str, config: Path = ConfigOpt,
 
 
 @app.command()
-def status(config: Path = ConfigOpt):
-    """For each stage this config runs: cached / partial / missing / corrupt, key, size, headline metric."""
+def status(config: Path = ConfigOpt,
+           show: int = typer.Option(20, help="damaged files listed per corrupt artifact")):
+    """For each stage this config runs: cached / partial / missing / corrupt, key, size, headline metric;
+    below a corrupt artifact, the files that fail their manifest entry."""
     cfg = _load(config)
     from pipeline.store import Store
     from stages.runner import headline, select, stage_keys
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
     typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}metric")
+    corrupt = []
     for name in select(cfg=cfg):
         key = keys[name]
         state = store.state(key)
@@ -139,6 +142,17 @@ def status(config: Path = ConfigOpt):
         metric = f"{head[0]}={head[1]:.4g}" if head else ""
         size = store.size(key)
         typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{metric}")
+        if state == "corrupt":
+            bad = store.problems(key)
+            corrupt.append(name)
+            for line in bad[:show]:
+                typer.echo(f"    damaged: {line}")
+            if len(bad) > show:
+                typer.echo(f"    ... and {len(bad) - show} more damaged files")
+    if corrupt:
+        typer.echo(f"`wsss run --config {config}` recomputes the damaged files (and only those, in per-image "
+                   f"stages); `wsss run --config {config} --force {' --force '.join(corrupt)}` recomputes "
+                   "the whole stage")
 
 
 @data_app.command("check")

@@ -652,4 +652,14 @@ def _check_paths(cfg: Config, origin: dict) -> None:
             problems.append((f"{stage}.seed_eval_ids", ids))
     if problems:
         raise ConfigError("missing paths:\n  " + "\n  ".join(
-            f"{_origin_of(origin, tuple(k.split('.')))}: {k}: {p} does not exist" for k, p in problems))
+            f"{_origin_of(origin, tuple(k.split('.')))}: {k}: {p} does not exist"
+            + (f" ({missing_root_hint(cfg.data, cfg.source)})" if k == "data.root" else "") for k, p in problems))
+
+
+def missing_root_hint(data: "DataCfg", config: Optional[str] = None) -> str:
+    """How to get a data set root that is not there."""
+    if data.dataset == "folder":
+        return "point data.root at your image folder; `wsss init-dataset FOLDER` writes a config for one"
+    cfg = f" --config {config}" if config else ""
+    return (f"get it with `wsss fetch {data.dataset}{cfg}`, or set `data.fetch: true` to let prepare_data "
+            f"fetch it, or point data.root at your copy")

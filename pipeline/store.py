@@ -6,6 +6,12 @@ is complete only when manifest.json exists; the manifest is written last,
 atomically (temp file + rename), and lists every file with size and sha256.
 A directory without a manifest is partial: the stage resumes in it.
 
+Before a damaged (corrupt) or partial artifact is resumed, ``Store.heal``
+removes what cannot be trusted, so that a per-image stage, which skips the
+images whose output exists, redoes exactly those: files that fail their
+manifest entry, or (no manifest) per-image outputs that do not decode.
+A stage declares its per-image outputs as ``PerImage`` layouts.
+
 Several processes (and machines sharing the store's file system) may run
 stages against one store: ArtifactLock lets one of them compute a given
 artifact at a time while the others wait and then use its result.
@@ -15,18 +21,105 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import threading
 import time
-from importlib import metadata
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 MANIFEST = "manifest.json"
 State = Literal["cached", "partial", "missing", "corrupt"]
 _VERSIONED = ("torch", "torchvision", "open_clip_torch", "timm", "mmsegmentation", "mmengine",
               "mmcv", "mmcv-lite", "zarr", "prefect", "numpy", "pydensecrf2")
+
+
+_ARTIFACT_DIR = re.compile(r"([a-z_]+)-[0-9a-f]{16}")
+
+
+class UnreadableFile(ValueError):
+    """A file that exists but cannot be decoded; the message names it and says what to do."""
+
+
+def advice(path: str | Path, otherwise: Optional[str] = None) -> str:
+    """What to do about a file that cannot be read: an artifact's file is
+    recomputed, any other (a data set's) replaced, or ``otherwise``."""
+    for parent in Path(path).absolute().parents:
+        m = _ARTIFACT_DIR.fullmatch(parent.name)
+        if m:
+            return (f"it belongs to the {m[1]} artifact {parent}: run `wsss run` again (files that fail their "
+                    f"check are recomputed) or `wsss run --force {m[1]}`")
+    return otherwise or ("replace the file (`wsss fetch voc` / `wsss fetch coco` fetches a data set again, or "
+                         "copy it anew) or remove it from the split")
+
+
+@contextmanager
+def decoding(path: str | Path, what: str, fix: Optional[str] = None) -> Iterator[None]:
+    """Wrap the decoding of one file: any error but a missing file becomes an
+    UnreadableFile naming the file, what it is and what to do (``fix``, by
+    default ``advice``). The one helper every reader of artifact and data files uses."""
+    try:
+        yield
+    except (UnreadableFile, FileNotFoundError):
+        raise
+    except Exception as e:  # decoders raise many types (OSError, ValueError, RuntimeError, EOFError, ...)
+        raise UnreadableFile(f"{path}: cannot read this {what} ({type(e).__name__}: {e}); "
+                             f"{fix or advice(path)}") from e
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """One output per image of a per-image stage: <artifact>/<folder>/<id><suffix>,
+    a file, or with ``is_dir`` a directory (a zarr array). ``verify(path)``
+    raises when the output cannot be decoded."""
+    folder: str
+    suffix: str
+    verify: Callable[[Path], Any]
+    is_dir: bool = False
+
+    def path(self, out: Path, image_id: str) -> Path:
+        return Path(out) / self.folder / f"{image_id}{self.suffix}"
+
+    def pending(self, out: Path, ids: Sequence[str]) -> list[str]:
+        """The ids without an output: what a resumed stage computes."""
+        return [i for i in ids if not self.path(out, i).exists()]
+
+    def unit_of(self, rel: str) -> Optional[str]:
+        """The per-image output (relative path) that artifact file ``rel`` belongs to, if any."""
+        if not rel.startswith(self.folder + "/"):
+            return None
+        first, _, below = rel[len(self.folder) + 1:].partition("/")
+        if (self.is_dir and below) or (not self.is_dir and not below and first.endswith(self.suffix)
+                                       and not first.startswith(".")):
+            return f"{self.folder}/{first}"
+        return None
+
+    def outputs(self, out: Path) -> list[Path]:
+        d = Path(out) / self.folder
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.iterdir() if not p.name.startswith(".") and p.name.endswith(self.suffix)
+                      and (p.is_dir() if self.is_dir else p.is_file()))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _failure(verify: Callable[[Path], Any], path: Path) -> Optional[str]:
+    try:
+        verify(path)
+    except Exception as e:  # whatever the decoder raises: the output is not trusted
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def digest(obj: Any) -> str:
@@ -116,27 +209,43 @@ class Store:
 
     def manifest(self, key: str) -> dict | None:
         p = self.path(key) / MANIFEST
-        return json.loads(p.read_text()) if p.exists() else None
+        if not p.exists():
+            return None
+        with decoding(p, "artifact manifest"):
+            doc = json.loads(p.read_text())
+            if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
+                raise ValueError("no 'files' table")
+        return doc
 
-    def problems(self, key: str) -> list[str]:
-        """Files of a finished artifact that are gone or no longer match their
-        sha256. A file whose size and mtime are unchanged is trusted without
-        rehashing (as rsync does), so checking a large CAM store stays cheap."""
-        m = self.manifest(key)
+    def damaged(self, key: str) -> dict[str, str]:
+        """{relative path: reason} of the files of a finished artifact that are
+        gone or no longer match their size / sha256. A file whose size and mtime
+        are unchanged is trusted without rehashing (as rsync does), so checking a
+        large CAM store stays cheap."""
+        try:
+            m = self.manifest(key)
+        except UnreadableFile as e:
+            return {MANIFEST: str(e)}
         if m is None:
-            return ["no manifest"]
+            return {MANIFEST: "no manifest"}
         base = self.path(key)
-        out = []
+        out = {}
         for rel, info in m["files"].items():
             f = base / rel
             if not f.exists():
-                out.append(f"{f}: missing")
+                out[rel] = "missing"
                 continue
             st = f.stat()
-            if st.st_size != info["size"] or (st.st_mtime_ns != info.get("mtime_ns")
-                                             and sha256_file(f) != info["sha256"]):
-                out.append(f"{f}: changed since the manifest was written")
+            if st.st_size != info["size"]:
+                out[rel] = f"size {st.st_size} bytes, the manifest says {info['size']}"
+            elif st.st_mtime_ns != info.get("mtime_ns") and sha256_file(f) != info["sha256"]:
+                out[rel] = "content changed since the manifest was written (sha256)"
         return out
+
+    def problems(self, key: str) -> list[str]:
+        """'path: reason' of every file of a finished artifact that fails its manifest entry."""
+        base = self.path(key)
+        return [f"{base / rel}: {why}" for rel, why in self.damaged(key).items()]
 
     def state(self, key: str, verify: bool = True) -> State:
         d = self.path(key)
@@ -148,10 +257,41 @@ class Store:
             return "corrupt"
         return "cached"
 
-    def open(self, key: str) -> Path:
-        """Directory to (re)run a stage in. A corrupt artifact loses its manifest
-        so that the stage recomputes it; a partial one is kept to resume."""
+    def heal(self, key: str, layouts: Sequence[PerImage] = (), threads: int = 4) -> list[str]:
+        """Remove what a resumed stage must not trust, before it resumes; returns
+        'relative path: reason' of each removal. With a manifest (a corrupt
+        artifact) every file that fails its entry goes, and with it the rest of
+        its image's output (a zarr array's other files); files that pass are
+        kept. Without one (a partial artifact) every per-image output is decoded
+        by its layout's ``verify`` and removed if that fails, so an output cut
+        short by a kill or a full disk is redone, not trusted."""
         d = self.path(key)
+        if not d.exists():
+            return []
+        removed = []
+        if (d / MANIFEST).exists() and MANIFEST not in (bad := self.damaged(key)):
+            for rel, why in bad.items():
+                unit = next((u for lay in layouts if (u := lay.unit_of(rel))), None)
+                _remove(d / (unit or rel))
+                removed.append(f"{rel}: {why}")
+            return removed
+        for lay in layouts:
+            paths = lay.outputs(d)
+            with ThreadPoolExecutor(max(1, threads)) as pool:  # decoders release the GIL (zlib, blosc)
+                failures = list(pool.map(lambda p: _failure(lay.verify, p), paths))
+            for p, why in zip(paths, failures):
+                if why:
+                    _remove(p)
+                    removed.append(f"{p.relative_to(d).as_posix()}: {why}")
+        return removed
+
+    def open(self, key: str, fresh: bool = False) -> Path:
+        """Directory to (re)run a stage in. A corrupt artifact loses its manifest
+        so that the stage recomputes it; a partial one is kept to resume (call
+        ``heal`` first); ``fresh`` empties it (a forced recomputation)."""
+        d = self.path(key)
+        if fresh:
+            shutil.rmtree(d, ignore_errors=True)
         if (d / MANIFEST).exists():
             (d / MANIFEST).unlink()
         d.mkdir(parents=True, exist_ok=True)
@@ -176,7 +316,10 @@ class Store:
         return manifest
 
     def size(self, key: str) -> int:
-        m = self.manifest(key)
+        try:
+            m = self.manifest(key)
+        except UnreadableFile:
+            m = None
         if m:
             return sum(f["size"] for f in m["files"].values())
         d = self.path(key)

@@ -57,6 +57,14 @@ def progress(items: Iterable[T], desc: str, total: Optional[int] = None,
             log.info("%s %d/%s (%.2f it/s%s)", desc, i, total or "?", rate, eta)
 
 
+def log_pending(stage: str, todo: list[str], of: int, label: str = "") -> None:
+    """Log which images a (resumed) per-image stage computes, by id: the run's log
+    says what was redone."""
+    if todo:
+        shown = ", ".join(todo[:50]) + (f", ... and {len(todo) - 50} more" if len(todo) > 50 else "")
+        log.info("%s%s: computing %d of %d images: %s", stage, f" ({label})" if label else "", len(todo), of, shown)
+
+
 def read_ahead(items: Iterable[T], load: Callable[[T], Any], ahead: int) -> Iterator[tuple[T, Any]]:
     """(item, load(item)) in order, with up to ``ahead`` loads running in threads ahead of the
     consumer (I/O and decoding that release the GIL overlap the caller's work). A load's

@@ -33,7 +33,10 @@ class Stage:
     covers. weights(cfg_view) -> the hub weights (pipeline/weights.py
     HubWeight) the stage loads under this config, which the preflight resolves
     before any stage writes. distributed: run() fans out under torchrun when
-    run.nproc_per_node > 1 (stages/launch.py)."""
+    run.nproc_per_node > 1 (stages/launch.py). per_image(cfg_view) -> the
+    per-image outputs (pipeline.store.PerImage): before a damaged or partial
+    artifact is resumed, those that fail their check are removed (Store.heal),
+    so the stage, which skips images whose output exists, redoes them."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
     sections: tuple[str, ...]
@@ -45,6 +48,7 @@ class Stage:
     input_files: Optional[Callable[[Config], list]] = None
     weights: Optional[Callable[..., list]] = None
     distributed: bool = False
+    per_image: Optional[Callable[..., tuple]] = None
 
     def __post_init__(self):
         shard = (self.items, self.run_shard, self.finalize)

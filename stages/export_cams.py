@@ -2,8 +2,8 @@
 cfg.export_cams.source (default refine: full SemPLeS) over cfg.export_cams.split,
 one zarr v3 group per split (pipeline/artifacts.py CamArtifact). Per-image stage;
 the work: pipeline/cams/export.py."""
-from pipeline.cams.export import finalize, inputs, items, run, run_shard
+from pipeline.cams.export import finalize, inputs, items, per_image, run, run_shard
 from stages.contract import Stage
 
 STAGE = Stage(name="export_cams", inputs=inputs, sections=("mask_generator", "export_cams"), run=run,
-              items=items, run_shard=run_shard, finalize=finalize, version="3")
+              items=items, run_shard=run_shard, finalize=finalize, per_image=per_image, version="3")

@@ -91,7 +91,10 @@ def check_inputs(cfg: Config, name: str, keys: dict[str, str]) -> None:
 
 
 def begin_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = False) -> Path | None:
-    """Open a stage's artifact dir for (re)computation, or None if it is cached."""
+    """Open a stage's artifact dir for (re)computation, or None if it is cached.
+    A damaged or partial artifact is healed first (Store.heal with the stage's
+    per-image layouts), so the resume redoes exactly the outputs that fail;
+    ``force`` starts from an empty directory."""
     store = Store(cfg.run.work_dir)
     key = keys[name]
     state = store.state(key)
@@ -102,8 +105,14 @@ def begin_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fals
         log.warning("%s: artifact %s is damaged (%s); recomputing", name, key,
                     "; ".join(store.problems(key)[:3]))
     check_inputs(cfg, name, keys)
-    out = store.open(key)
-    log.info("%s: %s in %s", name, "resuming" if state == "partial" else "running", out)
+    if state in ("corrupt", "partial") and not force:
+        stage = get(name)
+        removed = store.heal(key, stage.per_image(view(cfg, stage)) if stage.per_image else ())
+        if removed:
+            log.warning("%s: removed %d files that fail their check, to be recomputed: %s", name, len(removed),
+                        "; ".join(removed[:20]) + (f"; ... and {len(removed) - 20} more" if len(removed) > 20 else ""))
+    out = store.open(key, fresh=force)
+    log.info("%s: %s in %s", name, "resuming" if state == "partial" and not force else "running", out)
     return out
 
 

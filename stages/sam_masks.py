@@ -2,7 +2,7 @@
 settings, one JSON file per image (pipeline/artifacts.py SamArtifact), which the
 pseudo-mask route sam labels from the CAMs. Needs prepare_data only, so the DAG runs
 it beside the training phases. Per-image stage; the work: pipeline/sam/masks.py."""
-from pipeline.sam.masks import finalize, items, run, run_shard
+from pipeline.sam.masks import finalize, items, per_image, run, run_shard
 from stages.contract import Stage
 
 
@@ -12,4 +12,5 @@ def weights(cfg):
 
 
 STAGE = Stage(name="sam_masks", inputs=("prepare_data",), sections=("sam",), version="1",
-              run=run, items=items, run_shard=run_shard, finalize=finalize, weights=weights)
+              run=run, items=items, run_shard=run_shard, finalize=finalize, weights=weights,
+              per_image=per_image)

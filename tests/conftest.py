@@ -52,3 +52,42 @@ def folder_flow_run(tmp_path_factory):
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
     return {"cfg": cfg, "cfg_path": cfg_path, "env": env, "tmp": tmp, "output": res.stdout + res.stderr,
             "dirs": {n: store.path(keys[n]) for n in ORDER}}
+
+
+@pytest.fixture(scope="session")
+def sam_smoke_run(tmp_path_factory):
+    """configs/voc-sam-smoke.yaml (4 images, SAM and CRF routes) up to pseudo_masks through
+    `wsss run --no-prefect` (the flow's own start-up would double its time; tests that rerun
+    a copy go through the flow), on a private copy of data/voc-tiny, with a random mask
+    generator faked as the train_cam artifact (no training). Tests copy its store and damage
+    the copy: the per-image stages sam_masks, export_cams and pseudo_masks are finished here."""
+    import shutil
+    import sys
+
+    from cam_fixtures import fake_refine
+    from pipeline.config import load_config
+    from pipeline.store import Store
+    from stages.runner import run_stage, stage_inputs, stage_keys, stage_sections
+    from test_flow import _env, _run
+    tmp = tmp_path_factory.mktemp("sam-smoke")
+    shutil.copytree(ROOT / "data/voc-tiny", tmp / "voc")
+    cfg_path = tmp / "sam.yaml"
+    # export_cams.batch_size 1: each image's CAMs come from its own forward, so a partial
+    # recompute reproduces them exactly (batching may change the fp summation order)
+    cfg_path.write_text(f"_base_: {ROOT / 'configs/voc-sam-smoke.yaml'}\n"
+                        f"run: {{work_dir: {tmp / 'runs'}, device: cpu, processes: 1}}\n"
+                        f"data: {{root: {tmp / 'voc'}}}\n"
+                        "export_cams: {source: train_cam, gallery_size: 1, batch_size: 1}\n"
+                        "pseudo_masks: {gallery_size: 1}\nsam: {gallery_size: 1}\n")
+    cfg = load_config(cfg_path)
+    keys = stage_keys(cfg)
+    run_stage(cfg, "prepare_data", keys=keys)
+    store, src = Store(cfg.run.work_dir), cfg.export_cams.source
+    fake_refine(cfg, store.open(keys[src]))
+    store.finalize(keys[src], src, stage_sections(cfg, src), {i: keys[i] for i in stage_inputs(cfg, src)}, {}, 0.0)
+    env = _env(tmp)
+    res = _run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg_path), "--until", "pseudo_masks",
+                "--no-prefect"], env, 900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    return {"cfg": cfg, "cfg_path": cfg_path, "env": env, "tmp": tmp, "keys": keys,
+            "dirs": {n: store.path(k) for n, k in keys.items()}}

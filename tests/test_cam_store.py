@@ -27,7 +27,7 @@ def test_interrupted_array_is_not_trusted(tmp_path):
     # what a crash between data and completion flag leaves behind
     s.group["a"].update_attributes({"complete": False})
     assert not s.is_complete("a") and s.missing(["a", "b"]) == ["a", "b"]
-    with pytest.raises(CamStoreError, match="a: array incomplete"):
+    with pytest.raises(CamStoreError, match="a: an incomplete CAM array"):
         s.read("a")
     s.write("a", np.zeros((1, 4, 4), np.float32), [1], (4, 4))
     assert s.is_complete("a") and s.read("a")[0].max() == 0

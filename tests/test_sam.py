@@ -242,30 +242,31 @@ def test_sam_split_must_match_the_export(tmp_path):
 
 
 # --------------------------------------------------------------------- flow
-def test_sam_route_through_the_flow_resumes_after_a_kill(tmp_path):
-    """`wsss stage sam_masks` killed mid-split, then `wsss run` to pseudo_masks:
-    the finished mask files are kept, the rest written, and pseudo_masks labels
-    them (method sam) beside the CRF route, with the COCO export."""
-    from cam_fixtures import fake_refine
+def test_sam_route_through_the_flow_resumes_after_a_kill(sam_smoke_run, tmp_path):
+    """The session's voc-sam-smoke run (conftest sam_smoke_run, through `wsss run`):
+    pseudo_masks labels SAM's mask files (method sam) beside the CRF route, with the COCO
+    export. On a copy of its store without the sam_masks artifact, `wsss stage sam_masks`
+    killed mid-split, then `wsss run` to pseudo_masks: the finished mask files are kept,
+    the rest written, and all equal the session run's."""
+    import shutil
+
     from conftest import ROOT
     from pipeline.pseudo_masks.coco_export import decode
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask
     from pipeline.sam.files import read_masks_json
     from pipeline.store import Store
-    from stages.runner import run_stage, stage_inputs, stage_keys, stage_sections
+    from stages.runner import stage_keys
 
+    run = sam_smoke_run
+    shutil.copytree(run["cfg"].run.work_dir, tmp_path / "runs")
     cfg_file = tmp_path / "sam.yaml"
-    cfg_file.write_text(f"_base_: {ROOT / 'configs/voc-sam-smoke.yaml'}\n"
-                        f"run: {{work_dir: {tmp_path / 'runs'}, device: cpu, processes: 1}}\n"
-                        # the warm start's artifact is faked below: the flow runs no training
-                        "export_cams: {source: train_cam, gallery_size: 1}\npseudo_masks: {gallery_size: 1}\n")
+    cfg_file.write_text(f"_base_: {run['cfg_path']}\nrun: {{work_dir: {tmp_path / 'runs'}}}\n")
     cfg = load_config(cfg_file)
     keys = stage_keys(cfg)
-    prepared = run_stage(cfg, "prepare_data", keys=keys)
-    store, src = Store(cfg.run.work_dir), cfg.export_cams.source  # a random mask generator stands in for train_cam
-    fake_refine(cfg, store.open(keys[src]))
-    store.finalize(keys[src], src, stage_sections(cfg, src), {i: keys[i] for i in stage_inputs(cfg, src)}, {}, 0.0)
+    store = Store(cfg.run.work_dir)
+    shutil.rmtree(store.path(keys["sam_masks"]))
+    prepared = store.path(keys["prepare_data"])
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     d = store.path(keys["sam_masks"]) / "masks_train"
@@ -290,8 +291,10 @@ def test_sam_route_through_the_flow_resumes_after_a_kill(tmp_path):
     assert all(store.state(keys[n]) == "cached" for n in ("sam_masks", "export_cams", "pseudo_masks"))
     assert {n: (d / n).stat().st_mtime_ns for n in done} == done   # finished images were not redone
     assert sorted(p.stem for p in d.glob("*.json")) == sorted(ids) and not list(d.glob(".*"))
+    session = run["dirs"]["sam_masks"] / "masks_train"
+    assert all((d / f"{i}.json").read_bytes() == (session / f"{i}.json").read_bytes() for i in ids)
 
-    pm = store.path(keys["pseudo_masks"])
+    pm = run["dirs"]["pseudo_masks"]
     table = LabelTable.from_artifact(prepared, "train")
     coco = decode(pm / "pseudo_masks_coco.json")
     for i in ids:

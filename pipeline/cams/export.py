@@ -4,7 +4,8 @@ stage cfg.export_cams.source over cfg.export_cams.split, into one zarr v3 group
 (C_present, H, W) array per image.
 
 items -> image ids; run_shard writes the CAMs of some ids (skipping complete arrays,
-rewriting interrupted ones) with the batched path of pipeline/cams/inference.py:
+rewriting interrupted ones; per_image lets the runner remove damaged arrays first) with
+the batched path of pipeline/cams/inference.py:
 DataLoader workers (run.num_workers) decode and resize, same-size batches
 (export_cams.batch_size) run on the device, a thread pool (export_cams.writer_threads)
 compresses and writes; memory is bounded by batches in flight, not by the split.
@@ -19,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import CamArtifact, ModelArtifact
-from pipeline.cams.store import CamStore, fixed_sample
+from pipeline.cams.store import CamStore, fixed_sample, verify_array
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
+from pipeline.store import PerImage
 
 log = logging.getLogger("wsss")
 
@@ -39,17 +41,24 @@ def items(cfg: Config, inputs) -> list[str]:
     return _table(cfg, inputs).ids()
 
 
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """One zarr array (a directory) per image in the split's group: what the runner checks
+    (and removes when damaged) before a resume."""
+    return (PerImage(CamArtifact(Path()).store(cfg.export_cams.split).as_posix(), "", verify_array, is_dir=True),)
+
+
 def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     """Write the CAMs of ``ids`` not yet complete; returns how many were written."""
     from pipeline.cams.inference import export_batched
     from pipeline.models.mask_generator import load_mask_generator
-    from pipeline.utils import get_device, progress
+    from pipeline.utils import get_device, log_pending, progress
 
     table = _table(cfg, inputs)
     store = CamStore(CamArtifact(out).store(cfg.export_cams.split), mode="a")
     todo = store.missing(ids)
     if not todo:
         return 0
+    log_pending("export_cams", todo, len(ids))
     device = get_device(cfg.run.device)
     model = load_mask_generator(ModelArtifact(inputs[cfg.export_cams.source]).weights, device)
     ec = cfg.export_cams

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from pipeline.cams.store import CamStore, CamWriter
 from pipeline.data.datasets import DataError, Record, read_image
 from pipeline.models.mask_generator import normalize, normalize_numpy
+from pipeline.store import advice, decoding
 
 
 def _resized(image: np.ndarray, scale: float) -> np.ndarray:
@@ -136,12 +137,10 @@ def image_size(rec: Record) -> tuple[int, int]:
     if rec.height and rec.width:
         return rec.height, rec.width
     try:
-        with Image.open(rec.image) as im:
+        with decoding(rec.image, "image"), Image.open(rec.image) as im:
             return im.height, im.width
     except FileNotFoundError:
-        raise DataError(f"{rec.image}: image file missing") from None
-    except (OSError, SyntaxError) as e:
-        raise DataError(f"{rec.image}: unreadable image ({e})") from None
+        raise DataError(f"{rec.image}: image file missing; {advice(rec.image)}") from None
 
 
 def same_size_batches(records: Sequence[Record], batch_size: int) -> list[list[Record]]:

@@ -3,16 +3,20 @@ shape (C_present, H, W), attrs {"classes": [class ids], "size": [H, W],
 "complete": bool}. The only reader/writer of CAM stores.
 
 An array counts as written only once ``complete`` is set, which happens after
-its data is stored; anything else (a crash mid-write) is rewritten. Arrays
-are independent directories, so several processes may write different images
-of the same group at once.
+its data is stored, and while its chunks are all there (every chunk is
+stored, zeros too, so a missing chunk file is damage, not a fill value);
+anything else (a crash mid-write, a deleted chunk) is rewritten. ``verify``
+decodes an array, for the resume of a partial export (pipeline.store.heal).
+Arrays are independent directories, so several processes may write different
+images of the same group at once.
 
 Writing many images: ``CamWriter`` runs ``write`` (compression + file I/O;
 blosc releases the GIL) on a thread pool with a bounded queue.
 
 Compression: one chunk per image (a read is one file), blosc-zstd level 5
-with byte shuffle (typesize 2). CAMs are smooth upsampled maps, so the
-shuffled float16 exponent bytes compress well: ~17% of the official float32
+with byte shuffle (typesize 2), then a crc32c of the compressed bytes (zarr's
+codec: a damaged chunk fails its read instead of decoding to garbage). CAMs
+are smooth upsampled maps, so the shuffled float16 exponent bytes compress well: ~17% of the official float32
 .npy dict on a 500x375 3-class map (bit-shuffle gave 25%, plain zstd 21%;
 bench/bench_cam_store.py prints the figures).
 """
@@ -24,15 +28,23 @@ from typing import Iterable
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.artifacts import CamArtifact
+from pipeline.store import advice, decoding
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2)
+# a checksum of the compressed chunk: blosc decodes a cut-short uncompressed ("memcpyed") chunk
+# into garbage without an error, so a truncated chunk is caught by the crc instead
+_CODECS = (_COMPRESSOR, Crc32cCodec())
 
 
 class CamStoreError(ValueError):
     """A CAM store problem, naming the store and image."""
+
+
+def _advice(path: Path) -> str:
+    return advice(path, otherwise="write it again (`wsss run --force export_cams`)")
 
 
 def store_path(export_dir: str | Path, split: str) -> Path:
@@ -45,8 +57,9 @@ class CamStore:
         """mode 'r': an existing store; 'a': create if missing."""
         self.path = Path(path)
         if mode == "r" and not (self.path / "zarr.json").exists():
-            raise CamStoreError(f"{self.path}: no CAM store (zarr group) here")
-        self.group = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
+            raise CamStoreError(f"{self.path}: no CAM store (zarr group) here; {_advice(self.path)}")
+        with decoding(self.path / "zarr.json", "CAM store (zarr group)", _advice(self.path)):
+            self.group = zarr.open_group(str(self.path), mode=mode, zarr_format=3)
         self.writable = mode != "r"
 
     # ------------------------------------------------------------ writing
@@ -60,30 +73,41 @@ class CamStore:
         if not np.isfinite(cams).all():
             raise CamStoreError(f"{self.path}/{image_id}: CAMs hold NaN/inf")
         arr = self.group.create_array(
-            image_id, shape=cams.shape, dtype="float16", chunks=cams.shape, compressors=_COMPRESSOR,
-            fill_value=0, overwrite=True,
+            image_id, shape=cams.shape, dtype="float16", chunks=cams.shape, compressors=_CODECS,
+            fill_value=0, overwrite=True, config={"write_empty_chunks": True},
             attributes={"classes": classes, "size": [int(size[0]), int(size[1])], "complete": False})
         arr[...] = np.asarray(cams, dtype=np.float16)
         arr.update_attributes({"complete": True})  # last: marks the data as trustworthy
 
     # ------------------------------------------------------------ reading
-    def is_complete(self, image_id: str) -> bool:
+    def _array(self, image_id: str):
+        """The image's array, or None when it is absent, unfinished or short of a chunk."""
         try:
             arr = self.group[image_id]
-        except (KeyError, FileNotFoundError):
-            return False
-        return bool(arr.attrs.get("complete"))
+        except (KeyError, FileNotFoundError, ValueError):  # ValueError: metadata that does not parse
+            return None
+        if not arr.attrs.get("complete") or arr.nchunks_initialized < arr.nchunks:
+            return None
+        return arr
+
+    def is_complete(self, image_id: str) -> bool:
+        return self._array(image_id) is not None
 
     def read(self, image_id: str) -> tuple[np.ndarray, list[int]]:
         """(cams float16 (C_present, H, W), class ids)."""
-        try:
-            arr = self.group[image_id]
-        except (KeyError, FileNotFoundError):
-            raise CamStoreError(f"{self.path}: no CAMs for image '{image_id}'") from None
-        attrs = arr.attrs.asdict()
-        if not attrs.get("complete"):
-            raise CamStoreError(f"{self.path}/{image_id}: array incomplete (interrupted write); rerun export_cams")
-        return arr[...], list(attrs["classes"])
+        where = self.path / image_id
+        arr = self._array(image_id)
+        if arr is None:
+            what = "no CAMs" if not where.exists() else "an incomplete CAM array (interrupted write or lost chunk)"
+            raise CamStoreError(f"{where}: {what} for image '{image_id}'; {_advice(where)}")
+        with decoding(where, "CAM array", _advice(where)):
+            return arr[...], list(arr.attrs["classes"])
+
+    def verify(self, image_id: str) -> None:
+        """Decode the image's array; raises (naming it) unless it reads back whole."""
+        cams, classes = self.read(image_id)
+        if cams.ndim != 3 or cams.shape[0] != len(classes):
+            raise CamStoreError(f"{self.path / image_id}: CAMs of shape {cams.shape} for {len(classes)} classes")
 
     def ids(self) -> list[str]:
         """Every image with an array (complete or not), sorted."""
@@ -95,6 +119,13 @@ class CamStore:
     def nbytes_stored(self, image_id: str) -> int:
         d = self.path / image_id
         return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def verify_array(path: str | Path) -> None:
+    """``CamStore.verify`` of the array at ``path`` (<store>/<image id>): the
+    per-image check of export_cams' layout."""
+    path = Path(path)
+    CamStore(path.parent).verify(path.name)
 
 
 class CamWriter:

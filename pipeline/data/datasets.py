@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image
 
 from pipeline.artifacts import DataArtifact
-from pipeline.config import DataCfg
+from pipeline.config import DataCfg, missing_root_hint
 from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSet, builtin_classes,
                                    dataset_classes, palette)
-from pipeline.store import atomic_write
+from pipeline.store import advice, atomic_write, decoding
 
 
 class DataError(ValueError):
@@ -49,11 +49,14 @@ class Problem:
 
 # ---------------------------------------------------------------- mask I/O
 def read_mask(path: str | Path) -> np.ndarray:
-    """Label PNG -> (H, W) uint8 of class ids (palette index, or grey value)."""
-    with Image.open(path) as im:
-        if im.mode not in ("P", "L"):
-            raise DataError(f"{path}: label PNG must be palette (P) or greyscale (L), got {im.mode}")
-        return np.asarray(im, dtype=np.uint8).copy()
+    """Label PNG -> (H, W) uint8 of class ids (palette index, or grey value). A file
+    that does not decode raises UnreadableFile naming it and what to do."""
+    with decoding(path, "label PNG"), Image.open(path) as im:
+        mode = im.mode
+        mask = np.asarray(im, dtype=np.uint8).copy() if mode in ("P", "L") else None
+    if mask is None:
+        raise DataError(f"{path}: label PNG must be palette (P) or greyscale (L), got {mode}")
+    return mask
 
 
 def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = None) -> None:
@@ -66,14 +69,13 @@ def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = N
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3); a clear DataError for missing/truncated files."""
+    """RGB uint8 (H, W, 3); a DataError for a missing file, UnreadableFile (naming
+    it and what to do) for one that does not decode (truncated, not an image)."""
     try:
-        with Image.open(path) as im:
+        with decoding(path, "image"), Image.open(path) as im:
             return np.asarray(im.convert("RGB")).copy()
     except FileNotFoundError:
-        raise DataError(f"{path}: image file missing") from None
-    except (OSError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
+        raise DataError(f"{path}: image file missing; {advice(path)}") from None
 
 
 def labels_of(mask: np.ndarray, num_classes: int) -> list[int]:
@@ -293,6 +295,8 @@ def _as_problem(e: Exception) -> Problem:
 def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], int]:
     """Validate every item of a split. Returns (good records with sizes and
     labels filled, problems, skipped-without-annotation count)."""
+    if not Path(cfg.root).is_dir():
+        return [], [Problem(str(cfg.root), f"data set root not found; {missing_root_hint(cfg)}")], 0
     try:
         n_cls = len(dataset_classes(cfg).names)
     except ClassFileError as e:
@@ -338,7 +342,7 @@ def _check_record(r: Record, n_cls: int, check_mask: bool, tagged: bool = False)
             im.load()  # forces a full decode: catches truncated files
             size = im.size
     except Exception as e:  # PIL raises several types for broken files
-        return [Problem(r.image, f"unreadable or truncated image ({e})")]
+        return [Problem(r.image, f"unreadable or truncated image ({type(e).__name__}: {e}); {advice(r.image)}")]
     if tagged:  # folder: labels come from the tags; a GT mask is optional
         r.width, r.height = size
         return _check_mask(r, n_cls, size)[0] if r.mask else []
@@ -361,8 +365,8 @@ def _check_mask(r: Record, n_cls: int, size: tuple[int, int]) -> tuple[list[Prob
     """(problems, mask) of a record's label PNG; fills the record's size."""
     try:
         mask = read_mask(r.mask)
-    except Exception as e:
-        return [Problem(r.mask, f"unreadable mask ({e})")], None
+    except Exception as e:  # UnreadableFile names the file already
+        return [Problem(r.mask, str(e).removeprefix(f"{r.mask}: "))], None
     if mask.shape != (size[1], size[0]):
         return [Problem(r.mask, f"mask size {mask.shape[1]}x{mask.shape[0]} != image size {size[0]}x{size[1]}")], None
     bad = sorted(set(np.unique(mask).tolist()) - set(range(n_cls)) - {IGNORE})
@@ -418,12 +422,14 @@ class LabelTable:
 
     @classmethod
     def load(cls, path: Path) -> "LabelTable":
-        doc = json.loads(Path(path).read_text())
-        classes = None
-        if "prompt_names" in doc:  # tables written before folder datasets hold VOC/COCO names only
-            classes = ClassSet(tuple(doc["classes"]), tuple(doc["prompt_names"]),
-                               {int(i): tuple(c) for i, c in doc.get("colors", {}).items()})
-        return cls(doc["dataset"], doc["split"], [Record(**r) for r in doc["records"]], classes)
+        with decoding(path, "label table"):
+            doc = json.loads(Path(path).read_text())
+            classes = None
+            if "prompt_names" in doc:  # tables written before folder datasets hold VOC/COCO names only
+                classes = ClassSet(tuple(doc["classes"]), tuple(doc["prompt_names"]),
+                                   {int(i): tuple(c) for i, c in doc.get("colors", {}).items()})
+            records = [Record(**r) for r in doc["records"]]
+        return cls(doc["dataset"], doc["split"], records, classes)
 
     @classmethod
     def from_artifact(cls, prepare_dir: Path, split: str) -> "LabelTable":

@@ -10,8 +10,9 @@ from pathlib import Path
 from pipeline.artifacts import DataArtifact
 from pipeline.config import Config
 from pipeline.data.classes import dataset_classes
-from pipeline.data.datasets import DataError, LabelTable, check_split, per_class_counts, render_coco_masks
-from pipeline.store import write_json_atomic
+from pipeline.data.datasets import (DataError, LabelTable, check_split, per_class_counts, read_mask,
+                                    render_coco_masks)
+from pipeline.store import PerImage, write_json_atomic
 
 log = logging.getLogger("wsss")
 
@@ -23,6 +24,14 @@ def input_files(cfg: Config) -> list[Path]:
         return []
     return [cfg.data.root / cfg.data.classes] + [cfg.data.root / cfg.data.splits[s].labels
                                                  for s in cfg.data.all_splits]
+
+
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """COCO: the rendered label PNGs (render_coco_masks skips those already there)."""
+    if cfg.data.dataset != "coco":
+        return ()
+    return tuple(PerImage(DataArtifact(Path()).coco_masks(s).as_posix(), ".png", read_mask)
+                 for s in cfg.data.all_splits)
 
 
 def run(cfg: Config, inputs, out):

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import MaskGeneratorCfg
-from pipeline.store import torch_save_atomic
+from pipeline.store import decoding, torch_save_atomic
 
 # The one image normalisation of S (DeiT / ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)
@@ -340,10 +340,8 @@ def _read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: mask generator checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle with code in it, or not a torch file at all
-        raise ValueError(f"{path}: not a mask generator checkpoint (format {CHECKPOINT_FORMAT}): {e}") from None
+    with decoding(path, f"mask generator checkpoint (format {CHECKPOINT_FORMAT})"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # a pickle with code in it fails too
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a mask generator checkpoint (format {CHECKPOINT_FORMAT})")
     return ckpt

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pipeline.store import sha256_file
+from pipeline.store import decoding, sha256_file
 
 FIELD = "train_cam.init_checkpoint"
 FUSION_PREFIX = "adaptive_attention_fusion."
@@ -37,10 +37,9 @@ def read_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{FIELD}: {path} does not exist")
-    try:
+    with decoding(path, f"{FIELD} (a tensor-only torch checkpoint)",
+                  fix=f"fetch it again (`wsss fetch weights`) or set {FIELD} to a good copy"):
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{FIELD}: {path} is not a tensor-only torch checkpoint ({e})") from None
     sd = ck.get("model", ck) if isinstance(ck, dict) else None
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{FIELD}: {path} holds no state dict (expected {{'model': state_dict}} or a state dict)")

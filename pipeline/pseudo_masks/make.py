@@ -3,9 +3,10 @@ over the images of the exported CAM split, one label PNG per image and route (th
 palette, pipeline/artifacts.py MaskArtifact), spread over a process pool.
 
 items / run_shard / finalize as the stage calls them. run_shard skips PNGs already written
-(each is written atomically) and spreads the images over cfg.run.processes workers (0 = all
-cores). The routes with ``attention`` run the mask generator in this process for the patch
-attention and hand it to the workers with the image."""
+(each is written atomically; per_image lets the runner remove damaged ones first) and
+spreads the images over cfg.run.processes workers (0 = all cores). The routes with
+``attention`` run the mask generator in this process for the patch attention and hand it
+to the workers with the image."""
 from __future__ import annotations
 
 import importlib
@@ -22,7 +23,8 @@ from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config, PseudoMasksCfg
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
 from pipeline import routes
-from pipeline.utils import num_processes, progress
+from pipeline.store import PerImage
+from pipeline.utils import log_pending, num_processes, progress
 
 
 def inputs(cfg: Config) -> tuple[str, ...]:
@@ -46,6 +48,15 @@ def _route_dir(cfg: Config, out: Path, method: str) -> Path:
 
 def items(cfg: Config, inputs) -> list[str]:
     return _table(cfg, inputs).ids()
+
+
+def _layout(cfg: Config, method: str) -> PerImage:
+    return PerImage(_route_dir(cfg, Path(), method).as_posix(), ".png", read_mask)
+
+
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """One label PNG per image and route: what the runner checks before a resume."""
+    return tuple(_layout(cfg, m) for m in cfg.pseudo_masks.routes)
 
 
 @dataclass(frozen=True)
@@ -99,9 +110,10 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
 def _run_route(cfg: Config, inputs, out: Path, ids: list[str], method: str) -> int:
     mask_dir = _route_dir(cfg, out, method)
     mask_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not (mask_dir / f"{i}.png").exists()]
+    todo = _layout(cfg, method).pending(out, ids)
     if not todo:
         return 0
+    log_pending("pseudo_masks", todo, len(ids), method)
     route = routes.get(method)
     table = _table(cfg, inputs)
     route_cfg = cfg.pseudo_masks.model_copy(update={"method": method, "extra_methods": []})
@@ -128,7 +140,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     pm = cfg.pseudo_masks
     for method in pm.routes:
         d = _route_dir(cfg, out, method)
-        missing = [i for i in ids if not (d / f"{i}.png").exists()]
+        missing = _layout(cfg, method).pending(out, ids)
         if missing:
             raise RuntimeError(f"{d}: {len(missing)} pseudo masks missing "
                                f"(e.g. {', '.join(missing[:5])}); run the missing shards")

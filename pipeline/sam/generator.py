@@ -36,6 +36,7 @@ from segment_anything.utils.amg import (MaskData, area_from_rle, batched_mask_to
                                         calculate_stability_score, coco_encode_rle, is_box_near_crop_edge,
                                         mask_to_rle_pytorch, rle_to_mask, uncrop_masks)
 
+from pipeline.store import decoding
 from pipeline.weights import SAM_URLS, HubWeight, hub_cache_path, hub_download
 
 
@@ -232,8 +233,10 @@ def load_sam(model_type: str, checkpoint: Optional[str], tiny: bool, device: tor
 
     path = checkpoint_file(model_type, checkpoint)
     model = sam_model_registry[model_type](checkpoint=None)
-    try:
+    with decoding(path, f"sam.checkpoint ({model_type} SAM state dict)",
+                  fix="fetch it again (`wsss fetch weights`) or set sam.checkpoint to a good copy"):
         state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
         model.load_state_dict(state)
     except Exception as e:
         raise RuntimeError(f"sam.checkpoint: {path} is no {model_type} SAM state dict ({e})") from None

@@ -12,11 +12,11 @@ Decode a mask with pycocotools.mask.decode(ann["segmentation"]).
 
 items -> image ids; run_shard writes the files of some ids (each atomically, temp +
 rename, so a file's existence is the image's completion flag and a resumed shard skips
-it); finalize checks that every image has its file and draws a gallery.
+it; per_image lets the runner remove damaged files first); finalize checks that every
+image has its file and draws a gallery.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -28,8 +28,15 @@ import numpy as np
 from pipeline.artifacts import SamArtifact
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
+from pipeline.sam.files import load_masks_doc
+from pipeline.store import PerImage
 
 log = logging.getLogger("wsss")
+
+
+def per_image(cfg: Config) -> tuple[PerImage, ...]:
+    """One JSON file per image: what the runner checks (and removes when damaged) before a resume."""
+    return (PerImage(SamArtifact(Path()).masks(cfg.sam.split).as_posix(), ".json", load_masks_doc),)
 
 
 def _table(cfg: Config, inputs) -> LabelTable:
@@ -45,13 +52,14 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     """Write the mask files of ``ids`` not yet written; returns how many were written."""
     from pipeline.sam.files import write_masks_json
     from pipeline.sam.generator import make_generator
-    from pipeline.utils import get_device, progress, read_ahead
+    from pipeline.utils import get_device, log_pending, progress, read_ahead
 
     art, split = SamArtifact(out), cfg.sam.split
     art.masks(split).mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not art.image(split, i).exists()]
+    todo = per_image(cfg)[0].pending(out, ids)
     if not todo:
         return 0
+    log_pending("sam_masks", todo, len(ids))
     table = _table(cfg, inputs)
     gen = make_generator(cfg.sam, get_device(cfg.run.device))  # before any file: bad weights write nothing
     ahead = cfg.sam.images_in_flight
@@ -86,7 +94,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     art, split = SamArtifact(out), cfg.sam.split
     d = art.masks(split)
     ids = table.ids()
-    missing = [i for i in ids if not art.image(split, i).exists()]
+    missing = per_image(cfg)[0].pending(out, ids)
     if missing:
         raise RuntimeError(f"{d}: {len(missing)} images have no SAM masks file "
                            f"(e.g. {', '.join(missing[:5])}); run the missing shards")
@@ -94,10 +102,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     sample = set(fixed_sample(ids, cfg.sam.gallery_size))
     for image_id in ids:  # counts from the JSON alone; masks decoded for the gallery sample only
         path = art.image(split, image_id)
-        try:
-            lv = [a["level"] for a in json.loads(path.read_text())["annotations"]]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a SAM masks file ({type(e).__name__}: {e})") from None
+        lv = [a["level"] for a in load_masks_doc(path)["annotations"]]
         counts.append(len(lv))
         levels += np.bincount(np.asarray(lv, np.int64), minlength=3)[:3]
         if image_id in sample:

@@ -119,6 +119,14 @@ def save_gallery(model, records, path: Path, n: int, pal=None) -> None:
     save_prediction_gallery(path, rows, [r.id for r in records[:n]], pal)
 
 
+def per_image(cfg) -> tuple:
+    """The final model's label PNGs of train_segmentation.predict_split (skipped when there)."""
+    from pipeline.data.datasets import read_mask
+    from pipeline.store import PerImage
+    split = cfg.train_segmentation.predict_split
+    return (PerImage(SegmentationArtifact(Path()).predictions(split).as_posix(), ".png", read_mask),) if split else ()
+
+
 def write_predictions(model, table, out: Path) -> dict:
     """The final model's label PNGs of every image of ``table`` (skipping ones
     already written) and their COCO JSON."""

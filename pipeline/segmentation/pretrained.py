@@ -73,7 +73,11 @@ def convert_deeplabv2_checkpoint(src: str | Path, dst: Path, num_classes: int, p
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"train_segmentation.pretrained: {src} not found")
-    sd = _unwrap(torch.load(src, map_location="cpu", weights_only=False), src)
+    from pipeline.store import decoding
+    with decoding(src, "train_segmentation.pretrained checkpoint",
+                  fix="fetch it again (`wsss fetch weights`) or set train_segmentation.pretrained to a good copy"):
+        sd = torch.load(src, map_location="cpu", weights_only=False)
+    sd = _unwrap(sd, src)
     out, info = convert_deeplabv2_state_dict(sd, num_classes, str(src))
     if info["layout"].startswith("caffe") != (pretrained_format == "caffe"):
         raise ValueError(f"{src}: {info['layout']} weights, but train_segmentation.pretrained_format is "

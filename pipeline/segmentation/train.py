@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
-from pipeline.store import torch_save_atomic
+from pipeline.store import decoding, torch_save_atomic
 
 ensure_mmcv()
 
@@ -100,7 +100,8 @@ def export_weights(work_dir: Path, target: Path, checkpoint: Path | None = None)
         if not last.exists():
             raise FileNotFoundError(f"{last}: training left no checkpoint")
         checkpoint = Path(last.read_text().strip())
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    with decoding(checkpoint, "mmseg checkpoint"):
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     slim = {"meta": ckpt.get("meta", {}), "state_dict": ckpt["state_dict"]}
     torch_save_atomic(slim, target)
     return slim["meta"]

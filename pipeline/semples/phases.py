@@ -22,7 +22,7 @@ from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint,
 from pipeline.semples.losses import StepContext, learn_prompts_step, match_step, refine_step, train_cam_step
 from pipeline.semples.seed_eval import seed_miou_eval
 from pipeline.semples.training import TrainImages, dist_info, fit, is_main, write_gallery
-from pipeline.store import torch_save_atomic
+from pipeline.store import decoding, torch_save_atomic
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")
@@ -106,7 +106,9 @@ def _finish(model, out: Path, cfg: Config, mcfg, k: int, stage: str, metrics: di
     if is_main():
         art = ModelArtifact(out)
         if getattr(cfg, stage).select == "gt_miou":
-            model.load_state_dict(torch.load(art.best_state, map_location="cpu", weights_only=True))
+            with decoding(art.best_state, "best-epoch weights file"):
+                state = torch.load(art.best_state, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
         save_mask_generator(model, art.weights, mcfg, k)
     return {"selection": selection_label(cfg, stage)} | metrics
 
@@ -201,7 +203,8 @@ def load_prompts(d: Path) -> torch.Tensor:
     p = ModelArtifact(d).prompts
     if not p.exists():
         raise FileNotFoundError(f"{p}: learned prompts missing")
-    return torch.load(p, map_location="cpu", weights_only=True)["prompts"]
+    with decoding(p, "learned prompts file"):
+        return torch.load(p, map_location="cpu", weights_only=True)["prompts"]
 
 
 def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:

@@ -36,7 +36,7 @@ from pipeline.config import TrainCfg
 from pipeline.data.datasets import LabelTable, read_image
 from pipeline.models.mask_generator import MEAN, STD, normalize_numpy, unwrap
 from pipeline.plots import heat_overlay, save_grid, save_loss_history
-from pipeline.store import torch_save_atomic
+from pipeline.store import decoding, torch_save_atomic
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -271,7 +271,8 @@ def resume(tr: Training, path: Path) -> tuple[int, list[dict], Optional[dict]]:
     if not path.exists():
         return 0, [], None
     rank = dist_info()[0]
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    with decoding(path, "resume checkpoint"):
+        ck = torch.load(path, map_location="cpu", weights_only=False)
     unwrap(tr.trainable).load_state_dict(ck["model"])
     tr.opt.load_state_dict(ck["optimizer"])
     tr.sched.load_state_dict(ck["scheduler"])
