@@ -422,7 +422,7 @@ class EnsembleCfg(Section):
     routes: list[PseudoMaskMethod] = Field(default_factory=list, description="one more final model per route, "
                                            "trained with train_segmentation's recipe on that route's pseudo "
                                            "masks (a route of pseudo_masks.extra_methods); empty = no ensemble")
-    weights: list[float] = Field(default_factory=lambda: [0.85, 0.15], description="blend weights: "
+    weights: list[NonNegative] = Field(default_factory=lambda: [0.85, 0.15], min_length=1, description="blend weights: "
                                  "train_segmentation's model first, then one per route (the fork's ensemble.py "
                                  "a = 0.85 / 1 - a, swept 1.0..0.7)")
     gallery_size: int = Field(4, ge=0, description="val image | blend | GT rows")

@@ -28,6 +28,7 @@ SMOKE = ROOT / "configs/voc-smoke.yaml"
 UNCONSTRAINED = {
     "sam.iou_thresh_offsets": "per-level offsets added to SAM's IoU threshold: any sign",
     "sam.nms_offsets": "per-level offsets added to the NMS score: any sign",
+    "sam.stability_score_bias": "per-level offsets added to SAM's stability score: any sign",
 }
 
 

@@ -45,7 +45,8 @@ def test_ensemble_config_is_checked():
     assert cfg.ensemble.routes == ["argmax"] and cfg.ensemble.weights == [0.85, 0.15]
     for bad, msg in (({"ensemble": {"weights": [1.0]}}, "1 weights for 2 models"),
                      ({"ensemble": {"routes": ["affinity"], "weights": [0.5, 0.5]}}, "not in pseudo_masks.extra"),
-                     ({"ensemble": {"weights": [-0.5, 1.5]}}, "non-negative")):
+                     ({"ensemble": {"weights": [-0.5, 1.5]}}, "ensemble.weights.*greater than or equal to 0"),
+                     ({"ensemble": {"weights": [0.0, 0.0]}}, "not all zero")):
         with pytest.raises(ConfigError, match=msg):
             load_config(ROOT / "configs/voc-ensemble-smoke.yaml", overrides={**base, **bad})
 
