@@ -14,7 +14,10 @@ Scores use only the images with a ground-truth mask (a folder dataset may
 have none: then only the per-class pixel shares and the gallery remain).
 The report names the training stage whose mask generator made the CAMs
 (export_cams.source: train_cam | match | refine), so ablations say what
-they scored.
+they scored; imported CAMs (export_cams.source: import) are labelled
+"imported: <folder>, <format>" and get the same tables. With imported pseudo
+masks (import_masks.dir) those are the trained route ("imported"); the seeds
+are then scored only if the CAMs are imported too (otherwise the run makes none).
 
 Every pseudo-mask route of the run (pseudo_masks.method, the one the final
 model trains on, and pseudo_masks.extra_methods) is scored side by side:
@@ -41,6 +44,7 @@ from pipeline.report import (REPORT, SELECTING_STAGES, UNCERTAIN, EvalReport, Fi
                              SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars)
 from pipeline.utils import progress
 from stages.contract import Stage
+from stages.sources import cam_stage, cams_dir, mask_stage, masks_dir
 
 log = logging.getLogger("wsss")
 OFFICIAL_RULE = ("thresholds ascending; stop at the first whose mIoU does not beat the best so far "
@@ -74,27 +78,51 @@ def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
     return {**{n: float(counts[c] / total) for c, n in enumerate(names)}, UNCERTAIN: float(counts[255] / total)}
 
 
+def inputs(cfg: Config) -> tuple[str, ...]:
+    """prepare_data, the CAMs (none when the pseudo masks are imported and the CAMs are not: the run
+    then makes no CAMs), the trained-on masks and the final model."""
+    cams = (cam_stage(cfg),) if mask_stage(cfg) == "pseudo_masks" or cfg.export_cams.source == "import" else ()
+    return ("prepare_data", *cams, mask_stage(cfg), "train_segmentation")
+
+
+def _label(artifact: Path, name: str) -> str:
+    return json.loads((Path(artifact) / name).read_text())["label"]
+
+
 def run(cfg: Config, inputs, out: Path) -> dict:
     ev, pm = cfg.evaluate, cfg.pseudo_masks
     split = cfg.data.eval_split or cfg.data.train_split
     table = LabelTable.from_artifact(inputs["prepare_data"], split)
-    store = CamStore(store_path(inputs["export_cams"], cfg.export_cams.split))
-    exported = set(store.ids())
-    ids = [i for i in table.ids() if i in exported]
-    if not ids:
-        raise ValueError(f"no image of eval split '{split}' is in the CAM export of split "
-                         f"'{cfg.export_cams.split}' ({store.path})")
+    cam_dir, masks = cams_dir(inputs), masks_dir(inputs)
+    mask_of = lambda i: masks / f"{i}.png"  # noqa: E731
+    store = CamStore(store_path(cam_dir, cfg.export_cams.split)) if cam_dir else None
+    if store is not None:
+        exported = set(store.ids())
+        ids = [i for i in table.ids() if i in exported]
+        if not ids:
+            raise ValueError(f"no image of eval split '{split}' is in the CAM export of split "
+                             f"'{cfg.export_cams.split}' ({store.path})")
+    else:
+        ids = [i for i in table.ids() if mask_of(i).exists()]
+        if not ids:
+            raise ValueError(f"no image of eval split '{split}' has an imported pseudo mask ({masks})")
     names = list(table.classes)
     gt = lambda i: table[i].mask  # noqa: E731
     gt_ids = [i for i in ids if table[i].mask]
-    masks = Path(inputs["pseudo_masks"]) / "masks"
-    mask_of = lambda i: masks / f"{i}.png"  # noqa: E731
+    imported_masks = "import_masks" in inputs
+    trained = "imported" if imported_masks else pm.method
+    routes = [trained] if imported_masks else pm.routes
+    if "import_cams" in inputs:
+        cam_source = _label(inputs["import_cams"], "cam_source.json")
+    else:
+        cam_source = cfg.export_cams.source if store is not None else "none (imported pseudo masks, no CAMs)"
 
     report = EvalReport(eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids),
-                        cam_split=cfg.export_cams.split, cam_source=cfg.export_cams.source,
-                        selection=_selection(cfg), pseudo_mask_pixel_shares=pixel_shares(mask_of, ids, names),
-                        final_model=_final_model(inputs))
-    if gt_ids:
+                        cam_split=cfg.export_cams.split, cam_source=cam_source,
+                        mask_source=_label(inputs["import_masks"], "mask_source.json") if imported_masks else None,
+                        selection=_selection(cfg, own_cams="export_cams" in inputs),
+                        pseudo_mask_pixel_shares=pixel_shares(mask_of, ids, names), final_model=_final_model(inputs))
+    if gt_ids and store is not None:
         sweep = evaluate_seeds(store, gt_ids, gt, [*ev.sweep, ev.bg_threshold], table.num_classes, names,
                                progress=lambda it, n: progress(it, f"evaluate seeds ({split})", total=n))
         curve = {t: sweep[t]["miou"] for t in sorted(float(x) for x in ev.sweep)}
@@ -105,20 +133,24 @@ def run(cfg: Config, inputs, out: Path) -> dict:
                                       best_miou=curve[best_t], curve=curve, at_best=Scores(**sweep[best_t]),
                                       official_threshold=official_t, official_miou=official_miou,
                                       official_rule=OFFICIAL_RULE)
+    if gt_ids:
         report.pseudo_mask = Scores(**evaluate_masks(mask_of, gt_ids, gt, table.num_classes, names))
-        report.trained_route = pm.method
-        report.pseudo_mask_routes = {m: report.pseudo_mask if m == pm.method else
+        report.trained_route = trained
+        report.pseudo_mask_routes = {m: report.pseudo_mask if m == trained else
                                      Scores(**_route_scores(cfg, inputs, m, gt_ids, gt, table, names))
-                                     for m in pm.routes}
+                                     for m in routes}
         save_report_bars(out / "per_class_iou.png", report)
     report.save(out / REPORT)
     (out / "report.md").write_text(report_markdown(report))
 
     rows, labels = [], []
     for i in fixed_sample(ids, ev.gallery_size):
-        cams, classes = store.read(i)
-        rows.append([read_image(table[i].image), seed_labels(cams.astype(np.float32), classes, ev.bg_threshold),
-                     read_mask(mask_of(i)), read_mask(table[i].mask) if table[i].mask else None])
+        seed = None
+        if store is not None:
+            cams, classes = store.read(i)
+            seed = seed_labels(cams.astype(np.float32), classes, ev.bg_threshold)
+        rows.append([read_image(table[i].image), seed, read_mask(mask_of(i)),
+                     read_mask(table[i].mask) if table[i].mask else None])
         labels.append(i)
     save_eval_gallery(out / "gallery.png", rows, labels, ev.bg_threshold, table.palette)
     return _metrics(report)
@@ -127,11 +159,13 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 def _metrics(r: EvalReport) -> dict:
     """The manifest's headline numbers of a report."""
     metrics = {}
-    if r.seed and r.seed_sweep and r.pseudo_mask:
+    if r.seed and r.seed_sweep:
         metrics = {"seed_miou": r.seed.miou, "seed_best_miou_gt_sweep": r.seed_sweep.best_miou,
                    "seed_best_threshold": r.seed_sweep.best_threshold,
                    "seed_official_miou_gt_sweep": r.seed_sweep.official_miou,
-                   "seed_official_threshold": r.seed_sweep.official_threshold, "pseudo_mask_miou": r.pseudo_mask.miou}
+                   "seed_official_threshold": r.seed_sweep.official_threshold}
+    if r.pseudo_mask:
+        metrics["pseudo_mask_miou"] = r.pseudo_mask.miou
         metrics |= {f"pseudo_mask_miou_{k}": v.miou for k, v in (r.pseudo_mask_routes or {}).items()}
     metrics["images_with_gt"] = r.num_images_with_gt
     metrics["uncertain_pixel_share"] = r.pseudo_mask_pixel_shares[UNCERTAIN]
@@ -148,10 +182,14 @@ def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) ->
     return evaluate_masks(lambda i: d / f"{i}.png", gt_ids, gt, table.num_classes, names)
 
 
-def _selection(cfg: Config) -> Selection:
-    """How train_cam, match and refine (whose S makes the CAMs) kept their weights."""
+def _selection(cfg: Config, own_cams: bool = True) -> Selection:
+    """How train_cam, match and refine (whose S makes the CAMs) kept their weights; unknown for
+    imported CAMs or masks (another method chose its own checkpoint)."""
     from pipeline.seed_eval import selection_label
     stages = SELECTING_STAGES
+    if not own_cams:
+        return Selection(uses_ground_truth=None, note="the CAMs / pseudo masks are imported: how their method "
+                         "chose its checkpoint is not known here", **{s: "n/a (imported)" for s in stages})
     gt = [s for s in stages if getattr(cfg, s).select == "gt_miou"]
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
             "protocol): every number here depends on ground truth" if gt else
@@ -162,7 +200,7 @@ def _selection(cfg: Config) -> Selection:
     return Selection(uses_ground_truth=uses_gt, note=note, **{s: selection_label(cfg, s) for s in stages})
 
 
-STAGE = Stage(name="evaluate", inputs=("prepare_data", "export_cams", "pseudo_masks", "train_segmentation"),
+STAGE = Stage(name="evaluate", inputs=inputs,
               sections=("evaluate", "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
                         "pseudo_masks.method", "pseudo_masks.extra_methods",  # the routes it scores
                         # how the mask generator behind the CAMs kept its weights (the report's selection)

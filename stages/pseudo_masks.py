@@ -27,6 +27,7 @@ from pipeline.data.datasets import LabelTable, read_image, read_mask
 from pipeline.refine_masks import seed_labels, write_masks
 from pipeline.utils import num_processes, progress
 from stages.contract import Stage
+from stages.sources import cam_stage, cams_dir
 
 log = logging.getLogger("wsss")
 AFFINITY = ("affinity", "affinity_crf")
@@ -35,9 +36,10 @@ COCO_JSON = "pseudo_masks_coco.json"
 
 def inputs(cfg: Config) -> tuple[str, ...]:
     """The affinity methods use the attention of the mask generator that made the CAMs;
-    the sam route the masks of sam_masks."""
+    the sam route the masks of sam_masks; imported CAMs (export_cams.source: import) have no model."""
     sam = ('sam_masks',) if "sam" in cfg.pseudo_masks.routes else ()
-    return ('prepare_data', 'export_cams', cfg.export_cams.source) + sam
+    model = () if cfg.export_cams.source == "import" else (cfg.export_cams.source,)
+    return ('prepare_data', cam_stage(cfg)) + model + sam
 
 
 def route_dir(cfg: Config, out: Path, method: str) -> Path:
@@ -98,7 +100,7 @@ def _run_route(cfg: Config, inputs, out: Path, ids: list[str], method: str) -> i
     if method == "sam":
         from stages.sam_masks import mask_dir as sam_mask_dir
         sam_dir = str(sam_mask_dir(inputs["sam_masks"], _split(cfg)))  # = sam.split (validated)
-    init = (str(store_path(inputs["export_cams"], _split(cfg))), route_cfg.model_dump_json(), str(mask_dir),
+    init = (str(store_path(cams_dir(inputs), _split(cfg))), route_cfg.model_dump_json(), str(mask_dir),
             table.palette.tolist(), sam_dir)
     n = min(num_processes(cfg.run.processes), len(todo))
     desc = f"pseudo_masks ({method}, {n} proc)"
@@ -121,7 +123,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
                                f"(e.g. {', '.join(missing[:5])}); run the missing shards")
     mask_dir = out / "masks"
     table = LabelTable.from_artifact(inputs["prepare_data"], _split(cfg))
-    store = CamStore(store_path(inputs["export_cams"], _split(cfg)))
+    store = CamStore(store_path(cams_dir(inputs), _split(cfg)))
     rows = []
     for image_id in fixed_sample(ids, pm.gallery_size):
         cams, classes = store.read(image_id)
@@ -159,5 +161,6 @@ STAGE = Stage(name="pseudo_masks", inputs=inputs, run=run, items=items, run_shar
               # the CAMs' split and the mask generator behind them (affinity methods)
               sections=("pseudo_masks", "export_cams.split", "export_cams.source"),
               # 2: dataset palette in the PNGs, optional COCO JSON; 3: affinity on the padded grid;
-              # 4: declares the export_cams fields it reads; 5: routes (sam, extra_methods)
+              # 4: declares the export_cams fields it reads; 5: routes (sam, extra_methods); imported CAMs
+              # change its inputs, not its computation
               version="5")

@@ -4,8 +4,8 @@ val images that have a ground-truth mask; with none (or data.val_split null)
 it trains without validation and val_metrics.json says so.
 
 Inputs: prepare_data (label tables: image paths, val GT mask paths) and
-pseudo_masks (one palette PNG per train image id at ``<artifact>/masks/<id>.png``,
-255 = ignore).
+pseudo_masks, or import_masks when import_masks.dir is set (one palette PNG per train
+image id at ``<artifact>/masks/<id>.png``, 255 = ignore).
 
 Artifact:
   mmseg_config.py        generated mmseg config (runs with mmseg's tools/train.py, tools/test.py)
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Optional
 
 from stages.contract import Stage
+from stages.sources import mask_stage, masks_dir
 
 log = logging.getLogger("wsss")
 
@@ -52,9 +53,9 @@ def data_lists(cfg, inputs: dict, out: Path) -> tuple[Path, Optional[Path], list
     (None when a folder dataset has no val ground truth)."""
     from pipeline.data.datasets import DataError, LabelTable
     train = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
-    mask_dir = Path(inputs["pseudo_masks"]) / "masks"
+    mask_dir = masks_dir(inputs)
     if not mask_dir.is_dir():
-        raise DataError(f"{mask_dir}: pseudo-mask folder not found in the pseudo_masks artifact")
+        raise DataError(f"{mask_dir}: pseudo-mask folder not found in the {mask_dir.parent.name} artifact")
     missing = [r.id for r in train.records if not (mask_dir / f"{r.id}.png").exists()]
     if missing:
         raise DataError(f"{mask_dir}: no pseudo mask for {len(missing)} of {len(train)} "
@@ -216,7 +217,12 @@ def run(cfg, inputs, out):
     return headline
 
 
-STAGE = Stage(name="train_segmentation", inputs=("prepare_data", "pseudo_masks"),
+def inputs(cfg) -> tuple[str, ...]:
+    """The label tables and the masks it trains on: pseudo_masks' route, or import_masks'."""
+    return ("prepare_data", mask_stage(cfg))
+
+
+STAGE = Stage(name="train_segmentation", inputs=inputs,
               sections=("data", "train_segmentation", "run.seed"), run=run,
               # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional
               # validation, predict_split; 4: no classification loss on all-ignore crops, DeepLab-v2
