@@ -75,7 +75,7 @@ class FinalModel(_Part):
 class Selection(_Part):
     """How the training stages kept their weights (in words, per stage); uses_ground_truth None:
     not known (imported CAMs or masks)."""
-    uses_ground_truth: Optional[bool]
+    uses_ground_truth: Optional[bool] = None
     note: str
     train_cam: str
     match: str
