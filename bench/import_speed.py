@@ -43,7 +43,8 @@ def main() -> None:
           f"mean size {np.mean([r.height for r in recs]):.0f}x{np.mean([r.width for r in recs]):.0f}; "
           f"{args.threads} threads; extrapolated to {VOC_TRAIN_AUG} images")
     scale = VOC_PIXELS / np.mean([r.height * r.width for r in recs])
-    print(f"VOC train_aug column: ms/image x {scale:.2f} (VOC's 500x375 pixels over the tiny images') x {VOC_TRAIN_AUG}")
+    print(f"VOC train_aug column: ms/image x {scale:.2f} (VOC's 500x375 pixels over the tiny images') "
+          f"x {VOC_TRAIN_AUG}")
     print(f"{'what':<28}{'MB/image':>9}{'ms/image':>10}{'VOC train_aug':>15}")
     for fmt in FORMATS:
         src = tmp / fmt

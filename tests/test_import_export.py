@@ -75,7 +75,7 @@ def test_only_plain_dicts_of_arrays_are_unpickled(tmp_path):
         load_npy_dict(tmp_path / "evil.npy")
     assert not marker.exists()
     np.save(tmp_path / "obj.npy", np.array(SimpleNamespace(a=1), dtype=object))  # a pickled non-dict object
-    with pytest.raises(CamFormatError, match="obj.npy: not a pickled dict.*refuses to unpickle 'types.SimpleNamespace'"):
+    with pytest.raises(CamFormatError, match="obj.npy: not a pickled dict.*refuses to unpickle 'types.Simple"):
         load_npy_dict(tmp_path / "obj.npy")
     np.save(tmp_path / "list.npy", np.array([np.ones(2), np.zeros(2)] + [None], dtype=object))
     with pytest.raises(CamFormatError, match="list.npy: pickled object is a ndarray, not a dict"):
@@ -360,10 +360,20 @@ def test_imported_masks_train_the_final_model_through_the_flow(native, tmp_path)
 
 @pytest.mark.parametrize("name", ["voc-weaktr-cams", "voc-clip-es-cams", "voc-stacked-cams", "voc-fma-cams",
                                   "voc-imported-masks"])
-def test_example_configs_load_and_run_no_training(name):
-    from pipeline.config import load_config
+def test_example_configs_load_and_run_no_training(name, tmp_path):
+    from pipeline.config import ConfigError, load_config
+    from stages import export_cams
     from stages.runner import select
     cfg = load_config(ROOT / f"configs/examples/{name}.yaml", check_paths=False)
     names = select(cfg=cfg)
     assert not {"train_cam", "match", "learn_prompts", "refine", "export_cams"} & set(names)
     assert ("import_masks" in names) == (name == "voc-imported-masks")
+    if name == "voc-imported-masks":
+        return
+    with pytest.raises(ValueError, match="export_cams.source is 'import': the CAMs are import_cams' artifact"):
+        export_cams.run(cfg, {}, tmp_path)
+    path = ROOT / f"configs/examples/{name}.yaml"
+    with pytest.raises(ConfigError, match="export_cams.source 'import' needs import_cams.dir"):
+        load_config(path, overrides={"import_cams": {"dir": None}}, check_paths=False)
+    with pytest.raises(ConfigError, match=r"routes \['affinity'\] walk the mask generator's attention"):
+        load_config(path, overrides={"pseudo_masks": {"extra_methods": ["affinity"]}}, check_paths=False)
