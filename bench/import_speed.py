@@ -26,7 +26,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4, help="read-ahead / writer threads")
     args = ap.parse_args()
 
-    from pipeline.cam_store import CamStore, store_path
+    from pipeline.artifacts import CamArtifact
+    from pipeline.cams.store import CamStore
     from pipeline.cams.formats import FORMATS, SUFFIX, ClassIndex, folder_fingerprint, write_cam_file
     from pipeline.cams.importer import ImportOptions, import_folder
     from pipeline.config import load_config
@@ -55,7 +56,7 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in src.glob(f"*{SUFFIX[fmt]}")) / len(recs) / 1e6
         best = float("inf")
         for i in range(args.repeat):
-            store = CamStore(store_path(tmp / f"out-{fmt}-{i}", "train"), mode="a")
+            store = CamStore(CamArtifact(tmp / f"out-{fmt}-{i}").store("train"), mode="a")
             t = time.perf_counter()
             import_folder(recs, src, ImportOptions(fmt), store, table.num_classes, threads=args.threads)
             best = min(best, (time.perf_counter() - t) / len(recs))

@@ -47,8 +47,8 @@ def run(config: Path = ConfigOpt,
     """Run the whole DAG (or a slice of it); cached stages are skipped."""
     _setup_logging()
     cfg = _load(config)
-    from pipeline.weights import WeightsUnavailable, preflight
-    from stages.runner import select, stage_keys
+    from pipeline.weights import WeightsUnavailable
+    from stages.runner import preflight, select, stage_keys
     try:  # before Prefect starts: one paragraph instead of a flow-run traceback (the flow checks again)
         preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
     except (WeightsUnavailable, KeyError) as e:
@@ -126,16 +126,18 @@ DEFAULT_ROOTS = {"voc": Path("data/VOCdevkit/VOC2012"), "coco": Path("data/coco"
 
 @app.command()
 def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
-          config: Optional[Path] = typer.Option(None, "--config", "-c", help="config whose data.root / weights to fetch"),
+          config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                help="config whose data.root / weights to fetch"),
           dest: Optional[Path] = typer.Option(None, help="voc/coco: the data set root (default data.root); "
                                               "weights: folder (default checkpoints)"),
-          mirror: Optional[Path] = typer.Option(None, help="take the files from this local folder instead of the network"),
+          mirror: Optional[Path] = typer.Option(None,
+                                                help="take the files from this local folder instead of the network"),
           hub: bool = typer.Option(True, help="weights: also CLIP and DeiT into open_clip's/timm's caches")):
     """Download, verify and unpack a data set (VOC 2012 + SBD aug, COCO 2014) or the weights the configs name.
     Resumes interrupted downloads. Env: WSSS_FETCH_BASE_URL (another server), WSSS_FETCH_HASHES (checksum file)."""
     _setup_logging()
     from pipeline.config import ConfigError, load_config
-    from pipeline.fetch import FetchError, fetch_dataset, fetch_weights
+    from pipeline.data.fetch import FetchError, fetch_dataset, fetch_weights
     if what not in ("voc", "coco", "weights"):
         _fail(ValueError(f"fetch: unknown '{what}' (voc, coco or weights)"))
     cfg = None
@@ -146,7 +148,13 @@ def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
             _fail(e)
     try:
         if what == "weights":
-            rows = fetch_weights(dest or Path("checkpoints"), cfg, mirror, hub=hub)
+            hub_weights = None
+            if cfg is not None:  # the CLIP / DeiT weights its stages load (SAM and the rest: files above)
+                from stages import ORDER
+                from stages.runner import hub_weights as stage_weights
+                hub_weights = [w for w in stage_weights(cfg, ORDER)
+                               if w.key in ("mask_generator.pretrained", "clip.pretrained")]
+            rows = fetch_weights(dest or Path("checkpoints"), cfg, mirror, hub=hub, hub_weights=hub_weights)
             typer.echo("config keys (set the ones your run uses):")
             for key, path, note in rows:
                 typer.echo(f"  {key}: {path}    # {note}")
@@ -168,7 +176,8 @@ def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
 @app.command("init-dataset")
 def init_dataset(folder: Path = typer.Argument(..., help="folder with images and a labels file"),
                  out: Optional[Path] = typer.Option(None, help="config to write (default configs/<folder name>.yaml)"),
-                 labels: Optional[Path] = typer.Option(None, help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
+                 labels: Optional[Path] = typer.Option(None,
+                                                       help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
                  images: Optional[Path] = typer.Option(None, help="image folder (default FOLDER/images, else FOLDER)"),
                  force: bool = typer.Option(False, help="overwrite an existing config")):
     """Write a config for a folder of images with tags and print the images per class."""
@@ -192,7 +201,7 @@ def eval_masks(pred: Path = typer.Option(..., help="folder of predicted label PN
                gt: Path = typer.Option(..., help="folder of ground-truth label PNGs"),
                num_classes: int = typer.Option(..., help="number of classes incl. background")):
     """mIoU of a folder of label PNGs against a GT folder (255 ignored); prints JSON."""
-    from pipeline.metrics import evaluate_folders
+    from pipeline.evaluation.metrics import evaluate_folders
     try:
         res = evaluate_folders(pred, gt, num_classes)
     except (FileNotFoundError, ValueError) as e:
@@ -221,16 +230,16 @@ def export_cams_cmd(config: Path = ConfigOpt,
                                                     "category id - 1, as WeakTr/SemPLeS COCO models)")):
     """Write a run's CAMs (export_cams.split) as per-image files another code base reads
     (FMA-WSSS: fma_npz, or weaktr_npy with its SemPLeS loader)."""
-    from pipeline.cam_store import CamStore, store_path
+    from pipeline.artifacts import CamArtifact, cam_stage
     from pipeline.cams.formats import FORMATS, ClassIndex
     from pipeline.cams.importer import export_store
+    from pipeline.cams.store import CamStore
     from pipeline.data.classes import COCO_CATEGORY_IDS
     from pipeline.utils import progress
-    from stages.sources import cam_stage
     cfg = _load(config)
     if format not in FORMATS or class_index not in ("label", "coco_category"):
         _fail(ValueError(f"--format must be one of {', '.join(FORMATS)}; --class-index label or coco_category"))
-    store = CamStore(store_path(_cached_artifact(cfg, cam_stage(cfg)), cfg.export_cams.split))
+    store = CamStore(CamArtifact(_cached_artifact(cfg, cam_stage(cfg))).store(cfg.export_cams.split))
     index = ClassIndex(class_base, tuple(COCO_CATEGORY_IDS) if class_index == "coco_category" else None)
     ids = store.ids()
     n = export_store(store, ids, format, out, index, progress=lambda it, total: progress(it, "export-cams", total))
@@ -243,20 +252,19 @@ def export_masks_cmd(config: Path = ConfigOpt,
                      route: Optional[str] = typer.Option(None, help="pseudo-mask route (default: the trained one, "
                                                          "pseudo_masks.method)")):
     """Copy a run's pseudo masks (palette PNGs, the dataset's colours, 255 = uncertain) into a folder."""
+    from pipeline.artifacts import MaskArtifact, mask_stage
     from pipeline.data.datasets import LabelTable
     from pipeline.pseudo_masks.imported import export_masks
-    from stages.pseudo_masks import route_dir
-    from stages.sources import mask_stage
     cfg = _load(config)
     name = mask_stage(cfg)
     art = _cached_artifact(cfg, name)
     if name == "import_masks":
-        src, split = art / "masks", cfg.data.train_split
+        src, split = MaskArtifact(art).trained, cfg.data.train_split
     else:
         route = route or cfg.pseudo_masks.method
         if route not in cfg.pseudo_masks.routes:
             _fail(ValueError(f"--route {route}: not a route of this run ({', '.join(cfg.pseudo_masks.routes)})"))
-        src, split = route_dir(cfg, art, route), cfg.export_cams.split
+        src, split = MaskArtifact(art).route(route, cfg.pseudo_masks.method), cfg.export_cams.split
     ids = LabelTable.from_artifact(_cached_artifact(cfg, "prepare_data"), split).ids()
     try:
         n = export_masks(src, ids, out)
@@ -269,7 +277,7 @@ def export_masks_cmd(config: Path = ConfigOpt,
 def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluate artifact dirs or run stores"),
             png: Path = typer.Option(Path("compare.png"), help="bar chart to write")):
     """Seed / pseudo-mask / final mIoU and per-class IoU of several runs in one table and chart."""
-    from pipeline.compare import CompareError, compare_table, find_evaluate_dir, load_run, save_compare_chart
+    from pipeline.evaluation.compare import CompareError, compare_table, find_evaluate_dir, load_run, save_compare_chart
     loaded = []
     try:
         for arg in runs:

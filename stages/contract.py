@@ -31,7 +31,9 @@ class Stage:
     finalize(cfg_view, inputs, out) -> metrics, so a flow can map shards over
     workers. input_files(cfg) -> paths: small files whose content the key
     covers. fingerprint(cfg) -> str: a digest of a folder the stage reads (imported
-    CAMs / masks), cheap enough to compute with every key. distributed: run() fans out under torchrun when
+    CAMs / masks), cheap enough to compute with every key. weights(cfg_view) -> the
+    hub weights (pipeline/weights.py HubWeight) the stage loads under this config,
+    which the preflight resolves before any stage writes. distributed: run() fans out under torchrun when
     run.nproc_per_node > 1 (stages/launch.py)."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
@@ -43,6 +45,7 @@ class Stage:
     finalize: Optional[Callable[..., dict]] = None
     input_files: Optional[Callable[[Config], list]] = None
     fingerprint: Optional[Callable[[Config], str]] = None
+    weights: Optional[Callable[..., list]] = None
     distributed: bool = False
 
     def __post_init__(self):

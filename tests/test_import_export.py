@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cam_store import CamStore, store_path
+from pipeline.artifacts import CamArtifact
+from pipeline.cams.store import CamStore
 from pipeline.cams.formats import FORMATS, CamFormatError, ClassIndex, load_npy_dict, read_cam_file, write_cam_file
 from pipeline.cams.importer import CamImportError, ImportOptions, import_folder
 from pipeline.data.classes import COCO_CATEGORY_IDS, palette
@@ -116,7 +117,7 @@ def _write(folder, recs, fmt="weaktr_npy", edit=None):
 
 
 def _import(tmp_path, folder, recs, **opts):
-    store = CamStore(store_path(tmp_path / "out", "train"), mode="a")
+    store = CamStore(CamArtifact(tmp_path / "out").store("train"), mode="a")
     return import_folder(recs, folder, ImportOptions(opts.pop("fmt", "weaktr_npy"), **opts), store, 21), store
 
 
@@ -243,7 +244,7 @@ def test_exported_cams_imported_give_the_same_cams_and_pseudo_masks_of_every_rou
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from pipeline.weights import hub_weights
+    from stages.runner import hub_weights
     from stages.runner import run_stage, select, stage_keys
     out = native.tmp / f"export-{fmt}"
     res = CliRunner().invoke(app, ["export-cams", "--config", str(native.path), "--format", fmt, "--out", str(out)])
@@ -257,7 +258,8 @@ def test_exported_cams_imported_give_the_same_cams_and_pseudo_masks_of_every_rou
     keys = stage_keys(cfg)
     assert keys["sam_masks"] == native.keys["sam_masks"] and keys["pseudo_masks"] != native.keys["pseudo_masks"]
     imported = run_stage(cfg, "import_cams", keys=keys)
-    a, b = CamStore(store_path(native.dirs["export_cams"], "train")), CamStore(store_path(imported, "train"))
+    a = CamStore(CamArtifact(native.dirs["export_cams"]).store("train"))
+    b = CamStore(CamArtifact(imported).store("train"))
     assert a.ids() == b.ids() and len(a.ids()) == 4
     for i in a.ids():
         (ca, ka), (cb, kb) = a.read(i), b.read(i)
@@ -273,14 +275,14 @@ def test_exported_cams_imported_give_the_same_cams_and_pseudo_masks_of_every_rou
 def test_evaluate_scores_imported_cams_by_the_same_protocol(native, tmp_path):
     """The same tables as on the pipeline's own CAMs, labelled with the CAM source; replacing a
     file changes the key of import_cams and of everything downstream."""
-    from pipeline.report import EvalReport
+    from pipeline.evaluation.report import EvalReport
     from stages import evaluate
     from stages.runner import run_stage, stage_keys
     out = native.tmp / "export-weaktr_npy"
     if not out.exists():
         from pipeline.cams.importer import export_store
-        export_store(CamStore(store_path(native.dirs["export_cams"], "train")),
-                     CamStore(store_path(native.dirs["export_cams"], "train")).ids(), "weaktr_npy", out)
+        export_store(CamStore(CamArtifact(native.dirs["export_cams"]).store("train")),
+                     CamStore(CamArtifact(native.dirs["export_cams"]).store("train")).ids(), "weaktr_npy", out)
     quick = "evaluate: {sweep: [0.4, 0.45, 0.5], gallery_size: 1}\n"
     cfg, _ = _cfg(native.tmp, "import-eval", f"export_cams: {{source: import}}\nimport_cams: {{dir: {out}}}\n" + quick)
     ncfg, _ = _cfg(native.tmp, "native-eval", "export_cams: {source: train_cam}\n" + quick)
@@ -324,7 +326,7 @@ def test_imported_masks_train_the_final_model_through_the_flow(native, tmp_path)
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from pipeline.report import EvalReport
+    from pipeline.evaluation.report import EvalReport
     from pipeline.store import Store
     from stages.runner import select, stage_keys
     from test_flow import _env, _run

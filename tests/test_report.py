@@ -1,4 +1,4 @@
-"""The typed evaluate report (pipeline/report.py) as evaluate writes it and as
+"""The typed evaluate report (pipeline/evaluation/report.py) as evaluate writes it and as
 the flow (publish_report) and `wsss compare` read it, with and without
 ground truth: a split without GT masks (a folder dataset) has no seed or
 pseudo-mask scores, and readers show what the report has (n/a otherwise)."""
@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from cam_fixtures import gt_store
 from flows.cli import app
-from pipeline.compare import CompareError, load_run
+from pipeline.evaluation.compare import CompareError, load_run
 from pipeline.config import load_config
 from pipeline.data.datasets import LabelTable, read_mask, write_mask
-from pipeline.report import REPORT, EvalReport, Scores, report_markdown
+from pipeline.evaluation.report import REPORT, EvalReport, Scores, report_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

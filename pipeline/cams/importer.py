@@ -1,5 +1,10 @@
 """Import a folder of per-image CAM files (pipeline/cams/formats.py) into a CAM store, checking
-each file against the image it belongs to, and export a store back into those formats.
+each file against the image it belongs to, and export a store back into those formats. Also the
+work of the import_cams stage (run, fingerprint): the folder of cfg.import_cams, checked against
+the label table of export_cams.split, as the same CAM store export_cams writes
+(pipeline/artifacts.py ImportedCamArtifact), so pseudo_masks (every route), evaluate and the
+galleries read it the same way when export_cams.source is 'import'. The key covers the folder's
+fingerprint (names + sizes + mtimes, or sha256 with import_cams.hash: full).
 
 Checks (each error names the file): every image of the split has a file; no class outside the
 image's labels (``extra_classes``: error | drop); every label has a map (``missing_classes``:
@@ -11,6 +16,7 @@ problems; the store written so far is then removed, so a failed import leaves no
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +24,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from pipeline.cam_store import CamStore, CamWriter
-from pipeline.cams.formats import CLIP_ES_KEY, SUFFIX, CamFormatError, ClassIndex, read_cam_file, write_cam_file
+from pipeline.artifacts import ImportedCamArtifact
+from pipeline.cams.formats import (CLIP_ES_KEY, SUFFIX, CamFormatError, ClassIndex, folder_fingerprint, read_cam_file,
+                                   write_cam_file)
+from pipeline.cams.store import CamStore, CamWriter, fixed_sample
+
+log = logging.getLogger("wsss")
 
 MAX_LISTED = 20
 
@@ -152,3 +162,50 @@ def export_store(store: CamStore, ids: Sequence[str], fmt: str, out_dir: Path, i
         cams, classes = store.read(image_id)
         write_cam_file(out_dir, image_id, fmt, cams, classes, index)
     return len(ids)
+
+
+# ------------------------------------------------------------------ the import_cams stage
+def source_label(folder, fmt: str) -> str:
+    return f"imported: {Path(folder).resolve()}, {fmt}"
+
+
+def fingerprint(cfg) -> str:
+    ic = cfg.import_cams
+    return folder_fingerprint(ic.dir, [SUFFIX[ic.format]], ic.hash)
+
+
+def run(cfg, inputs, out: Path) -> dict:
+    from pipeline.cams.inference import image_size
+    from pipeline.data.datasets import LabelTable, read_image
+    from pipeline.plots import heat_overlay, save_grid
+    from pipeline.store import write_json_atomic
+    from pipeline.utils import progress
+
+    ic, split, art = cfg.import_cams, cfg.export_cams.split, ImportedCamArtifact(out)
+    if ic.dir is None:
+        raise ValueError("import_cams.dir is not set: name the folder of CAM files")
+    table = LabelTable.from_artifact(inputs["prepare_data"], split)
+    for r in table.records:
+        if not (r.height and r.width):
+            r.height, r.width = image_size(r)
+    path = art.store(split)
+    counts = import_folder(table.records, Path(ic.dir), ImportOptions.from_cfg(ic), CamStore(path, mode="a"),
+                           table.num_classes, threads=cfg.export_cams.writer_threads,
+                           progress=lambda it, n: progress(it, f"import_cams {split} ({ic.format})", total=n))
+    store = CamStore(path)
+    label = source_label(ic.dir, ic.format)
+    write_json_atomic(art.source, {"dir": str(Path(ic.dir).resolve()), "format": ic.format, "label": label})
+    rows, labels = [], []
+    for image_id in fixed_sample(table.ids(), ic.gallery_size):
+        cams, classes = store.read(image_id)
+        image = read_image(table[image_id].image)
+        rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
+        labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
+    if rows:
+        save_grid(art.gallery, rows, titles=["image", f"imported CAM per class ({ic.format})"], row_labels=labels)
+    if counts.get("files_not_in_split"):
+        log.info("import_cams: %d files in %s belong to no image of split '%s' (ignored)",
+                 counts["files_not_in_split"], ic.dir, split)
+    n_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return {"images": len(table), "split": split, "format": ic.format, "source": label, **counts,
+            "store": path.name, "store_bytes": n_bytes}

@@ -1,5 +1,9 @@
 """Pseudo masks made elsewhere: a folder of ``<image id>.png`` label maps imported as this
 pipeline's mask layout (palette PNGs of the dataset's palette), and masks exported as PNGs.
+Also the work of the import_masks stage (run, fingerprint): the folder of cfg.import_masks for
+the images of data.train_split, written as pipeline/artifacts.py ImportedMaskArtifact (masks/
+like pseudo_masks' trained route), which train_segmentation trains on and evaluate scores when
+import_masks.dir is set.
 
 Accepted PNGs: palette (P: the indices are the class ids, whatever the palette's colours),
 greyscale (L, or 16-bit I;16 / I: the grey values are the class ids) or RGB(A) painted with the
@@ -17,6 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from pipeline.artifacts import ImportedMaskArtifact
+from pipeline.cams.formats import folder_fingerprint
 from pipeline.data.classes import IGNORE
 from pipeline.data.datasets import write_mask
 
@@ -110,3 +116,39 @@ def export_masks(src: Path, ids: Sequence[str], out_dir: Path) -> int:
     for i in ids:
         shutil.copyfile(src / f"{i}.png", out_dir / f"{i}.png")
     return len(ids)
+
+
+# ------------------------------------------------------------------ the import_masks stage
+def source_label(folder) -> str:
+    return f"imported: {Path(folder).resolve()}"
+
+
+def fingerprint(cfg) -> str:
+    return folder_fingerprint(cfg.import_masks.dir, [".png"], cfg.import_masks.hash)
+
+
+def run(cfg, inputs, out: Path) -> dict:
+    from pipeline.cams.inference import image_size
+    from pipeline.cams.store import fixed_sample
+    from pipeline.data.datasets import LabelTable, read_image, read_mask
+    from pipeline.plots import save_grid
+    from pipeline.store import write_json_atomic
+    from pipeline.utils import progress
+
+    im, split, art = cfg.import_masks, cfg.data.train_split, ImportedMaskArtifact(out)
+    if im.dir is None:
+        raise ValueError("import_masks.dir is not set: name the folder of mask PNGs")
+    table = LabelTable.from_artifact(inputs["prepare_data"], split)
+    for r in table.records:
+        if not (r.height and r.width):
+            r.height, r.width = image_size(r)
+    res = import_masks(table.records, Path(im.dir), art.trained, table.palette, table.num_classes,
+                       progress=lambda it, n: progress(it, f"import_masks {split}", total=n))
+    write_json_atomic(art.source, {"dir": str(Path(im.dir).resolve()), "label": source_label(im.dir)})
+    rows = [[read_image(table[i].image), read_mask(art.trained / f"{i}.png")]
+            for i in fixed_sample(table.ids(), im.gallery_size)]
+    if rows:
+        save_grid(art.gallery, rows, titles=["image", "imported pseudo mask"], pal=table.palette)
+    px = res["pixels"]
+    return {"images": len(table), "split": split, "source": source_label(im.dir),
+            "ignored_fraction": float(px[IGNORE] / max(int(px.sum()), 1))}
