@@ -278,6 +278,70 @@ def eval_masks(pred: Path = typer.Option(..., help="folder of predicted label PN
     typer.echo(json.dumps(res, indent=2))
 
 
+def _cached_artifact(cfg, name: str) -> Path:
+    from pipeline.store import Store
+    from stages.runner import stage_keys
+    store, key = Store(cfg.run.work_dir), stage_keys(cfg)[name]
+    state = store.state(key)
+    if state != "cached":
+        _fail(RuntimeError(f"no {name} artifact for this config ({store.path(key)} is {state}); "
+                           f"run `wsss run --config ...` (or `wsss stage {name}`) first"))
+    return store.path(key)
+
+
+@app.command("export-cams")
+def export_cams_cmd(config: Path = ConfigOpt,
+                    format: str = typer.Option(..., "--format",
+                                               help="weaktr_npy | clip_es_npy | stacked_npz | fma_npz"),
+                    out: Path = typer.Option(..., help="folder to write <image id>.npy / .npz into"),
+                    class_base: int = typer.Option(0, help="index of the first foreground class (official: 0)"),
+                    class_index: str = typer.Option("label", help="label | coco_category (COCO: 90-row indices, "
+                                                    "category id - 1, as WeakTr/SemPLeS COCO models)")):
+    """Write a run's CAMs (export_cams.split) as per-image files another code base reads
+    (FMA-WSSS: fma_npz, or weaktr_npy with its SemPLeS loader)."""
+    from pipeline.artifacts import CamArtifact, cam_stage
+    from pipeline.cams.formats import FORMATS, ClassIndex
+    from pipeline.cams.importer import export_store
+    from pipeline.cams.store import CamStore
+    from pipeline.data.classes import COCO_CATEGORY_IDS
+    from pipeline.utils import progress
+    cfg = _load(config)
+    if format not in FORMATS or class_index not in ("label", "coco_category"):
+        _fail(ValueError(f"--format must be one of {', '.join(FORMATS)}; --class-index label or coco_category"))
+    store = CamStore(CamArtifact(_cached_artifact(cfg, cam_stage(cfg))).store(cfg.export_cams.split))
+    index = ClassIndex(class_base, tuple(COCO_CATEGORY_IDS) if class_index == "coco_category" else None)
+    ids = store.ids()
+    n = export_store(store, ids, format, out, index, progress=lambda it, total: progress(it, "export-cams", total))
+    typer.echo(f"wrote {n} {format} files to {out}")
+
+
+@app.command("export-masks")
+def export_masks_cmd(config: Path = ConfigOpt,
+                     out: Path = typer.Option(..., help="folder to write <image id>.png into"),
+                     route: Optional[str] = typer.Option(None, help="pseudo-mask route (default: the trained one, "
+                                                         "pseudo_masks.method)")):
+    """Copy a run's pseudo masks (palette PNGs, the dataset's colours, 255 = uncertain) into a folder."""
+    from pipeline.artifacts import MaskArtifact, mask_stage
+    from pipeline.data.datasets import LabelTable
+    from pipeline.pseudo_masks.imported import export_masks
+    cfg = _load(config)
+    name = mask_stage(cfg)
+    art = _cached_artifact(cfg, name)
+    if name == "import_masks":
+        src, split = MaskArtifact(art).trained, cfg.data.train_split
+    else:
+        route = route or cfg.pseudo_masks.method
+        if route not in cfg.pseudo_masks.routes:
+            _fail(ValueError(f"--route {route}: not a route of this run ({', '.join(cfg.pseudo_masks.routes)})"))
+        src, split = MaskArtifact(art).route(route, cfg.pseudo_masks.method), cfg.export_cams.split
+    ids = LabelTable.from_artifact(_cached_artifact(cfg, "prepare_data"), split).ids()
+    try:
+        n = export_masks(src, ids, out)
+    except FileNotFoundError as e:
+        _fail(e)
+    typer.echo(f"wrote {n} masks ({name}{'' if name == 'import_masks' else f', route {route}'}) to {out}")
+
+
 @app.command()
 def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluate artifact dirs or run stores"),
             png: Path = typer.Option(Path("compare.png"), help="bar chart to write")):

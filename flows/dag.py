@@ -158,7 +158,7 @@ def publish_report(cfg: Config, path: Path) -> None:
             md += f"![{alt}](data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
         md += f"File: `{f}`\n"
     create_markdown_artifact(md, key=artifact_key(cfg.run.name, "evaluate", "report"),
-                             description=f"evaluation report ({report.cam_source} CAMs); {path}")
+                             description=f"evaluation report (CAMs: {report.cam_source}); {path}")
     gt = (f"seed at t={report.seed.bg_threshold}, pseudo mask, final model on val" if report.seed
           else "no ground truth on the eval split: IoU n/a")
     create_table_artifact(report.per_class(), key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),

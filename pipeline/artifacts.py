@@ -124,3 +124,36 @@ class EvalArtifact(Layout):
     markdown = File("report.md")
     per_class_chart = File("per_class_iou.png")
     gallery = File("gallery.png")
+
+
+class ImportedCamArtifact(CamArtifact):
+    """import_cams: the same store as export_cams (CamStore), and where the CAMs came from."""
+    source = File("cam_source.json")  # {"dir", "format", "label": "imported: <folder>, <format>"}
+
+
+class ImportedMaskArtifact(MaskArtifact):
+    """import_masks: the trained-on masks in masks/ (as pseudo_masks' trained route), and their folder."""
+    source = File("mask_source.json")  # {"dir", "label": "imported: <folder>"}
+    gallery = File("mask_gallery.png")
+
+
+# Which artifact holds the CAMs and which the trained-on masks of a run: the pipeline's own
+# (export_cams, pseudo_masks) or imported ones (export_cams.source 'import', import_masks.dir set).
+# The inputs functions take the full config; inside a stage the inputs dict says which it got.
+def cam_stage(cfg) -> str:
+    return "import_cams" if cfg.export_cams.source == "import" else "export_cams"
+
+
+def mask_stage(cfg) -> str:
+    return "import_masks" if cfg.import_masks.dir is not None else "pseudo_masks"
+
+
+def cam_artifact(inputs) -> Union[CamArtifact, None]:
+    """The CAM artifact among a stage's inputs (None: the stage got none)."""
+    d = inputs.get("import_cams") or inputs.get("export_cams")
+    return CamArtifact(d) if d else None
+
+
+def trained_masks(inputs) -> Path:
+    """The folder of the trained-on pseudo masks among a stage's inputs."""
+    return MaskArtifact(inputs.get("import_masks") or inputs["pseudo_masks"]).trained

@@ -274,8 +274,9 @@ class CaaCfg(Section):
 
 class ExportCamsCfg(Section):
     # which training stage's mask generator makes the CAMs: the ablation warm
-    # start (train_cam) vs L_match only (match) vs full SemPLeS (refine)
-    source: Literal["train_cam", "match", "refine"] = "refine"
+    # start (train_cam) vs L_match only (match) vs full SemPLeS (refine); import: no
+    # CAM inference, the CAM artifact is import_cams' (CAMs of another method)
+    source: Literal["train_cam", "match", "refine", "import"] = "refine"
     split: str = "train"
     # README CAM generation: --scales 1.0 1.2 (each with its flip)
     scales: list[Positive] = Field(default_factory=lambda: [1.0, 1.2], min_length=1)
@@ -290,6 +291,44 @@ class ExportCamsCfg(Section):
     writer_threads: int = Field(8, ge=0,
                                 description="threads compressing + writing CAMs to zarr; 0 = on the main thread")
     prefetch_batches: int = Field(2, ge=1, description="batches each DataLoader worker prepares ahead")
+
+
+class ImportCamsCfg(Section):
+    """CAMs made by another code base (stage import_cams, selected by export_cams.source: import);
+    README "Bring your own CAMs / masks". One file per image of export_cams.split."""
+    dir: Optional[Path] = Field(None, description="folder of <image id>.npy / .npz CAM files")
+    format: Literal["weaktr_npy", "clip_es_npy", "stacked_npz", "fma_npz"] = Field(
+        "weaktr_npy", description="weaktr_npy: np.save of {class index: (H, W)} (WeakTr/SemPLeS/MCTformer); "
+        "clip_es_npy: {keys, attn_highres} (CLIP-ES); stacked_npz: cams (C, H, W) + classes (label ids); "
+        "fma_npz: cam + fg_cls (FMA-WSSS)")
+    class_base: int = Field(0, ge=0, description="dict / fma formats: the index of the first foreground class "
+                            "(official scripts: 0)")
+    class_index: Literal["label", "coco_category"] = Field(
+        "label", description="label: index - class_base + 1 is the label id; coco_category: it is a COCO "
+        "category id 1..90 (WeakTr/SemPLeS COCO models have 90 rows)")
+    clip_es_key: str = Field("attn_highres", description="clip_es_npy: the dict entry holding the CAMs "
+                             "(CLIP-ES eval_cam.py --cam_type)")
+    extra_classes: Literal["error", "drop"] = Field("error", description="a class not among the image's labels")
+    missing_classes: Literal["error", "zero"] = Field("error", description="an image label without a CAM: "
+                                                      "error, or an all-zero map")
+    resize: bool = Field(False, description="CAMs of another size than the image: bilinear resize "
+                         "(align_corners=False) instead of an error")
+    normalize: bool = Field(False, description="min-max normalise each class map (eps 1e-8) instead of "
+                            "refusing values outside [0, 1]")
+    hash: Literal["stat", "full"] = Field("stat", description="what the artifact key covers of the files: "
+                                          "names + sizes + mtimes (stat) or their sha256 (full: reads every byte "
+                                          "whenever keys are computed)")
+    gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
+
+
+class ImportMasksCfg(Section):
+    """Pseudo masks made by another code base (stage import_masks): with ``dir`` set,
+    train_segmentation trains on them and evaluate scores them instead of pseudo_masks' route."""
+    dir: Optional[Path] = Field(None, description="folder of <image id>.png label maps of data.train_split "
+                                "(palette or greyscale class ids, 255 = ignore); None = masks of pseudo_masks")
+    hash: Literal["stat", "full"] = Field("stat", description="the key covers names + sizes + mtimes (stat) "
+                                          "or the sha256 (full) of the PNGs")
+    gallery_size: int = Field(8, ge=0, description="image | mask pictures of a fixed sample")
 
 
 class SamCfg(Section):
@@ -476,9 +515,11 @@ class Config(Section):
     match: MatchCfg = Field(default_factory=MatchCfg)
     learn_prompts: LearnPromptsCfg = Field(default_factory=LearnPromptsCfg)
     refine: RefineCfg = Field(default_factory=RefineCfg)
+    import_cams: ImportCamsCfg = Field(default_factory=ImportCamsCfg)
     export_cams: ExportCamsCfg = Field(default_factory=ExportCamsCfg)
     sam: SamCfg = Field(default_factory=SamCfg)
     pseudo_masks: PseudoMasksCfg = Field(default_factory=PseudoMasksCfg)
+    import_masks: ImportMasksCfg = Field(default_factory=ImportMasksCfg)
     train_segmentation: TrainSegmentationCfg = Field(default_factory=TrainSegmentationCfg)
     ensemble: EnsembleCfg = Field(default_factory=EnsembleCfg)
     evaluate: EvaluateCfg = Field(default_factory=EvaluateCfg)
@@ -522,6 +563,13 @@ class Config(Section):
                              f"pseudo_masks.method '{self.pseudo_masks.method}'; each further model on an extra route)")
         if self.ensemble.routes and self.data.val_split is None:
             raise ValueError("ensemble.routes: the blend is scored on the val split; data.val_split is null")
+        if self.export_cams.source == "import":
+            if self.import_cams.dir is None:
+                raise ValueError("export_cams.source 'import' needs import_cams.dir (the folder of CAM files)")
+            aff = [m for m in self.pseudo_masks.routes if m.startswith("affinity")]
+            if aff:
+                raise ValueError(f"pseudo_masks routes {aff} walk the mask generator's attention, which imported "
+                                 "CAMs do not have (export_cams.source: import); use argmax, crf or sam")
         pred = self.train_segmentation.predict_split
         if pred is not None and pred not in self.data.all_splits:
             raise ValueError(f"train_segmentation.predict_split: '{pred}' is none of the data splits "

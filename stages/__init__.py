@@ -19,13 +19,14 @@ below, its layout in pipeline/artifacts.py.
 """
 from __future__ import annotations
 
-from stages import (ensemble, evaluate, export_cams, learn_prompts, match, prepare_data, pseudo_masks, refine,
-                    sam_masks, train_cam, train_segmentation)
+from stages import (ensemble, evaluate, export_cams, import_cams, import_masks, learn_prompts, match,
+                    prepare_data, pseudo_masks, refine, sam_masks, train_cam, train_segmentation)
 from stages.contract import Stage
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    prepare_data.STAGE, sam_masks.STAGE, train_cam.STAGE, match.STAGE, learn_prompts.STAGE, refine.STAGE,
-    export_cams.STAGE, pseudo_masks.STAGE, train_segmentation.STAGE, ensemble.STAGE, evaluate.STAGE)}
+    prepare_data.STAGE, sam_masks.STAGE, import_cams.STAGE, train_cam.STAGE, match.STAGE, learn_prompts.STAGE,
+    refine.STAGE, export_cams.STAGE, pseudo_masks.STAGE, import_masks.STAGE, train_segmentation.STAGE,
+    ensemble.STAGE, evaluate.STAGE)}
 ORDER = tuple(STAGES)
 
 

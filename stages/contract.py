@@ -30,9 +30,11 @@ class Stage:
     items(cfg_view, inputs) -> ids, run_shard(cfg_view, inputs, out, ids) and
     finalize(cfg_view, inputs, out) -> metrics, so a flow can map shards over
     workers. input_files(cfg) -> paths: small files whose content the key
-    covers. weights(cfg_view) -> the hub weights (pipeline/weights.py
-    HubWeight) the stage loads under this config, which the preflight resolves
-    before any stage writes. distributed: run() fans out under torchrun when
+    covers. fingerprint(cfg) -> str: a digest of a folder the stage reads
+    (imported CAMs / masks), cheap enough to compute with every key.
+    weights(cfg_view) -> the hub weights (pipeline/weights.py HubWeight) the
+    stage loads under this config, which the preflight resolves before any
+    stage writes. distributed: run() fans out under torchrun when
     run.nproc_per_node > 1 (stages/launch.py). per_image(cfg_view) -> the
     per-image outputs (pipeline.store.PerImage): before a damaged or partial
     artifact is resumed, those that fail their check are removed (Store.heal),
@@ -46,6 +48,7 @@ class Stage:
     run_shard: Optional[Callable[..., Any]] = None
     finalize: Optional[Callable[..., dict]] = None
     input_files: Optional[Callable[[Config], list]] = None
+    fingerprint: Optional[Callable[[Config], str]] = None
     weights: Optional[Callable[..., list]] = None
     distributed: bool = False
     per_image: Optional[Callable[..., tuple]] = None

@@ -30,6 +30,8 @@ def stage_sections(cfg: Config, name: str) -> dict:
     files = stage.input_files(cfg) if stage.input_files else {}
     if files:  # small files the config names (a folder dataset's labels/classes): their content counts
         out["files"] = {str(f): sha256_file(f) if f.is_file() else None for f in files}
+    if stage.fingerprint:  # a folder of imported files: its digest, not every file's sha256
+        out["fingerprint"] = stage.fingerprint(cfg)
     return out
 
 

@@ -1,10 +1,10 @@
 """train_segmentation: mmseg segmentation model trained on the pseudo masks of the trained
 route, validated on the REAL val masks (pipeline/artifacts.py SegmentationArtifact); the
 work: pipeline/segmentation/final.py."""
-from pipeline.segmentation.final import per_image, run
+from pipeline.segmentation.final import inputs, per_image, run
 from pipeline.weights import segmentation_weights
 from stages.contract import Stage
 
-STAGE = Stage(name="train_segmentation", inputs=("prepare_data", "pseudo_masks"),
+STAGE = Stage(name="train_segmentation", inputs=inputs,
               sections=("data", "train_segmentation", "run.seed"), run=run, version="4", per_image=per_image,
               weights=lambda cfg: segmentation_weights(cfg.train_segmentation))

@@ -72,8 +72,8 @@ def test_execute_runs_a_stage_under_its_view(cfg, tmp_path):
 
 
 def test_registry_is_the_dag_in_order():
-    assert ORDER == ("prepare_data", "sam_masks", "train_cam", "match", "learn_prompts", "refine", "export_cams",
-                     "pseudo_masks", "train_segmentation", "ensemble", "evaluate")
+    assert ORDER == ("prepare_data", "sam_masks", "import_cams", "train_cam", "match", "learn_prompts", "refine",
+                     "export_cams", "pseudo_masks", "import_masks", "train_segmentation", "ensemble", "evaluate")
     assert all(get(n) is STAGES[n] and STAGES[n].name == n for n in ORDER)
     assert {n for n in ORDER if STAGES[n].sharded} == {"sam_masks", "export_cams", "pseudo_masks"}
     assert {n for n in ORDER if STAGES[n].distributed} == {"train_cam", "match", "learn_prompts", "refine"}

@@ -29,8 +29,17 @@ log = logging.getLogger("wsss")
 
 
 def inputs(cfg: Config) -> tuple[str, ...]:
-    """prepare_data and the training stage whose mask generator makes the CAMs."""
+    """prepare_data and the training stage whose mask generator makes the CAMs (source 'import':
+    no training stage; the run reads import_cams' CAMs instead and never runs this stage)."""
+    if cfg.export_cams.source == "import":
+        return ('prepare_data', 'import_cams')
     return ('prepare_data', cfg.export_cams.source)
+
+
+def _no_model(cfg: Config) -> None:
+    if cfg.export_cams.source == "import":
+        raise ValueError("export_cams.source is 'import': the CAMs are import_cams' artifact, there is no mask "
+                         "generator to run (`wsss stage import_cams`)")
 
 
 def _table(cfg: Config, inputs) -> LabelTable:
@@ -53,6 +62,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     from pipeline.models.mask_generator import load_mask_generator
     from pipeline.utils import get_device, log_pending, progress
 
+    _no_model(cfg)
     table = _table(cfg, inputs)
     store = CamStore(CamArtifact(out).store(cfg.export_cams.split), mode="a")
     todo = store.missing(ids)
@@ -99,5 +109,6 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
 
 
 def run(cfg: Config, inputs, out: Path) -> dict:
+    _no_model(cfg)
     run_shard(cfg, inputs, out, items(cfg, inputs))  # all shards in one go: one model load / pool
     return finalize(cfg, inputs, out)

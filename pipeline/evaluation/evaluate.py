@@ -15,7 +15,10 @@ Scores use only the images with a ground-truth mask (a folder dataset may
 have none: then only the per-class pixel shares and the gallery remain).
 The report names the training stage whose mask generator made the CAMs
 (export_cams.source: train_cam | match | refine), so ablations say what
-they scored.
+they scored; imported CAMs (export_cams.source: import) are labelled
+"imported: <folder>, <format>" and get the same tables. With imported pseudo
+masks (import_masks.dir) those are the trained route ("imported"); the seeds
+are then scored only if the CAMs are imported too (otherwise the run makes none).
 
 Every pseudo-mask route of the run (pseudo_masks.method, the one the final
 model trains on, and pseudo_masks.extra_methods) is scored side by side:
@@ -34,7 +37,9 @@ from typing import Optional
 
 import numpy as np
 
-from pipeline.artifacts import CamArtifact, EnsembleArtifact, EvalArtifact, MaskArtifact, SegmentationArtifact
+from pipeline.artifacts import (EnsembleArtifact, EvalArtifact, ImportedCamArtifact, ImportedMaskArtifact,
+                                MaskArtifact, SegmentationArtifact, cam_artifact, cam_stage, mask_stage,
+                                trained_masks)
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image, read_mask
@@ -83,12 +88,6 @@ def _ensemble(inputs) -> Optional[EnsembleScores]:
         raise ValueError(f"{p}: not an ensemble val_metrics.json ({type(e).__name__}: {e})") from None
 
 
-def inputs(cfg: Config) -> tuple[str, ...]:
-    """The ensemble stage joins when ensemble.routes names further final models."""
-    return ("prepare_data", "export_cams", "pseudo_masks", "train_segmentation") + (
-        ("ensemble",) if cfg.ensemble.routes else ())
-
-
 def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
     """Share of all pixels per class (and uncertain, 255) over the masks of ``ids``."""
     counts = np.zeros(256, np.int64)
@@ -98,27 +97,55 @@ def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
     return {**{n: float(counts[c] / total) for c, n in enumerate(names)}, UNCERTAIN: float(counts[255] / total)}
 
 
+def inputs(cfg: Config) -> tuple[str, ...]:
+    """prepare_data, the CAMs (none when the pseudo masks are imported and the CAMs are not: the run
+    then makes no CAMs), the trained-on masks and the final model; the ensemble stage when
+    ensemble.routes names further final models."""
+    cams = (cam_stage(cfg),) if mask_stage(cfg) == "pseudo_masks" or cfg.export_cams.source == "import" else ()
+    return ("prepare_data", *cams, mask_stage(cfg), "train_segmentation") + (
+        ("ensemble",) if cfg.ensemble.routes else ())
+
+
+def _label(path: Path) -> str:
+    return json.loads(Path(path).read_text())["label"]
+
+
 def run(cfg: Config, inputs, out: Path) -> dict:
     ev, pm, art = cfg.evaluate, cfg.pseudo_masks, EvalArtifact(out)
     split = cfg.data.eval_split or cfg.data.train_split
     table = LabelTable.from_artifact(inputs["prepare_data"], split)
-    store = CamStore(CamArtifact(inputs["export_cams"]).store(cfg.export_cams.split))
-    exported = set(store.ids())
-    ids = [i for i in table.ids() if i in exported]
-    if not ids:
-        raise ValueError(f"no image of eval split '{split}' is in the CAM export of split "
-                         f"'{cfg.export_cams.split}' ({store.path})")
+    cams, masks = cam_artifact(inputs), trained_masks(inputs)
+    mask_of = lambda i: masks / f"{i}.png"  # noqa: E731
+    store = CamStore(cams.store(cfg.export_cams.split)) if cams else None
+    if store is not None:
+        exported = set(store.ids())
+        ids = [i for i in table.ids() if i in exported]
+        if not ids:
+            raise ValueError(f"no image of eval split '{split}' is in the CAM export of split "
+                             f"'{cfg.export_cams.split}' ({store.path})")
+    else:
+        ids = [i for i in table.ids() if mask_of(i).exists()]
+        if not ids:
+            raise ValueError(f"no image of eval split '{split}' has an imported pseudo mask ({masks})")
     names = list(table.classes)
     gt = lambda i: table[i].mask  # noqa: E731
     gt_ids = [i for i in ids if table[i].mask]
-    masks = MaskArtifact(inputs["pseudo_masks"]).trained
-    mask_of = lambda i: masks / f"{i}.png"  # noqa: E731
+    imported_masks = "import_masks" in inputs
+    trained = "imported" if imported_masks else pm.method
+    routes = [trained] if imported_masks else pm.routes
+    if "import_cams" in inputs:
+        cam_source = _label(ImportedCamArtifact(inputs["import_cams"]).source)
+    else:
+        cam_source = cfg.export_cams.source if store is not None else "none (imported pseudo masks, no CAMs)"
 
     report = EvalReport(eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids),
-                        cam_split=cfg.export_cams.split, cam_source=cfg.export_cams.source,
-                        selection=_selection(cfg), pseudo_mask_pixel_shares=pixel_shares(mask_of, ids, names),
-                        final_model=_final_model(inputs), ensemble=_ensemble(inputs))
-    if gt_ids:
+                        cam_split=cfg.export_cams.split, cam_source=cam_source,
+                        mask_source=_label(ImportedMaskArtifact(inputs["import_masks"]).source)
+                        if imported_masks else None,
+                        selection=_selection(cfg, own_cams="export_cams" in inputs),
+                        pseudo_mask_pixel_shares=pixel_shares(mask_of, ids, names), final_model=_final_model(inputs),
+                        ensemble=_ensemble(inputs))
+    if gt_ids and store is not None:
         sweep = evaluate_seeds(store, gt_ids, gt, [*ev.sweep, ev.bg_threshold], table.num_classes, names,
                                progress=lambda it, n: progress(it, f"evaluate seeds ({split})", total=n))
         curve = {t: sweep[t]["miou"] for t in sorted(float(x) for x in ev.sweep)}
@@ -129,20 +156,24 @@ def run(cfg: Config, inputs, out: Path) -> dict:
                                       best_miou=curve[best_t], curve=curve, at_best=Scores(**sweep[best_t]),
                                       official_threshold=official_t, official_miou=official_miou,
                                       official_rule=OFFICIAL_RULE)
+    if gt_ids:
         report.pseudo_mask = Scores(**evaluate_masks(mask_of, gt_ids, gt, table.num_classes, names))
-        report.trained_route = pm.method
-        report.pseudo_mask_routes = {m: report.pseudo_mask if m == pm.method else
+        report.trained_route = trained
+        report.pseudo_mask_routes = {m: report.pseudo_mask if m == trained else
                                      Scores(**_route_scores(cfg, inputs, m, gt_ids, gt, table, names))
-                                     for m in pm.routes}
+                                     for m in routes}
         save_report_bars(art.per_class_chart, report)
     report.save(art.report)
     art.markdown.write_text(report_markdown(report))
 
     rows, labels = [], []
     for i in fixed_sample(ids, ev.gallery_size):
-        cams, classes = store.read(i)
-        rows.append([read_image(table[i].image), seed_labels(cams.astype(np.float32), classes, ev.bg_threshold),
-                     read_mask(mask_of(i)), read_mask(table[i].mask) if table[i].mask else None])
+        seed = None
+        if store is not None:
+            c, classes = store.read(i)
+            seed = seed_labels(c.astype(np.float32), classes, ev.bg_threshold)
+        rows.append([read_image(table[i].image), seed, read_mask(mask_of(i)),
+                     read_mask(table[i].mask) if table[i].mask else None])
         labels.append(i)
     save_eval_gallery(art.gallery, rows, labels, ev.bg_threshold, table.palette)
     return _metrics(report)
@@ -151,11 +182,13 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 def _metrics(r: EvalReport) -> dict:
     """The manifest's headline numbers of a report."""
     metrics = {}
-    if r.seed and r.seed_sweep and r.pseudo_mask:
+    if r.seed and r.seed_sweep:
         metrics = {"seed_miou": r.seed.miou, "seed_best_miou_gt_sweep": r.seed_sweep.best_miou,
                    "seed_best_threshold": r.seed_sweep.best_threshold,
                    "seed_official_miou_gt_sweep": r.seed_sweep.official_miou,
-                   "seed_official_threshold": r.seed_sweep.official_threshold, "pseudo_mask_miou": r.pseudo_mask.miou}
+                   "seed_official_threshold": r.seed_sweep.official_threshold}
+    if r.pseudo_mask:
+        metrics["pseudo_mask_miou"] = r.pseudo_mask.miou
         metrics |= {f"pseudo_mask_miou_{k}": v.miou for k, v in (r.pseudo_mask_routes or {}).items()}
     metrics["images_with_gt"] = r.num_images_with_gt
     metrics["uncertain_pixel_share"] = r.pseudo_mask_pixel_shares[UNCERTAIN]
@@ -169,13 +202,17 @@ def _metrics(r: EvalReport) -> dict:
 
 
 def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) -> dict:
-    d = MaskArtifact(inputs["pseudo_masks"]).route(method, cfg.pseudo_masks.method)
+    d = MaskArtifact(inputs["pseudo_masks"]).route(method, cfg.pseudo_masks.method)  # the pipeline's own routes
     return evaluate_masks(lambda i: d / f"{i}.png", gt_ids, gt, table.num_classes, names)
 
 
-def _selection(cfg: Config) -> Selection:
-    """How train_cam, match and refine (whose S makes the CAMs) kept their weights."""
+def _selection(cfg: Config, own_cams: bool = True) -> Selection:
+    """How train_cam, match and refine (whose S makes the CAMs) kept their weights; unknown for
+    imported CAMs or masks (another method chose its own checkpoint)."""
     stages = SELECTING_STAGES
+    if not own_cams:
+        return Selection(uses_ground_truth=None, note="the CAMs / pseudo masks are imported: how their method "
+                         "chose its checkpoint is not known here", **{s: "n/a (imported)" for s in stages})
     gt = [s for s in stages if getattr(cfg, s).select == "gt_miou"]
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
             "protocol): every number here depends on ground truth" if gt else

@@ -95,8 +95,9 @@ class EnsembleScores(_Part):
 
 
 class Selection(_Part):
-    """How the training stages kept their weights (in words, per stage)."""
-    uses_ground_truth: bool
+    """How the training stages kept their weights (in words, per stage); uses_ground_truth None:
+    not known (imported CAMs or masks)."""
+    uses_ground_truth: Optional[bool] = None
     note: str
     train_cam: str
     match: str
@@ -106,10 +107,11 @@ class Selection(_Part):
 class EvalReport(_Part):
     """evaluate's report.json."""
     eval_split: str
-    num_images: int  # images of the split in the CAM export
+    num_images: int  # images of the split in the CAM export (no CAMs: with an imported pseudo mask)
     num_images_with_gt: int  # of those, the ones with a ground-truth mask: all scores are on these
     cam_split: str
-    cam_source: str  # the training stage whose mask generator made the CAMs
+    cam_source: str  # the training stage whose mask generator made the CAMs, or "imported: <folder>, <format>"
+    mask_source: Optional[str] = None  # imported pseudo masks: "imported: <folder>" (their route is "imported")
     selection: Selection
     pseudo_mask_pixel_shares: dict[str, float]  # class (and UNCERTAIN) -> share of all pseudo-mask pixels
     final_model: FinalModel
@@ -150,7 +152,7 @@ class EvalReport(_Part):
         return [{"class": c, "seed": seed.get(c), "pseudo_mask": pseudo.get(c),
                  **{f"pseudo_mask_{k}": v.per_class_iou.get(c) for k, v in extra.items()},
                  "final_val": final.get(c), "pixel_share": self.pseudo_mask_pixel_shares.get(c)}
-                for c in self.classes() + ([] if self.seed else [UNCERTAIN])]
+                for c in self.classes() + ([] if self.pseudo_mask else [UNCERTAIN])]
 
     def save(self, path: Path) -> None:
         write_json_atomic(Path(path), self.model_dump(mode="json", exclude_none=True))
@@ -190,30 +192,34 @@ def report_markdown(r: EvalReport) -> str:
     fm = f"{final.miou:.2f}" if final.available else f"n/a ({final.reason})"
     cell = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     how = f" ({final.label})" if final.available else ""
-    lines = [f"# Evaluation: {r.eval_split} ({r.num_images} images with CAMs, "
-             f"{r.num_images_with_gt} with ground truth)", "",
-             f"CAMs from the mask generator of stage `{r.cam_source}` ({SOURCES.get(r.cam_source, '?')}).", ""]
-    if r.seed and r.seed_sweep and r.pseudo_mask:
+    with_what = "CAMs" if r.cam_source in SOURCES or r.cam_source.startswith("imported") else "pseudo masks"
+    lines = [f"# Evaluation: {r.eval_split} ({r.num_images} images with {with_what}, "
+             f"{r.num_images_with_gt} with ground truth)", "", cam_source_line(r), ""]
+    if r.mask_source:
+        lines += [f"Pseudo masks {r.mask_source} (route `{r.trained_route or 'imported'}`, trained on).", ""]
+    if r.pseudo_mask:
         sw, split = r.seed_sweep, r.eval_split
         row = lambda what, s, where=split: (f"| {what} | {where} | {s.miou:.2f} | "  # noqa: E731
                                             f"{s.fg_precision:.2f} | {s.fg_recall:.2f} |")
-        lines += ["| what | split | mIoU | fg precision | fg recall |", "|---|---|---|---|---|",
-                  row(f"seed, bg threshold {r.seed.bg_threshold}", r.seed)]
-        if sw.official_threshold is not None and sw.official_miou is not None:
-            lines += [f"| seed, official sweep threshold {sw.official_threshold} (stops at the first non-improving "
-                      f"threshold; uses GT) | {split} | {sw.official_miou:.2f} | | |"]
-        lines += [f"| seed, best threshold {sw.best_threshold} (global maximum of the sweep, uses GT) | {split} | "
-                  f"{sw.best_miou:.2f} | {sw.at_best.fg_precision:.2f} | {sw.at_best.fg_recall:.2f} |",
-                  row("pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""), r.pseudo_mask)]
+        lines += ["| what | split | mIoU | fg precision | fg recall |", "|---|---|---|---|---|"]
+        if r.seed and sw:
+            lines += [row(f"seed, bg threshold {r.seed.bg_threshold}", r.seed)]
+            if sw.official_threshold is not None and sw.official_miou is not None:
+                lines += [f"| seed, official sweep threshold {sw.official_threshold} (stops at the first "
+                          f"non-improving threshold; uses GT) | {split} | {sw.official_miou:.2f} | | |"]
+            lines += [f"| seed, best threshold {sw.best_threshold} (global maximum of the sweep, uses GT) | {split} | "
+                      f"{sw.best_miou:.2f} | {sw.at_best.fg_precision:.2f} | {sw.at_best.fg_recall:.2f} |"]
+        lines += [row("pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""), r.pseudo_mask)]
         extra = r.extra_routes()
         lines += [row(f"pseudo mask ({k})", s) for k, s in extra.items()]
         lines += [f"| final segmentation model{how} | val | {fm} | | |"]
         lines += _ensemble_rows(r) + [""]
-        if sw.official_rule:
+        if sw and sw.official_rule:
             lines += [f"Official sweep rule: {sw.official_rule}.", ""]
-        lines += [f"Note: {sw.note}.", "",
-                  "Threshold sweep: " + ", ".join(f"{t}: {m:.2f}" for t, m in sw.curve.items()), "",
-                  "## Per-class IoU", "", "| class | seed | pseudo mask | " + "".join(f"{k} | " for k in extra)
+        if sw:
+            lines += [f"Note: {sw.note}.", "",
+                      "Threshold sweep: " + ", ".join(f"{t}: {m:.2f}" for t, m in sw.curve.items()), ""]
+        lines += ["## Per-class IoU", "", "| class | seed | pseudo mask | " + "".join(f"{k} | " for k in extra)
                   + "final (val) |", "|---" * (4 + len(extra)) + "|"]
         lines += [f"| {p['class']} | {cell(p['seed'])} | {cell(p['pseudo_mask'])} | "
                   + "".join(f"{cell(p[f'pseudo_mask_{k}'])} | " for k in extra) + f"{cell(p['final_val'])} |"
@@ -233,19 +239,29 @@ def report_markdown(r: EvalReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cam_source_line(r: EvalReport) -> str:
+    if r.cam_source in SOURCES:
+        return f"CAMs from the mask generator of stage `{r.cam_source}` ({SOURCES[r.cam_source]})."
+    if r.cam_source.startswith("imported"):
+        return f"CAMs {r.cam_source} (scored by this pipeline's protocol)."
+    return f"CAMs: {r.cam_source}."
+
+
 # ------------------------------------------------------------------ figures
 def save_report_bars(path: Path, r: EvalReport) -> None:
     """evaluate's per-class IoU chart: seed (fixed and best threshold), pseudo mask, final model."""
     from pipeline.plots import save_per_class_bars
-    if not (r.seed and r.seed_sweep and r.pseudo_mask):
+    if not r.pseudo_mask:
         return
-    series = {f"seed (t={r.seed.bg_threshold})": r.seed.per_class_iou,
-              f"seed (best t={r.seed_sweep.best_threshold}, GT-chosen)": r.seed_sweep.at_best.per_class_iou,
-              "pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""):
-                  r.pseudo_mask.per_class_iou}
+    series = {}
+    if r.seed and r.seed_sweep:
+        series = {f"seed (t={r.seed.bg_threshold})": r.seed.per_class_iou,
+                  f"seed (best t={r.seed_sweep.best_threshold}, GT-chosen)": r.seed_sweep.at_best.per_class_iou}
+    series["pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else "")] = \
+        r.pseudo_mask.per_class_iou
     series |= {f"pseudo mask ({k})": s.per_class_iou for k, s in r.extra_routes().items()}
     if r.final_model.available:
-        series["final model (val)"] = {c: r.final_per_class.get(c) for c in r.seed.per_class_iou}
+        series["final model (val)"] = {c: r.final_per_class.get(c) for c in r.pseudo_mask.per_class_iou}
     save_per_class_bars(path, series, f"per-class IoU, {r.eval_split} ({r.num_images_with_gt} images)")
 
 

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from pipeline.artifacts import CamArtifact, MaskArtifact, ModelArtifact
+from pipeline.artifacts import MaskArtifact, ModelArtifact, cam_artifact, cam_stage
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config, PseudoMasksCfg
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
@@ -29,9 +29,11 @@ from pipeline.utils import log_pending, num_processes, progress
 
 def inputs(cfg: Config) -> tuple[str, ...]:
     """prepare_data, the CAMs, the mask generator that made them (the attention routes use its
-    attention), and the further inputs of the run's routes."""
+    attention), and the further inputs of the run's routes. Imported CAMs (export_cams.source:
+    import) come from import_cams and have no mask generator."""
     extra = [i for m in cfg.pseudo_masks.routes for i in routes.get(m).inputs]
-    return ('prepare_data', 'export_cams', cfg.export_cams.source) + tuple(dict.fromkeys(extra))
+    model = () if cfg.export_cams.source == "import" else (cfg.export_cams.source,)
+    return ('prepare_data', cam_stage(cfg)) + model + tuple(dict.fromkeys(extra))
 
 
 def _split(cfg: Config) -> str:
@@ -121,7 +123,7 @@ def _run_route(cfg: Config, inputs, out: Path, ids: list[str], method: str) -> i
         jobs = _attention_jobs(cfg, inputs, table, todo)
     else:
         jobs = (Job(i, table[i].image) for i in todo)
-    setup = WorkerSetup(str(CamArtifact(inputs["export_cams"]).store(_split(cfg))), route_cfg.model_dump_json(),
+    setup = WorkerSetup(str(cam_artifact(inputs).store(_split(cfg))), route_cfg.model_dump_json(),
                         str(mask_dir), _split(cfg), table.palette.tolist(),
                         {i: str(inputs[i]) for i in route.inputs})
     n = min(num_processes(cfg.run.processes), len(todo))
@@ -146,7 +148,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
                                f"(e.g. {', '.join(missing[:5])}); run the missing shards")
     art = MaskArtifact(out)
     table = _table(cfg, inputs)
-    store = CamStore(CamArtifact(inputs["export_cams"]).store(_split(cfg)))
+    store = CamStore(cam_artifact(inputs).store(_split(cfg)))
     rows = []
     for image_id in fixed_sample(ids, pm.gallery_size):
         cams, classes = store.read(image_id)

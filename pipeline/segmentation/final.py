@@ -5,7 +5,8 @@ val images that have a ground-truth mask; with none (or data.val_split null)
 it trains without validation and val_metrics.json says so.
 
 Inputs: prepare_data (label tables: image paths, val GT mask paths) and
-pseudo_masks (the trained route's palette PNG per train image id, 255 = ignore).
+pseudo_masks (the trained route's palette PNG per train image id, 255 = ignore), or
+import_masks (the same layout) when import_masks.dir is set.
 
 Artifact (pipeline/artifacts.py SegmentationArtifact):
   mmseg_config.py        generated mmseg config (runs with mmseg's tools/train.py, tools/test.py)
@@ -37,7 +38,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from pipeline.artifacts import MaskArtifact, SegmentationArtifact
+from pipeline.artifacts import MaskArtifact, SegmentationArtifact, mask_stage, trained_masks
 
 log = logging.getLogger("wsss")
 
@@ -47,15 +48,22 @@ def _write_list(path: Path, pairs: list[tuple[str, str]]) -> None:
     path.write_text("".join(f"{i}\t{m}\n" for i, m in pairs))
 
 
+
+def inputs(cfg) -> tuple[str, ...]:
+    """The label tables and the masks it trains on: pseudo_masks' trained route, or import_masks'
+    when import_masks.dir is set."""
+    return ("prepare_data", mask_stage(cfg))
+
+
 def data_lists(cfg, inputs: dict, out: Path, route: Optional[str] = None) -> tuple[Path, Optional[Path], list]:
-    """Train list: dataset image -> pseudo mask (of the trained route, or of ``route``); val list:
-    image -> real GT mask (None when a folder dataset has no val ground truth)."""
+    """Train list: dataset image -> pseudo mask (of the trained route or imported masks, or of
+    ``route``); val list: image -> real GT mask (None when a folder dataset has no val ground truth)."""
     from pipeline.data.datasets import DataError, LabelTable
     train = LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
-    masks = MaskArtifact(inputs["pseudo_masks"])
-    mask_dir = masks.trained if route is None else masks.route(route, cfg.pseudo_masks.method)
+    mask_dir = (trained_masks(inputs) if route is None
+                else MaskArtifact(inputs["pseudo_masks"]).route(route, cfg.pseudo_masks.method))
     if not mask_dir.is_dir():
-        raise DataError(f"{mask_dir}: pseudo-mask folder not found in the pseudo_masks artifact")
+        raise DataError(f"{mask_dir}: pseudo-mask folder not found in the {mask_dir.parent.name} artifact")
     missing = [r.id for r in train.records if not (mask_dir / f"{r.id}.png").exists()]
     if missing:
         raise DataError(f"{mask_dir}: no pseudo mask for {len(missing)} of {len(train)} "
