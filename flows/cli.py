@@ -43,17 +43,27 @@ def run(config: Path = ConfigOpt,
         until: Optional[str] = typer.Option(None, help="last stage to run"),
         start: Optional[str] = typer.Option(None, "--from", help="first stage to run"),
         force: List[str] = typer.Option([], help="stages to recompute even if cached"),
+        seeds: List[int] = typer.Option([], help="run the DAG once per seed (`--seeds 0 1 2`; default run.seeds) "
+                                        "and write the spread report"),
         prefect: bool = typer.Option(True, help="run as a Prefect flow (embedded, no server needed)")):
     """Run the whole DAG (or a slice of it); cached stages are skipped."""
     _setup_logging()
     cfg = _load(config)
     from pipeline.weights import WeightsUnavailable, preflight
     from stages.runner import select, stage_keys
+    from stages.seeds import run_seeds, seeds_of
     try:  # before Prefect starts: one paragraph instead of a flow-run traceback (the flow checks again)
         preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
-    except (WeightsUnavailable, KeyError) as e:
+        seeds = seeds_of(cfg, seeds)
+    except (WeightsUnavailable, KeyError, ValueError) as e:
         _fail(e)
-    if prefect:
+    if seeds:
+        if prefect:
+            from flows.dag import wsss_seeds_flow
+            result = wsss_seeds_flow(config=str(config), seeds=seeds, until=until, start=start, force=list(force))
+        else:
+            result = run_seeds(cfg, seeds, until, start, tuple(force))
+    elif prefect:
         from flows.dag import wsss_flow
         result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
     else:
@@ -82,16 +92,29 @@ def status(config: Path = ConfigOpt):
     cfg = _load(config)
     from pipeline.store import Store
     from stages.runner import select, stage_keys
+    from pipeline.resources import cost_row, total_row
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
-    typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}metric")
+    cost = lambda v, w, f: f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
+    typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}{'wall s':>9}{'GPU-h':>9}{'RSS MB':>9}"
+               f"{'CUDA MB':>9}  {'device':<10}metric")
+    rows = []
     for name in select(cfg=cfg):
         key = keys[name]
         state = store.state(key)
-        m = (store.manifest(key) or {}).get("metrics", {}) if state == "cached" else {}
+        man = (store.manifest(key) or {}) if state == "cached" else {}
+        m = man.get("metrics", {})
         head = next(iter(m.items()), None)
         metric = f"{head[0]}={head[1]:.4g}" if head and isinstance(head[1], (int, float)) else ""
         size = store.size(key)
-        typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{metric}")
+        r = cost_row(man) if man else {}
+        rows += [r] if r else []
+        typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{cost(r.get('wall_s'), 9, '.1f')}"
+                   f"{cost(r.get('gpu_hours'), 9, '.3f')}{cost(r.get('peak_rss_mb'), 9, '.0f')}"
+                   f"{cost(r.get('cuda_max_allocated_mb'), 9, '.0f')}  {(r.get('device') or '-'):<10}{metric}")
+    t = total_row(rows)
+    typer.echo(f"{'total':<20}{'':<9}{'':>10}  {'':<36}{cost(t['wall_s'], 9, '.1f')}{cost(t['gpu_hours'], 9, '.3f')}"
+               f"{cost(t['peak_rss_mb'], 9, '.0f')}{cost(t['cuda_max_allocated_mb'], 9, '.0f')}  "
+               "(peaks: the largest stage)")
 
 
 @data_app.command("check")
@@ -236,12 +259,30 @@ def serve(configs: List[Path] = typer.Argument(None, help="configs to serve (def
     serve_deployments([str(c) for c in configs] if configs else None)
 
 
+def spread_option(argv: list[str], name: str) -> list[str]:
+    """`--seeds 0 1 2` -> `--seeds 0 --seeds 1 --seeds 2` (click options take one value each)."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == name:
+            i += 1
+            vals = []
+            while i < len(argv) and not argv[i].startswith("-"):
+                vals.append(argv[i])
+                i += 1
+            out += [vals[0]] + [x for v in vals[1:] for x in (name, v)] if vals else []
+            continue
+        i += 1
+    return out
+
+
 def main() -> None:
     # Prefect reads these at import: keep its state beside the runs, offline, and
     # give the embedded server time to start on a busy 2-core machine.
     os.environ.setdefault("PREFECT_HOME", str(Path("runs/prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    sys.argv = spread_option(sys.argv, "--seeds")
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # sqlite needs the dir
     app()
 

@@ -45,6 +45,8 @@ class RunCfg(Section):
     name: str = "wsss"
     work_dir: Path = Path("runs")
     seed: int = 0
+    seeds: Optional[list[int]] = Field(None, description="`wsss run` runs the DAG once per seed (run.seed) and "
+                                       "writes the spread report; None = run.seed only. Part of no artifact key")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(8, ge=0, description="DataLoader workers")
     shard_size: int = Field(256, ge=1, description="images per shard of per-image stages")

@@ -19,6 +19,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.protocol import Protocol, protocol_markdown
 from pipeline.store import write_json_atomic
 
 REPORT = "report.json"
@@ -40,6 +41,9 @@ class Scores(_Part):
     pixel_acc: Optional[float] = None
     fg_precision: Optional[float] = None
     fg_recall: Optional[float] = None
+    # from the same confusion matrix (pipeline.metrics.class_precision_recall); None: no denominator
+    per_class_precision: Optional[dict[str, Optional[float]]] = None
+    per_class_recall: Optional[dict[str, Optional[float]]] = None
 
 
 class SeedScores(Scores):
@@ -67,6 +71,8 @@ class FinalModel(_Part):
     reason: Optional[str] = None
     miou: Optional[float] = None
     per_class_iou: Optional[dict[str, Optional[float]]] = None
+    per_class_precision: Optional[dict[str, Optional[float]]] = None
+    per_class_recall: Optional[dict[str, Optional[float]]] = None
     source: Optional[str] = None
     label: Optional[str] = None
     selected_on_ground_truth: Optional[bool] = None
@@ -99,6 +105,9 @@ class EvalReport(_Part):
     # trained_route is the one train_segmentation trains on (its scores are also pseudo_mask)
     pseudo_mask_routes: Optional[dict[str, Scores]] = None
     trained_route: Optional[str] = None
+    protocol: Optional[Protocol] = None  # how every number above was made (pipeline.protocol)
+    # wall time, device, GPU-hours, peak memory of every upstream stage (pipeline.resources.cost_row)
+    stage_costs: Optional[list[dict]] = None
 
     def extra_routes(self) -> dict[str, Scores]:
         """The routes beside the trained one."""
@@ -194,9 +203,45 @@ def report_markdown(r: EvalReport) -> str:
     if final.selected_on_ground_truth:
         lines += ["", "Note: the final model's checkpoint was selected by val mIoU: the number is chosen on the "
                   "ground truth it is reported on (as FMA-WSSS reports), not a held-out result."]
+    lines += ["", *precision_recall_markdown(r)]
     lines += ["", "## Pseudo-mask pixel shares (% of all pixels)", "", "| class | share |", "|---|---|"]
     lines += [f"| {c} | {100 * v:.2f} |" for c, v in r.pseudo_mask_pixel_shares.items()]
+    if r.protocol:
+        lines = lines[:2] + protocol_markdown(r.protocol) + lines[2:]
+    if r.stage_costs:
+        from pipeline.resources import cost_markdown
+        lines += ["", "## Time and cost per stage (upstream of this report)", "", *cost_markdown(r.stage_costs)]
     return "\n".join(lines) + "\n"
+
+
+def scored_parts(r: EvalReport) -> dict[str, Scores | FinalModel]:
+    """Every scored part of a report: seed, seed at the sweep's best threshold, each route, final model."""
+    parts: dict = {}
+    if r.seed:
+        parts[f"seed (t={r.seed.bg_threshold})"] = r.seed
+    if r.seed_sweep:
+        parts[f"seed (best t={r.seed_sweep.best_threshold}, GT-chosen)"] = r.seed_sweep.at_best
+    for k, v in (r.pseudo_mask_routes or ({r.trained_route or "pseudo mask": r.pseudo_mask} if r.pseudo_mask
+                                          else {})).items():
+        parts[f"pseudo mask ({k})"] = v
+    if r.final_model.available:
+        parts["final model (val)"] = r.final_model
+    return parts
+
+
+def precision_recall_markdown(r: EvalReport) -> list[str]:
+    """Per-class IoU / precision / recall of every scored part, one column per part."""
+    parts = {k: v for k, v in scored_parts(r).items() if v.per_class_precision is not None}
+    if not parts:
+        return []
+    cell = lambda d, c: fmt(d.get(c)) if d else "n/a"  # noqa: E731
+    lines = ["## Per-class IoU / precision / recall", "",
+             "| class | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
+    for c in r.classes():
+        lines.append(f"| {c} | " + " | ".join(
+            f"{cell(p.per_class_iou, c)} / {cell(p.per_class_precision, c)} / {cell(p.per_class_recall, c)}"
+            for p in parts.values()) + " |")
+    return lines
 
 
 # ------------------------------------------------------------------ figures

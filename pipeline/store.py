@@ -134,7 +134,7 @@ class Store:
         shutil.rmtree(self.path(key), ignore_errors=True)
 
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
-                 metrics: dict, started: float) -> dict:
+                 metrics: dict, started: float, resources: dict | None = None) -> dict:
         d = self.path(key)
         files = {}
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
@@ -147,6 +147,7 @@ class Store:
                     "metrics": metrics, "files": files,
                     "timings": {"started": started, "finished": time.time(),
                                 "seconds": round(time.time() - started, 3)},
+                    "resources": resources or {},  # pipeline.resources.Meter: wall time, device, peak memory
                     "versions": package_versions()}
         write_json_atomic(d / MANIFEST, manifest)
         return manifest

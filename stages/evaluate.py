@@ -39,6 +39,8 @@ from pipeline.evaluation import best_threshold, evaluate_masks, evaluate_seeds, 
 from pipeline.refine_masks import seed_labels
 from pipeline.report import (REPORT, SELECTING_STAGES, UNCERTAIN, EvalReport, FinalModel, Scores, SeedScores,
                              SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars)
+from pipeline.protocol import build_protocol
+from pipeline.resources import upstream_costs
 from pipeline.utils import progress
 from stages.contract import Stage
 
@@ -59,6 +61,8 @@ def _final_model(inputs) -> FinalModel:
         if doc.get("validated") is False:  # no val ground truth (a folder dataset)
             return FinalModel(available=False, reason=doc.get("reason", "not validated"))
         return FinalModel(available=True, miou=float(doc["miou"]), per_class_iou=doc.get("per_class_iou", {}),
+                          per_class_precision=doc.get("per_class_precision"),
+                          per_class_recall=doc.get("per_class_recall"),
                           source=str(p), label=doc.get("label", "last iteration; single-scale test"),
                           selected_on_ground_truth=bool(doc.get("selected_on_ground_truth", False)))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -111,6 +115,16 @@ def run(cfg: Config, inputs, out: Path) -> dict:
                                      Scores(**_route_scores(cfg, inputs, m, gt_ids, gt, table, names))
                                      for m in pm.routes}
         save_report_bars(out / "per_class_iou.png", report)
+    sweep_of = report.seed_sweep
+    report.protocol = build_protocol(
+        eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids), inputs=inputs,
+        bg_threshold=ev.bg_threshold, sweep=list(ev.sweep), routes=list(pm.routes),
+        selection_gt=[s for s in SELECTING_STAGES if getattr(cfg, s).select == "gt_miou"]
+        + (["train_cam (imported warm start: may itself be chosen on ground truth)"]
+           if cfg.train_cam.init_checkpoint else []),
+        final_label=report.final_model.label, final_available=report.final_model.available,
+        official_t=sweep_of.official_threshold if sweep_of else None, best_t=sweep_of.best_threshold if sweep_of else None)
+    report.stage_costs = upstream_costs(Path(inputs["prepare_data"]).parent, [Path(d).name for d in inputs.values()])
     report.save(out / REPORT)
     (out / "report.md").write_text(report_markdown(report))
 
@@ -171,5 +185,6 @@ STAGE = Stage(name="evaluate", inputs=("prepare_data", "export_cams", "pseudo_ma
               run=run,
               # 2: official sweep, checkpoint selection, GT optional, pixel shares; 3: final-model labels;
               # 4: CAM source; 5: declares the data, export_cams and selection fields it reads;
-              # 6: the official early-stopping threshold beside the global best; 7: pseudo-mask routes
-              version="7")
+              # 6: the official early-stopping threshold beside the global best; 7: pseudo-mask routes;
+              # 8: per-class precision/recall, protocol card, time and cost per stage
+              version="8")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.config import Config
+from pipeline.resources import Meter
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
 from pipeline.weights import preflight
 from stages import ORDER, get
@@ -76,10 +77,11 @@ def begin_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fals
     return out
 
 
-def finish_stage(cfg: Config, name: str, keys: dict[str, str], metrics: dict, started: float) -> Path:
+def finish_stage(cfg: Config, name: str, keys: dict[str, str], metrics: dict, started: float,
+                 resources: dict | None = None) -> Path:
     store = Store(cfg.run.work_dir)
     store.finalize(keys[name], name, stage_sections(cfg, name), {i: keys[i] for i in stage_inputs(cfg, name)},
-                   metrics or {}, started)
+                   metrics or {}, started, resources)
     log.info("%s: done %s", name, _headline(metrics))
     return store.path(keys[name])
 
@@ -112,9 +114,11 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
             return store.path(keys[name])
         started = time.time()
         inputs = input_dirs(cfg, name, keys)
-        metrics = compute(inputs, out) if compute else execute(get(name), cfg, inputs, out)
+        gpus = cfg.run.nproc_per_node if get(name).distributed else 1
+        with Meter(cfg.run.device, gpus) as meter:
+            metrics = compute(inputs, out) if compute else execute(get(name), cfg, inputs, out)
         lock.check()  # a lease taken over meanwhile: the new holder finishes it
-        return finish_stage(cfg, name, keys, metrics, started)
+        return finish_stage(cfg, name, keys, metrics, started, meter.result)
     finally:
         lock.release()
 

@@ -83,7 +83,9 @@ def _pct(v):  # NaN (class in neither GT nor prediction) -> null
 
 def _scores(res: dict, classes) -> dict:
     return {"miou": float(res["mIoU"]), "pixel_acc": float(res["aAcc"]), "macc": float(res["mAcc"]),
-            "per_class_iou": {c: _pct(res.get(f"IoU.{c}")) for c in classes}}
+            "per_class_iou": {c: _pct(res.get(f"IoU.{c}")) for c in classes},
+            "per_class_precision": {c: _pct(res.get(f"Precision.{c}")) for c in classes},
+            "per_class_recall": {c: _pct(res.get(f"Recall.{c}")) for c in classes}}
 
 
 def final_metrics(history: list[dict], classes, iters: int, selection: str = "last") -> dict:
@@ -220,5 +222,5 @@ STAGE = Stage(name="train_segmentation", inputs=("prepare_data", "pseudo_masks")
               sections=("data", "train_segmentation", "run.seed"), run=run,
               # 2: recipe options (selection, TTA, CRF, deeplabv2); 3: dataset class lists, optional
               # validation, predict_split; 4: no classification loss on all-ignore crops, DeepLab-v2
-              # classifier biases lr x20 wd 0
-              version="4")
+              # classifier biases lr x20 wd 0; 5: per-class precision/recall in val_metrics.json
+              version="5")
