@@ -235,7 +235,10 @@ def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluat
                 cfg = _load(Path(arg))
                 from pipeline.store import Store
                 from stages.runner import stage_keys
+                from stages.seeds import seeds_of, spread_key
                 store, key = Store(cfg.run.work_dir), stage_keys(cfg)["evaluate"]
+                if seeds_of(cfg):  # a multi-seed config: its spread artifact
+                    key = spread_key(cfg, seeds_of(cfg))
                 state = store.state(key)
                 if state != "cached":
                     raise CompareError(f"{arg}: no evaluate artifact ({store.path(key)} is {state}); "
@@ -250,6 +253,47 @@ def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluat
     typer.echo(compare_table(loaded))
     save_compare_chart(loaded, png)
     typer.echo(f"chart: {png}")
+
+
+def _final_model(cfg, config: Path) -> Path:
+    from pipeline.segmentation.predict import final_model_dir
+    from pipeline.store import Store
+    from stages.runner import stage_keys
+    return final_model_dir(Store(cfg.run.work_dir), stage_keys(cfg)["train_segmentation"], str(config))
+
+
+@app.command()
+def predict(config: Path = ConfigOpt,
+            images: Path = typer.Option(..., help="folder of .jpg/.png images (any size; sub-folders too)"),
+            out: Path = typer.Option(..., help="output folder: labels/, overlays/, predictions_coco.json"),
+            tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="test-time augmentation "
+                                               "(default: train_segmentation.tta, the setting of the reported number)")):
+    """Run the config's trained final segmentation model on a folder of images."""
+    _setup_logging()
+    cfg = _load(config)
+    from pipeline.segmentation.predict import PredictError, predict_folder
+    from pipeline.utils import get_device
+    try:
+        seg_dir = _final_model(cfg, config)
+        use_tta = cfg.train_segmentation.tta if tta is None else tta
+        res = predict_folder(seg_dir, images, out, use_tta, device=get_device(cfg.run.device).type)
+    except PredictError as e:
+        _fail(e)
+    typer.echo(json.dumps(res, indent=2))
+
+
+@app.command("export-model")
+def export_model(config: Path = ConfigOpt, out: Path = typer.Option(..., help="folder to write")):
+    """The final model as a folder mmseg's init_model / inference_model load without wsss."""
+    cfg = _load(config)
+    from pipeline.segmentation.export import ExportError
+    from pipeline.segmentation.export import export_model as export
+    from pipeline.segmentation.predict import PredictError
+    try:
+        res = export(_final_model(cfg, config), out)
+    except (PredictError, ExportError) as e:
+        _fail(e)
+    typer.echo(json.dumps(res, indent=2))
 
 
 @app.command()
