@@ -22,7 +22,7 @@ def stage_sections(cfg: Config, name: str) -> dict:
     fields such as 'run.seed' (so work_dir/device never change a key)."""
     out = {}
     stage = get(name)
-    for s in stage.sections:
+    for s in stage.sections_of(cfg):
         sec, _, field = s.partition(".")
         out[s] = cfg.section(sec)[field] if field else cfg.section(sec)
     files = stage.input_files(cfg) if stage.input_files else {}

@@ -12,7 +12,12 @@ def run(cfg, inputs, out):
     return run_train_cam(cfg, inputs, out)
 
 
-STAGE = Stage(name="train_cam", inputs=('prepare_data',),
-              sections=('mask_generator', 'train_cam', 'run.seed') + SEED_EVAL,
+def sections(cfg):
+    """run.seed only when it trains: an imported warm start (train_cam.init_checkpoint) involves no
+    randomness, so every seed of a multi-seed run shares it (and CAMs exported from it)."""
+    return ('mask_generator', 'train_cam') + (() if cfg.train_cam.init_checkpoint else ('run.seed',)) + SEED_EVAL
+
+
+STAGE = Stage(name="train_cam", inputs=('prepare_data',), sections=sections,
               version="3",  # 2: declares the data split and export_cams.cam its seed evaluation reads; 3: official warm start (feature fusion, uniform weight decay; train_cam.recipe)
               run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1
