@@ -266,8 +266,8 @@ def _final_model(cfg, config: Path) -> Path:
 def predict(config: Path = ConfigOpt,
             images: Path = typer.Option(..., help="folder of .jpg/.png images (any size; sub-folders too)"),
             out: Path = typer.Option(..., help="output folder: labels/, overlays/, predictions_coco.json"),
-            tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="test-time augmentation "
-                                               "(default: train_segmentation.tta, the setting of the reported number)")):
+            tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="test-time augmentation (default: "
+                                               "train_segmentation.tta, the setting of the reported number)")):
     """Run the config's trained final segmentation model on a folder of images."""
     _setup_logging()
     cfg = _load(config)

@@ -133,9 +133,13 @@ class EvalReport(_Part):
         pseudo = self.pseudo_mask.per_class_iou if self.pseudo_mask else {}
         final = self.final_per_class
         extra = self.extra_routes()
+        pr = {k: (p.per_class_precision or {}, p.per_class_recall or {}) for k, p in (
+            ("seed", self.seed), ("pseudo_mask", self.pseudo_mask),
+            ("final_val", self.final_model if self.final_model.available else None)) if p is not None}
         return [{"class": c, "seed": seed.get(c), "pseudo_mask": pseudo.get(c),
                  **{f"pseudo_mask_{k}": v.per_class_iou.get(c) for k, v in extra.items()},
-                 "final_val": final.get(c), "pixel_share": self.pseudo_mask_pixel_shares.get(c)}
+                 "final_val": final.get(c), "pixel_share": self.pseudo_mask_pixel_shares.get(c),
+                 **{f"{k}_{w}": d.get(c) for k, (p, r) in pr.items() for w, d in (("precision", p), ("recall", r))}}
                 for c in self.classes() + ([] if self.seed else [UNCERTAIN])]
 
     def save(self, path: Path) -> None:

@@ -142,7 +142,8 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
         # nothing random happens (every weight comes from the checkpoint, the import is strict, no
         # ImageNet weights to load), so run.seed is neither read nor part of train_cam's key then
         device, table = device_of(cfg), LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
-        gal, k = TrainImages(table, tc.crop_size, train=False, ids=table.ids()[: tc.gallery_size]), table.num_classes - 1
+        gal = TrainImages(table, tc.crop_size, train=False, ids=table.ids()[: tc.gallery_size])
+        k = table.num_classes - 1
         sd = read_official_state_dict(tc.init_checkpoint)
         model, mcfg, _ = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint), load_weights=False,
                                     seeded=False)

@@ -123,7 +123,8 @@ def run(cfg: Config, inputs, out: Path) -> dict:
         + (["train_cam (imported warm start: may itself be chosen on ground truth)"]
            if cfg.train_cam.init_checkpoint else []),
         final_label=report.final_model.label, final_available=report.final_model.available,
-        official_t=sweep_of.official_threshold if sweep_of else None, best_t=sweep_of.best_threshold if sweep_of else None)
+        official_t=sweep_of.official_threshold if sweep_of else None,
+        best_t=sweep_of.best_threshold if sweep_of else None)
     report.stage_costs = upstream_costs(Path(inputs["prepare_data"]).parent, [Path(d).name for d in inputs.values()])
     report.save(out / REPORT)
     (out / "report.md").write_text(report_markdown(report))

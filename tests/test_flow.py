@@ -131,6 +131,19 @@ def test_deployment_run_wrote_every_stage(smoke):
     report = store.path(keys["evaluate"]) / "report.json"
     doc = json.loads(report.read_text())
     assert "seed" in json.dumps(doc) and "pseudo" in json.dumps(doc)
+    for name in ORDER:  # what each stage cost, in its manifest
+        res = store.manifest(keys[name])["resources"]
+        assert res["wall_s"] > 0 and res["device"] == "cpu" and res["gpu_hours"] == 0 and res["peak_rss_mb"] > 0
+    # the evaluate report: protocol card, per-class precision/recall, time per upstream stage
+    card = doc["protocol"]
+    assert card["cam_source"] == "refine" and card["cam_scales"] == [1.0] and card["cam_flip"] is True
+    assert card["num_images_with_gt"] == doc["num_images_with_gt"] and "crf" in card["pseudo_mask_routes"]
+    assert "single-scale" in card["final_model"] and card["ground_truth_chose"]
+    assert [r["stage"] for r in doc["stage_costs"]] == [n for n in ORDER if n != "evaluate"]
+    for part in (doc["seed"], doc["pseudo_mask"], doc["final_model"]):
+        assert set(part["per_class_precision"]) == set(part["per_class_recall"]) == set(part["per_class_iou"])
+    md = (store.path(keys["evaluate"]) / "report.md").read_text()
+    assert "## Protocol" in md and "## Per-class IoU / precision / recall" in md and "| total |" in md
 
 
 ARTIFACTS_SCRIPT = """
@@ -386,8 +399,13 @@ def test_status_lists_every_stage_cached(smoke):
     res = subprocess.run([sys.executable, "-m", "flows.cli", "status", "--config", str(smoke["cfg"])], cwd=ROOT,
                          env=smoke["env"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    rows = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[1:]}
+    lines = res.stdout.splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:-1]}
     assert rows == {n: "cached" for n in ORDER}
+    cfg = load_config(smoke["cfg"])
+    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    wall = sum(store.manifest(keys[n])["resources"]["wall_s"] for n in ORDER)
+    assert lines[-1].split()[:2] == ["total", f"{wall:.1f}"]
 
 
 def test_dask_shards_give_identical_pseudo_masks(smoke):
@@ -410,3 +428,154 @@ def test_dask_shards_give_identical_pseudo_masks(smoke):
     assert len(pngs) >= 70
     for rel in pngs:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def _rows(stdout: str) -> dict:
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in stdout.splitlines() if line.startswith("| ")}
+
+
+def test_seeds_share_seed_free_artifacts_and_spread_equals_the_seed_reports(smoke):
+    """`wsss run --seeds 0 1` (Prefect: a wsss-seeds parent flow, one wsss sub-flow per seed) on a new
+    store, with the smallest DAG (CAMs of the warm start): prepare_data is computed once and shared,
+    the seeded stages twice; the spread report's numbers are those of the two seed reports."""
+    from pipeline.report import EvalReport
+    from pipeline.spread import SpreadReport
+    from stages.seeds import spread_key, with_seed
+    work = smoke["tmp"] / "runs-seeds"
+    cfg_path = _write_cfg(smoke["tmp"] / "seeds.yaml", work, "export_cams: {source: train_cam}\n")
+    res = wsss_run(cfg_path, smoke["env"], "--seeds", "0", "1")
+    assert res.stderr.count("prepare_data: running in") == 1
+    for n in ("train_cam", "export_cams", "pseudo_masks", "train_segmentation", "evaluate"):
+        assert res.stderr.count(f"{n}: running in") == 2, n
+    assert "seed-0" in res.stderr and "seed-1" in res.stderr  # the sub-flow runs
+    cfg = load_config(cfg_path)
+    store = Store(work)
+    k0, k1 = stage_keys(with_seed(cfg, 0)), stage_keys(with_seed(cfg, 1))
+    assert k0["prepare_data"] == k1["prepare_data"] and k0["train_cam"] != k1["train_cam"]
+    reports = {s: EvalReport.load(store.path(k["evaluate"]) / "report.json") for s, k in ((0, k0), (1, k1))}
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    sp_dir = Path(out["spread"])
+    assert sp_dir == store.path(spread_key(cfg, [0, 1])) and store.state(sp_dir.name) == "cached"
+    sp = SpreadReport.load(sp_dir / "spread.json")
+    for metric, value in (("seed_miou", lambda r: r.seed.miou), ("pseudo_mask_miou", lambda r: r.pseudo_mask.miou),
+                          ("final_val_miou", lambda r: r.final_model.miou)):
+        st, vals = sp.metrics[metric], [value(reports[0]), value(reports[1])]
+        assert st.values == {"0": vals[0], "1": vals[1]}
+        assert (st.min, st.max) == (min(vals), max(vals)) and st.mean == pytest.approx(sum(vals) / 2, abs=1e-12)
+        assert st.std == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5, abs=1e-12)  # ddof=1 with two values
+    c = next(c for c, v in reports[0].pseudo_mask.per_class_iou.items() if v is not None
+             and reports[1].pseudo_mask.per_class_iou[c] is not None)
+    assert sp.per_class_iou["pseudo_mask_crf"][c].values == {str(s): reports[s].pseudo_mask.per_class_iou[c]
+                                                             for s in (0, 1)}
+    assert (sp_dir / "spread.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| seed_miou |" in (sp_dir / "spread.md").read_text()
+    # compare: the config names its seeds, the table shows mean +- std, the chart error bars
+    multi = _write_cfg(smoke["tmp"] / "seeds-compare.yaml", work, "export_cams: {source: train_cam}\n"
+                       "run: {work_dir: %s, seeds: [0, 1]}\n" % work)
+    png = smoke["tmp"] / "compare-seeds.png"
+    cmp = _run([sys.executable, "-m", "flows.cli", "compare", str(multi), str(smoke["cfg"]), "--png", str(png)],
+               smoke["env"], 300)
+    assert cmp.returncode == 0, cmp.stderr[-3000:]
+    st = sp.metrics["pseudo_mask_miou"]
+    assert _rows(cmp.stdout)["pseudo-mask mIoU"][0] == f"{st.mean:.2f} (± {st.std:.2f}, n=2)"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _val_images(cfg, tmp: Path, n: int = 3) -> tuple[Path, list]:
+    """n vendored val images in a folder, the second as PNG (cv2's decode of the JPEG, the reader
+    mmseg uses, so the pixels are the same)."""
+    import shutil
+
+    import cv2
+
+    from pipeline.data.datasets import LabelTable
+    table = LabelTable.from_artifact(Store(cfg.run.work_dir).path(stage_keys(cfg)["prepare_data"]), "val")
+    folder = tmp / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    records = table.records[:n]
+    for i, r in enumerate(records):
+        if i == 1:
+            cv2.imwrite(str(folder / f"{r.id}.png"), cv2.imread(r.image))
+        else:
+            shutil.copy(r.image, folder / Path(r.image).name)
+    return folder, records
+
+
+def test_predict_equals_the_final_models_val_predictions(smoke):
+    """`wsss predict` on vendored val images = the final model's own predictions of them (the
+    stage's load_model / predict, what its gallery and predict_split use); COCO JSON decodes back."""
+    from mmengine.config import Config as MMConfig
+
+    from pipeline.coco_export import decode
+    from pipeline.data.datasets import read_mask
+    from pipeline.segmentation.train import load_model, predict
+    cfg = load_config(smoke["cfg"])
+    seg = Store(cfg.run.work_dir).path(stage_keys(cfg)["train_segmentation"])
+    folder, records = _val_images(cfg, smoke["tmp"] / "predict")
+    out = smoke["tmp"] / "predict" / "out"
+    res = _run([sys.executable, "-m", "flows.cli", "predict", "--config", str(smoke["cfg"]), "--images", str(folder),
+                "--out", str(out)], smoke["env"], 600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "predict (single scale) 3/3" in res.stderr and "ETA" in res.stderr
+    model = load_model(MMConfig.fromfile(str(seg / "mmseg_config.py")), seg / "model_final.pth")
+    coco = decode(out / "predictions_coco.json")
+    for r in records:
+        ref = predict(model, r.image)
+        got = read_mask(out / "labels" / f"{r.id}.png")
+        assert got.shape == ref.shape and (got == ref).all(), r.id
+        assert (coco[r.id] == ref).all()
+        assert (out / "overlays" / f"{r.id}.png").exists()
+    bad = _write_cfg(smoke["tmp"] / "untrained.yaml", smoke["tmp"] / "runs-untrained")
+    res = _run([sys.executable, "-m", "flows.cli", "predict", "--config", str(bad), "--images", str(folder),
+                "--out", str(out)], smoke["env"], 300)
+    assert res.returncode == 1 and "no trained final model yet" in res.stderr
+
+
+MMSEG_ALONE = """
+import importlib.machinery, importlib.util, json, sys, types
+if importlib.util.find_spec("mmcv._ext") is None:  # mmcv-lite (CPU CI): no compiled ops; this model calls none
+    ext = types.ModuleType("mmcv._ext")
+    ext.__getattr__ = lambda name: (_ for _ in ()).throw(RuntimeError(name))
+    ext.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", loader=None)
+    sys.modules["mmcv._ext"] = ext
+import numpy as np
+from mmseg.apis import inference_model, init_model
+model = init_model(sys.argv[1] + "/config.py", sys.argv[1] + "/model.pth", device="cpu")
+for path in sys.argv[3:]:
+    label = inference_model(model, path).pred_sem_seg.data[0].numpy().astype(np.uint8)
+    np.save(sys.argv[2] + "/" + path.rsplit("/", 1)[1].rsplit(".", 1)[0] + ".npy", label)
+print(json.dumps({"wsss_modules": sorted(m for m in sys.modules if m == "pipeline" or m.startswith(("pipeline.",
+                  "stages", "flows"))), "classes": list(model.dataset_meta["classes"])}))
+"""
+
+
+def test_exported_model_loads_with_mmseg_alone_and_gives_the_same_labels(smoke):
+    """`wsss export-model`: mmseg's init_model / inference_model in a fresh process outside the
+    project (no project module imported) load the folder and give the final model's labels."""
+    import numpy as np
+
+    from pipeline.data.datasets import read_mask
+    cfg = load_config(smoke["cfg"])
+    folder, records = _val_images(cfg, smoke["tmp"] / "export")
+    exp, npy = smoke["tmp"] / "export" / "model", smoke["tmp"] / "export" / "npy"
+    npy.mkdir()
+    res = _run([sys.executable, "-m", "flows.cli", "export-model", "--config", str(smoke["cfg"]), "--out", str(exp)],
+               smoke["env"], 300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "pipeline" not in (exp / "config.py").read_text() and "Wsss" not in (exp / "config.py").read_text()
+    images = sorted(str(p) for p in folder.iterdir())
+    alone = subprocess.run([sys.executable, "-c", MMSEG_ALONE, str(exp), str(npy), *images], cwd=exp,
+                           env=dict(smoke["env"], PYTHONPATH=""), capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    info = json.loads(alone.stdout.strip().splitlines()[-1])
+    assert info["wsss_modules"] == []
+    assert info["classes"] == (exp / "classes.txt").read_text().split("\n")[:-1] and info["classes"][0] == "background"
+    from mmengine.config import Config as MMConfig
+
+    from pipeline.segmentation.train import load_model, predict
+    seg = Store(cfg.run.work_dir).path(stage_keys(cfg)["train_segmentation"])
+    model = load_model(MMConfig.fromfile(str(seg / "mmseg_config.py")), seg / "model_final.pth")
+    for r in records:
+        ours = np.load(npy / f"{r.id}.npy")
+        assert ours.shape == read_mask(r.mask).shape and (ours == predict(model, r.image)).all(), r.id
