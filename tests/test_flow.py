@@ -454,7 +454,7 @@ def test_seeds_share_seed_free_artifacts_and_spread_equals_the_seed_reports(smok
     k0, k1 = stage_keys(with_seed(cfg, 0)), stage_keys(with_seed(cfg, 1))
     assert k0["prepare_data"] == k1["prepare_data"] and k0["train_cam"] != k1["train_cam"]
     reports = {s: EvalReport.load(store.path(k["evaluate"]) / "report.json") for s, k in ((0, k0), (1, k1))}
-    out = json.loads(res.stdout[res.stdout.index("{"):])
+    out = json.loads(res.stdout[res.stdout.rindex("\n{\n") + 1:])  # the command's JSON ends stdout
     sp_dir = Path(out["spread"])
     assert sp_dir == store.path(spread_key(cfg, [0, 1])) and store.state(sp_dir.name) == "cached"
     sp = SpreadReport.load(sp_dir / "spread.json")
@@ -526,6 +526,11 @@ def test_predict_equals_the_final_models_val_predictions(smoke):
         assert got.shape == ref.shape and (got == ref).all(), r.id
         assert (coco[r.id] == ref).all()
         assert (out / "overlays" / f"{r.id}.png").exists()
+    tta = _run([sys.executable, "-m", "flows.cli", "predict", "--config", str(smoke["cfg"]), "--images", str(folder),
+                "--out", str(out.with_name("tta")), "--tta"], smoke["env"], 600)  # mmseg's SegTTAModel path
+    assert tta.returncode == 0, tta.stderr[-3000:]
+    assert all(read_mask(out.with_name("tta") / "labels" / f"{r.id}.png").shape == read_mask(r.mask).shape
+               for r in records)
     bad = _write_cfg(smoke["tmp"] / "untrained.yaml", smoke["tmp"] / "runs-untrained")
     res = _run([sys.executable, "-m", "flows.cli", "predict", "--config", str(bad), "--images", str(folder),
                 "--out", str(out)], smoke["env"], 300)
