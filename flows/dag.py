@@ -131,13 +131,15 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
 
 
 @flow(name="wsss-seeds", log_prints=True)
-def wsss_seeds_flow(config: str, seeds: list[int], until: Optional[str] = None, start: Optional[str] = None,
-                    force: Optional[list[str]] = None) -> dict:
-    """The DAG once per seed, each a sub-flow run `<run.name>-seed-<s>` (artifacts that do not
-    depend on run.seed are computed by the first and cached for the others), then the spread
-    report, published as `<run.name>-spread`."""
+def wsss_seeds_flow(config: str, seeds: Optional[list[int]] = None, until: Optional[str] = None,
+                    start: Optional[str] = None, force: Optional[list[str]] = None) -> dict:
+    """The DAG once per seed (default run.seeds), each a sub-flow run `<run.name>-seed-<s>`
+    (artifacts that do not depend on run.seed are computed by the first and cached for the
+    others), then the spread report, published as `<run.name>-spread`."""
     cfg = load_config(config)
     seeds = seeds_of(cfg, seeds)
+    if not seeds:
+        raise ValueError(f"{config}: no seeds (pass seeds or set run.seeds)")
     done: dict = {}
     for s in seeds:
         done[f"seed_{s}"] = wsss_flow.with_options(flow_run_name=f"{cfg.run.name}-seed-{s}")(
