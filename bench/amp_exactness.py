@@ -18,10 +18,10 @@ import torch
 
 from pipeline.config import ClipCfg, MaskGeneratorCfg
 from pipeline.data.classes import prompt_names
-from pipeline.losses import StepContext, match_step
+from pipeline.semples.losses import StepContext, match_step
 from pipeline.models.mask_generator import MEAN, STD, build_mask_generator
 from pipeline.models.vl import build_vl, class_text_features
-from pipeline.training import Precision, optimizer_step
+from pipeline.semples.training import Precision, optimizer_step
 
 
 def run(dtype, device, real: bool, steps: int, batch: int) -> list[float]:

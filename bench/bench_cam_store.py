@@ -26,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.cam_store import CamStore  # noqa: E402
+from pipeline.cams.store import CamStore  # noqa: E402
 from pipeline.data.datasets import read_mask  # noqa: E402
 
 TINY = ROOT / "data/voc-tiny"
@@ -43,7 +43,7 @@ def smooth_cams(gt: np.ndarray, classes: list[int]) -> np.ndarray:
 
 
 def model_cams(image: np.ndarray, classes: list[int]) -> np.ndarray:
-    from pipeline.cam_inference import infer_cams
+    from pipeline.cams.inference import infer_cams
     from pipeline.config import MaskGeneratorCfg
     from pipeline.models.mask_generator import build_mask_generator
     global _MODEL

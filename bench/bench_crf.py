@@ -21,10 +21,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.cam_store import CamStore  # noqa: E402
+from pipeline.cams.store import CamStore  # noqa: E402
 from pipeline.config import PseudoMasksCfg  # noqa: E402
 from pipeline.data.datasets import read_mask  # noqa: E402
-from pipeline.refine_masks import crf_index, seed_index, write_masks  # noqa: E402
+from pipeline.pseudo_masks.make import Job, WorkerSetup, write_masks  # noqa: E402
+from pipeline.pseudo_masks.threshold import crf_index, seed_index  # noqa: E402
 
 TINY = ROOT / "data/voc-tiny"
 W, H = 500, 375
@@ -32,7 +33,8 @@ W, H = 500, 375
 
 def sample(image_id: str):
     img = np.asarray(Image.open(TINY / f"JPEGImages/{image_id}.jpg").convert("RGB").resize((W, H), Image.BILINEAR))
-    gt = np.asarray(Image.fromarray(read_mask(TINY / f"SegmentationClass/{image_id}.png")).resize((W, H), Image.NEAREST))
+    gt = read_mask(TINY / f"SegmentationClass/{image_id}.png")
+    gt = np.asarray(Image.fromarray(gt).resize((W, H), Image.NEAREST))
     classes = [int(c) for c in np.unique(gt) if 0 < c < 255]
     small = gt[8::16, 8::16]
     blocky = np.kron(small, np.ones((16, 16), np.uint8))[:H, :W]
@@ -74,13 +76,14 @@ def main():
             name = f"{k:04d}_{image_id}"
             Image.fromarray(img).save(d / f"{name}.jpg", quality=95)
             store.write(name, cams, classes, (H, W))
-            jobs.append((name, str(d / f"{name}.jpg"), None, None, None))
+            jobs.append(Job(name, str(d / f"{name}.jpg")))
         rates = {}
         for n in (1, len(os.sched_getaffinity(0))):
             out = d / f"masks_{n}"
             out.mkdir()
             t = time.perf_counter()
-            done = list(write_masks(iter(jobs), (str(d / "cams.zarr"), cfg.model_dump_json(), str(out)), n))
+            setup = WorkerSetup(str(d / "cams.zarr"), cfg.model_dump_json(), str(out), "bench")
+            done = list(write_masks(iter(jobs), setup, n))
             rates[n] = len(done) / (time.perf_counter() - t)
             print(f"pseudo_masks crf, {n} process(es): {rates[n]:.2f} images/s over {len(done)} images "
                   f"(pool start-up included)")

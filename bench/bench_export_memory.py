@@ -41,7 +41,8 @@ def child(n: int, work: str) -> None:
     for d in (prep, refine, out):
         d.mkdir()
     rng = np.random.default_rng(0)
-    base = [np.asarray(Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((80, 64), Image.BICUBIC))
+    base = [np.asarray(Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize((80, 64),
+                                                                                      Image.BICUBIC))
             for _ in range(8)]
     records = []
     for i in range(n):

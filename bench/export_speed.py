@@ -3,7 +3,7 @@
 classes), VOC setting (scales 1.0, 1.2 + flip), CAMs written to a zarr CAM
 store (compression and write included, as export_cams does).
 
-  old: export_per_image - decode, PIL resize, one image (+ its flip) per
+  old: one image at a time - decode, PIL resize, one image (+ its flip) per
        forward, float32 CAMs to numpy, zarr write, all on one thread;
   new: export_batched - DataLoader workers decode/resize, same-size batches
        per forward, flips/upsampling/min-max on the device, a writer thread
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.cam_inference import _resized, export_batched, export_per_image
-from pipeline.cam_store import CamStore, CamWriter
+from pipeline.cams.inference import _resized, export_batched, infer_cams
+from pipeline.cams.store import CamStore, CamWriter
 from pipeline.config import MaskGeneratorCfg
 from pipeline.data.datasets import Record, read_image
 from pipeline.models.mask_generator import build_mask_generator
@@ -110,7 +110,7 @@ def cpu_side(records: list[Record], scales, tmp: Path, writer_threads: int) -> N
     for s in scales:
         if s != 1.0:
             rates[f"bicubic resize x{s} (PIL)"] = per_core(lambda im: _resized(im, s), images)
-    codec = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)  # the store's codec (cam_store)
+    codec = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)  # the store's codec (pipeline/cams/store.py)
     rates["blosc-zstd-5 compress (2 classes)"] = per_core(lambda c: codec.encode(c), cams)
     store = CamStore(tmp / "cpu_side.zarr", mode="a")
     counter = itertools.count()
@@ -158,9 +158,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         records = write_jpegs(tmp, max(n_new, n_old, batch))
+
+        @torch.autocast(device.type, enabled=cuda)
+        def per_image(store, recs):  # the baseline: infer_cams and write, one image at a time on this thread
+            for r in recs:
+                c = infer_cams(model, read_image(r.image), r.labels, args.scales, True, "fine", device)
+                store.write(r.id, c, r.labels, c.shape[1:])
         runs = {
-            "old (per image, one thread)": lambda store, recs: export_per_image(
-                model, recs, store, args.scales, True, "fine", device, amp=cuda),
+            "old (per image, one thread)": lambda store, recs: per_image(store, recs),
             f"new (batch {batch}, {args.workers} workers, {args.writer_threads} writers)": lambda store, recs:
                 export_batched(model, recs, store, args.scales, True, "fine", device, batch_size=batch,
                                num_workers=args.workers, writer_threads=args.writer_threads, amp=cuda),

@@ -38,7 +38,8 @@ def main():
         "val_interval": args.iters + 1, "checkpoint_interval": args.iters, "log_interval": log_every,
         "gallery_size": 0, "predict_split": None}})
     out = Path(run_all(cfg, until="train_segmentation")["train_segmentation"])
-    rows = [json.loads(line) for f in sorted(out.glob("work_dir/**/scalars.json")) for line in f.read_text().splitlines()
+    rows = [json.loads(line) for f in sorted(out.glob("work_dir/**/scalars.json"))
+            for line in f.read_text().splitlines()
             if line.strip()]
     times = [r["time"] for r in rows if "time" in r and r.get("step", 0) > log_every]
     s = statistics.median(times) if times else float("nan")

@@ -1,4 +1,4 @@
-"""images/s of the sam_masks stage (pipeline/sam_generator.FmaMaskGenerator) with
+"""images/s of the sam_masks stage (pipeline/sam/generator.py FmaMaskGenerator) with
 the official FMA-WSSS settings (pipeline/config.SamCfg defaults: ViT-H, 32 points
 per side, one crop layer, ...), and Meta's reference SamAutomaticMaskGenerator
 with the same settings in the same run. Time is split into image encoding
@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from pipeline.config import SamCfg
-from pipeline.sam_generator import FmaMaskGenerator, StepTimer, empty_crop_fix, make_generator, meta_kwargs
+from pipeline.sam.generator import FmaMaskGenerator, StepTimer, empty_crop_fix, make_generator, meta_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {"VOC train_aug": 10_582, "COCO train": 82_081}

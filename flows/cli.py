@@ -49,8 +49,8 @@ def run(config: Path = ConfigOpt,
     """Run the whole DAG (or a slice of it); cached stages are skipped."""
     _setup_logging()
     cfg = _load(config)
-    from pipeline.weights import WeightsUnavailable, preflight
-    from stages.runner import select, stage_keys
+    from pipeline.weights import WeightsUnavailable
+    from stages.runner import preflight, select, stage_keys
     from stages.seeds import run_seeds, seeds_of
     try:  # before Prefect starts: one paragraph instead of a flow-run traceback (the flow checks again)
         preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
@@ -149,16 +149,18 @@ DEFAULT_ROOTS = {"voc": Path("data/VOCdevkit/VOC2012"), "coco": Path("data/coco"
 
 @app.command()
 def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
-          config: Optional[Path] = typer.Option(None, "--config", "-c", help="config whose data.root / weights to fetch"),
+          config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                help="config whose data.root / weights to fetch"),
           dest: Optional[Path] = typer.Option(None, help="voc/coco: the data set root (default data.root); "
                                               "weights: folder (default checkpoints)"),
-          mirror: Optional[Path] = typer.Option(None, help="take the files from this local folder instead of the network"),
+          mirror: Optional[Path] = typer.Option(None,
+                                                help="take the files from this local folder instead of the network"),
           hub: bool = typer.Option(True, help="weights: also CLIP and DeiT into open_clip's/timm's caches")):
     """Download, verify and unpack a data set (VOC 2012 + SBD aug, COCO 2014) or the weights the configs name.
     Resumes interrupted downloads. Env: WSSS_FETCH_BASE_URL (another server), WSSS_FETCH_HASHES (checksum file)."""
     _setup_logging()
     from pipeline.config import ConfigError, load_config
-    from pipeline.fetch import FetchError, fetch_dataset, fetch_weights
+    from pipeline.data.fetch import FetchError, fetch_dataset, fetch_weights
     if what not in ("voc", "coco", "weights"):
         _fail(ValueError(f"fetch: unknown '{what}' (voc, coco or weights)"))
     cfg = None
@@ -169,7 +171,13 @@ def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
             _fail(e)
     try:
         if what == "weights":
-            rows = fetch_weights(dest or Path("checkpoints"), cfg, mirror, hub=hub)
+            hub_weights = None
+            if cfg is not None:  # the CLIP / DeiT weights its stages load (SAM and the rest: files above)
+                from stages import ORDER
+                from stages.runner import hub_weights as stage_weights
+                hub_weights = [w for w in stage_weights(cfg, ORDER)
+                               if w.key in ("mask_generator.pretrained", "clip.pretrained")]
+            rows = fetch_weights(dest or Path("checkpoints"), cfg, mirror, hub=hub, hub_weights=hub_weights)
             typer.echo("config keys (set the ones your run uses):")
             for key, path, note in rows:
                 typer.echo(f"  {key}: {path}    # {note}")
@@ -191,7 +199,8 @@ def fetch(what: str = typer.Argument(..., help="voc | coco | weights"),
 @app.command("init-dataset")
 def init_dataset(folder: Path = typer.Argument(..., help="folder with images and a labels file"),
                  out: Optional[Path] = typer.Option(None, help="config to write (default configs/<folder name>.yaml)"),
-                 labels: Optional[Path] = typer.Option(None, help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
+                 labels: Optional[Path] = typer.Option(None,
+                                                       help="labels file (default FOLDER/labels.csv|.jsonl|.json)"),
                  images: Optional[Path] = typer.Option(None, help="image folder (default FOLDER/images, else FOLDER)"),
                  force: bool = typer.Option(False, help="overwrite an existing config")):
     """Write a config for a folder of images with tags and print the images per class."""
@@ -215,7 +224,7 @@ def eval_masks(pred: Path = typer.Option(..., help="folder of predicted label PN
                gt: Path = typer.Option(..., help="folder of ground-truth label PNGs"),
                num_classes: int = typer.Option(..., help="number of classes incl. background")):
     """mIoU of a folder of label PNGs against a GT folder (255 ignored); prints JSON."""
-    from pipeline.metrics import evaluate_folders
+    from pipeline.evaluation.metrics import evaluate_folders
     try:
         res = evaluate_folders(pred, gt, num_classes)
     except (FileNotFoundError, ValueError) as e:
@@ -227,7 +236,7 @@ def eval_masks(pred: Path = typer.Option(..., help="folder of predicted label PN
 def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluate artifact dirs or run stores"),
             png: Path = typer.Option(Path("compare.png"), help="bar chart to write")):
     """Seed / pseudo-mask / final mIoU and per-class IoU of several runs in one table and chart."""
-    from pipeline.compare import CompareError, compare_table, find_evaluate_dir, load_run, save_compare_chart
+    from pipeline.evaluation.compare import CompareError, compare_table, find_evaluate_dir, load_run, save_compare_chart
     loaded = []
     try:
         for arg in runs:

@@ -37,14 +37,14 @@ from prefect.context import TaskRunContext
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipeline.artifacts import EvalArtifact
 from pipeline.config import Config, load_config
-from pipeline.report import REPORT, EvalReport
+from pipeline.evaluation.report import EvalReport
 from pipeline.store import Store, digest
-from pipeline.weights import preflight
 from stages import get
 from stages.contract import view
 from stages.launch import execute
-from stages.runner import compute_stage, input_dirs, select, stage_keys
+from stages.runner import compute_stage, input_dirs, preflight, select, stage_keys
 from stages.seeds import seeds_of, with_seed, write_spread
 
 INLINE_MAX = 2 ** 21  # bytes: larger PNGs are named by path only, not inlined into the Prefect artifact
@@ -179,11 +179,11 @@ def publish_report(cfg: Config, path: Path, label: Optional[str] = None) -> None
     Prefect UI cannot read files of the store) plus their paths, and the report's
     per-class table (EvalReport.per_class): IoU of seed, pseudo mask and final model
     where there is ground truth (None where not) and the pseudo-mask pixel share."""
-    report = EvalReport.load(path / REPORT)
-    md = (path / "report.md").read_text()
-    for png, title, alt in (("per_class_iou.png", "Per-class IoU chart", "per-class IoU"),
-                            ("gallery.png", "Gallery", "gallery")):
-        f = path / png
+    art = EvalArtifact(path)
+    report = EvalReport.load(art.report)
+    md = art.markdown.read_text()
+    for f, title, alt in ((art.per_class_chart, "Per-class IoU chart", "per-class IoU"),
+                          (art.gallery, "Gallery", "gallery")):
         if not f.exists():
             continue
         md += f"\n## {title}\n\n"

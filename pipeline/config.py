@@ -21,6 +21,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.routes import NAMES as ROUTE_NAMES
+
 
 class ConfigError(ValueError):
     """A config problem, naming the file and the dotted key."""
@@ -268,7 +270,7 @@ class ExportCamsCfg(Section):
 
 
 class SamCfg(Section):
-    """SAM automatic masks with FMA-WSSS's changes (pipeline/sam_generator.py). Official values:
+    """SAM automatic masks with FMA-WSSS's changes (pipeline/sam/generator.py). Official values:
     FMA-WSSS configs/sam_auto_seg/patterns/mask_gen_ini.py, pattern 'l2_nmsf_s1_rsw3' (the one
     configs/VOC/sams/cfg.py selects), on SAM ViT-H."""
     model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"  # FMA: sam_vit_h_4b8939.pth
@@ -310,12 +312,12 @@ class CrfCfg(Section):
 
 
 class AffinityCfg(Section):
-    """Random walk over the mask generator's patch attention (pipeline/refine_masks.py)."""
+    """Random walk over the mask generator's patch attention (pipeline/pseudo_masks/affinity.py)."""
     beta: float = Field(8.0, gt=0, description="affinity = symmetrised attention ** beta")
     iterations: int = Field(6, ge=1, description="random-walk steps on the patch grid")
 
 
-PseudoMaskMethod = Literal["argmax", "crf", "affinity", "affinity_crf", "sam"]
+PseudoMaskMethod = Literal[ROUTE_NAMES]  # the registered routes (pipeline/routes.py)
 
 
 class PseudoMasksCfg(Section):
@@ -360,7 +362,8 @@ class TrainSegmentationCfg(Section):
     crop_size: int = Field(512, ge=32)
     batch_size: int = Field(16, ge=1, description="total over all processes")
     iters: int = Field(40000, ge=1)
-    optimizer: Optional[Literal["sgd", "adamw"]] = Field(None, description="None: SGD for DeepLab, AdamW for Mask2Former")
+    optimizer: Optional[Literal["sgd", "adamw"]] = Field(None,
+                                                         description="None: SGD for DeepLab, AdamW for Mask2Former")
     lr: float = 0.01
     weight_decay: float = 5e-4
     amp: bool = Field(False, description="mixed precision (CUDA only)")
@@ -369,7 +372,7 @@ class TrainSegmentationCfg(Section):
     log_interval: int = Field(50, ge=1)
     gallery_size: int = Field(8, ge=0)
     tiny: bool = Field(False, description="small random-initialised variant (tests, smoke)")
-    # issue 11: the papers' protocols, each switchable
+    # the papers' protocols, each switchable
     checkpoint_selection: Literal["last", "best_val_miou"] = Field(
         "last", description="final model: the last iteration, or the val checkpoint with the best mIoU "
         "(mmengine save_best='mIoU'; FMA-WSSS reports this; numbers are then selected on val ground truth)")

@@ -55,8 +55,8 @@ def save_loss_history(out_dir: Path, history: list[dict], name: str = "loss") ->
     Epochs with a "seed_miou" (the per-epoch seed evaluation, scored against
     GT) add a seed-mIoU panel next to the loss curves."""
     (out_dir / f"{name}_history.json").write_text(json.dumps(history, indent=2))
-    keys = [k for k in history[0] if k not in ("epoch", "lr", "seconds", "images_per_s") and not k.startswith("seed_")] \
-        if history else []
+    skip = ("epoch", "lr", "seconds", "images_per_s")
+    keys = [k for k in history[0] if k not in skip and not k.startswith("seed_")] if history else []
     seeds = [h for h in history if h.get("seed_miou") is not None]
     fig, axes = plt.subplots(1, 2 if seeds else 1, figsize=(9.5 if seeds else 5, 3.2), squeeze=False)
     ax = axes[0][0]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import threading
 import time
@@ -130,9 +129,6 @@ class Store:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def clear(self, key: str) -> None:
-        shutil.rmtree(self.path(key), ignore_errors=True)
-
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
                  metrics: dict, started: float, resources: dict | None = None) -> dict:
         d = self.path(key)
@@ -239,8 +235,3 @@ class ArtifactLock:
             self.holder_file.unlink(missing_ok=True)
         self._lease.release()
 
-    def __enter__(self) -> "ArtifactLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

@@ -1,13 +1,14 @@
-"""Pretrained weights the configs download from a hub, resolved before any stage writes.
+"""Pretrained weights the configs download from a hub: what they are and how to resolve them.
 
-``preflight(cfg, stages)`` goes through every hub weight the given stages will load and
-resolves it with the library's own cache/download function (timm + huggingface_hub,
-open_clip's ``download_pretrained``, torch.hub's checkpoint cache that mmengine reads), so
-a connected machine downloads first and an offline one fails with one paragraph: the
-model, the config key that takes a local file, and what to do. The runner and the flow
-call it for the stages about to run that are not cached; the loading code calls
-``explain`` on a failure too (a cache emptied in between). Local files and random-init
-(smoke) models cost nothing here.
+A ``HubWeight`` names a model, the config key that takes a local file instead, and the
+library's own cache/download function (timm + huggingface_hub, open_clip's
+``download_pretrained``, torch.hub's checkpoint cache that mmengine reads). Each Stage
+record declares the hub weights it loads (stages/contract.py ``weights``); the runner's
+preflight (stages/runner.py) gathers them for the stages about to run and ``resolve``s
+them, so a connected machine downloads first and an offline one fails with one
+paragraph: the model, the config key, and what to do. The loading code calls ``explain``
+on a failure too (a cache emptied in between). Local files and random-init (smoke)
+models cost nothing here.
 """
 from __future__ import annotations
 
@@ -15,14 +16,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 from urllib.parse import urlparse
 
-from pipeline.config import Config, _is_hub_tag
-from pipeline.store import Store
+from pipeline.config import _is_hub_tag
 
 log = logging.getLogger("wsss")
-CLIP_STAGES = ("match", "learn_prompts", "refine")
+SAM_URLS = {  # Meta's SAM checkpoints by sam.model_type: segment-anything README, "Model Checkpoints"
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+}
 
 
 class WeightsUnavailable(RuntimeError):
@@ -31,7 +35,6 @@ class WeightsUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class HubWeight:
-    stages: tuple[str, ...]  # the stages that load it
     key: str  # config key that takes a local file instead
     value: str  # what the config says now
     what: str  # the model, in words
@@ -39,6 +42,7 @@ class HubWeight:
     cache: str  # where the library keeps it
     alternative: str = ""  # another way round, if any
     fetch: Callable[[], object] = lambda: None  # the library's own resolve/download
+    stages: tuple[str, ...] = ()  # the stages that load it (the preflight fills it in)
 
 
 def timm_weight(name: str) -> HubWeight:
@@ -49,7 +53,7 @@ def timm_weight(name: str) -> HubWeight:
     hub = getattr(pcfg, "hf_hub_id", None)
     source = f"https://huggingface.co/{hub}" if hub else (getattr(pcfg, "url", None) or "timm's model hub")
     # create_model is exactly the loading path of the stage (tag, safetensors or bin, hf or url)
-    return HubWeight(("train_cam",), "mask_generator.pretrained", "true",
+    return HubWeight("mask_generator.pretrained", "true",
                      f"the ImageNet weights of timm model '{name}' (the mask generator's backbone)", source,
                      "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface/hub)",
                      "or set train_cam.init_checkpoint to WeakTr's released checkpoint_best_mIoU.pth "
@@ -68,7 +72,7 @@ def clip_weight(model: str, tag: str) -> HubWeight:
                                  "name one of those tags or a local checkpoint file")
     pcfg = get_pretrained_cfg(model, tag)
     source = f"https://huggingface.co/{pcfg['hf_hub'].rstrip('/')}" if pcfg.get("hf_hub") else pcfg.get("url", "")
-    return HubWeight(CLIP_STAGES, "clip.pretrained", tag, f"open_clip's '{tag}' weights of CLIP {model}", source,
+    return HubWeight("clip.pretrained", tag, f"open_clip's '{tag}' weights of CLIP {model}", source,
                      "the Hugging Face cache (HF_HOME, default ~/.cache/huggingface/hub; URL downloads: ~/.cache/clip)",
                      "a local OpenAI checkpoint also needs clip.quick_gelu: true",
                      lambda: download_pretrained(pcfg))
@@ -114,49 +118,36 @@ def segmentation_weight(sec) -> HubWeight:
             raise FileNotFoundError(f"{value} resolves to {url}, which is not a URL mmengine downloads")
         return hub_download(url)
 
-    return HubWeight(("train_segmentation",), "train_segmentation.pretrained", value,
+    return HubWeight("train_segmentation.pretrained", value,
                      f"the backbone weights of the {sec.model} {sec.backbone} segmentation model", url,
                      f"torch.hub's checkpoint cache ({cached})", "", fetch)
 
 
-def sam_weight(sec) -> HubWeight:
-    """sam.checkpoint: a URL (default Meta's for sam.model_type) downloaded into torch.hub's cache."""
-    from pipeline.sam_generator import OFFICIAL_URLS, checkpoint_file
-
-    url = sec.checkpoint or OFFICIAL_URLS[sec.model_type]
-    return HubWeight(("sam_masks",), "sam.checkpoint", url, f"Meta's SAM {sec.model_type} weights", url,
-                     f"torch.hub's checkpoint cache ({hub_cache_path(url)})", "",
-                     lambda: checkpoint_file(sec.model_type, url))
+def timm_weights(mg, init_checkpoint) -> list[HubWeight]:
+    """mask_generator.pretrained: true loads timm's ImageNet weights, unless a warm start is imported."""
+    return [timm_weight(mg.backbone)] if mg.pretrained is True and not init_checkpoint else []
 
 
-def hub_weights(cfg: Config, stages: Iterable[str]) -> list[HubWeight]:
-    """The hub weights that ``stages`` will load under ``cfg`` (not local files, not random init)."""
-    stages = set(stages)
-    out = []
-    if ("train_cam" in stages and cfg.mask_generator.pretrained is True
-            and not cfg.train_cam.init_checkpoint):
-        out.append(timm_weight(cfg.mask_generator.backbone))
-    # each section is read only for the stages that declare it (a stage's config view has no other)
-    if stages & set(CLIP_STAGES):
-        c = cfg.clip
-        if c.factory is None and isinstance(c.pretrained, str) and _is_hub_tag(c.pretrained):
-            out.append(clip_weight(c.model, c.pretrained))
-    if "sam_masks" in stages:
-        sam = cfg.sam
-        if not sam.tiny and "://" in (sam.checkpoint or "://"):
-            out.append(sam_weight(sam))
-    if "train_segmentation" in stages and not cfg.train_segmentation.tiny:  # tiny: random init, loads none
-        seg = cfg.train_segmentation.pretrained
-        if isinstance(seg, str) and "://" in seg:
-            out.append(segmentation_weight(cfg.train_segmentation))
-    return out
+def clip_weights(c) -> list[HubWeight]:
+    """clip.pretrained as an open_clip hub tag (not a local file, not a factory's random model)."""
+    if c.factory is None and isinstance(c.pretrained, str) and _is_hub_tag(c.pretrained):
+        return [clip_weight(c.model, c.pretrained)]
+    return []
+
+
+def segmentation_weights(sec) -> list[HubWeight]:
+    """train_segmentation.pretrained as a URL (tiny: random init, loads none)."""
+    if not sec.tiny and isinstance(sec.pretrained, str) and "://" in sec.pretrained:
+        return [segmentation_weight(sec)]
+    return []
 
 
 def explain(w: HubWeight, error: BaseException) -> WeightsUnavailable:
     """The one paragraph for a weight that could not be resolved."""
     first = (str(error).strip().splitlines() or [""])[0][:300]
+    who = f"{', '.join(w.stages)} {'needs' if len(w.stages) == 1 else 'need'}" if w.stages else "the run needs"
     return WeightsUnavailable(
-        f"{', '.join(w.stages)} {'needs' if len(w.stages) == 1 else 'need'} {w.what} ({w.key}: {w.value}), which is neither in {w.cache} nor "
+        f"{who} {w.what} ({w.key}: {w.value}), which is neither in {w.cache} nor "
         f"downloadable from here ({type(error).__name__}: {first}). Either run `wsss run` once on a machine "
         f"with internet access (the file lands in that cache; copy the cache over or point this machine at "
         f"it), or download the file from {w.source} yourself, copy it here and set {w.key}: /path/to/the/file "
@@ -166,18 +157,9 @@ def explain(w: HubWeight, error: BaseException) -> WeightsUnavailable:
 _resolved: set[tuple[str, str]] = set()  # (key, value) already resolved by this process
 
 
-def preflight(cfg: Config, stages: Iterable[str], keys: Optional[dict[str, str]] = None,
-              force: Iterable[str] = ()) -> None:
-    """Resolve (download if needed) every hub weight of ``stages``; WeightsUnavailable on the first
-    that cannot be had, before any stage writes anything. With the stages' artifact ``keys``, the
-    cached ones (unless in ``force``) are skipped: they load nothing."""
-    stages = list(stages)
-    if not hub_weights(cfg, stages):  # smoke configs, local files: not even a look at the store
-        return
-    if keys is not None:
-        store = Store(cfg.run.work_dir)
-        stages = [n for n in stages if n in force or store.state(keys[n]) != "cached"]
-    for w in hub_weights(cfg, stages):
+def resolve(weights: Iterable[HubWeight]) -> None:
+    """Resolve (download if needed) every weight; WeightsUnavailable on the first that cannot be had."""
+    for w in weights:
         if (w.key, w.value) in _resolved:
             continue
         log.info("preflight: %s (%s: %s)", w.what, w.key, w.value)

@@ -2,19 +2,20 @@
 (stages/contract.py), in DAG order. The runner (stages/runner.py), the flow
 (flows/dag.py) and the CLI read it; nothing looks a stage up by a built name.
 
-A stage module defines its functions and, at its end, its record::
+A stage module is its record and the few lines that call the library, e.g.::
 
-    STAGE = Stage(name="sam_masks", inputs=("prepare_data",), sections=("sam_masks",),
-                  version="1", run=run)                  # + items=, run_shard=, finalize=
-                                                         #   for a per-image stage
-and is added to the tuple below. Converting a module of the old convention
-(NAME, INPUTS, SECTIONS, VERSION, run, optional inputs(cfg)/items/run_shard/
-finalize/input_files) is those few lines: pass ``inputs=inputs`` (the
-function) where the inputs depend on the config. run and the shard
-functions get a read-only view of the config holding the declared sections
-(+ run.* throughput fields): reading anything else raises, naming the
-stage and the field, so declare every field the result depends on (dotted,
-e.g. 'data.train_split', when the whole section would over-invalidate).
+    from pipeline.sam.masks import finalize, items, run, run_shard
+    STAGE = Stage(name="sam_masks", inputs=("prepare_data",), sections=("sam",), version="1",
+                  run=run, items=items, run_shard=run_shard, finalize=finalize, weights=weights)
+
+The work lives in the stage family's package under pipeline/; what a stage
+writes is named in pipeline/artifacts.py, which its readers use too, so no
+stage imports another. run and the shard functions get a read-only view of
+the config holding the declared sections (+ run.* throughput fields): reading
+anything else raises, naming the stage and the field, so declare every field
+the result depends on (dotted, e.g. 'data.train_split', when the whole section
+would over-invalidate). A new stage: its module here, its record in the tuple
+below, its layout in pipeline/artifacts.py.
 """
 from __future__ import annotations
 

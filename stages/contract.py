@@ -30,7 +30,9 @@ class Stage:
     items(cfg_view, inputs) -> ids, run_shard(cfg_view, inputs, out, ids) and
     finalize(cfg_view, inputs, out) -> metrics, so a flow can map shards over
     workers. input_files(cfg) -> paths: small files whose content the key
-    covers. distributed: run() fans out under torchrun when
+    covers. weights(cfg_view) -> the hub weights (pipeline/weights.py
+    HubWeight) the stage loads under this config, which the preflight resolves
+    before any stage writes. distributed: run() fans out under torchrun when
     run.nproc_per_node > 1 (stages/launch.py)."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
@@ -41,6 +43,7 @@ class Stage:
     run_shard: Optional[Callable[..., Any]] = None
     finalize: Optional[Callable[..., dict]] = None
     input_files: Optional[Callable[[Config], list]] = None
+    weights: Optional[Callable[..., list]] = None
     distributed: bool = False
 
     def __post_init__(self):

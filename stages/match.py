@@ -1,14 +1,14 @@
-"""match: phase 1, Segment-Label Matching (issue 3)."""
+"""match: phase 1, Segment-Label Matching (pipeline/semples/phases.py)."""
+from pipeline.semples.seed_eval import SECTIONS as SEED_EVAL
+from pipeline.weights import clip_weights
 from stages.contract import Stage
-from stages.train_cam import SEED_EVAL
 
 
 def run(cfg, inputs, out):
-    from pipeline.semples import run_match
+    from pipeline.semples.phases import run_match
     return run_match(cfg, inputs, out)
 
 
 STAGE = Stage(name="match", inputs=('prepare_data', 'train_cam'),
-              sections=('mask_generator', 'clip', 'match', 'run.seed') + SEED_EVAL,
-              version="3",  # 2: declares the data split and export_cams.cam its seed evaluation reads; 3: starts from the warm start's trained fusion, official early-stopping sweep
-              run=run, distributed=True)  # torchrun fan-out when run.nproc_per_node > 1
+              sections=('mask_generator', 'clip', 'match', 'run.seed') + SEED_EVAL, version="3", run=run,
+              weights=lambda cfg: clip_weights(cfg.clip), distributed=True)

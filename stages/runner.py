@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Optional
 
 from pipeline.config import Config
 from pipeline.resources import Meter
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
-from pipeline.weights import preflight
+from pipeline.weights import HubWeight, resolve
 from stages import ORDER, get
+from stages.contract import view
 from stages.launch import execute
 
 log = logging.getLogger("wsss")
@@ -43,6 +45,34 @@ def stage_keys(cfg: Config) -> dict[str, str]:
         keys[name] = artifact_key(name, get(name).version, stage_sections(cfg, name),
                                   {i: keys[i] for i in stage_inputs(cfg, name)})
     return keys
+
+
+def hub_weights(cfg: Config, names: Iterable[str]) -> list[HubWeight]:
+    """The hub weights that stages ``names`` load under ``cfg`` (their records' ``weights``, each
+    read under the stage's config view), one per weight with the stages that load it, in the
+    config's section order."""
+    found: dict[tuple[str, str], HubWeight] = {}
+    for name in names:
+        stage = get(name)
+        for w in stage.weights(view(cfg, stage)) if stage.weights else ():
+            seen = found.get((w.key, w.value))
+            found[(w.key, w.value)] = replace(seen or w, stages=(seen.stages if seen else ()) + (name,))
+    order = list(type(cfg).model_fields)
+    return sorted(found.values(), key=lambda w: order.index(w.key.split(".")[0]))
+
+
+def preflight(cfg: Config, names: Iterable[str], keys: Optional[dict[str, str]] = None,
+              force: Iterable[str] = ()) -> None:
+    """Resolve (download if needed) every hub weight of stages ``names``; WeightsUnavailable on the
+    first that cannot be had, before any stage writes anything. With the stages' artifact ``keys``,
+    the cached ones (unless in ``force``) are skipped: they load nothing."""
+    names = list(names)
+    if not hub_weights(cfg, names):  # smoke configs, local files: not even a look at the store
+        return
+    if keys is not None:
+        store = Store(cfg.run.work_dir)
+        names = [n for n in names if n in force or store.state(keys[n]) != "cached"]
+    resolve(hub_weights(cfg, names))
 
 
 def input_dirs(cfg: Config, name: str, keys: dict[str, str] | None = None) -> dict[str, Path]:

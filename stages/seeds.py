@@ -3,7 +3,8 @@
 Only the stages that declare run.seed (and their descendants) get a new key per seed, so
 prepare_data, sam_masks and an imported warm start's artifacts are computed once and shared
 (tests/test_seeds.py pins which). The spread artifact ``spread-<key>`` (key over the seeds and
-their evaluate keys) holds spread.json (pipeline.spread.SpreadReport), spread.md, spread.png.
+their evaluate keys) holds (pipeline/artifacts.py SpreadArtifact) spread.json (pipeline/evaluation/spread.py
+SpreadReport), spread.md, spread.png.
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def spread_key(cfg: Config, seeds: Sequence[int]) -> str:
 
 def write_spread(cfg: Config, seeds: Sequence[int]) -> Path:
     """The spread artifact of the seeds' finished evaluate artifacts (made once, then cached)."""
-    from pipeline.report import REPORT, EvalReport
-    from pipeline.spread import SPREAD, save_spread_chart, spread, spread_markdown
+    from pipeline.artifacts import EvalArtifact, SpreadArtifact
+    from pipeline.evaluation.report import EvalReport
+    from pipeline.evaluation.spread import save_spread_chart, spread, spread_markdown
     from stages.runner import stage_keys
     store = Store(cfg.run.work_dir)
     key = spread_key(cfg, seeds)
@@ -53,14 +55,14 @@ def write_spread(cfg: Config, seeds: Sequence[int]) -> Path:
                            + "; ".join(missing))
     started = time.time()
     out = store.open(key)
-    reports = {s: EvalReport.load(store.path(k) / REPORT) for s, k in eval_keys.items()}
-    sp = spread(reports, {s: store.path(k) for s, k in eval_keys.items()})
-    sp.save(out / SPREAD)
-    (out / "spread.md").write_text(spread_markdown(sp))
-    save_spread_chart(out / "spread.png", sp)
+    reports = {s: EvalReport.load(EvalArtifact(store.path(k)).report) for s, k in eval_keys.items()}
+    sp, art = spread(reports, {s: store.path(k) for s, k in eval_keys.items()}), SpreadArtifact(out)
+    sp.save(art.report)
+    art.markdown.write_text(spread_markdown(sp))
+    save_spread_chart(art.chart, sp)
     store.finalize(key, "spread", {"seeds": list(seeds)}, {f"seed_{s}": k for s, k in eval_keys.items()},
                    {f"{k}_mean": st.mean for k, st in sp.metrics.items()}, started)
-    log.info("spread over seeds %s: %s", list(seeds), out / "spread.md")
+    log.info("spread over seeds %s: %s", list(seeds), art.markdown)
     return out
 
 

@@ -1,14 +1,14 @@
 """Helpers shared by the CAM / pseudo-mask / evaluation tests: a real (random
-init) mask generator saved as a refine artifact, and CAM stores built from
-ground truth."""
+init) mask generator saved as a refine artifact, CAM stores built from ground
+truth, and the one-image-at-a-time export the batched one is checked against."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cam_store import CamStore, store_path
-from pipeline.data.datasets import LabelTable, read_mask
+from pipeline.cams.store import CamStore, store_path
+from pipeline.data.datasets import LabelTable, read_image, read_mask
 
 
 def fake_refine(cfg, d: Path, seed: int = 0) -> Path:
@@ -31,3 +31,12 @@ def gt_store(prepared: Path, split: str, export_dir: Path) -> list[str]:
         cams = np.stack([(gt == c).astype(np.float32) for c in r.labels])
         store.write(r.id, cams, r.labels, gt.shape)
     return table.ids()
+
+
+def export_per_image(model, records, store: CamStore, scales, flip: bool, cam: str, device) -> int:
+    """infer_cams and write, one image at a time on this thread: the reference export."""
+    from pipeline.cams.inference import infer_cams
+    for rec in records:
+        cams = infer_cams(model, read_image(rec.image), rec.labels, scales, flip, cam, device)
+        store.write(rec.id, cams, rec.labels, cams.shape[1:])
+    return len(records)

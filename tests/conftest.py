@@ -41,7 +41,7 @@ def folder_flow_run(tmp_path_factory):
     from pipeline.store import Store
     from stages import ORDER
     from stages.runner import stage_keys
-    from test_flow import _env, _run
+    from flow_helpers import _env, _run
     tmp = tmp_path_factory.mktemp("folder-flow")
     cfg_path = tmp / "folder-smoke.yaml"
     cfg_path.write_text(f"_base_: {ROOT / 'configs/folder-smoke.yaml'}\nrun: {{work_dir: {tmp / 'runs'}}}\n")

@@ -15,7 +15,7 @@ from timm.data.auto_augment import RandAugment
 
 from pipeline.data.datasets import LabelTable, Record, read_image
 from pipeline.models.mask_generator import MEAN, STD
-from pipeline.training import TrainImages, train_transform
+from pipeline.semples.training import TrainImages, train_transform
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import pytest
 
 from cam_fixtures import fake_refine
 from conftest import ROOT
-from pipeline.cam_store import CamStore, CamStoreError, fixed_sample, store_path
+from pipeline.cams.store import CamStore, CamStoreError, fixed_sample, store_path
 
 
 def test_round_trip_is_exact_for_float16(tmp_path):
@@ -91,7 +91,7 @@ def test_interrupted_export_resumes_to_the_same_store(tmp_path):
 
 
 def test_writer_threads_raise_a_failed_write_naming_the_image(tmp_path):
-    from pipeline.cam_store import CamWriter
+    from pipeline.cams.store import CamWriter
     s = CamStore(tmp_path / "c.zarr", mode="a")
     with pytest.raises(CamStoreError, match="img_bad"):
         with CamWriter(s, threads=2, max_pending=2) as w:
@@ -115,8 +115,9 @@ def test_batched_export_equals_the_per_image_reference(tmp_path):
     """Same-size batches (DataLoader worker, GPU-side flips/resizes, writer
     threads) give the CAMs of the one-image-at-a-time path."""
     import torch
-    from pipeline.cam_inference import (export_batched, export_per_image, infer_cams, infer_cams_batch,
-                                        same_size_batches, ScaledBatches)
+    from cam_fixtures import export_per_image
+    from pipeline.cams.inference import (export_batched, infer_cams, infer_cams_batch,
+                                         same_size_batches, ScaledBatches)
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_image
     from pipeline.models.mask_generator import load_mask_generator
@@ -166,7 +167,7 @@ def test_batched_export_equals_the_per_image_reference(tmp_path):
 
 def test_batched_export_names_a_bad_image_and_leaves_it_unwritten(tmp_path):
     from PIL import Image
-    from pipeline.cam_inference import export_batched
+    from pipeline.cams.inference import export_batched
     from pipeline.config import load_config
     from pipeline.data.datasets import Record
     from pipeline.models.mask_generator import load_mask_generator

@@ -1,4 +1,4 @@
-"""One source of defaults (issue 20): the fields of pipeline/config.py hold the
+"""One source of defaults: the fields of pipeline/config.py hold the
 official values; YAML files under configs/ set only what differs.
 
 The rule, checked on every YAML file under configs/ (bases included):
@@ -9,7 +9,7 @@ The rule, checked on every YAML file under configs/ (bases included):
    method value at all, only the run choices in RUN_CHOICES, which are not
    official values (so a value there can never contradict a code default).
 And the resolved configs are what they were before the defaults moved
-(tests/fixtures/resolved_configs.json, written from the code before issue 20).
+(tests/fixtures/resolved_configs.json, written from the code before the defaults moved).
 """
 from __future__ import annotations
 

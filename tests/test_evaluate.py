@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from cam_fixtures import gt_store
-from pipeline.cam_store import CamStore
+from pipeline.cams.store import CamStore
 from pipeline.data.datasets import write_mask
-from pipeline.evaluation import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
+from pipeline.evaluation.scores import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 
 GT = np.array([[3, 3, 255], [0, 7, 7]], np.uint8)
 
@@ -108,8 +108,8 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
 
 
 def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp_path):
-    from pipeline.compare import Run, compare_table
-    from pipeline.report import EvalReport
+    from pipeline.evaluation.compare import Run, compare_table
+    from pipeline.evaluation.report import EvalReport
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask
     from stages import evaluate

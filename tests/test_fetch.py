@@ -270,7 +270,7 @@ def test_offline_error_lists_url_checksum_and_target(env, tmp_path):
 def test_weights_recorded_then_checked_and_keys_printed(env, tmp_path):
     env.setenv("WSSS_FETCH_HASHES", "")
     cfg = ROOT / "configs/voc-deeplabv2.yaml"
-    from pipeline.fetch import weight_remotes
+    from pipeline.data.fetch import weight_remotes
     files = {r.name: f"fake {r.name}".encode() for rs in weight_remotes().values() for r in rs}
     sam = {r.name for r in weight_remotes()["sam_vit_h"]}
     # the SAM md5s and the ResNet-101 sha256 prefix are the publishers': fake files fail them

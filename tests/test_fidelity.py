@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from pipeline.config import ClipCfg, ConfigError, MaskGeneratorCfg, load_config
 from pipeline.data.classes import prompt_names
-from pipeline.losses import train_cam_step
+from pipeline.semples.losses import train_cam_step
 from pipeline.models.mask_generator import (build_mask_generator, load_mask_generator, load_weights_from,
                                             save_mask_generator)
 from pipeline.models.vl import PromptLearner, build_vl
 from pipeline.models.weaktr_import import import_weaktr_checkpoint, to_mask_generator_keys
-from pipeline.training import TrainImages
+from pipeline.semples.training import TrainImages
 from stages.runner import run_stage
 from test_semples_stages import tiny_cfg
 
@@ -202,7 +202,7 @@ def test_weaktr_v1_warm_start_decays_only_matrices():
     """WeakTr V1 main.py: create_optimizer(args, model): timm's param_groups_weight_decay with
     the model's no_weight_decay() {pos_embed, cls_token}: 1-d tensors, biases, tokens and
     positions undecayed."""
-    from pipeline.semples import warm_start_param_groups
+    from pipeline.semples.phases import warm_start_param_groups
     m = build_mask_generator(TINY, 3)
     groups = warm_start_param_groups(m, "weaktr_v1", 0.03)
     names = {id(p): n for n, p in m.named_parameters()}
@@ -538,7 +538,7 @@ def test_checkpoints_load_weights_only_and_refuse_code(tmp_path):
 def test_export_crops_the_remainder_and_resizes_the_grid_once():
     """generate_attention_maps_ms: the stride-16 patch embedding drops the remainder rows and
     columns, the CAM grid is bilinearly resized straight to the image, flips are flipped back."""
-    from pipeline.cam_inference import infer_cams
+    from pipeline.cams.inference import infer_cams
     from pipeline.models.mask_generator import normalize_numpy
     torch.manual_seed(0)
     m = build_mask_generator(TINY, 3).eval()
@@ -599,7 +599,7 @@ def test_clip_input_norm_and_lr_scaling_switches():
     """clip.input_norm: official feeds S-normalised images to CLIP unchanged (engine*.py), clip
     renormalises them; lr_scale_batch: null takes lr as the effective lr."""
     from pipeline.config import TrainCfg
-    from pipeline.losses import StepContext
+    from pipeline.semples.losses import StepContext
     from pipeline.models.mask_generator import MEAN, STD
     from pipeline.models.vl import to_vl_input
     vl = build_vl(ClipCfg(factory="pipeline.models.vl:tiny_random_clip", pretrained=None, allow_random_init=True,

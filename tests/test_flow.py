@@ -1,4 +1,4 @@
-"""Issue 6: the real Prefect flow end to end on the smoke config.
+"""The real Prefect flow end to end on the smoke config.
 
 One run store is shared by the module: a real local Prefect server serves
 the voc-smoke deployment and `prefect deployment run wsss/voc-smoke --watch`
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from flow_helpers import _env, _run
 from pipeline.config import ConfigError, load_config
 from pipeline.store import MANIFEST, Store
 from stages import ORDER as ALL_STAGES
@@ -37,30 +38,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(tmp: Path, **extra) -> dict:
-    env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONUNBUFFERED="1", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
-    env.pop("PREFECT_API_URL", None)
-    # the `prefect` CLI and scripts/ need this interpreter's bin dir, activated or not
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(extra)
-    return env
-
-
 def _write_cfg(path: Path, work_dir: Path, extra: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"_base_: {ROOT / 'configs/voc-smoke.yaml'}\nrun: {{work_dir: {work_dir}}}\n{extra}")
     return path
-
-
-def _run(cmd: list, env: dict, timeout: int) -> subprocess.CompletedProcess:
-    """subprocess.run with output in files, not pipes: a Prefect temporary server
-    that outlives its flow process would otherwise hold the pipes (and us) open."""
-    import tempfile
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=err, timeout=timeout).returncode
-        out.seek(0), err.seek(0)
-        return subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
 
 
 def wsss_run(cfg: Path, env: dict, *args, timeout=1500) -> subprocess.CompletedProcess:
@@ -251,7 +232,7 @@ def test_export_cams_source_picks_the_training_stage(smoke):
     cached upstream artifact of the smoke run (refine's are different CAMs)."""
     import numpy as np
 
-    from pipeline.cam_store import CamStore, store_path
+    from pipeline.cams.store import CamStore, store_path
     from stages.runner import run_stage
     base = load_config(smoke["cfg"])
     cfg = load_config(smoke["cfg"], overrides={"export_cams": {"source": "match"}})

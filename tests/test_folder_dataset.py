@@ -1,4 +1,4 @@
-"""Issue 14: folder datasets (images + tags), `wsss data check` / `wsss
+"""Folder datasets (images + tags), `wsss data check` / `wsss
 init-dataset` on them, the COCO JSON export, and configs/folder-smoke.yaml
 (the vendored coco-tiny photos as a folder dataset) run stage by stage
 through pseudo masks, segmentation training without validation and evaluate."""
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.coco_export import coco_document, decode, export_coco
+from pipeline.pseudo_masks.coco_export import coco_document, decode, export_coco
 from pipeline.config import ConfigError, load_config
 from pipeline.data.classes import ClassFileError, read_class_file
 from pipeline.data.datasets import LabelTable, check_split, read_mask, write_mask
@@ -177,7 +177,7 @@ def test_folder_smoke_runs_through_the_prefect_flow_and_publishes_its_report(fol
     import sys
 
     from stages.runner import select
-    from test_flow import _run
+    from flow_helpers import _run
     report = json.loads((Path(folder_flow_run["dirs"]["evaluate"]) / "report.json").read_text())
     assert "seed" not in report  # the case that failed in publish_report
     wanted = [f"folder-smoke-{n.replace('_', '-')}" for n in select(cfg=folder_flow_run["cfg"])] + [
@@ -267,7 +267,7 @@ def test_folder_evaluate_and_validation_use_the_images_with_gt(folder_run, tmp_p
     only, and train_segmentation's val list holds those only."""
     from stages import evaluate
     from stages.runner import run_stage
-    from stages.train_segmentation import data_lists
+    from pipeline.segmentation.final import data_lists
     cfg, dirs = folder_run
     masks = Path(dirs["pseudo_masks"]) / "masks"
     gt_dir = tmp_path / "gt"
@@ -292,9 +292,9 @@ def test_folder_evaluate_and_validation_use_the_images_with_gt(folder_run, tmp_p
 
 
 def test_compare_a_report_without_gt_next_to_one_with_gt(tmp_path):
-    """Fast check of pipeline/compare.py on two stored evaluate artifacts: a folder run without GT
+    """Fast check of pipeline/evaluation/compare.py on two stored evaluate artifacts: a folder run without GT
     (pixel shares only) and a VOC-style run: n/a where a figure is missing, classes of both runs."""
-    from pipeline.compare import compare_table, load_run, save_compare_chart
+    from pipeline.evaluation.compare import compare_table, load_run, save_compare_chart
     shares = {"background": 0.5, "person": 0.25, "tv": 0.125, "uncertain (255)": 0.125}
     common = {"eval_split": "train", "cam_split": "train", "cam_source": "refine",
               "selection": {"uses_ground_truth": False, "note": "last epochs", "train_cam": "last epoch",

@@ -1,4 +1,4 @@
-"""Issue 2: configs, data checks on corrupted copies of the tiny data, eval-masks."""
+"""Configs, data checks on corrupted copies of the tiny data, eval-masks."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 from pipeline.config import ConfigError, load_config
 from pipeline.data.datasets import LabelTable, read_mask, write_mask
-from pipeline.metrics import confusion, scores
+from pipeline.evaluation.metrics import confusion, scores
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -3,8 +3,8 @@ import math
 
 import torch
 
-from pipeline.losses import (build_pairs, match_loss, normalised_masks, prompt_loss, refine_loss,
-                             sim_max_loss, sim_min_loss)
+from pipeline.semples.losses import (build_pairs, match_loss, normalised_masks, prompt_loss, refine_loss,
+                                     sim_max_loss, sim_min_loss)
 
 
 def test_sim_losses_known_values():

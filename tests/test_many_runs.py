@@ -1,4 +1,4 @@
-"""Issue 13 (quick parts): artifact locks between real processes, unique temp
+"""Quick parts of many runs at once: artifact locks between real processes, unique temp
 files, the VOC ablation configs' shared keys, compare's error path, compose.
 The end-to-end parts (two `wsss run` at once, takeover mid-stage, Prefect
 artifacts, `wsss compare` on a real run) are in tests/test_flow.py."""

@@ -4,7 +4,7 @@ import timm
 import torch
 
 from pipeline.config import ClipCfg, MaskGeneratorCfg
-from pipeline.losses import StepContext, learn_prompts_step, match_step, refine_step
+from pipeline.semples.losses import StepContext, learn_prompts_step, match_step, refine_step
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_mask_generator,
                                             save_mask_generator)
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features

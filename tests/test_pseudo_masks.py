@@ -12,8 +12,9 @@ from cam_fixtures import gt_store
 from pipeline.config import AffinityCfg, PseudoMasksCfg
 from pipeline.data.classes import IGNORE
 from pipeline.data.datasets import read_image, read_mask
-from pipeline.metrics import Confusion
-from pipeline.refine_masks import affinity_propagate, pseudo_mask, seed_labels
+from pipeline.evaluation.metrics import Confusion
+from pipeline.pseudo_masks.affinity import affinity_propagate
+from pipeline.pseudo_masks.threshold import pseudo_mask, seed_labels
 
 TINY = Path(__file__).resolve().parents[1] / "data/voc-tiny"
 
@@ -96,7 +97,7 @@ def test_stage_writes_palette_pngs_in_a_pool_and_resumes(smoke_cfg, prepared, tm
 
 
 def test_stage_names_a_bad_image(smoke_cfg, prepared, tmp_path):
-    from pipeline.cam_store import CamStore, store_path
+    from pipeline.cams.store import CamStore, store_path
     from stages import pseudo_masks
 
     export = tmp_path / "export"

@@ -1,4 +1,4 @@
-"""The typed evaluate report (pipeline/report.py) as evaluate writes it and as
+"""The typed evaluate report (pipeline/evaluation/report.py) as evaluate writes it and as
 the flow (publish_report) and `wsss compare` read it, with and without
 ground truth: a split without GT masks (a folder dataset) has no seed or
 pseudo-mask scores, and readers show what the report has (n/a otherwise)."""
@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from cam_fixtures import gt_store
 from flows.cli import app
-from pipeline.compare import CompareError, load_run
+from pipeline.evaluation.compare import CompareError, load_run
 from pipeline.config import load_config
 from pipeline.data.datasets import LabelTable, read_mask, write_mask
-from pipeline.report import REPORT, EvalReport, Scores, report_markdown
+from pipeline.evaluation.report import REPORT, EvalReport, Scores, report_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,7 +167,8 @@ def test_protocol_card_and_per_class_precision_recall_in_the_report(runs):
 def test_compare_shows_the_spread_of_a_multi_seed_run(runs, tmp_path):
     """A spread artifact (two 'seeds': the GT report and a copy with other numbers) in `wsss compare`:
     mean ± sample std of the two, per-class means."""
-    from pipeline.spread import SPREAD, spread
+    from pipeline.artifacts import SpreadArtifact
+    from pipeline.evaluation.spread import spread
     _, dirs = runs
     a = EvalReport.load(dirs["gt"] / REPORT)
     other = tmp_path / "seed1"
@@ -179,7 +180,7 @@ def test_compare_shows_the_spread_of_a_multi_seed_run(runs, tmp_path):
     b.save(other / REPORT)
     sp_dir = tmp_path / "spread"
     sp_dir.mkdir()
-    spread({0: a, 1: b}, {0: dirs["gt"], 1: other}).save(sp_dir / SPREAD)
+    spread({0: a, 1: b}, {0: dirs["gt"], 1: other}).save(SpreadArtifact(sp_dir).report)
     (sp_dir / "manifest.json").write_text("{}")
     res = CliRunner().invoke(app, ["compare", str(sp_dir), str(dirs["gt"]), "--png", str(tmp_path / "c.png")])
     assert res.exit_code == 0, res.output

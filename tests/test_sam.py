@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.sam_seeding import rsw_filter, seed_masks
+from pipeline.pseudo_masks.seeding import seed_masks
+from pipeline.sam.generator import rsw_filter
 
 
 def box(h, w, y0, y1, x0, x1):
@@ -128,7 +129,7 @@ def test_rock_sand_water_filter():
 # ---------------------------------------------------------------- generator
 def _generator(outputs, crop_n_layers=0, **kw):
     """FmaMaskGenerator on a tiny SAM whose decoder returns fixed (logits, iou) for the one point."""
-    from pipeline.sam_generator import FmaMaskGenerator, tiny_sam
+    from pipeline.sam.generator import FmaMaskGenerator, tiny_sam
     gen = FmaMaskGenerator(tiny_sam(), points_per_side=1, crop_n_layers=crop_n_layers, pred_iou_thresh=0.86,
                            stability_score_thresh=0.92, min_mask_region_area=0, **kw)
     logits, iou = outputs
@@ -183,7 +184,7 @@ def test_an_image_without_any_mask_gives_no_records():
 
 
 def test_missing_weights_name_the_key_the_url_and_the_file(tmp_path, monkeypatch):
-    from pipeline.sam_generator import checkpoint_file
+    from pipeline.sam.generator import checkpoint_file
     with pytest.raises(FileNotFoundError, match="sam.checkpoint.*nope.pth"):
         checkpoint_file("vit_b", str(tmp_path / "nope.pth"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
@@ -227,10 +228,10 @@ def test_sam_route_through_the_flow_resumes_after_a_kill(tmp_path):
     them (method sam) beside the CRF route, with the COCO export."""
     from cam_fixtures import fake_refine
     from conftest import ROOT
-    from pipeline.coco_export import decode
+    from pipeline.pseudo_masks.coco_export import decode
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask
-    from pipeline.sam_files import read_masks_json
+    from pipeline.sam.files import read_masks_json
     from pipeline.store import Store
     from stages.runner import run_stage, stage_inputs, stage_keys, stage_sections
 

@@ -1,4 +1,4 @@
-"""Checkpoint selection and the per-epoch seed evaluation (issue 10, item 9):
+"""Checkpoint selection and the per-epoch seed evaluation:
 the one-pass threshold sweep equals per-threshold confusion matrices, fit()
 records a real seed-mIoU curve and keeps the best epoch under gt_miou (also
 across a resume), the stages save the selected weights and say which
@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cam_inference import infer_cams
-from pipeline.cam_store import CamStore
+from pipeline.cams.inference import infer_cams
+from pipeline.cams.store import CamStore
 from pipeline.config import OFFICIAL_SWEEP, ConfigError, load_config
 from pipeline.data.datasets import LabelTable, read_image
-from pipeline.evaluation import evaluate_seeds
-from pipeline.losses import train_cam_step
-from pipeline.metrics import Confusion, seed_confusions
+from pipeline.evaluation.scores import evaluate_seeds
+from pipeline.semples.losses import train_cam_step
+from pipeline.evaluation.metrics import Confusion, seed_confusions
 from pipeline.models.mask_generator import build_mask_generator, load_mask_generator
-from pipeline.evaluation import best_threshold, official_threshold
-from pipeline.seed_eval import eval_ids, seed_miou_eval
-from pipeline.training import BEST_MODEL, CHECKPOINT, TrainImages, fit
+from pipeline.evaluation.scores import best_threshold, official_threshold
+from pipeline.semples.seed_eval import eval_ids, seed_miou_eval
+from pipeline.semples.training import BEST_MODEL, CHECKPOINT, TrainImages, fit
 from test_semples_stages import ROOT, history, tiny_cfg
 
 

@@ -67,7 +67,7 @@ def test_run_seeds_is_part_of_no_key_and_each_seed_once():
 
 
 def test_spread_statistics_by_hand():
-    from pipeline.spread import Stat
+    from pipeline.evaluation.spread import Stat
     st = Stat.of({"0": 50.0, "1": 52.0, "2": 57.0, "3": None})
     assert (st.mean, st.min, st.max, st.n) == (53.0, 50.0, 57.0, 3)
     assert st.std == pytest.approx(math.sqrt((9 + 1 + 16) / 2), rel=1e-15)  # sample std, ddof=1

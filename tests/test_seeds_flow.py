@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.artifacts import SegmentationArtifact
 from pipeline.config import load_config
 from pipeline.store import Store
 from stages.runner import stage_keys
-from test_flow import _env, _run, _write_cfg, wsss_run
+from flow_helpers import _env, _run
+from test_flow import _write_cfg, wsss_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # a loaded shared CPU: the run can take 20 min
 
@@ -37,8 +39,8 @@ def _rows(stdout: str) -> dict:
 def test_seeds_share_seed_free_artifacts_and_spread_equals_the_seed_reports(seeds):
     """prepare_data is computed once and shared, the seeded stages twice; the spread report's
     numbers are those of the two seed reports; compare shows mean ± std."""
-    from pipeline.report import EvalReport
-    from pipeline.spread import SpreadReport
+    from pipeline.evaluation.report import EvalReport
+    from pipeline.evaluation.spread import SpreadReport
     from stages.seeds import spread_key, with_seed
     work, cfg_path, res = seeds["work"], seeds["cfg"], seeds["res"]
     assert res.stderr.count("prepare_data: running in") == 1
@@ -105,7 +107,7 @@ def test_predict_equals_the_final_models_val_predictions(seeds):
     stage's load_model / predict, what its gallery and predict_split use); COCO JSON decodes back."""
     from mmengine.config import Config as MMConfig
 
-    from pipeline.coco_export import decode
+    from pipeline.pseudo_masks.coco_export import decode
     from pipeline.data.datasets import read_mask
     from pipeline.segmentation.train import load_model, predict
     cfg = load_config(seeds["cfg"])
@@ -116,7 +118,7 @@ def test_predict_equals_the_final_models_val_predictions(seeds):
                 "--out", str(out)], seeds["env"], 600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "predict (single scale) 3/3" in res.stderr and "ETA" in res.stderr
-    model = load_model(MMConfig.fromfile(str(seg / "mmseg_config.py")), seg / "model_final.pth")
+    model = load_model(MMConfig.fromfile(str(SegmentationArtifact(seg).config)), SegmentationArtifact(seg).model)
     coco = decode(out / "predictions_coco.json")
     for r in records:
         ref = predict(model, r.image)
@@ -166,7 +168,8 @@ def test_exported_model_loads_with_mmseg_alone_and_gives_the_same_labels(seeds):
     res = _run([sys.executable, "-m", "flows.cli", "export-model", "--config", str(seeds["cfg"]), "--out", str(exp)],
                seeds["env"], 300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "pipeline" not in (exp / "config.py").read_text() and "Wsss" not in (exp / "config.py").read_text()
+    text = (exp / "config.py").read_text()
+    assert "pipeline.segmentation" not in text and "custom_imports" not in text and "Wsss" not in text
     images = sorted(str(p) for p in folder.iterdir())
     alone = subprocess.run([sys.executable, "-c", MMSEG_ALONE, str(exp), str(npy), *images], cwd=exp,
                            env=dict(seeds["env"], PYTHONPATH=""), capture_output=True, text=True, timeout=300)
@@ -178,7 +181,7 @@ def test_exported_model_loads_with_mmseg_alone_and_gives_the_same_labels(seeds):
 
     from pipeline.segmentation.train import load_model, predict
     seg = Store(cfg.run.work_dir).path(stage_keys(cfg)["train_segmentation"])
-    model = load_model(MMConfig.fromfile(str(seg / "mmseg_config.py")), seg / "model_final.pth")
+    model = load_model(MMConfig.fromfile(str(SegmentationArtifact(seg).config)), SegmentationArtifact(seg).model)
     for r in records:
         ours = np.load(npy / f"{r.id}.npy")
         assert ours.shape == read_mask(r.mask).shape and (ours == predict(model, r.image)).all(), r.id

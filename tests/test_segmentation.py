@@ -1,4 +1,4 @@
-"""train_segmentation (issue 5): mmseg models on CPU with mmcv-lite, on the
+"""train_segmentation: mmseg models on CPU with mmcv-lite, on the
 vendored tiny VOC data. Pseudo masks here are copies of the real GT PNGs
 (real data, standing in for the pseudo_masks stage's output)."""
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _recomputed_miou(out: Path, records) -> float:
     """mIoU of the exported model's predictions on the real val masks, by our own metrics code."""
     from mmengine.config import Config
     from pipeline.data.datasets import read_mask
-    from pipeline.metrics import confusion, scores
+    from pipeline.evaluation.metrics import confusion, scores
     from pipeline.segmentation.train import load_model, predict
     model = load_model(Config.fromfile(out / "mmseg_config.py"), out / "model_final.pth")
     cm, missed = np.zeros((21, 21), np.int64), np.zeros(21, np.int64)
@@ -235,7 +235,7 @@ def test_stage_mask2former(tmp_path):
 
 def test_missing_pseudo_mask_is_named(tmp_path):
     from pipeline.data.datasets import DataError
-    from stages import train_segmentation as ts
+    from pipeline.segmentation import final as ts
     from stages.runner import run_stage
     cfg = _small_cfg(tmp_path)
     prepared = run_stage(cfg, "prepare_data")

@@ -1,4 +1,4 @@
-"""Issue 11: the final model as the papers train it. Tiny random-init models
+"""The final model as the papers train it. Tiny random-init models
 on CPU; the DeepLab-v2 weight conversion uses a real ResNet-101 layout with
 random values."""
 from __future__ import annotations
@@ -266,7 +266,7 @@ def _isht7_state_dict(num_classes: int) -> dict:
 def test_deeplabv2_caffe_coco_weights_convert_and_load(tmp_path):
     """Scale.* weights -> every backbone and classifier tensor of the full
     DeepLab-v2 ResNet-101, loaded through the config's init_cfg."""
-    from pipeline.segmentation.weights import convert_deeplabv2_checkpoint
+    from pipeline.segmentation.pretrained import convert_deeplabv2_checkpoint
     sd = _isht7_state_dict(21)
     src = tmp_path / "MS_DeepLab_resnet_pretrained_COCO_init.pth"
     torch.save(sd, src)
@@ -292,7 +292,7 @@ def test_deeplabv2_caffe_coco_weights_convert_and_load(tmp_path):
 
 
 def test_deeplabv2_torchvision_layout_and_unknown_layout(tmp_path):
-    from pipeline.segmentation.weights import convert_deeplabv2_state_dict
+    from pipeline.segmentation.pretrained import convert_deeplabv2_state_dict
     tv = {k[len("Scale."):]: v for k, v in _isht7_state_dict(21).items() if "layer5" not in k}
     tv["fc.weight"], tv["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
     out, info = convert_deeplabv2_state_dict(tv, 21)
@@ -310,10 +310,10 @@ def test_stage_best_checkpoint_tta_crf_are_labelled(tmp_path):
     from mmengine.config import Config
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_image, read_mask
-    from pipeline.metrics import Confusion
-    from pipeline.refine_masks import crf_index
+    from pipeline.evaluation.metrics import Confusion
+    from pipeline.pseudo_masks.threshold import crf_index
     from pipeline.segmentation.train import load_model, predict, test
-    from stages import evaluate
+    from pipeline.evaluation import evaluate
     from stages import train_segmentation as ts
     from stages.runner import run_stage
     from test_segmentation import _fake_pseudo_masks

@@ -7,9 +7,9 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data.datasets import LabelTable
-from pipeline.losses import train_cam_step
+from pipeline.semples.losses import train_cam_step
 from pipeline.models.mask_generator import build_mask_generator, load_mask_generator
-from pipeline.training import TrainImages, fit
+from pipeline.semples.training import TrainImages, fit
 from stages.runner import input_dirs, run_all, run_stage
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Issue 20: the stage contract. A stage computes under a read-only view of the
+"""The stage contract. A stage computes under a read-only view of the
 config fields it declares (stages/contract.py), and its artifact key changes
 exactly when one of those fields (or an input's key) changes.
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.weights import WeightsUnavailable, hub_weights, preflight
+from pipeline.weights import WeightsUnavailable
 from stages import ORDER
-from stages.runner import run_all, select
+from stages.runner import hub_weights, preflight, run_all, select
 
 ROOT = Path(__file__).resolve().parents[1]
 DEAD_URL = "https://127.0.0.1:9/checkpoints/swin_test-0123abcd.pth"  # port 9: refused at once, no network

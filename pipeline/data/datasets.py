@@ -18,6 +18,7 @@ from typing import Iterable, Optional
 import numpy as np
 from PIL import Image
 
+from pipeline.artifacts import DataArtifact
 from pipeline.config import DataCfg
 from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSet, builtin_classes,
                                    dataset_classes, palette)
@@ -154,7 +155,8 @@ def coco_records(cfg: DataCfg, split: str, mask_dir: Optional[Path] = None) -> t
         labels = set()
         for a in anns:
             if a["category_id"] not in cmap:
-                problems.append(Problem(str(ann_path), f"annotation {a['id']}: category_id {a['category_id']} not in categories"))
+                problems.append(Problem(str(ann_path),
+                                        f"annotation {a['id']}: category_id {a['category_id']} not in categories"))
             else:
                 labels.add(cmap[a["category_id"]])
         if not anns:
@@ -428,7 +430,7 @@ class LabelTable:
 
     @classmethod
     def from_artifact(cls, prepare_dir: Path, split: str) -> "LabelTable":
-        p = Path(prepare_dir) / f"labels_{split}.json"
+        p = DataArtifact(prepare_dir).labels(split)
         if not p.exists():
             raise DataError(f"{p}: no label table for split '{split}' (is it in the data config?)")
         return cls.load(p)

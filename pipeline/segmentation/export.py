@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.artifacts import SegmentationArtifact
 from pipeline.store import torch_save_atomic
 
 DROP = ("train_dataloader", "val_dataloader", "test_dataloader", "val_evaluator", "test_evaluator", "optim_wrapper",
@@ -72,15 +73,16 @@ def export_model(seg_dir: Path, out: Path) -> dict:
     """Write the self-contained folder of the train_segmentation artifact ``seg_dir``."""
     from mmengine.config import Config as MMConfig
     seg_dir, out = Path(seg_dir), Path(out)
-    for f in ("mmseg_config.py", "model_final.pth"):
-        if not (seg_dir / f).exists():
-            raise ExportError(f"{seg_dir / f}: missing; is {seg_dir} a finished train_segmentation artifact?")
-    cfg = MMConfig.fromfile(str(seg_dir / "mmseg_config.py"), import_custom_modules=False)
+    art = SegmentationArtifact(seg_dir)
+    for f in (art.config, art.model):
+        if not f.exists():
+            raise ExportError(f"{f}: missing; is {seg_dir} a finished train_segmentation artifact?")
+    cfg = MMConfig.fromfile(str(art.config), import_custom_modules=False)
     meta = cfg.train_dataloader.dataset.metainfo
     d = copy.deepcopy(cfg.to_dict())
     for k in DROP:
         d.pop(k, None)
-    ckpt = torch.load(seg_dir / "model_final.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(art.model, map_location="cpu", weights_only=False)
     state = dict(ckpt["state_dict"])
     model = d["model"]
     for part in ("backbone", "decode_head", "auxiliary_head"):

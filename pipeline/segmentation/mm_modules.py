@@ -18,7 +18,7 @@ own tools (tools/train.py, tools/test.py) can run that config too.
 - ``DeepLabV2Head``: DeepLab-v2's classifier, four parallel dilated 3x3 convs
   (rates 6/12/18/24) straight to class scores, summed; no image pooling.
 - ``CrfIoUMetric``: PerClassIoUMetric after a dense CRF on each prediction
-  (pipeline.refine_masks.crf_index), for the optional CRF post-processing.
+  (pipeline.pseudo_masks.threshold.crf_index), for the optional CRF post-processing.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline.metrics import class_precision_recall
+from pipeline.evaluation.metrics import class_precision_recall
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
 from pipeline.store import unique_tmp
 
@@ -107,7 +107,7 @@ class ValMetricsHook(Hook):
 
 @METRICS.register_module(force=True)
 class CrfIoUMetric(PerClassIoUMetric):
-    """IoU of predictions refined by the dense CRF of pipeline.refine_masks
+    """IoU of predictions refined by the dense CRF of pipeline.pseudo_masks.threshold
     (label unary over the classes the prediction holds, then Gaussian +
     bilateral terms on the original image)."""
 
@@ -118,7 +118,7 @@ class CrfIoUMetric(PerClassIoUMetric):
 
     def process(self, data_batch: dict, data_samples) -> None:
         from pipeline.data.datasets import read_image
-        from pipeline.refine_masks import crf_index
+        from pipeline.pseudo_masks.threshold import crf_index
         for s in data_samples:
             pred = s["pred_sem_seg"]["data"]
             labels = pred.squeeze(0).cpu().numpy()

@@ -88,7 +88,7 @@ def _deeplabv2(sec: TrainSegmentationCfg, n_cls: int, norm: dict, converted: Opt
                     norm_eval=_frozen_bn(sec), style="caffe" if sec.pretrained_format == "caffe" else "pytorch",
                     deep_stem=False, contract_dilation=False, init_cfg=None if sec.tiny else _init_cfg(sec))
     head_init = {}
-    if converted:  # weights converted to model keys (pipeline.segmentation.weights)
+    if converted:  # weights converted to model keys (pipeline.segmentation.pretrained)
         path, has_head = converted
         backbone["init_cfg"] = dict(type="Pretrained", checkpoint=str(path), prefix="backbone.")
         if has_head:

@@ -1,7 +1,7 @@
 """`wsss predict`: the trained final model of a config on any folder of images.
 
 Writes ``labels/<id>.png`` (class ids with the dataset palette), ``overlays/<id>.png`` (the
-image with the classes' colours blended in) and ``predictions_coco.json`` (pipeline.coco_export:
+image with the classes' colours blended in) and ``predictions_coco.json`` (pipeline/pseudo_masks/coco_export.py:
 one RLE per class per image). An image's id is its path under the folder without the suffix,
 ``/`` replaced by ``__``. Test-time augmentation defaults to the setting the final model's
 reported number used (train_segmentation.tta): mmseg's SegTTAModel over the config's
@@ -72,19 +72,21 @@ def predict_folder(seg_dir: Path, images: Path, out: Path, tta: bool, device: st
     ``seg_dir``; returns counts. Files are written atomically (a rerun overwrites them)."""
     from mmengine.config import Config as MMConfig
 
-    from pipeline.coco_export import export_coco
+    from pipeline.artifacts import SegmentationArtifact
+    from pipeline.pseudo_masks.coco_export import export_coco
     from pipeline.data.datasets import DataError, read_image, write_mask
     from pipeline.segmentation.train import load_model, predict
     from pipeline.store import unique_tmp
     from pipeline.utils import progress
     items = list_images(images)
-    mm_cfg = MMConfig.fromfile(str(Path(seg_dir) / "mmseg_config.py"))
+    art = SegmentationArtifact(seg_dir)
+    mm_cfg = MMConfig.fromfile(str(art.config))
     meta = mm_cfg.train_dataloader.dataset.metainfo
     classes, pal = list(meta["classes"]), np.asarray(meta["palette"], np.uint8)
     full_pal = np.zeros((256, 3), np.uint8)
     full_pal[:len(pal)] = pal
     full_pal[255] = 255  # uncertain, as the VOC palette
-    model = load_model(mm_cfg, Path(seg_dir) / "model_final.pth", device=device)
+    model = load_model(mm_cfg, art.model, device=device)
     run = tta_predictor(model, mm_cfg) if tta else (lambda p: predict(model, p))
     out = Path(out)
     (out / LABELS).mkdir(parents=True, exist_ok=True)

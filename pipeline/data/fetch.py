@@ -89,23 +89,25 @@ def weight_remotes() -> dict[str, list[Remote]]:
     md5s are the ones in wide use); Swin-L 22k: the mmseg URL configs/*-full.yaml name (mmengine's
     sha256 prefix in the name); ResNet-101 for DeepLab-v2: torchvision's IMAGENET1K_V1 file."""
     from torchvision.models import ResNet101_Weights
+
+    from pipeline.weights import SAM_URLS as SAM
     rn_url = ResNet101_Weights.IMAGENET1K_V1.url
-    sam = "https://dl.fbaipublicfiles.com/segment_anything/"
     return {
-        "weaktr_voc": [Remote("weaktr_voc_deit_small_checkpoint_best_mIoU.pth", _gdrive("1uUHGLIDFm49Gh41Ddc8_T93-bRWnJzeF"),
+        "weaktr_voc": [Remote("weaktr_voc_deit_small_checkpoint_best_mIoU.pth",
+                              _gdrive("1uUHGLIDFm49Gh41Ddc8_T93-bRWnJzeF"),
                               key="train_cam.init_checkpoint", note="voc configs")],
-        "weaktr_coco": [Remote("weaktr_coco_deit_small_checkpoint_best_mIoU.pth", _gdrive("1Q5UdcGCHFitSJXljZmTA4USKPpyZIVDw"),
+        "weaktr_coco": [Remote("weaktr_coco_deit_small_checkpoint_best_mIoU.pth",
+                               _gdrive("1Q5UdcGCHFitSJXljZmTA4USKPpyZIVDw"),
                                key="train_cam.init_checkpoint", note="coco configs")],
-        "sam_vit_h": [Remote("sam_vit_h_4b8939.pth", sam + "sam_vit_h_4b8939.pth", "md5:4b8939a88964f0f4ff5f5b2642c598a6",
-                             key="sam.checkpoint", note="SAM ViT-H, the one FMA-WSSS uses")],
-        "sam_vit_l": [Remote("sam_vit_l_0b3195.pth", sam + "sam_vit_l_0b3195.pth", "md5:0b3195507c641ddb6910d2bb5adee89c",
-                             key="sam.checkpoint", note="SAM ViT-L")],
-        "sam_vit_b": [Remote("sam_vit_b_01ec64.pth", sam + "sam_vit_b_01ec64.pth", "md5:01ec64d29a2fca3f0661936605ae66f8",
-                             key="sam.checkpoint", note="SAM ViT-B")],
+        **{f"sam_{v}": [Remote(SAM[v].rsplit("/", 1)[1], SAM[v], md5, key="sam.checkpoint", note=note)]
+           for v, md5, note in (("vit_h", "md5:4b8939a88964f0f4ff5f5b2642c598a6", "SAM ViT-H, the one FMA-WSSS uses"),
+                                ("vit_l", "md5:0b3195507c641ddb6910d2bb5adee89c", "SAM ViT-L"),
+                                ("vit_b", "md5:01ec64d29a2fca3f0661936605ae66f8", "SAM ViT-B"))},
         "swin_l": [Remote(SWIN_L_URL.rsplit("/", 1)[1], SWIN_L_URL, sha256_prefix="6580f57d",
                           key="train_segmentation.pretrained", note="mask2former swin_l (voc-full, coco-full)")],
         "resnet101": [Remote("resnet101_imagenet.pth", rn_url, sha256_prefix=rn_url.rsplit("-", 1)[1].split(".")[0],
-                             key="train_segmentation.pretrained", note="deeplabv2 configs (pretrained_format: pytorch)")],
+                             key="train_segmentation.pretrained",
+                             note="deeplabv2 configs (pretrained_format: pytorch)")],
     }
 
 
@@ -113,10 +115,7 @@ def weight_groups_for(cfg) -> list[str]:
     """The weight groups a config needs (all of them without a config)."""
     if cfg is None:
         return list(weight_remotes())
-    sam = getattr(cfg, "sam", None)  # the SAM section, where the config has one: its variant, else ViT-H
-    variant = next((v for v in (getattr(sam, "model_type", None), getattr(sam, "model", None))
-                    if v in ("vit_h", "vit_l", "vit_b")), "vit_h")
-    groups = ["weaktr_coco" if cfg.data.dataset == "coco" else "weaktr_voc", f"sam_{variant}"]
+    groups = ["weaktr_coco" if cfg.data.dataset == "coco" else "weaktr_voc", f"sam_{cfg.sam.model_type}"]
     ts = cfg.train_segmentation
     if ts.model == "mask2former" and ts.backbone == "swin_l":
         groups.append("swin_l")
@@ -164,7 +163,8 @@ class ResumableDownloader:
                             got += len(chunk)
                             bar.update(len(chunk))
                     if total is not None and self.part.stat().st_size < total:
-                        raise requests.ConnectionError(f"connection closed at {self.part.stat().st_size} of {total} bytes")
+                        raise requests.ConnectionError(
+                            f"connection closed at {self.part.stat().st_size} of {total} bytes")
                 break
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
                 if got == 0 or attempt == self.max_attempts - 1:
@@ -431,14 +431,14 @@ def fetch_coco(root: Path, mirror: Optional[Path] = None, base_url: Optional[str
     return info
 
 
-def fetch_hub_weights(cfg=None) -> list[str]:
+def fetch_hub_weights(weights: Optional[list] = None) -> list[str]:
     """CLIP and DeiT through open_clip's and timm's own download functions, into the caches the
-    stages read: the hub weights the preflight resolves (pipeline/weights.py), for the config's
-    stages, or without a config the official CLIP and DeiT-S. A config that names local files
-    (or no pretrained weights) needs nothing from the hubs."""
-    from pipeline.weights import CLIP_STAGES, clip_weight, hub_weights, timm_weight
-    weights = (hub_weights(cfg, ("train_cam", *CLIP_STAGES)) if cfg is not None else
-               [clip_weight("ViT-B-32-quickgelu", "openai"), timm_weight("deit_small_patch16_224")])
+    stages read: the given hub weights (pipeline/weights.py HubWeight, as the preflight resolves
+    them for a config's stages), or the official CLIP and DeiT-S. A config that names local
+    files (or no pretrained weights) needs nothing from the hubs."""
+    from pipeline.weights import clip_weight, timm_weight
+    if weights is None:
+        weights = [clip_weight("ViT-B-32-quickgelu", "openai"), timm_weight("deit_small_patch16_224")]
     done = []
     for w in weights:
         w.fetch()
@@ -447,9 +447,11 @@ def fetch_hub_weights(cfg=None) -> list[str]:
 
 
 def fetch_weights(dest: Path, cfg=None, mirror: Optional[Path] = None, base_url: Optional[str] = None,
-                  progress: bool = True, hub: bool = True) -> list[tuple[str, Path, str]]:
+                  progress: bool = True, hub: bool = True,
+                  hub_weights: Optional[list] = None) -> list[tuple[str, Path, str]]:
     """Download the weight files a config needs (all without one) into dest; return
-    (config key, path, note) for each. hub: also CLIP/DeiT into open_clip's/timm's caches."""
+    (config key, path, note) for each. hub: also CLIP/DeiT into open_clip's/timm's caches
+    (``hub_weights``: the config's, as the preflight lists them; None: the official ones)."""
     groups = weight_remotes()
     remotes = [r for g in weight_groups_for(cfg) for r in groups[g]]
     errors, files = [], {}
@@ -462,7 +464,7 @@ def fetch_weights(dest: Path, cfg=None, mirror: Optional[Path] = None, base_url:
                  "mask_generator.pretrained to local files (or copy the open_clip/timm caches)")
     elif hub:
         try:
-            for line in fetch_hub_weights(cfg):
+            for line in fetch_hub_weights(hub_weights):
                 log.info(line)
         except Exception as e:  # noqa: BLE001 - any hub/network failure: say what to set instead
             errors.append(f"CLIP/DeiT through open_clip/timm failed ({e}); offline, set clip.pretrained and "
@@ -479,7 +481,8 @@ def fetch_dataset(data_cfg, dest: Optional[Path] = None, mirror: Optional[Path] 
     root = Path(dest) if dest else Path(data_cfg.root)
     fetch = {"voc": fetch_voc, "coco": fetch_coco}.get(data_cfg.dataset)
     if fetch is None:
-        raise FetchError(f"data.dataset '{data_cfg.dataset}': nothing to fetch (only voc and coco are published data sets)")
+        raise FetchError(f"data.dataset '{data_cfg.dataset}': nothing to fetch "
+                         "(only voc and coco are published data sets)")
     root.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root.parent / f".{root.name}.fetch.lock")):  # one fetch per target at a time
         return fetch(root, mirror, base_url, progress)

@@ -10,10 +10,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pipeline.cam_store import CamStore
+from pipeline.cams.store import CamStore
 from pipeline.data.datasets import read_mask
-from pipeline.metrics import Confusion, seed_confusions
-from pipeline.refine_masks import keys_of
+from pipeline.evaluation.metrics import Confusion, seed_confusions
+from pipeline.pseudo_masks.threshold import keys_of
 
 
 def sweep_seeds(items: Iterable[tuple[str, np.ndarray, Sequence[int], np.ndarray]], thresholds: Iterable[float],

@@ -7,7 +7,7 @@ configs and resolves them to their evaluate artifact. Output: one text table
 pixel shares, and a bar chart PNG. A run whose eval split has no ground-truth
 masks (a folder dataset) has no seed or pseudo-mask scores: those cells say
 n/a. Numbers that used ground truth to choose something (the seed threshold
-sweep) are marked with '*'. Reports are read as pipeline.report.EvalReport.
+sweep) are marked with '*'. Reports are read as pipeline.evaluation.report.EvalReport.
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from typing import Optional
 
-from pipeline.report import REPORT, UNCERTAIN, EvalReport, fmt
-from pipeline.spread import SPREAD, SpreadReport
+from pipeline.artifacts import EvalArtifact, SpreadArtifact
+from pipeline.evaluation.report import UNCERTAIN, EvalReport, fmt
+from pipeline.evaluation.spread import SpreadReport
 
 GT_MARK = "*"
 GT_NOTE = (f"{GT_MARK} the background threshold was chosen with ground truth (best of the sweep): "
@@ -45,7 +46,7 @@ def find_evaluate_dir(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CompareError(f"{path}: no such run directory or config")
-    if (path / REPORT).exists() or (path / SPREAD).exists():
+    if EvalArtifact(path).report.exists() or SpreadArtifact(path).report.exists():
         return path
     found = sorted(d for d in path.glob("evaluate-*") if (d / "manifest.json").exists())
     if not found:
@@ -61,11 +62,11 @@ def load_run(label: str, eval_dir: Path) -> Run:
     if not (Path(eval_dir) / "manifest.json").exists():
         raise CompareError(f"{label}: {eval_dir} is not a finished evaluate artifact (no manifest.json)")
     try:
-        if (Path(eval_dir) / SPREAD).exists():
-            sp = SpreadReport.load(Path(eval_dir) / SPREAD)
+        if SpreadArtifact(eval_dir).report.exists():
+            sp = SpreadReport.load(SpreadArtifact(eval_dir).report)
             first = Path(sp.evaluate[str(sp.seeds[0])])
-            return Run(f"{label} ({len(sp.seeds)} seeds)", first, EvalReport.load(first / REPORT), sp)
-        return Run(label, Path(eval_dir), EvalReport.load(Path(eval_dir) / REPORT))
+            return Run(f"{label} ({len(sp.seeds)} seeds)", first, EvalReport.load(EvalArtifact(first).report), sp)
+        return Run(label, Path(eval_dir), EvalReport.load(EvalArtifact(eval_dir).report))
     except ValueError as e:
         raise CompareError(f"{label}: {e}") from None
 

@@ -19,14 +19,26 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.protocol import Protocol, protocol_markdown
+from pipeline.artifacts import EvalArtifact
+from pipeline.config import Config, seed_eval_split
+from pipeline.evaluation.protocol import Protocol, protocol_markdown
 from pipeline.store import write_json_atomic
 
-REPORT = "report.json"
+REPORT = EvalArtifact.report.name
 UNCERTAIN = "uncertain (255)"  # the pixel-share key of the uncertain (255) pixels
 SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
            "refine": "full SemPLeS (phase 3)"}
 SELECTING_STAGES = ("train_cam", "match", "refine")  # whose mask generator makes the CAMs
+
+
+def selection_label(cfg: Config, stage: str) -> str:
+    """How a training stage picks the weights it keeps, in words."""
+    if stage == "train_cam" and cfg.train_cam.init_checkpoint:
+        return (f"imported from {cfg.train_cam.init_checkpoint} (WeakTr's released checkpoint_best_mIoU.pth "
+                "was chosen by its authors on ground truth)")
+    if getattr(cfg, stage).select == "gt_miou":
+        return f"best epoch by seed mIoU on {seed_eval_split(cfg, stage)} (uses ground truth)"
+    return "last epoch (no pixel labels)"
 
 
 class _Part(BaseModel):
@@ -34,7 +46,7 @@ class _Part(BaseModel):
 
 
 class Scores(_Part):
-    """Scores of label maps against ground truth (pipeline.metrics), in percent;
+    """Scores of label maps against ground truth (pipeline.evaluation.metrics), in percent;
     a class in neither GT nor prediction has IoU None."""
     miou: float
     per_class_iou: dict[str, Optional[float]]
@@ -256,7 +268,8 @@ def save_report_bars(path: Path, r: EvalReport) -> None:
         return
     series = {f"seed (t={r.seed.bg_threshold})": r.seed.per_class_iou,
               f"seed (best t={r.seed_sweep.best_threshold}, GT-chosen)": r.seed_sweep.at_best.per_class_iou,
-              "pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""): r.pseudo_mask.per_class_iou}
+              "pseudo mask" + (f" ({r.trained_route}, trained on)" if r.trained_route else ""):
+                  r.pseudo_mask.per_class_iou}
     series |= {f"pseudo mask ({k})": s.per_class_iou for k, s in r.extra_routes().items()}
     if r.final_model.available:
         series["final model (val)"] = {c: r.final_per_class.get(c) for c in r.seed.per_class_iou}

@@ -1,7 +1,7 @@
 """Per-epoch seed evaluation of a training stage, as the official code scores
-every epoch: CAMs at scale 1.0 with flip (pipeline.cam_inference.infer_cams,
+every epoch: CAMs at scale 1.0 with flip (pipeline.cams.inference.infer_cams,
 the same path export_cams uses), the official background-threshold sweep
-0.40..0.59 step 0.01 (pipeline.evaluation.sweep_seeds), scored as the official
+0.40..0.59 step 0.01 (pipeline.evaluation.scores.sweep_seeds), scored as the official
 whole_eval does (it stops at the first threshold that does not improve).
 
 It feeds the seed-mIoU curve of the training history and, with
@@ -11,24 +11,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Optional
-
-import torch
+from typing import TYPE_CHECKING, Callable, Optional
 
 from pipeline.config import OFFICIAL_SWEEP, Config, seed_eval_split
 from pipeline.data.datasets import LabelTable, read_image, read_mask
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger("wsss")
-
-
-def selection_label(cfg: Config, stage: str) -> str:
-    """How a training stage picks the weights it keeps, in words."""
-    if stage == "train_cam" and cfg.train_cam.init_checkpoint:
-        return (f"imported from {cfg.train_cam.init_checkpoint} (WeakTr's released checkpoint_best_mIoU.pth "
-                "was chosen by its authors on ground truth)")
-    if getattr(cfg, stage).select == "gt_miou":
-        return f"best epoch by seed mIoU on {seed_eval_split(cfg, stage)} (uses ground truth)"
-    return "last epoch (no pixel labels)"
+# what the seed evaluation reads beyond the stage's own section: the training images
+# (data.train_split), its split (data.eval_split, else train_split) and the CAM it scores
+# (export_cams.cam); with select gt_miou they choose the weights kept
+SECTIONS = ('data.train_split', 'data.eval_split', 'export_cams.cam')
 
 
 def eval_ids(cfg: Config, stage: str, table: LabelTable) -> list[str]:
@@ -62,8 +57,10 @@ def seed_miou_eval(cfg: Config, stage: str, prepare_dir: Path,
     best whole_eval mIoU, which stops at the first non-improving threshold) and
     {"seed_best_miou", "seed_best_threshold"} (the sweep's global maximum); None when the
     stage's seed_eval_every is 0."""
-    from pipeline.cam_inference import infer_cams
-    from pipeline.evaluation import best_threshold, official_threshold, sweep_seeds
+    import torch
+
+    from pipeline.cams.inference import infer_cams
+    from pipeline.evaluation.scores import best_threshold, official_threshold, sweep_seeds
     from pipeline.utils import progress
 
     if not getattr(cfg, stage).seed_eval_every:

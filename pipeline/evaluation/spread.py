@@ -14,11 +14,10 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.protocol import Protocol
-from pipeline.report import EvalReport
+from pipeline.evaluation.protocol import Protocol
+from pipeline.evaluation.report import EvalReport
 from pipeline.store import write_json_atomic
 
-SPREAD = "spread.json"
 STD_RULE = "sample standard deviation over seeds (ddof=1); None for one seed"
 
 
@@ -128,7 +127,7 @@ def spread_markdown(sp: SpreadReport) -> str:
             lines.append(f"| {c} | " + " | ".join(st.text() if (st := sp.per_class_iou[p].get(c)) else "n/a"
                                                   for p in parts) + " |")
     if sp.protocol:
-        from pipeline.protocol import protocol_markdown
+        from pipeline.evaluation.protocol import protocol_markdown
         lines += ["", *protocol_markdown(sp.protocol)]
     lines += ["", "Per-seed evaluate artifacts: " + "; ".join(f"seed {s}: `{d}`" for s, d in sp.evaluate.items())]
     return "\n".join(lines) + "\n"

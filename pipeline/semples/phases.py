@@ -1,5 +1,6 @@
-"""The four SemPLeS learning phases on top of pipeline.training.fit.
-Stages (stages/train_cam.py, ...) are thin wrappers around these."""
+"""The four SemPLeS learning phases (warm start, match, learn_prompts, refine) on top of
+pipeline.semples.training.fit; the stages train_cam, match, learn_prompts and refine
+call them. What they write: pipeline/artifacts.py ModelArtifact."""
 from __future__ import annotations
 
 import logging
@@ -9,24 +10,23 @@ from pathlib import Path
 import torch
 from timm.optim import param_groups_weight_decay
 
+from pipeline.artifacts import ModelArtifact
 from pipeline.config import Config
 from pipeline.data.classes import prompt_names
 from pipeline.data.datasets import LabelTable
-from pipeline.losses import (StepContext, learn_prompts_step, match_step, refine_step,
-                             train_cam_step)
+from pipeline.evaluation.report import selection_label
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
-from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint, read_official_state_dict
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
-from pipeline.seed_eval import seed_miou_eval, selection_label
-from pipeline.training import BEST_MODEL, TrainImages, dist_info, fit, is_main, write_gallery
+from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint, read_official_state_dict
+from pipeline.semples.losses import StepContext, learn_prompts_step, match_step, refine_step, train_cam_step
+from pipeline.semples.seed_eval import seed_miou_eval
+from pipeline.semples.training import TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.store import torch_save_atomic
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")
 NO_DECAY = ("cls_tokens", "cls_pos", "patch_pos")
-MODEL = "model.pt"
-PROMPTS = "prompts.pt"
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -46,7 +46,7 @@ def _data(cfg: Config, inputs: dict, tcfg):
 
 
 def _model_path(d: Path) -> Path:
-    p = Path(d) / MODEL
+    p = ModelArtifact(d).weights
     if not p.exists():
         raise FileNotFoundError(f"{p}: upstream mask generator weights missing")
     return p
@@ -105,11 +105,12 @@ def _gallery(model, gal, table, device):
 
 def _finish(model, out: Path, cfg: Config, mcfg, k: int, stage: str, metrics: dict) -> dict:
     """Save the kept weights (the last epoch's, or with select 'gt_miou' the
-    best epoch's) as model.pt; the metrics say which selection was used."""
+    best epoch's) as the artifact's weights; the metrics say which selection was used."""
     if is_main():
+        art = ModelArtifact(out)
         if getattr(cfg, stage).select == "gt_miou":
-            model.load_state_dict(torch.load(Path(out) / BEST_MODEL, map_location="cpu", weights_only=True))
-        save_mask_generator(model, Path(out) / MODEL, mcfg, k)
+            model.load_state_dict(torch.load(art.best_state, map_location="cpu", weights_only=True))
+        save_mask_generator(model, art.weights, mcfg, k)
     return {"selection": selection_label(cfg, stage)} | metrics
 
 
@@ -148,9 +149,9 @@ def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
         model, mcfg, _ = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint), load_weights=False,
                                     seeded=False)
         m = import_weaktr_checkpoint(model, tc.init_checkpoint, sd)
-        if is_main():  # no epochs, so no epoch selection: the imported weights are model.pt
-            _gallery(model.eval(), gal, table, device)(Path(out) / "gallery.png")
-            save_mask_generator(model, Path(out) / MODEL, mcfg, k)
+        if is_main():  # no epochs, so no epoch selection: the imported weights are the kept ones
+            _gallery(model.eval(), gal, table, device)(ModelArtifact(out).gallery)
+            save_mask_generator(model, ModelArtifact(out).weights, mcfg, k)
         return m | {"selection": selection_label(cfg, "train_cam")}
     device, table, train, gal, k = _setup(cfg, inputs, tc)
     official = tc.recipe == "official"
@@ -179,7 +180,7 @@ def run_match(cfg: Config, inputs: dict, out: Path) -> dict:
 
 
 def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
-    from pipeline.interpret import interpret_prompts
+    from pipeline.semples.interpret import interpret_prompts
     lc = cfg.learn_prompts
     device, table, train, gal, k = _setup(cfg, inputs, lc)
     model, _, init = _generator(cfg, k, inputs["match"], device, "features")
@@ -197,7 +198,7 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
     if is_main():
         torch_save_atomic({"prompts": prompts.prompts.detach().cpu(), "template": cfg.clip.template,
                            "clip": cfg.clip.model_dump(mode="json"), "classes": list(table.classes[1:])},
-                          Path(out) / PROMPTS)
+                          ModelArtifact(out).prompts)
         if lc.n_interpret_images:
             m["interpret"] = interpret_prompts(Path(out) / "interpret", ctx, prompts.prompts.detach(), gal,
                                                table, lc.n_interpret_images, lc.vocab_topk, device)
@@ -205,7 +206,7 @@ def run_learn_prompts(cfg: Config, inputs: dict, out: Path) -> dict:
 
 
 def load_prompts(d: Path) -> torch.Tensor:
-    p = Path(d) / PROMPTS
+    p = ModelArtifact(d).prompts
     if not p.exists():
         raise FileNotFoundError(f"{p}: learned prompts missing")
     return torch.load(p, map_location="cpu", weights_only=True)["prompts"]
@@ -219,7 +220,8 @@ def run_refine(cfg: Config, inputs: dict, out: Path) -> dict:
     ctx = _context(cfg, table, device)
     pk = load_prompts(inputs["learn_prompts"]).to(device)
     if pk.shape[0] != k:
-        raise ValueError(f"{inputs['learn_prompts']}/{PROMPTS}: {pk.shape[0]} class prompts, expected {k}")
+        raise ValueError(f"{ModelArtifact(inputs['learn_prompts']).prompts}: {pk.shape[0]} class prompts, "
+                         f"expected {k}")
     with torch.no_grad():  # p_k is frozen: its text features are fixed for the stage
         prompt_feats = ctx.vl.encode_prompted(pk).float()
 

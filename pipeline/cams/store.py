@@ -26,6 +26,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from pipeline.artifacts import CamArtifact
+
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2)
 
 
@@ -34,7 +36,8 @@ class CamStoreError(ValueError):
 
 
 def store_path(export_dir: str | Path, split: str) -> Path:
-    return Path(export_dir) / f"cams_{split}.zarr"
+    """The CAM store of ``split`` in an export_cams artifact."""
+    return CamArtifact(export_dir).store(split)
 
 
 class CamStore:

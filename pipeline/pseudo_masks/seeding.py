@@ -1,9 +1,9 @@
 """FMA-WSSS's SAM-based seeding: label SAM's masks from the CAMs.
 
 Official code (HAL-42/FMA-WSSS): src/libs/seeding/seed_anns/score_cw.py
-(gather_norm_bg_argmax), src/libs/seeding/score.py, src/utils/norm.py, and the
-generator's rock-sand-water filter in src/libs/sam/custom_sam/sam_auto.py.
-The same maths, written with numpy:
+(gather_norm_bg_argmax), src/libs/seeding/score.py, src/utils/norm.py.
+The same maths, written with numpy. This is the pseudo-mask route ``sam``: it
+labels the masks of the sam_masks stage (pipeline/sam/).
 
 - g[c, k] = mean of relu(cam_c) over mask k (the "mean" gather);
 - s[c, k] = (g[c, k] - min_k g[c]) / (max_k g[c] - min_k g[c] + 1e-7), the
@@ -21,7 +21,12 @@ affine map (up to its eps), so it is not repeated here.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from pipeline.artifacts import SamArtifact
+from pipeline.sam.files import read_masks_json
 
 EPS = 1e-7  # src/utils/norm.py min_max_norm
 
@@ -64,31 +69,15 @@ def seed_masks(cam: np.ndarray, fg_classes, masks: np.ndarray, levels, p: float)
     return out
 
 
-def rsw_filter(masks: np.ndarray, levels, thresh: float) -> np.ndarray:
-    """Indices of the masks the rock-sand-water filter keeps, in the official
-    output order (level 2, then 1, then 0; input order within a level).
+def sam_pseudo_mask(path: Path, cams: np.ndarray, classes, p: float) -> np.ndarray:
+    """The seeding of one image from its sam_masks file."""
+    masks, levels, doc = read_masks_json(path)
+    if (doc["height"], doc["width"]) != cams.shape[1:]:
+        raise ValueError(f"{path}: masks are {doc['width']}x{doc['height']} but the CAMs "
+                         f"{cams.shape[2]}x{cams.shape[1]}")
+    return seed_masks(cams, classes, masks, levels, p)
 
-    As sam_auto.py: the container starts with all level-2 masks; a level that
-    finds the container empty is taken whole.
-    A lower-level mask m is kept when max over kept c of |m & c| / |m| < thresh;
-    a zero-area mask (0/0) is dropped, as the official NaN comparison does."""
-    masks = np.asarray(masks, dtype=bool)
-    levels = np.asarray(levels, dtype=np.int64).reshape(-1)
-    if masks.ndim != 3 or len(masks) != len(levels):
-        raise ValueError(f"masks must be (S, H, W) with S = len(levels) = {len(levels)}, got {masks.shape}")
-    flat = masks.reshape(len(masks), masks.shape[1] * masks.shape[2])
-    kept: list[int] = []
-    for level in (2, 1, 0):
-        idx = np.flatnonzero(levels == level)
-        if not kept:
-            kept.extend(idx.tolist())
-            continue
-        if len(idx) == 0:
-            continue
-        m = flat[idx].astype(np.float32)
-        inter = m @ flat[kept].astype(np.float32).T  # (n, kept): exact integer counts below 2**24 pixels
-        area = m.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recall = (inter / area[:, None]).max(1)
-        kept.extend(idx[recall < thresh].tolist())  # NaN (zero area) compares False: dropped
-    return np.asarray(kept, dtype=np.int64)
+
+def route_mask(image, cams, classes, cfg, job, setup) -> np.ndarray:
+    path = SamArtifact(setup.inputs["sam_masks"]).image(setup.split, job.image_id)  # sam.split = the CAMs' split
+    return sam_pseudo_mask(path, cams, classes, cfg.sam_p)

@@ -88,7 +88,7 @@ class StepContext:
         self._to_vl = to_vl_input
 
     def vl_images(self, images_s: torch.Tensor) -> torch.Tensor:
-        """Resize S inputs to the VL size (masks live there) and renormalise."""
+        """Resize S inputs to the VL size (masks live there); their normalisation stays S's."""
         size = self.vl.image_size
         if images_s.shape[-2:] != (size, size):
             images_s = F.interpolate(images_s, (size, size), mode="bilinear", align_corners=True)

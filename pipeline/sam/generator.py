@@ -9,10 +9,10 @@ FMA-WSSS's src/libs/sam/custom_sam/sam_auto.py (SamAuto):
   (``iou_thresh_offsets``, official (0, 0, 0.1)) and before the per-crop box
   NMS (``nms_offsets``, official (0, 0, 1.0): whole masks win the NMS); the
   reported predicted_iou is SAM's own;
-- after the clean-up, the rock-sand-water filter (pipeline/sam_seeding.rsw_filter).
+- after the clean-up, the rock-sand-water filter (rsw_filter below).
 The per-batch step is written on Meta's public helpers (segment_anything.utils.amg).
 
-Per-image output (pipeline/sam_files.py), a file a user can read without this project:
+Per-image output (pipeline/sam/files.py), a file a user can read without this project:
   {"image_id": str, "height": int, "width": int,
    "annotations": [{"segmentation": {"size": [h, w], "counts": str} (COCO RLE,
                     pycocotools.mask.decode reads it), "level": 0|1|2,
@@ -34,13 +34,8 @@ from segment_anything.utils.amg import (MaskData, area_from_rle, batched_mask_to
                                         calculate_stability_score, coco_encode_rle, is_box_near_crop_edge,
                                         mask_to_rle_pytorch, rle_to_mask, uncrop_masks)
 
-from pipeline.sam_seeding import rsw_filter
+from pipeline.weights import SAM_URLS, HubWeight, hub_cache_path, hub_download
 
-OFFICIAL_URLS = {  # segment-anything README, "Model Checkpoints"
-    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-}
 
 
 class StepTimer:
@@ -152,6 +147,36 @@ def empty_crop_fix(data: MaskData) -> MaskData:
     return data
 
 
+def rsw_filter(masks: np.ndarray, levels, thresh: float) -> np.ndarray:
+    """Indices of the masks the rock-sand-water filter keeps, in the official
+    output order (level 2, then 1, then 0; input order within a level).
+
+    As sam_auto.py: the container starts with all level-2 masks; a level that
+    finds the container empty is taken whole.
+    A lower-level mask m is kept when max over kept c of |m & c| / |m| < thresh;
+    a zero-area mask (0/0) is dropped, as the official NaN comparison does."""
+    masks = np.asarray(masks, dtype=bool)
+    levels = np.asarray(levels, dtype=np.int64).reshape(-1)
+    if masks.ndim != 3 or len(masks) != len(levels):
+        raise ValueError(f"masks must be (S, H, W) with S = len(levels) = {len(levels)}, got {masks.shape}")
+    flat = masks.reshape(len(masks), masks.shape[1] * masks.shape[2])
+    kept: list[int] = []
+    for level in (2, 1, 0):
+        idx = np.flatnonzero(levels == level)
+        if not kept:
+            kept.extend(idx.tolist())
+            continue
+        if len(idx) == 0:
+            continue
+        m = flat[idx].astype(np.float32)
+        inter = m @ flat[kept].astype(np.float32).T  # (n, kept): exact integer counts below 2**24 pixels
+        area = m.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = (inter / area[:, None]).max(1)
+        kept.extend(idx[recall < thresh].tolist())  # NaN (zero area) compares False: dropped
+    return np.asarray(kept, dtype=np.int64)
+
+
 # ------------------------------------------------------------------ the model
 def tiny_sam(seed: int = 0, img_size: int = 128):
     """A tiny random-initialised SAM from segment-anything's own classes (tests, smoke)."""
@@ -171,18 +196,28 @@ def checkpoint_file(model_type: str, checkpoint: Optional[str]) -> Path:
     """Local path of the SAM weights: a file, or a URL downloaded into the torch
     hub cache (checkpoints/). Offline or missing: a clear error naming the
     config key, the URL and the file it expected."""
-    src = checkpoint or OFFICIAL_URLS[model_type]
+    src = checkpoint or SAM_URLS[model_type]
     if "://" not in src:
         if not Path(src).is_file():
             raise FileNotFoundError(f"sam.checkpoint: SAM weights file {src} does not exist")
         return Path(src)
-    from pipeline.weights import hub_cache_path, hub_download
     try:
         return hub_download(src)
     except Exception as e:
         path = hub_cache_path(src)
         raise RuntimeError(f"sam.checkpoint: cannot download {src} to {path} ({type(e).__name__}: {e}); "
                            f"offline, put the file at {path} or set sam.checkpoint to a local copy") from None
+
+
+def hub_weights(sam) -> list[HubWeight]:
+    """The hub weights a SamCfg loads: sam.checkpoint as a URL (default Meta's for sam.model_type),
+    downloaded into torch.hub's cache; none for a local file or the tiny random SAM."""
+    if sam.tiny or "://" not in (sam.checkpoint or "://"):
+        return []
+    url, model_type = sam.checkpoint or SAM_URLS[sam.model_type], sam.model_type
+    return [HubWeight("sam.checkpoint", url, f"Meta's SAM {model_type} weights", url,
+                      f"torch.hub's checkpoint cache ({hub_cache_path(url)})", "",
+                      lambda: checkpoint_file(model_type, url))]
 
 
 def load_sam(model_type: str, checkpoint: Optional[str], tiny: bool, device: torch.device):

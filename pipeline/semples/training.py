@@ -31,6 +31,7 @@ from PIL import Image
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from pipeline.artifacts import ModelArtifact
 from pipeline.config import TrainCfg
 from pipeline.data.datasets import LabelTable, read_image
 from pipeline.models.mask_generator import MEAN, STD, normalize_numpy, unwrap
@@ -39,8 +40,8 @@ from pipeline.store import torch_save_atomic
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
-CHECKPOINT = "checkpoint.pt"
-BEST_MODEL = "best_model_state.pt"  # select: gt_miou: the chosen epoch's weights (state_dict)
+CHECKPOINT = ModelArtifact.checkpoint.name
+BEST_MODEL = ModelArtifact.best_state.name  # select: gt_miou: the chosen epoch's weights (state_dict)
 
 
 # ------------------------------------------------------------------ distributed
@@ -372,7 +373,7 @@ def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: n
         barrier()
     if is_main() and gallery is not None and (stop_after is None or stop_after >= tcfg.epochs):
         trainable.eval()
-        gallery(out / "gallery.png")
+        gallery(ModelArtifact(out).gallery)
     if is_main() and best is not None:
         torch_save_atomic(best["model"], out / BEST_MODEL)
     barrier()

@@ -5,8 +5,8 @@ original image, CAMs bilinearly upsampled to the image size
 image's labels only and min-max normalised per class with eps 1e-8.
 
 Two routes to the same numbers:
-- ``infer_cams``: one image, the reference (and the old export path,
-  ``export_per_image``);
+- ``infer_cams``: one image, the reference (the per-epoch seed evaluation
+  runs it);
 - ``export_batched``: what export_cams runs. DataLoader workers decode and
   PIL-resize images (CPU); images of one (H, W) go through the model together
   (a ViT attends over every token, so padding images to a common size would
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.cam_store import CamStore, CamWriter
+from pipeline.cams.store import CamStore, CamWriter
 from pipeline.data.datasets import DataError, Record, read_image
 from pipeline.models.mask_generator import normalize, normalize_numpy
 
@@ -206,16 +206,3 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
             if pending:
                 written += hand_over(pending)
     return written
-
-
-def export_per_image(model, records: Sequence[Record], store: CamStore, scales: Sequence[float], flip: bool,
-                     cam: str, device: torch.device | str, amp: bool = False) -> int:
-    """The old export loop: decode, infer_cams and write one image at a time
-    on the calling thread (the reference the batched export is checked and
-    benchmarked against)."""
-    device = torch.device(device)
-    with torch.autocast(device.type, enabled=amp):
-        for rec in records:
-            cams = infer_cams(model, read_image(rec.image), rec.labels, scales, flip, cam, device)
-            store.write(rec.id, cams, rec.labels, cams.shape[1:])
-    return len(records)

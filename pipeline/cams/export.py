@@ -1,0 +1,93 @@
+"""The work of the export_cams stage: multi-scale + flip CAMs of the mask generator of
+stage cfg.export_cams.source over cfg.export_cams.split, into one zarr v3 group
+(pipeline/cams/store.py; its place: pipeline/artifacts.py CamArtifact), one float16
+(C_present, H, W) array per image.
+
+items -> image ids; run_shard writes the CAMs of some ids (skipping complete arrays,
+rewriting interrupted ones) with the batched path of pipeline/cams/inference.py:
+DataLoader workers (run.num_workers) decode and resize, same-size batches
+(export_cams.batch_size) run on the device, a thread pool (export_cams.writer_threads)
+compresses and writes; memory is bounded by batches in flight, not by the split.
+finalize checks that every image is complete and draws the CAM overlay gallery of a
+fixed sample.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import CamArtifact, ModelArtifact
+from pipeline.cams.store import CamStore, fixed_sample
+from pipeline.config import Config
+from pipeline.data.datasets import LabelTable, read_image
+
+log = logging.getLogger("wsss")
+
+
+def inputs(cfg: Config) -> tuple[str, ...]:
+    """prepare_data and the training stage whose mask generator makes the CAMs."""
+    return ('prepare_data', cfg.export_cams.source)
+
+
+def _table(cfg: Config, inputs) -> LabelTable:
+    return LabelTable.from_artifact(inputs["prepare_data"], cfg.export_cams.split)
+
+
+def items(cfg: Config, inputs) -> list[str]:
+    return _table(cfg, inputs).ids()
+
+
+def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
+    """Write the CAMs of ``ids`` not yet complete; returns how many were written."""
+    from pipeline.cams.inference import export_batched
+    from pipeline.models.mask_generator import load_mask_generator
+    from pipeline.utils import get_device, progress
+
+    table = _table(cfg, inputs)
+    store = CamStore(CamArtifact(out).store(cfg.export_cams.split), mode="a")
+    todo = store.missing(ids)
+    if not todo:
+        return 0
+    device = get_device(cfg.run.device)
+    model = load_mask_generator(ModelArtifact(inputs[cfg.export_cams.source]).weights, device)
+    ec = cfg.export_cams
+    records = [table[i] for i in todo]
+    for rec in records:  # before any work: a bad label fails the shard with nothing written
+        bad = [c for c in rec.labels if not 1 <= c <= model.num_classes]
+        if not rec.labels or bad:
+            raise ValueError(f"image '{rec.id}': labels {rec.labels} not in 1..{model.num_classes}")
+    return export_batched(model, records, store, ec.scales, ec.flip, ec.cam, device, batch_size=ec.batch_size,
+                          num_workers=cfg.run.num_workers, prefetch_factor=ec.prefetch_batches,
+                          writer_threads=ec.writer_threads, amp=device.type == "cuda",
+                          progress=lambda it, total: progress(it, f"export_cams {ec.split} batches", total))
+
+
+def finalize(cfg: Config, inputs, out: Path) -> dict:
+    from pipeline.plots import heat_overlay, save_grid
+
+    table = _table(cfg, inputs)
+    path = CamArtifact(out).store(cfg.export_cams.split)
+    store = CamStore(path)
+    ids = table.ids()
+    missing = store.missing(ids)
+    if missing:
+        raise RuntimeError(f"{path}: {len(missing)} images have no complete CAMs "
+                           f"(e.g. {', '.join(missing[:5])}); run the missing shards")
+    rows, labels = [], []
+    for image_id in fixed_sample(ids, cfg.export_cams.gallery_size):
+        cams, classes = store.read(image_id)
+        image = read_image(table[image_id].image)
+        rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
+        labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
+    if rows:
+        save_grid(CamArtifact(out).gallery, rows, titles=["image", "CAM per present class"], row_labels=labels)
+    n_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return {"images": len(ids), "split": cfg.export_cams.split, "store": path.name,
+            "store_bytes": n_bytes, "bytes_per_image": n_bytes / max(len(ids), 1)}
+
+
+def run(cfg: Config, inputs, out: Path) -> dict:
+    run_shard(cfg, inputs, out, items(cfg, inputs))  # all shards in one go: one model load / pool
+    return finalize(cfg, inputs, out)

@@ -1,0 +1,58 @@
+"""The work of the prepare_data stage: validate the dataset tree and write the label
+tables (pipeline/artifacts.py DataArtifact): labels_<split>.json for the train and val
+splits (image paths, sizes, image-level labels derived from masks/annotations/tags),
+data_report.json, and for COCO the semantic masks rendered from instances."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.artifacts import DataArtifact
+from pipeline.config import Config
+from pipeline.data.classes import dataset_classes
+from pipeline.data.datasets import DataError, LabelTable, check_split, per_class_counts, render_coco_masks
+from pipeline.store import write_json_atomic
+
+log = logging.getLogger("wsss")
+
+
+def input_files(cfg: Config) -> list[Path]:
+    """Files whose content the artifact key covers: a folder dataset's class
+    list and labels files (edited by hand, unlike the VOC/COCO trees)."""
+    if cfg.data.dataset != "folder":
+        return []
+    return [cfg.data.root / cfg.data.classes] + [cfg.data.root / cfg.data.splits[s].labels
+                                                 for s in cfg.data.all_splits]
+
+
+def run(cfg: Config, inputs, out):
+    if cfg.data.fetch:
+        from pipeline.data.fetch import fetch_dataset, fetched_or_absent
+        if fetched_or_absent(cfg.data.root):  # a completed fetch is seen by its marker and not repeated
+            fetch_dataset(cfg.data)
+        else:
+            log.info("data.fetch: %s holds a tree not made by `wsss fetch`; using it as it is", cfg.data.root)
+    art = DataArtifact(out)
+    classes = dataset_classes(cfg.data)
+    names = classes.names
+    report = {}
+    for split in cfg.data.all_splits:
+        good, problems, skipped = check_split(cfg.data, split)
+        if problems:
+            shown = "\n  ".join(str(p) for p in problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            raise DataError(f"split '{split}': {len(problems)} bad items "
+                            f"(run `wsss data check` for all):\n  {shown}{more}")
+        if cfg.data.dataset == "coco":
+            mask_dir = art.coco_masks(split)
+            render_coco_masks(cfg.data, split, mask_dir,
+                              progress=lambda i, n: i % 1000 == 0 and log.info("%s masks %d/%d", split, i, n))
+            for r in good:
+                r.mask = str((mask_dir / f"{r.id}.png").resolve())
+        LabelTable(cfg.data.dataset, split, good, classes).save(art.labels(split))
+        counts = per_class_counts(good, len(names))
+        report[split] = {"images": len(good), "skipped_without_annotations": skipped,
+                         "images_per_class": dict(zip(names[1:], counts[1:]))}
+        log.info("%s: %d images", split, len(good))
+    write_json_atomic(art.report, report)
+    return {f"{s}_images": r["images"] for s, r in report.items()}
