@@ -81,19 +81,30 @@ def run(config: Path = ConfigOpt,
         until: Optional[str] = typer.Option(None, help="last stage to run"),
         start: Optional[str] = typer.Option(None, "--from", help="first stage to run"),
         force: List[str] = typer.Option([], help="stages to recompute even if cached"),
+        seeds: List[int] = typer.Option([], help="run the DAG once per seed (`--seeds 0 1 2`; default run.seeds) "
+                                        "and write the spread report"),
         prefect: bool = typer.Option(True, help="run as a Prefect flow (embedded, no server needed)")):
     """Run the whole DAG (or a slice of it); cached stages are skipped."""
     _setup_logging()
     cfg = _load(config)
     from pipeline.weights import WeightsUnavailable
     from stages.runner import preflight, select, stage_keys
+    from stages.seeds import run_seeds, seeds_of
     try:  # before Prefect starts: one paragraph instead of a flow-run traceback (the flow checks again)
         preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
-    except (WeightsUnavailable, KeyError) as e:
+        seeds = seeds_of(cfg, seeds)
+    except (WeightsUnavailable, KeyError, ValueError) as e:
         _fail(e)
     log_path = _log_file(cfg)
     try:
-        if prefect:
+        if seeds:
+            if prefect:
+                from flows.dag import wsss_seeds_flow
+                result = wsss_seeds_flow(config=str(config), seeds=seeds, until=until, start=start,
+                                         force=list(force))
+            else:
+                result = run_seeds(cfg, seeds, until, start, tuple(force))
+        elif prefect:
             from flows.dag import wsss_flow
             result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
         else:
@@ -132,16 +143,24 @@ def status(config: Path = ConfigOpt,
     cfg = _load(config)
     from pipeline.store import Store
     from stages.runner import headline, select, stage_keys
+    from pipeline.resources import cost_row, total_row
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
-    typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}metric")
-    corrupt = []
+    cost = lambda v, w, f: f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
+    typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}{'wall s':>9}{'GPU-h':>9}{'RSS MB':>9}"
+               f"{'CUDA MB':>9}  {'device':<10}metric")
+    rows, corrupt = [], []
     for name in select(cfg=cfg):
         key = keys[name]
         state = store.state(key)
-        head = headline((store.manifest(key) or {}).get("metrics")) if state == "cached" else None
+        man = (store.manifest(key) or {}) if state == "cached" else {}
+        head = headline(man.get("metrics")) if man else None
         metric = f"{head[0]}={head[1]:.4g}" if head else ""
         size = store.size(key)
-        typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{metric}")
+        r = cost_row(man) if man else {}
+        rows += [r] if r else []
+        typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{cost(r.get('wall_s'), 9, '.1f')}"
+                   f"{cost(r.get('gpu_hours'), 9, '.3f')}{cost(r.get('peak_rss_mb'), 9, '.0f')}"
+                   f"{cost(r.get('cuda_max_allocated_mb'), 9, '.0f')}  {(r.get('device') or '-'):<10}{metric}")
         if state == "corrupt":
             bad = store.problems(key)
             corrupt.append(name)
@@ -149,6 +168,10 @@ def status(config: Path = ConfigOpt,
                 typer.echo(f"    damaged: {line}")
             if len(bad) > show:
                 typer.echo(f"    ... and {len(bad) - show} more damaged files")
+    t = total_row(rows)
+    typer.echo(f"{'total':<20}{'':<9}{'':>10}  {'':<36}{cost(t['wall_s'], 9, '.1f')}{cost(t['gpu_hours'], 9, '.3f')}"
+               f"{cost(t['peak_rss_mb'], 9, '.0f')}{cost(t['cuda_max_allocated_mb'], 9, '.0f')}  "
+               "(peaks: the largest stage)")
     if corrupt:
         typer.echo(f"`wsss run --config {config}` recomputes the damaged files (and only those, in per-image "
                    f"stages); `wsss run --config {config} --force {' --force '.join(corrupt)}` recomputes "
@@ -354,7 +377,10 @@ def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluat
                 cfg = _load(Path(arg))
                 from pipeline.store import Store
                 from stages.runner import stage_keys
+                from stages.seeds import seeds_of, spread_key
                 store, key = Store(cfg.run.work_dir), stage_keys(cfg)["evaluate"]
+                if seeds_of(cfg):  # a multi-seed config: its spread artifact
+                    key = spread_key(cfg, seeds_of(cfg))
                 state = store.state(key)
                 if state != "cached":
                     raise CompareError(f"{arg}: no evaluate artifact ({store.path(key)} is {state}); "
@@ -371,11 +397,69 @@ def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluat
     typer.echo(f"chart: {png}")
 
 
+def _final_model(cfg, config: Path) -> Path:
+    from pipeline.segmentation.predict import final_model_dir
+    from pipeline.store import Store
+    from stages.runner import stage_keys
+    return final_model_dir(Store(cfg.run.work_dir), stage_keys(cfg)["train_segmentation"], str(config))
+
+
+@app.command()
+def predict(config: Path = ConfigOpt,
+            images: Path = typer.Option(..., help="folder of .jpg/.png images (any size; sub-folders too)"),
+            out: Path = typer.Option(..., help="output folder: labels/, overlays/, predictions_coco.json"),
+            tta: Optional[bool] = typer.Option(None, "--tta/--no-tta", help="test-time augmentation (default: "
+                                               "train_segmentation.tta, the setting of the reported number)")):
+    """Run the config's trained final segmentation model on a folder of images."""
+    _setup_logging()
+    cfg = _load(config)
+    from pipeline.segmentation.predict import PredictError, predict_folder
+    from pipeline.utils import get_device
+    try:
+        seg_dir = _final_model(cfg, config)
+        use_tta = cfg.train_segmentation.tta if tta is None else tta
+        res = predict_folder(seg_dir, images, out, use_tta, device=get_device(cfg.run.device).type)
+    except PredictError as e:
+        _fail(e)
+    typer.echo(json.dumps(res, indent=2))
+
+
+@app.command("export-model")
+def export_model(config: Path = ConfigOpt, out: Path = typer.Option(..., help="folder to write")):
+    """The final model as a folder mmseg's init_model / inference_model load without wsss."""
+    cfg = _load(config)
+    from pipeline.segmentation.export import ExportError
+    from pipeline.segmentation.export import export_model as export
+    from pipeline.segmentation.predict import PredictError
+    try:
+        res = export(_final_model(cfg, config), out)
+    except (PredictError, ExportError) as e:
+        _fail(e)
+    typer.echo(json.dumps(res, indent=2))
+
+
 @app.command()
 def serve(configs: List[Path] = typer.Argument(None, help="configs to serve (default: configs/*.yaml)")):
     """Serve the deployments wsss/<config-name> against the Prefect API in PREFECT_API_URL."""
     from flows.serve import serve_deployments
     serve_deployments([str(c) for c in configs] if configs else None)
+
+
+def spread_option(argv: list[str], name: str) -> list[str]:
+    """`--seeds 0 1 2` -> `--seeds 0 --seeds 1 --seeds 2` (click options take one value each)."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == name:
+            i += 1
+            vals = []
+            while i < len(argv) and not argv[i].startswith("-"):
+                vals.append(argv[i])
+                i += 1
+            out += [vals[0]] + [x for v in vals[1:] for x in (name, v)] if vals else []
+            continue
+        i += 1
+    return out
 
 
 def main() -> None:
@@ -384,6 +468,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path("runs/prefect").resolve()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    sys.argv = spread_option(sys.argv, "--seeds")
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)  # sqlite needs the dir
     app()
 

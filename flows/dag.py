@@ -45,6 +45,7 @@ from stages import get
 from stages.contract import view
 from stages.launch import execute
 from stages.runner import compute_stage, input_dirs, preflight, select, stage_keys
+from stages.seeds import seeds_of, with_seed, write_spread
 
 INLINE_MAX = 2 ** 21  # bytes: larger PNGs are named by path only, not inlined into the Prefect artifact
 
@@ -102,9 +103,13 @@ def make_task_runner(cfg: Config):
 
 @flow(name="wsss", log_prints=True)
 def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = None,
-              force: Optional[list[str]] = None) -> dict[str, str]:
-    """Run the DAG from `start` to `until` (stage names); `force` recomputes named stages."""
+              force: Optional[list[str]] = None, seed: Optional[int] = None) -> dict[str, str]:
+    """Run the DAG from `start` to `until` (stage names); `force` recomputes named stages;
+    `seed` replaces run.seed (a sub-flow of wsss_seeds_flow)."""
     cfg = load_config(config)  # read once; a bad config fails here, before any stage runs
+    label = cfg.run.name
+    if seed is not None:
+        cfg, label = with_seed(cfg, seed), f"{cfg.run.name}-seed-{seed}"
     names = select(until, start, cfg)
     force = list(force or [])
     unknown = [f for f in force if f not in names]
@@ -121,7 +126,33 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
         refresh = name in force or store.state(keys[name]) != "cached"
         done[name] = stage_task.with_options(refresh_cache=refresh)(resolved, name, keys, work_dir,
                                                                    force=name in force)
-        publish_stage(cfg, name, Path(done[name]))
+        publish_stage(cfg, name, Path(done[name]), label)
+    return done
+
+
+@flow(name="wsss-seeds", log_prints=True)
+def wsss_seeds_flow(config: str, seeds: Optional[list[int]] = None, until: Optional[str] = None,
+                    start: Optional[str] = None, force: Optional[list[str]] = None) -> dict:
+    """The DAG once per seed (default run.seeds), each a sub-flow run `<run.name>-seed-<s>`
+    (artifacts that do not depend on run.seed are computed by the first and cached for the
+    others), then the spread report, published as `<run.name>-spread`."""
+    cfg = load_config(config)
+    seeds = seeds_of(cfg, seeds)
+    if not seeds:
+        raise ValueError(f"{config}: no seeds (pass seeds or set run.seeds)")
+    done: dict = {}
+    for s in seeds:
+        done[f"seed_{s}"] = wsss_flow.with_options(flow_run_name=f"{cfg.run.name}-seed-{s}")(
+            config, until=until, start=start, force=force, seed=s)
+    if "evaluate" in select(until, start, cfg):
+        path = write_spread(cfg, seeds)
+        done["spread"] = str(path)
+        md = (path / "spread.md").read_text()
+        png = path / "spread.png"
+        if png.exists() and png.stat().st_size <= INLINE_MAX:
+            md += f"\n![spread](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})\n"
+        create_markdown_artifact(md + f"\nFile: `{png}`\n", key=artifact_key(cfg.run.name, "spread"),
+                                 description=f"spread over seeds {seeds}; {path}")
     return done
 
 
@@ -130,18 +161,20 @@ def artifact_key(run_name: str, *parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join((run_name, *parts)).lower()).strip("-")
 
 
-def publish_stage(cfg: Config, name: str, path: Path) -> None:
-    """A stage's manifest metrics (and evaluate's report) as artifacts of this flow run."""
+def publish_stage(cfg: Config, name: str, path: Path, label: Optional[str] = None) -> None:
+    """A stage's manifest metrics and resources (and evaluate's report) as artifacts of this flow
+    run, keyed `<label>-<stage>` (label: run.name, with the seed in a multi-seed run)."""
     manifest = json.loads((path / "manifest.json").read_text())
     rows = [{"metric": k, "value": v} for k, v in manifest["metrics"].items()]
     rows.append({"metric": "seconds", "value": manifest["timings"]["seconds"]})
-    create_table_artifact(rows, key=artifact_key(cfg.run.name, name),
+    rows += [{"metric": k, "value": v} for k, v in (manifest.get("resources") or {}).items() if k != "wall_s"]
+    create_table_artifact(rows, key=artifact_key(label or cfg.run.name, name),
                           description=f"{name} metrics; artifact {path}")
     if name == "evaluate":
-        publish_report(cfg, path)
+        publish_report(cfg, path, label)
 
 
-def publish_report(cfg: Config, path: Path) -> None:
+def publish_report(cfg: Config, path: Path, label: Optional[str] = None) -> None:
     """report.md with the per-class chart and the gallery inlined as data: URIs (the
     Prefect UI cannot read files of the store) plus their paths, and the report's
     per-class table (EvalReport.per_class): IoU of seed, pseudo mask and final model
@@ -157,9 +190,9 @@ def publish_report(cfg: Config, path: Path) -> None:
         if f.stat().st_size <= INLINE_MAX:
             md += f"![{alt}](data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
         md += f"File: `{f}`\n"
-    create_markdown_artifact(md, key=artifact_key(cfg.run.name, "evaluate", "report"),
+    create_markdown_artifact(md, key=artifact_key(label or cfg.run.name, "evaluate", "report"),
                              description=f"evaluation report (CAMs: {report.cam_source}); {path}")
     gt = (f"seed at t={report.seed.bg_threshold}, pseudo mask, final model on val" if report.seed
           else "no ground truth on the eval split: IoU n/a")
-    create_table_artifact(report.per_class(), key=artifact_key(cfg.run.name, "evaluate", "per-class-iou"),
+    create_table_artifact(report.per_class(), key=artifact_key(label or cfg.run.name, "evaluate", "per-class-iou"),
                           description=f"per-class IoU (%): {gt}; pixel_share: fraction of pseudo-mask pixels")

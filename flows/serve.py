@@ -11,7 +11,7 @@ from typing import Optional
 from prefect import serve
 
 from pipeline.config import load_config
-from flows.dag import wsss_flow
+from flows.dag import wsss_flow, wsss_seeds_flow
 
 
 
@@ -29,6 +29,10 @@ def deployments(configs: Optional[list[str]] = None):
         out.append(wsss_flow.to_deployment(
             name=path.stem, parameters={"config": str(path)},
             description=f"SemPLeS pipeline with {path.name}", tags=["wsss", path.stem]))
+        out.append(wsss_seeds_flow.to_deployment(  # -p seeds='[0, 1, 2]' (default: the config's run.seeds)
+            name=path.stem, parameters={"config": str(path)},
+            description=f"SemPLeS pipeline with {path.name}, once per seed, and the spread report",
+            tags=["wsss", "seeds", path.stem]))
     return out
 
 

@@ -157,3 +157,11 @@ def cam_artifact(inputs) -> Union[CamArtifact, None]:
 def trained_masks(inputs) -> Path:
     """The folder of the trained-on pseudo masks among a stage's inputs."""
     return MaskArtifact(inputs.get("import_masks") or inputs["pseudo_masks"]).trained
+
+
+class SpreadArtifact(Layout):
+    """spread (several seeds of one config, stages/seeds.py): spread.json
+    (pipeline/evaluation/spread.py SpreadReport), spread.md and the error-bar chart."""
+    report = File("spread.json")
+    markdown = File("spread.md")
+    chart = File("spread.png")

@@ -52,6 +52,9 @@ class RunCfg(Section):
     name: str = "wsss"
     work_dir: Path = Path("runs")
     seed: int = Field(0, ge=0, lt=2 ** 32, description="numpy seeds must be in [0, 2**32)")
+    seeds: Optional[list[Annotated[int, Field(ge=0, lt=2 ** 32)]]] = Field(
+        None, min_length=1, description="`wsss run` runs the DAG once per seed (run.seed) and writes the spread "
+        "report; None = run.seed only. Part of no artifact key")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(8, ge=0, description="DataLoader workers")
     shard_size: int = Field(256, ge=1, description="images per shard of per-image stages")

@@ -298,7 +298,7 @@ class Store:
         return d
 
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
-                 metrics: dict, started: float) -> dict:
+                 metrics: dict, started: float, resources: dict | None = None) -> dict:
         d = self.path(key)
         files = {}
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
@@ -311,6 +311,7 @@ class Store:
                     "metrics": metrics, "files": files,
                     "timings": {"started": started, "finished": time.time(),
                                 "seconds": round(time.time() - started, 3)},
+                    "resources": resources or {},  # pipeline.resources.Meter: wall time, device, peak memory
                     "versions": package_versions()}
         write_json_atomic(d / MANIFEST, manifest)
         return manifest

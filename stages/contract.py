@@ -41,7 +41,7 @@ class Stage:
     so the stage, which skips images whose output exists, redoes them."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
-    sections: tuple[str, ...]
+    sections: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
     version: str
     run: Callable[..., dict]
     items: Optional[Callable[..., list]] = None
@@ -65,6 +65,15 @@ class Stage:
     def inputs_of(self, cfg: Config) -> tuple[str, ...]:
         return tuple(self.inputs(cfg)) if callable(self.inputs) else tuple(self.inputs)
 
+    def sections_of(self, cfg: Config) -> tuple[str, ...]:
+        """The declared sections under ``cfg`` (a function of it where they depend on it: train_cam
+        reads run.seed only when it trains, not when it imports a warm start)."""
+        return tuple(self.sections(cfg)) if callable(self.sections) else tuple(self.sections)
+
+    def seeded(self, cfg: Config) -> bool:
+        """Its result depends on run.seed (so each seed of a multi-seed run has its own artifact)."""
+        return any(s in ("run", "run.seed") for s in self.sections_of(cfg))
+
 
 class ConfigAccessError(AttributeError):
     """A stage read a config field it does not declare, or assigned one."""
@@ -72,7 +81,7 @@ class ConfigAccessError(AttributeError):
 
 def view(cfg: Config, stage: Stage) -> "ConfigView":
     """The read-only config of ``stage``: its sections plus THROUGHPUT."""
-    return ConfigView(cfg, stage.name, tuple(stage.sections) + THROUGHPUT, "")
+    return ConfigView(cfg, stage.name, stage.sections_of(cfg) + THROUGHPUT, "")
 
 
 def _covers(allowed: tuple[str, ...], path: str) -> bool:

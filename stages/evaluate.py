@@ -11,4 +11,5 @@ STAGE = Stage(name="evaluate", inputs=inputs,
                         # how the mask generator behind the CAMs kept its weights (the report's selection)
                         "train_cam.select", "train_cam.seed_eval_split", "train_cam.init_checkpoint",
                         "match.select", "match.seed_eval_split", "refine.select", "refine.seed_eval_split"),
-              run=run, version="8")  # 8: the ensemble's models and blend
+              # 9: per-class precision/recall, protocol card, time and cost per stage; 8: the ensemble
+              run=run, version="9")

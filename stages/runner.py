@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from pipeline.config import Config
+from pipeline.resources import Meter
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
 from pipeline.utils import stage_error
 from pipeline.weights import HubWeight, resolve
@@ -24,7 +25,7 @@ def stage_sections(cfg: Config, name: str) -> dict:
     fields such as 'run.seed' (so work_dir/device never change a key)."""
     out = {}
     stage = get(name)
-    for s in stage.sections:
+    for s in stage.sections_of(cfg):
         sec, _, field = s.partition(".")
         out[s] = cfg.section(sec)[field] if field else cfg.section(sec)
     files = stage.input_files(cfg) if stage.input_files else {}
@@ -118,10 +119,11 @@ def begin_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fals
     return out
 
 
-def finish_stage(cfg: Config, name: str, keys: dict[str, str], metrics: dict, started: float) -> Path:
+def finish_stage(cfg: Config, name: str, keys: dict[str, str], metrics: dict, started: float,
+                 resources: dict | None = None) -> Path:
     store = Store(cfg.run.work_dir)
     store.finalize(keys[name], name, stage_sections(cfg, name), {i: keys[i] for i in stage_inputs(cfg, name)},
-                   metrics or {}, started)
+                   metrics or {}, started, resources)
     log.info("%s: done %s", name, _headline(metrics))
     return store.path(keys[name])
 
@@ -181,9 +183,11 @@ def _compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool,
             return _checked(cfg, name, store.path(keys[name]))
         started = time.time()
         inputs = input_dirs(cfg, name, keys)
-        metrics = compute(inputs, out) if compute else execute(get(name), cfg, inputs, out)
+        gpus = cfg.run.nproc_per_node if get(name).distributed else 1
+        with Meter(cfg.run.device, gpus) as meter:
+            metrics = compute(inputs, out) if compute else execute(get(name), cfg, inputs, out)
         lock.check()  # a lease taken over meanwhile: the new holder finishes it
-        path = finish_stage(cfg, name, keys, metrics, started)
+        path = finish_stage(cfg, name, keys, metrics, started, meter.result)
     finally:
         lock.release()
     return _checked(cfg, name, path)

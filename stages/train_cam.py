@@ -9,7 +9,12 @@ def run(cfg, inputs, out):
     return run_train_cam(cfg, inputs, out)
 
 
-STAGE = Stage(name="train_cam", inputs=('prepare_data',),
-              sections=('mask_generator', 'train_cam', 'run.seed') + SEED_EVAL, version="3", run=run,
+def sections(cfg):
+    """run.seed only when it trains: an imported warm start (train_cam.init_checkpoint) involves no
+    randomness, so every seed of a multi-seed run shares it (and CAMs exported from it)."""
+    return ('mask_generator', 'train_cam') + (() if cfg.train_cam.init_checkpoint else ('run.seed',)) + SEED_EVAL
+
+
+STAGE = Stage(name="train_cam", inputs=('prepare_data',), sections=sections, version="3", run=run,
               weights=lambda cfg: timm_weights(cfg.mask_generator, cfg.train_cam.init_checkpoint),
               distributed=True)  # torchrun fan-out when run.nproc_per_node > 1

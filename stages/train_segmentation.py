@@ -6,5 +6,6 @@ from pipeline.weights import segmentation_weights
 from stages.contract import Stage
 
 STAGE = Stage(name="train_segmentation", inputs=inputs,
-              sections=("data", "train_segmentation", "run.seed"), run=run, version="4", per_image=per_image,
+              sections=("data", "train_segmentation", "run.seed"), run=run, per_image=per_image,
+              version="5",  # 5: per-class precision/recall in val_metrics.json
               weights=lambda cfg: segmentation_weights(cfg.train_segmentation))

@@ -28,6 +28,10 @@ def test_seed_scores_equal_a_hand_computed_confusion(tmp_path):
     assert r["miou"] == pytest.approx((0.5 + 0.5 + 1 / 3) / 3 * 100)
     assert r["per_class_iou"]["7"] == pytest.approx(100 / 3) and r["per_class_iou"]["1"] is None
     assert r["fg_precision"] == pytest.approx(100.0) and r["fg_recall"] == pytest.approx(75.0)
+    # per class from the same matrix (tp / predicted / GT): bg 1 / 2 / 1; class 3 1 / 1 / 2; class 7 1 / 2 / 2
+    pr = {c: (r["per_class_precision"][c], r["per_class_recall"][c]) for c in ("0", "3", "7")}
+    assert pr == {"0": (50.0, 100.0), "3": (100.0, 50.0), "7": (50.0, 50.0)}
+    assert r["per_class_precision"]["1"] is None and r["per_class_recall"]["1"] is None
     # t=0.85 -> pred [[3, 0, 0], [0, 0, 0]]: bg 1/4, class 3 1/2, class 7 0
     assert res[0.85]["miou"] == pytest.approx((0.25 + 0.5 + 0) / 3 * 100)
     # background wins a tie (the official argmax over [t, cams] puts t first)
@@ -53,6 +57,8 @@ def test_mask_scores_count_ignored_predictions_as_missed(tmp_path):
     # bg 1/1; class 3: tp 1, gt 2 (one missed), pred 1 -> 1/2; class 7: 2/2
     assert r["miou"] == pytest.approx(2.5 / 3 * 100)
     assert r["fg_recall"] == pytest.approx(75.0)
+    # the uncertain pixel is a miss of class 3 (recall 1/2) and in no class's precision (3: 1/1)
+    assert r["per_class_recall"]["3"] == pytest.approx(50.0) and r["per_class_precision"]["3"] == pytest.approx(100.0)
     with pytest.raises(FileNotFoundError, match="pseudo mask missing for image 'y'"):
         evaluate_masks(lambda i: tmp_path / f"{i}.png", ["y"], lambda i: tmp_path / "gt.png", 21)
 

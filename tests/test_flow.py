@@ -112,6 +112,19 @@ def test_deployment_run_wrote_every_stage(smoke):
     report = store.path(keys["evaluate"]) / "report.json"
     doc = json.loads(report.read_text())
     assert "seed" in json.dumps(doc) and "pseudo" in json.dumps(doc)
+    for name in ORDER:  # what each stage cost, in its manifest
+        res = store.manifest(keys[name])["resources"]
+        assert res["wall_s"] > 0 and res["device"] == "cpu" and res["gpu_hours"] == 0 and res["peak_rss_mb"] > 0
+    # the evaluate report: protocol card, per-class precision/recall, time per upstream stage
+    card = doc["protocol"]
+    assert card["cam_source"] == "refine" and card["cam_scales"] == [1.0] and card["cam_flip"] is True
+    assert card["num_images_with_gt"] == doc["num_images_with_gt"] and "crf" in card["pseudo_mask_routes"]
+    assert "single-scale" in card["final_model"] and card["ground_truth_chose"]
+    assert [r["stage"] for r in doc["stage_costs"]] == [n for n in ORDER if n != "evaluate"]
+    for part in (doc["seed"], doc["pseudo_mask"], doc["final_model"]):
+        assert set(part["per_class_precision"]) == set(part["per_class_recall"]) == set(part["per_class_iou"])
+    md = (store.path(keys["evaluate"]) / "report.md").read_text()
+    assert "## Protocol" in md and "## Per-class IoU / precision / recall" in md and "| total |" in md
 
 
 ARTIFACTS_SCRIPT = """
@@ -367,8 +380,13 @@ def test_status_lists_every_stage_cached(smoke):
     res = subprocess.run([sys.executable, "-m", "flows.cli", "status", "--config", str(smoke["cfg"])], cwd=ROOT,
                          env=smoke["env"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    rows = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[1:]}
+    lines = res.stdout.splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:-1]}
     assert rows == {n: "cached" for n in ORDER}
+    cfg = load_config(smoke["cfg"])
+    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    wall = sum(store.manifest(keys[n])["resources"]["wall_s"] for n in ORDER)
+    assert lines[-1].split()[:2] == ["total", f"{wall:.1f}"]
 
 
 def test_dask_shards_give_identical_pseudo_masks(smoke):
@@ -391,3 +409,4 @@ def test_dask_shards_give_identical_pseudo_masks(smoke):
     assert len(pngs) >= 70
     for rel in pngs:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+

@@ -168,3 +168,53 @@ def test_markdown_and_metrics_report_each_ensemble_model_and_the_blend(runs, tmp
     (ens / "val_metrics.json").write_text("{}")
     with pytest.raises(ValueError, match="not an ensemble val_metrics.json"):
         _ensemble({"ensemble": ens})
+
+
+def test_protocol_card_and_per_class_precision_recall_in_the_report(runs):
+    """Every report carries its protocol card and per-class precision/recall beside IoU; the
+    smoke fixture has no input manifests, so the card says what it cannot know as '?'."""
+    cfg, dirs = runs
+    r = EvalReport.load(dirs["gt"] / REPORT)
+    card = r.protocol
+    assert (card.eval_split, card.num_images_with_gt, card.subset) == ("train", 70, "full split")
+    assert "fixed background threshold 0.43" in card.seed_threshold and "0.4..0.59 step 0.01" in card.sweep
+    assert "crf" in card.pseudo_mask_routes and "255" in card.ignore_255
+    assert any("seed sweep" in g for g in card.ground_truth_chose)
+    for part in (r.seed, r.pseudo_mask):
+        assert set(part.per_class_precision) == set(part.per_class_recall) == set(part.per_class_iou)
+    assert r.seed.per_class_precision["background"] == 100.0  # CAMs = one-hot GT
+    md = report_markdown(r)
+    assert md.index("## Protocol") < md.index("| what | split | mIoU")
+    assert "## Per-class IoU / precision / recall" in md
+    bg = r.pseudo_mask
+    assert (f"| background | 100.00 / 100.00 / 100.00 | 100.00 / 100.00 / 100.00 | {bg.per_class_iou['background']:.2f}"
+            f" / {bg.per_class_precision['background']:.2f} / {bg.per_class_recall['background']:.2f} |") in md
+
+
+def test_compare_shows_the_spread_of_a_multi_seed_run(runs, tmp_path):
+    """A spread artifact (two 'seeds': the GT report and a copy with other numbers) in `wsss compare`:
+    mean ± sample std of the two, per-class means."""
+    from pipeline.artifacts import SpreadArtifact
+    from pipeline.evaluation.spread import spread
+    _, dirs = runs
+    a = EvalReport.load(dirs["gt"] / REPORT)
+    other = tmp_path / "seed1"
+    shutil.copytree(dirs["gt"], other)
+    b = EvalReport.load(other / REPORT)
+    b.pseudo_mask.miou += 4.0
+    b.pseudo_mask_routes["crf"].miou += 4.0
+    b.pseudo_mask_routes["crf"].per_class_iou["background"] -= 2.0
+    b.save(other / REPORT)
+    sp_dir = tmp_path / "spread"
+    sp_dir.mkdir()
+    spread({0: a, 1: b}, {0: dirs["gt"], 1: other}).save(SpreadArtifact(sp_dir).report)
+    (sp_dir / "manifest.json").write_text("{}")
+    res = CliRunner().invoke(app, ["compare", str(sp_dir), str(dirs["gt"]), "--png", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in res.output.splitlines() if line.startswith("| ")}
+    assert rows["pseudo-mask mIoU"] == [f"{a.pseudo_mask.miou + 2:.2f} (± {4 / 2 ** 0.5:.2f}, n=2)",
+                                        f"{a.pseudo_mask.miou:.2f}"]
+    bg = a.pseudo_mask.per_class_iou["background"]
+    assert rows["background"][0].split(" / ")[1] == f"{bg - 1:.2f}"
+    assert "(2 seeds)" in res.output.splitlines()[0]

@@ -129,6 +129,8 @@ def _candidates(path: str, value) -> list:
     opts = {bool: [True], int: [18], float: [0.5], str: ["train", "x"], Path: ["x"]}
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return [{}]
+    if typing.get_origin(ann) is list:  # an optional list (run.seeds)
+        return [[0, 1]]
     for arg in typing.get_args(ann) or (ann,):
         if arg in opts:
             return opts[arg]
@@ -164,8 +166,8 @@ UNMUTABLE = {
 }
 
 
-def _declares(stage: Stage, path: str) -> bool:
-    return any(path == s or path.startswith(s + ".") for s in stage.sections)
+def _declares(stage: Stage, path: str, *cfgs) -> bool:
+    return any(path == s or path.startswith(s + ".") for c in cfgs for s in stage.sections_of(c))
 
 
 def test_each_leaf_changes_exactly_the_keys_of_the_stages_that_declare_it(cfg):
@@ -183,7 +185,8 @@ def test_each_leaf_changes_exactly_the_keys_of_the_stages_that_declare_it(cfg):
             unmutable.add(path)
             continue
         changed = {n for n, k in stage_keys(new).items() if k != keys[n]}
-        direct = {n for n in ORDER if _declares(STAGES[n], path) or stage_inputs(new, n) != stage_inputs(cfg, n)}
+        direct = {n for n in ORDER
+                  if _declares(STAGES[n], path, cfg, new) or stage_inputs(new, n) != stage_inputs(cfg, n)}
         expected = set(direct)
         for n in ORDER:  # upstream first: a descendant of a changed stage changes
             if set(stage_inputs(new, n)) & expected or set(stage_inputs(cfg, n)) & expected:

@@ -46,8 +46,10 @@ from pipeline.data.datasets import LabelTable, read_image, read_mask
 from pipeline.evaluation.report import (SELECTING_STAGES, UNCERTAIN, EnsembleScores, EvalReport, FinalModel,
                                         Scores, SeedScores, SeedSweep, Selection, report_markdown, save_eval_gallery,
                                         save_report_bars, selection_label)
+from pipeline.evaluation.protocol import build_protocol
 from pipeline.evaluation.scores import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 from pipeline.pseudo_masks.threshold import seed_labels
+from pipeline.resources import upstream_costs
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -67,6 +69,8 @@ def _final_model(inputs) -> FinalModel:
         if doc.get("validated") is False:  # no val ground truth (a folder dataset)
             return FinalModel(available=False, reason=doc.get("reason", "not validated"))
         return FinalModel(available=True, miou=float(doc["miou"]), per_class_iou=doc.get("per_class_iou", {}),
+                          per_class_precision=doc.get("per_class_precision"),
+                          per_class_recall=doc.get("per_class_recall"),
                           source=str(p), label=doc.get("label", "last iteration; single-scale test"),
                           selected_on_ground_truth=bool(doc.get("selected_on_ground_truth", False)))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
@@ -163,6 +167,17 @@ def run(cfg: Config, inputs, out: Path) -> dict:
                                      Scores(**_route_scores(cfg, inputs, m, gt_ids, gt, table, names))
                                      for m in routes}
         save_report_bars(art.per_class_chart, report)
+    sweep_of = report.seed_sweep
+    report.protocol = build_protocol(
+        eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids), inputs=inputs,
+        bg_threshold=ev.bg_threshold, sweep=list(ev.sweep), routes=list(pm.routes),
+        selection_gt=[s for s in SELECTING_STAGES if getattr(cfg, s).select == "gt_miou"]
+        + (["train_cam (imported warm start: may itself be chosen on ground truth)"]
+           if cfg.train_cam.init_checkpoint else []),
+        final_label=report.final_model.label, final_available=report.final_model.available,
+        official_t=sweep_of.official_threshold if sweep_of else None,
+        best_t=sweep_of.best_threshold if sweep_of else None)
+    report.stage_costs = upstream_costs(Path(inputs["prepare_data"]).parent, [Path(d).name for d in inputs.values()])
     report.save(art.report)
     art.markdown.write_text(report_markdown(report))
 

@@ -68,6 +68,15 @@ def scores(cm: np.ndarray, missed: np.ndarray | None = None, class_names=None) -
     }
 
 
+def class_precision_recall(tp: np.ndarray, pred_total: np.ndarray, gt_total: np.ndarray, class_names=None) -> dict:
+    """Per-class precision tp / predicted and recall tp / ground truth, in percent, from the counts of
+    one confusion matrix; None where the denominator is 0 (class never predicted / not in GT)."""
+    names = class_names or [str(i) for i in range(len(tp))]
+    ratio = lambda a, b: float(a / b * 100) if b else None  # noqa: E731
+    return {"per_class_precision": {names[i]: ratio(tp[i], pred_total[i]) for i in range(len(tp))},
+            "per_class_recall": {names[i]: ratio(tp[i], gt_total[i]) for i in range(len(tp))}}
+
+
 def fg_precision_recall(cm: np.ndarray, missed: np.ndarray | None = None) -> dict:
     """Foreground (any class > 0) precision/recall, in percent."""
     fg_pred_fg_gt = cm[1:, 1:].sum()  # pixel predicted as some fg where GT is some fg
@@ -112,5 +121,8 @@ class Confusion:
         self.missed += m
 
     def summary(self, class_names=None) -> dict:
-        """scores() plus foreground precision/recall."""
-        return scores(self.cm, self.missed, class_names) | fg_precision_recall(self.cm, self.missed)
+        """scores() plus foreground and per-class precision/recall (a GT pixel predicted IGNORE
+        is a miss: it lowers recall, and no class's precision)."""
+        cm = self.cm.astype(np.float64)
+        return (scores(self.cm, self.missed, class_names) | fg_precision_recall(self.cm, self.missed)
+                | class_precision_recall(np.diag(cm), cm.sum(0), cm.sum(1) + self.missed, class_names))

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.artifacts import EvalArtifact
 from pipeline.config import Config, seed_eval_split
+from pipeline.evaluation.protocol import Protocol, protocol_markdown
 from pipeline.store import write_json_atomic
 
 REPORT = EvalArtifact.report.name
@@ -52,6 +53,9 @@ class Scores(_Part):
     pixel_acc: Optional[float] = None
     fg_precision: Optional[float] = None
     fg_recall: Optional[float] = None
+    # from the same confusion matrix (pipeline.metrics.class_precision_recall); None: no denominator
+    per_class_precision: Optional[dict[str, Optional[float]]] = None
+    per_class_recall: Optional[dict[str, Optional[float]]] = None
 
 
 class SeedScores(Scores):
@@ -79,6 +83,8 @@ class FinalModel(_Part):
     reason: Optional[str] = None
     miou: Optional[float] = None
     per_class_iou: Optional[dict[str, Optional[float]]] = None
+    per_class_precision: Optional[dict[str, Optional[float]]] = None
+    per_class_recall: Optional[dict[str, Optional[float]]] = None
     source: Optional[str] = None
     label: Optional[str] = None
     selected_on_ground_truth: Optional[bool] = None
@@ -124,6 +130,9 @@ class EvalReport(_Part):
     pseudo_mask_routes: Optional[dict[str, Scores]] = None
     trained_route: Optional[str] = None
     ensemble: Optional[EnsembleScores] = None  # with ensemble.routes: the blended final models
+    protocol: Optional[Protocol] = None  # how every number above was made (pipeline.protocol)
+    # wall time, device, GPU-hours, peak memory of every upstream stage (pipeline.resources.cost_row)
+    stage_costs: Optional[list[dict]] = None
 
     def extra_routes(self) -> dict[str, Scores]:
         """The routes beside the trained one."""
@@ -149,9 +158,13 @@ class EvalReport(_Part):
         pseudo = self.pseudo_mask.per_class_iou if self.pseudo_mask else {}
         final = self.final_per_class
         extra = self.extra_routes()
+        pr = {k: (p.per_class_precision or {}, p.per_class_recall or {}) for k, p in (
+            ("seed", self.seed), ("pseudo_mask", self.pseudo_mask),
+            ("final_val", self.final_model if self.final_model.available else None)) if p is not None}
         return [{"class": c, "seed": seed.get(c), "pseudo_mask": pseudo.get(c),
                  **{f"pseudo_mask_{k}": v.per_class_iou.get(c) for k, v in extra.items()},
-                 "final_val": final.get(c), "pixel_share": self.pseudo_mask_pixel_shares.get(c)}
+                 "final_val": final.get(c), "pixel_share": self.pseudo_mask_pixel_shares.get(c),
+                 **{f"{k}_{w}": d.get(c) for k, (p, r) in pr.items() for w, d in (("precision", p), ("recall", r))}}
                 for c in self.classes() + ([] if self.pseudo_mask else [UNCERTAIN])]
 
     def save(self, path: Path) -> None:
@@ -234,8 +247,14 @@ def report_markdown(r: EvalReport) -> str:
     if final.selected_on_ground_truth:
         lines += ["", "Note: the final model's checkpoint was selected by val mIoU: the number is chosen on the "
                   "ground truth it is reported on (as FMA-WSSS reports), not a held-out result."]
+    lines += ["", *precision_recall_markdown(r)]
     lines += ["", "## Pseudo-mask pixel shares (% of all pixels)", "", "| class | share |", "|---|---|"]
     lines += [f"| {c} | {100 * v:.2f} |" for c, v in r.pseudo_mask_pixel_shares.items()]
+    if r.protocol:
+        lines = lines[:2] + protocol_markdown(r.protocol) + lines[2:]
+    if r.stage_costs:
+        from pipeline.resources import cost_markdown
+        lines += ["", "## Time and cost per stage (upstream of this report)", "", *cost_markdown(r.stage_costs)]
     return "\n".join(lines) + "\n"
 
 
@@ -245,6 +264,36 @@ def cam_source_line(r: EvalReport) -> str:
     if r.cam_source.startswith("imported"):
         return f"CAMs {r.cam_source} (scored by this pipeline's protocol)."
     return f"CAMs: {r.cam_source}."
+
+
+def scored_parts(r: EvalReport) -> dict[str, Scores | FinalModel]:
+    """Every scored part of a report: seed, seed at the sweep's best threshold, each route, final model."""
+    parts: dict = {}
+    if r.seed:
+        parts[f"seed (t={r.seed.bg_threshold})"] = r.seed
+    if r.seed_sweep:
+        parts[f"seed (best t={r.seed_sweep.best_threshold}, GT-chosen)"] = r.seed_sweep.at_best
+    for k, v in (r.pseudo_mask_routes or ({r.trained_route or "pseudo mask": r.pseudo_mask} if r.pseudo_mask
+                                          else {})).items():
+        parts[f"pseudo mask ({k})"] = v
+    if r.final_model.available:
+        parts["final model (val)"] = r.final_model
+    return parts
+
+
+def precision_recall_markdown(r: EvalReport) -> list[str]:
+    """Per-class IoU / precision / recall of every scored part, one column per part."""
+    parts = {k: v for k, v in scored_parts(r).items() if v.per_class_precision is not None}
+    if not parts:
+        return []
+    cell = lambda d, c: fmt(d.get(c)) if d else "n/a"  # noqa: E731
+    lines = ["## Per-class IoU / precision / recall", "",
+             "| class | " + " | ".join(parts) + " |", "|---" * (len(parts) + 1) + "|"]
+    for c in r.classes():
+        lines.append(f"| {c} | " + " | ".join(
+            f"{cell(p.per_class_iou, c)} / {cell(p.per_class_precision, c)} / {cell(p.per_class_recall, c)}"
+            for p in parts.values()) + " |")
+    return lines
 
 
 # ------------------------------------------------------------------ figures

@@ -93,7 +93,9 @@ def _pct(v):  # NaN (class in neither GT nor prediction) -> null
 
 def _scores(res: dict, classes) -> dict:
     return {"miou": float(res["mIoU"]), "pixel_acc": float(res["aAcc"]), "macc": float(res["mAcc"]),
-            "per_class_iou": {c: _pct(res.get(f"IoU.{c}")) for c in classes}}
+            "per_class_iou": {c: _pct(res.get(f"IoU.{c}")) for c in classes},
+            "per_class_precision": {c: _pct(res.get(f"Precision.{c}")) for c in classes},
+            "per_class_recall": {c: _pct(res.get(f"Recall.{c}")) for c in classes}}
 
 
 def final_metrics(history: list[dict], classes, iters: int, selection: str = "last") -> dict:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.evaluation.metrics import class_precision_recall
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
 from pipeline.store import atomic_write
 
@@ -78,6 +79,11 @@ class PerClassIoUMetric(IoUMetric):
         iou = self.total_area_to_metrics(inter, union, pred, label, ["mIoU"])["IoU"]
         for name, v in zip(self.dataset_meta["classes"], np.asarray(iou, dtype=np.float64)):
             metrics[f"IoU.{name}"] = round(float(v) * 100, 2)  # NaN: class absent from GT and prediction
+        # precision / recall per class from the same areas (intersect = tp, pred / label = column / row sums)
+        pr = class_precision_recall(*(np.asarray(a, dtype=np.float64) for a in (inter, pred, label)),
+                                    list(self.dataset_meta["classes"]))
+        for kind, key in (("per_class_precision", "Precision"), ("per_class_recall", "Recall")):
+            metrics |= {f"{key}.{n}": float("nan") if v is None else round(v, 2) for n, v in pr[kind].items()}
         return metrics
 
 

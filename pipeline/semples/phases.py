@@ -52,10 +52,13 @@ def _model_path(d: Path) -> Path:
     return p
 
 
-def _generator(cfg: Config, k: int, init: Path | None, device, fusion: str, load_weights: bool = True):
+def _generator(cfg: Config, k: int, init: Path | None, device, fusion: str, load_weights: bool = True,
+               seeded: bool = True):
     """S with the fusion of its phase (official: features; WeakTr V1 warm start: maps),
-    optionally loaded from an upstream model.pt; returns (model, its config, load record)."""
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    optionally loaded from an upstream model.pt; returns (model, its config, load record).
+    seeded=False: every weight is overwritten afterwards (an import), so run.seed is not read."""
+    if seeded:
+        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     mcfg = cfg.mask_generator.model_copy(update={"fusion": fusion})
     model = build_mask_generator(mcfg, k, load_weights=load_weights and init is None)
     record = None
@@ -138,16 +141,21 @@ def warm_start_param_groups(model, recipe: str, weight_decay: float) -> list[dic
 
 def run_train_cam(cfg: Config, inputs: dict, out: Path) -> dict:
     tc = cfg.train_cam
-    device, table, train, gal, k = _setup(cfg, inputs, tc)
     if tc.init_checkpoint:  # WeakTr's released warm start instead of training one
+        # nothing random happens (every weight comes from the checkpoint, the import is strict, no
+        # ImageNet weights to load), so run.seed is neither read nor part of train_cam's key then
+        device, table = device_of(cfg), LabelTable.from_artifact(inputs["prepare_data"], cfg.data.train_split)
+        gal = TrainImages(table, tc.crop_size, train=False, ids=table.ids()[: tc.gallery_size])
+        k = table.num_classes - 1
         sd = read_official_state_dict(tc.init_checkpoint)
-        # every weight comes from the checkpoint (the import is strict): no ImageNet weights to load
-        model, mcfg, _ = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint), load_weights=False)
+        model, mcfg, _ = _generator(cfg, k, None, device, fusion_kind(sd, tc.init_checkpoint), load_weights=False,
+                                    seeded=False)
         m = import_weaktr_checkpoint(model, tc.init_checkpoint, sd)
         if is_main():  # no epochs, so no epoch selection: the imported weights are the kept ones
             _gallery(model.eval(), gal, table, device)(ModelArtifact(out).gallery)
             save_mask_generator(model, ModelArtifact(out).weights, mcfg, k)
         return m | {"selection": selection_label(cfg, "train_cam")}
+    device, table, train, gal, k = _setup(cfg, inputs, tc)
     official = tc.recipe == "official"
     model, mcfg, _ = _generator(cfg, k, None, device, "features" if official else "maps")
     model.set_recipe(detach_tokens=False, detach_coarse=True)  # WeakTr / SemPLeS models.py
