@@ -159,7 +159,7 @@ def compute_stage(cfg: Config, name: str, keys: dict[str, str], force: bool = Fa
     under its config view (stages/launch.py execute). Any exception leaves as one
     StageError naming the stage, the images or file and the config fields it concerns
     (pipeline.utils.stage_error; the original is its cause)."""
-    sections = tuple(get(name).sections)  # an unknown name is a KeyError of its own
+    sections = get(name).sections_of(cfg)  # an unknown name is a KeyError of its own
     try:
         return _compute_stage(cfg, name, keys, force, compute)
     except Exception as e:

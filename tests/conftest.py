@@ -39,8 +39,7 @@ def folder_flow_run(tmp_path_factory):
 
     from pipeline.config import load_config
     from pipeline.store import Store
-    from stages import ORDER
-    from stages.runner import stage_keys
+    from stages.runner import select, stage_keys
     from flow_helpers import _env, _run
     tmp = tmp_path_factory.mktemp("folder-flow")
     cfg_path = tmp / "folder-smoke.yaml"
@@ -51,7 +50,7 @@ def folder_flow_run(tmp_path_factory):
     cfg = load_config(cfg_path)
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
     return {"cfg": cfg, "cfg_path": cfg_path, "env": env, "tmp": tmp, "output": res.stdout + res.stderr,
-            "dirs": {n: store.path(keys[n]) for n in ORDER}}
+            "dirs": {n: store.path(keys[n]) for n in select(cfg=cfg)}}  # the stages this config runs
 
 
 @pytest.fixture(scope="session")
