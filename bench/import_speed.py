@@ -7,6 +7,7 @@ extrapolated from the vendored tiny VOC train split (real image sizes and labels
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +27,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4, help="read-ahead / writer threads")
     args = ap.parse_args()
 
+    tmp = Path(tempfile.mkdtemp(prefix="wsss-import-bench-"))  # ~300 MB; removed at the end
+    try:
+        _bench(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(args, tmp: Path) -> None:
     from pipeline.artifacts import CamArtifact
     from pipeline.cams.store import CamStore
     from pipeline.cams.formats import FORMATS, SUFFIX, ClassIndex, folder_fingerprint, write_cam_file
@@ -35,7 +44,6 @@ def main() -> None:
     from pipeline.pseudo_masks.imported import import_masks
     from stages.runner import run_stage
 
-    tmp = Path(tempfile.mkdtemp(prefix="wsss-import-bench-"))
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={"run": {"work_dir": str(tmp / "runs")}})
     table = LabelTable.from_artifact(run_stage(cfg, "prepare_data"), "train")
     recs = table.records

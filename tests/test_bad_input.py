@@ -406,8 +406,10 @@ def test_serve_serves_every_top_level_config_as_the_readme_says():
     from flows.serve import deployments
     readme = (ROOT / "README.md").read_text()
     assert "wsss serve                                # serves wsss/<name> for every configs/*.yaml" in readme
-    names = sorted(d.name for d in deployments())
+    served = deployments()
+    names = sorted(d.name for d in served if d.flow_name == "wsss")
     assert names == sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+    assert sorted(d.name for d in served if d.flow_name == "wsss-seeds") == names  # each also once per seed
     assert "voc-full" in names and "folder-smoke" in names and "voc-semples" not in names  # no ablations
 
 
