@@ -244,8 +244,7 @@ def test_exported_cams_imported_give_the_same_cams_and_pseudo_masks_of_every_rou
     from typer.testing import CliRunner
 
     from flows.cli import app
-    from stages.runner import hub_weights
-    from stages.runner import run_stage, stage_keys
+    from stages.runner import hub_weights, run_stage, select, stage_keys
     out = native.tmp / f"export-{fmt}"
     res = CliRunner().invoke(app, ["export-cams", "--config", str(native.path), "--format", fmt, "--out", str(out)])
     assert res.exit_code == 0, res.output
