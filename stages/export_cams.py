@@ -6,4 +6,5 @@ from pipeline.cams.export import finalize, inputs, items, per_image, run, run_sh
 from stages.contract import Stage
 
 STAGE = Stage(name="export_cams", inputs=inputs, sections=("mask_generator", "export_cams"), run=run,
-              items=items, run_shard=run_shard, finalize=finalize, per_image=per_image, version="3")
+              items=items, run_shard=run_shard, finalize=finalize, per_image=per_image,
+              version="4")  # 4: the store holds the patch-grid CAMs (layout "grid"), read as float32 maps

@@ -179,8 +179,8 @@ def _checked(path: Path, cams: np.ndarray, ext: list, labels: list, num_classes:
 def write_cam_file(out_dir: Path, image_id: str, fmt: str, cams: np.ndarray, labels: Sequence[int],
                    index: ClassIndex) -> Path:
     """Write one image's CAMs (label ids ``labels``) in ``fmt``, atomically; returns the path.
-    Values are written as float32 (weaktr_npy, fma_npz) or float16 (clip_es_npy as CLIP-ES writes
-    it; stacked_npz): both hold the float16 CAM store exactly."""
+    Values are written as float32 (weaktr_npy, stacked_npz, fma_npz: the store's float32 maps
+    exactly) or float16 (clip_es_npy, as CLIP-ES writes it: rounded)."""
     path = Path(out_dir) / f"{image_id}{SUFFIX[fmt]}"
     ext = [index.index(int(c)) for c in labels]
     buf = io.BytesIO()
@@ -189,7 +189,7 @@ def write_cam_file(out_dir: Path, image_id: str, fmt: str, cams: np.ndarray, lab
     elif fmt == "clip_es_npy":
         np.save(buf, {"keys": np.asarray(ext, np.int64), CLIP_ES_KEY: np.asarray(cams, np.float16)})
     elif fmt == "stacked_npz":
-        np.savez_compressed(buf, cams=np.asarray(cams, np.float16), classes=np.asarray(labels, np.int64))
+        np.savez_compressed(buf, cams=np.asarray(cams, np.float32), classes=np.asarray(labels, np.int64))
     elif fmt == "fma_npz":
         np.savez(buf, cam=np.asarray(cams, np.float32), fg_cls=np.asarray(ext, np.int64))
     else:

@@ -10,9 +10,11 @@ Two routes to the same numbers:
 - ``export_batched``: what export_cams runs. DataLoader workers decode and
   PIL-resize images (CPU); images of one (H, W) go through the model together
   (a ViT attends over every token, so padding images to a common size would
-  change their CAMs: batches hold equal sizes only); normalisation, flips,
-  CAM upsampling, the label mask and the min-max run on the model's device;
-  float16 CAMs go to a CamWriter whose threads compress and write them.
+  change their CAMs: batches hold equal sizes only); normalisation, flips and
+  the label selection run on the model's device; each image's patch-grid CAMs
+  (per scale and flip, its labels only) go to a CamWriter whose threads
+  compress and write them. The upsampling, sum and min-max
+  (pipeline/cams/grids.py) run when a consumer reads the store.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.cams.grids import Geometry, assemble, min_max, to_image_size
 from pipeline.cams.store import CamStore, CamWriter
 from pipeline.data.datasets import DataError, Record, read_image
 from pipeline.models.mask_generator import normalize, normalize_numpy
@@ -39,42 +42,22 @@ def _resized(image: np.ndarray, scale: float) -> np.ndarray:
     return np.array(Image.fromarray(image).resize(size, resample=Image.BICUBIC))
 
 
-def _to_image_size(model, grid: torch.Tensor, scaled: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """CAM grid (B, C, h, w) of an input of size ``scaled`` -> (B, C, H, W) float32.
-    A ViT that crops the remainder (official) spans the whole image with its grid:
-    one bilinear resize, as generate_attention_maps_ms. One that pads: map the
-    grid onto the padded input, drop the padding, then resize to the image."""
-    hs, ws = scaled
-    patch = getattr(model, "patch_size", None)
-    if patch and not getattr(model, "pad_input", False):
-        return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
-    ph, pw = (grid.shape[-2] * patch, grid.shape[-1] * patch) if patch else (hs, ws)
-    up = F.interpolate(grid, size=(ph, pw), mode="bilinear", align_corners=False)[..., :hs, :ws]
-    return F.interpolate(up, size=size, mode="bilinear", align_corners=False)
-
-
-def _min_max(total: torch.Tensor) -> torch.Tensor:
-    """Per (image, class) min-max over the pixels of (..., H, W)."""
-    flat = total.flatten(-2)
-    lo, hi = flat.min(-1).values[..., None, None], flat.max(-1).values[..., None, None]
-    return (total - lo) / (hi - lo + 1e-8)
-
-
 def _cam_output(model, x: torch.Tensor, cam: str, caa=None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(CAM grid (B, K, h, w) float32, CAA attention (B, N, N) or None)."""
+    """(CAM grid (B, K, h, w) as the model computes it (float16 under autocast), CAA attention
+    (B, N, N) or None)."""
     if caa is not None and getattr(model, "arch", None) != "vit":
         raise ValueError("export_cams.caa: CAA needs the attention of a ViT mask generator (mask_generator.arch: "
                          f"vit), not arch '{getattr(model, 'arch', type(model).__name__)}'")
     out = model(x, caa_layers=caa.last_n_layers) if caa is not None else model(x)
     if cam not in out:
         raise ValueError(f"export_cams.cam: the mask generator has no '{cam}' CAM output")
-    return out[cam].float(), out.get("caa_attn")
+    return out[cam], out.get("caa_attn")
 
 
 def _refined(grid: torch.Tensor, attn: Optional[torch.Tensor], caa) -> torch.Tensor:
     """The CAA CAMs of one forward's grid (float32, outside autocast) when CAA is on."""
     if caa is None:
-        return grid
+        return grid if grid.dtype in (torch.float16, torch.float32) else grid.float()
     from pipeline.cams.caa import refine
     with torch.autocast(grid.device.type, enabled=False):
         return refine(grid, attn, caa)
@@ -97,38 +80,52 @@ def infer_cams(model, image: np.ndarray, labels: Sequence[int], scales: Sequence
             x = torch.cat([x, x.flip(-1)])
         grid, attn = _cam_output(model, x, cam, caa)
         grid = _refined(grid[:, keep], attn, caa)  # (B, C_present, h, w)
-        up = _to_image_size(model, grid, img.shape[:2], (H, W))
+        up = to_image_size(grid, img.shape[:2], (H, W), Geometry.of(model))
         if flip:
             up[1] = up[1].flip(-1)
         total += up.sum(0)
-    return _min_max(total).cpu().numpy()
+    return min_max(total).cpu().numpy()
 
 
 @torch.no_grad()
-def infer_cams_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence[int]],
-                     size: tuple[int, int], flip: bool = True, cam: str = "fine",
-                     device: torch.device | str = "cpu", amp: bool = False, caa=None) -> torch.Tensor:
-    """B images of one size (H, W): ``scaled`` holds, per scale, the resized
-    images as uint8 (B, h, w, 3); ``labels`` their foreground ids. Returns
-    (B, C_max, H, W) float32 in [0, 1] on ``device``: image b's CAMs are
-    [b, :len(labels[b])] (the rest repeats its first class)."""
+def grids_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence[int]], flip: bool = True,
+                cam: str = "fine", device: torch.device | str = "cpu", amp: bool = False,
+                caa=None) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
+    """B images of one size: ``scaled`` holds, per scale, the resized images as uint8
+    (B, h, w, 3); ``labels`` their foreground ids. Returns, per scale, the CAM grids
+    (F*B, C_max, h', w') of the labels (rows B: the mirrored images when ``flip``; image b's
+    classes are [:len(labels[b])], the rest repeats its first class), as the model computes
+    them (float16 under AMP; float32 after CAA), and the scaled input sizes."""
     device = torch.device(device)
-    B, H, W = len(labels), *size
     c_max = max(len(l) for l in labels)
     keep = torch.tensor([[c - 1 for c in l] + [l[0] - 1] * (c_max - len(l)) for l in labels], device=device)
     if flip:
         keep = torch.cat([keep, keep])
-    total = torch.zeros(B, c_max, H, W, device=device)
+    grids, sizes = [], []
     for images in scaled:
         x = normalize(images.to(device, non_blocking=True).permute(0, 3, 1, 2))
         if flip:
             x = torch.cat([x, x.flip(-1)])  # rows B.. are the mirrored images
         with torch.autocast(device.type, enabled=amp):
             grid, attn = _cam_output(model, x, cam, caa)
-        grid = _refined(grid.gather(1, keep[:, :, None, None].expand(-1, -1, *grid.shape[-2:])), attn, caa)
-        up = _to_image_size(model, grid, tuple(x.shape[-2:]), (H, W))
-        total += up[:B] + up[B:].flip(-1) if flip else up
-    return _min_max(total)
+        grids.append(_refined(grid.gather(1, keep[:, :, None, None].expand(-1, -1, *grid.shape[-2:])), attn, caa))
+        sizes.append(tuple(x.shape[-2:]))
+    return grids, sizes
+
+
+def infer_cams_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence[int]],
+                     size: tuple[int, int], flip: bool = True, cam: str = "fine",
+                     device: torch.device | str = "cpu", amp: bool = False, caa=None) -> torch.Tensor:
+    """grids_batch assembled to the image size (H, W): (B, C_max, H, W) float32 in [0, 1]."""
+    grids, sizes = grids_batch(model, scaled, labels, flip, cam, device, amp, caa)
+    return assemble(grids, sizes, size, flip, Geometry.of(model))
+
+
+def image_grids(grids: Sequence[torch.Tensor], b: int, n_classes: int, flip: bool) -> list[np.ndarray]:
+    """Image b's grids out of a batch's (F*B, C_max, h, w) ones: per scale (F, n_classes, h, w)."""
+    B = grids[0].shape[0] // (2 if flip else 1)
+    rows = [b, B + b] if flip else [b]
+    return [g[rows, :n_classes].numpy() for g in grids]
 
 
 # ------------------------------------------------------------ batched export
@@ -190,33 +187,13 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
     if progress:
         steps = progress(steps, total=len(batches))
     written = 0
+    geom = Geometry.of(model)
     with CamWriter(store, writer_threads, max_pending=max(2 * batch_size, 2 * writer_threads)) as writer:
-        pending = None  # the previous batch: its device->host copy overlaps this batch's forward
-
-        def hand_over(item):
-            recs, host, done = item
-            if done is not None:
-                done.synchronize()
-            cams = host.numpy()
+        for recs, scaled in steps:
+            grids, sizes = grids_batch(model, scaled, [r.labels for r in recs], flip, cam, device, amp, caa)
+            grids = [g.cpu() for g in grids]  # a few kB per image: the copy is not worth overlapping
             for b, rec in enumerate(recs):
-                writer.submit(rec.id, cams[b, :len(rec.labels)], rec.labels, cams.shape[-2:])
-            return len(recs)
-
-        try:
-            for recs, scaled in steps:
-                out = infer_cams_batch(model, scaled, [r.labels for r in recs], image_size(recs[0]),
-                                       flip, cam, device, amp, caa).half()
-                if device.type == "cuda":
-                    host = out.to("cpu", non_blocking=True)
-                    done = torch.cuda.Event()
-                    done.record()
-                else:
-                    host, done = out, None
-                if pending:
-                    item, pending = pending, None
-                    written += hand_over(item)
-                pending = (recs, host, done)
-        finally:  # also when a later batch failed: the finished one is kept
-            if pending:
-                written += hand_over(pending)
+                writer.submit_grids(rec.id, image_grids(grids, b, len(rec.labels), flip), rec.labels,
+                                    image_size(rec), sizes, flip, geom)
+            written += len(recs)
     return written

@@ -1,42 +1,54 @@
-"""CAM seeds of one split in one zarr v3 group: one float16 array per image,
-shape (C_present, H, W), attrs {"classes": [class ids], "size": [H, W],
-"complete": bool}. The only reader/writer of CAM stores.
+"""CAM seeds of one split in one zarr v3 group, one array per image, in one of two layouts
+(attrs "layout"); the only reader/writer of CAM stores. ``read`` returns the image-size
+float32 (C_present, H, W) maps in [0, 1] and the class ids, whatever the layout.
 
-An array counts as written only once ``complete`` is set, which happens after
-its data is stored, and while its chunks are all there (every chunk is
-stored, zeros too, so a missing chunk file is damage, not a fill value);
-anything else (a crash mid-write, a deleted chunk) is rewritten. ``verify``
-decodes an array, for the resume of a partial export (pipeline.store.heal).
-Arrays are independent directories, so several processes may write different
-images of the same group at once.
+- "grid" (export_cams): what the network computes, not what is derived from it. The
+  patch-grid CAMs of every scale and flip, the image's labels only, as the model emitted
+  them (float32; float16 under AMP), flattened into one 1-D array. attrs: "shapes"
+  [[F, C, h, w] per scale], "inputs" [[h, w] of each scaled input], "flip", "patch",
+  "pad_input" (pipeline/cams/grids.py Geometry). ``read`` rebuilds the maps with
+  pipeline/cams/grids.py assemble, the code the export itself would run, so they are the
+  float32 maps of infer_cams (README "CAM store": the same in ten lines of numpy).
+- "image" (import_cams: CAMs of other code bases): the maps themselves, (C, H, W),
+  float16 when given float16, else float32.
 
-Writing many images: ``CamWriter`` runs ``write`` (compression + file I/O;
-blosc releases the GIL) on a thread pool with a bounded queue.
+Common attrs: "classes" [ids], "size" [H, W], "complete". An array counts as written
+only once ``complete`` is set, which happens after its data is stored, and while its
+chunks are all there (every chunk is stored, zeros too, so a missing chunk file is
+damage, not a fill value); anything else (a crash mid-write, a deleted chunk) is
+rewritten. ``verify`` decodes an array, for the resume of a partial export
+(pipeline.store.heal). Arrays are independent directories, so several processes may
+write different images of the same group at once.
 
-Compression: one chunk per image (a read is one file), blosc-zstd level 5
-with byte shuffle (typesize 2), then a crc32c of the compressed bytes (zarr's
-codec: a damaged chunk fails its read instead of decoding to garbage). CAMs
-are smooth upsampled maps, so the shuffled float16 exponent bytes compress well: ~17% of the official float32
-.npy dict on a 500x375 3-class map (bit-shuffle gave 25%, plain zstd 21%;
-bench/bench_cam_store.py prints the figures).
+Writing many images: ``CamWriter`` runs the writes (compression + file I/O; blosc
+releases the GIL) on a thread pool with a bounded queue.
+
+Compression: one chunk per image (a read is one file), blosc-zstd with shuffle, then a
+crc32c of the compressed bytes (zarr's codec: a damaged chunk fails its read instead of
+decoding to garbage). Image maps: level 5, byte shuffle (the smooth maps' exponent bytes
+compress well); grids: level 9, bit shuffle. bench/bench_cam_store.py prints the sizes.
 """
 from __future__ import annotations
 
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.artifacts import CamArtifact
+from pipeline.cams.grids import Geometry
 from pipeline.store import advice, decoding
 
-_COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2)
 # a checksum of the compressed chunk: blosc decodes a cut-short uncompressed ("memcpyed") chunk
 # into garbage without an error, so a truncated chunk is caught by the crc instead
-_CODECS = (_COMPRESSOR, Crc32cCodec())
+def _codecs(layout: str, dtype) -> tuple:
+    size = np.dtype(dtype).itemsize
+    if layout == "grid":
+        return BloscCodec(cname="zstd", clevel=9, shuffle="bitshuffle", typesize=size), Crc32cCodec()
+    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=size), Crc32cCodec()
 
 
 class CamStoreError(ValueError):
@@ -63,21 +75,46 @@ class CamStore:
         self.writable = mode != "r"
 
     # ------------------------------------------------------------ writing
-    def write(self, image_id: str, cams: np.ndarray, classes: Iterable[int], size: tuple[int, int]) -> None:
-        classes = [int(c) for c in classes]
+    def _create(self, image_id: str, data: np.ndarray, attrs: dict) -> None:
         if not self.writable:
             raise CamStoreError(f"{self.path}: opened read-only")
+        if not np.isfinite(data).all():
+            raise CamStoreError(f"{self.path}/{image_id}: CAMs hold NaN/inf")
+        arr = self.group.create_array(
+            image_id, shape=data.shape, dtype=data.dtype, chunks=data.shape,
+            compressors=_codecs(attrs["layout"], data.dtype), fill_value=0, overwrite=True,
+            config={"write_empty_chunks": True}, attributes={**attrs, "complete": False})
+        arr[...] = data
+        arr.update_attributes({"complete": True})  # last: marks the data as trustworthy
+
+    def write(self, image_id: str, cams: np.ndarray, classes: Iterable[int], size: tuple[int, int]) -> None:
+        """Layout "image": image-size maps (C, H, W), kept float16 if given so, else float32."""
+        classes = [int(c) for c in classes]
+        cams = np.asarray(cams)
         if cams.ndim != 3 or cams.shape[0] != len(classes) or tuple(cams.shape[1:]) != tuple(size):
             raise CamStoreError(f"{self.path}/{image_id}: CAMs of shape {cams.shape} do not match "
                                 f"{len(classes)} classes x size {tuple(size)}")
-        if not np.isfinite(cams).all():
-            raise CamStoreError(f"{self.path}/{image_id}: CAMs hold NaN/inf")
-        arr = self.group.create_array(
-            image_id, shape=cams.shape, dtype="float16", chunks=cams.shape, compressors=_CODECS,
-            fill_value=0, overwrite=True, config={"write_empty_chunks": True},
-            attributes={"classes": classes, "size": [int(size[0]), int(size[1])], "complete": False})
-        arr[...] = np.asarray(cams, dtype=np.float16)
-        arr.update_attributes({"complete": True})  # last: marks the data as trustworthy
+        dtype = np.float16 if cams.dtype == np.float16 else np.float32
+        self._create(image_id, np.ascontiguousarray(cams, dtype=dtype),
+                     {"layout": "image", "classes": classes, "size": [int(size[0]), int(size[1])]})
+
+    def write_grids(self, image_id: str, grids: Sequence[np.ndarray], classes: Iterable[int],
+                    size: tuple[int, int], inputs: Sequence[tuple[int, int]], flip: bool, geom: Geometry) -> None:
+        """Layout "grid": per scale the (F, C, h, w) CAM grids of the image (F = 2 with flip: the
+        image, then its mirror) and the scaled input size; kept float16 if all are, else float32."""
+        classes = [int(c) for c in classes]
+        grids = [np.asarray(g) for g in grids]
+        F = 2 if flip else 1
+        bad = [g.shape for g in grids if g.ndim != 4 or g.shape[:2] != (F, len(classes))]
+        if not grids or bad or len(inputs) != len(grids):
+            raise CamStoreError(f"{self.path}/{image_id}: CAM grids {[g.shape for g in grids]} for {len(inputs)} "
+                                f"scaled inputs do not match {F} view(s) x {len(classes)} classes")
+        dtype = np.float16 if all(g.dtype == np.float16 for g in grids) else np.float32
+        flat = np.concatenate([g.astype(dtype, copy=False).ravel() for g in grids])
+        self._create(image_id, flat, {
+            "layout": "grid", "classes": classes, "size": [int(size[0]), int(size[1])],
+            "shapes": [list(map(int, g.shape)) for g in grids], "inputs": [[int(h), int(w)] for h, w in inputs],
+            "flip": bool(flip), **geom.to_dict()})
 
     # ------------------------------------------------------------ reading
     def _array(self, image_id: str):
@@ -93,21 +130,45 @@ class CamStore:
     def is_complete(self, image_id: str) -> bool:
         return self._array(image_id) is not None
 
-    def read(self, image_id: str) -> tuple[np.ndarray, list[int]]:
-        """(cams float16 (C_present, H, W), class ids)."""
+    def _decoded(self, image_id: str) -> tuple[np.ndarray, dict]:
+        """(the stored values, attrs), checked for consistency."""
         where = self.path / image_id
         arr = self._array(image_id)
         if arr is None:
             what = "no CAMs" if not where.exists() else "an incomplete CAM array (interrupted write or lost chunk)"
             raise CamStoreError(f"{where}: {what} for image '{image_id}'; {_advice(where)}")
         with decoding(where, "CAM array", _advice(where)):
-            return arr[...], list(arr.attrs["classes"])
+            data, attrs = arr[...], dict(arr.attrs)
+        layout, n = attrs.get("layout", "image"), len(attrs.get("classes", []))
+        if layout == "grid":
+            ok = data.ndim == 1 and data.size == sum(int(np.prod(s)) for s in attrs["shapes"]) \
+                and all(s[1] == n for s in attrs["shapes"])
+        else:
+            ok = data.ndim == 3 and data.shape[0] == n
+        if not ok:
+            raise CamStoreError(f"{where}: {layout} CAMs of shape {data.shape} do not match their attributes "
+                                f"({n} classes); {_advice(where)}")
+        return data, attrs
+
+    def read(self, image_id: str) -> tuple[np.ndarray, list[int]]:
+        """(cams float32 (C_present, H, W) in [0, 1], class ids), rebuilt from the grids where the
+        layout is "grid"."""
+        data, attrs = self._decoded(image_id)
+        classes = list(attrs["classes"])
+        if attrs.get("layout", "image") == "image":
+            return data.astype(np.float32, copy=False), classes
+        return reconstruct(unflatten(data, attrs["shapes"]), attrs), classes
+
+    def read_grids(self, image_id: str) -> tuple[list[np.ndarray], dict]:
+        """A "grid" array as stored: (per scale the (F, C, h, w) grids, attrs)."""
+        data, attrs = self._decoded(image_id)
+        if attrs.get("layout") != "grid":
+            raise CamStoreError(f"{self.path / image_id}: layout '{attrs.get('layout', 'image')}', not grid")
+        return unflatten(data, attrs["shapes"]), attrs
 
     def verify(self, image_id: str) -> None:
         """Decode the image's array; raises (naming it) unless it reads back whole."""
-        cams, classes = self.read(image_id)
-        if cams.ndim != 3 or cams.shape[0] != len(classes):
-            raise CamStoreError(f"{self.path / image_id}: CAMs of shape {cams.shape} for {len(classes)} classes")
+        self._decoded(image_id)
 
     def ids(self) -> list[str]:
         """Every image with an array (complete or not), sorted."""
@@ -121,6 +182,29 @@ class CamStore:
         return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
 
 
+def unflatten(flat: np.ndarray, shapes: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """The per-scale grids out of a "grid" array's 1-D values."""
+    out, at = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        out.append(flat[at:at + n].reshape(shape))
+        at += n
+    return out
+
+
+def reconstruct(grids: Sequence[np.ndarray], attrs: dict) -> np.ndarray:
+    """(C, H, W) float32 maps of one image from its stored grids and attrs (on the CPU, in
+    float32: the same operations as the export's assemble)."""
+    import torch
+
+    from pipeline.cams.grids import assemble
+    with torch.no_grad():
+        maps = assemble([torch.from_numpy(np.ascontiguousarray(g)) for g in grids],
+                        [tuple(s) for s in attrs["inputs"]], tuple(attrs["size"]), bool(attrs["flip"]),
+                        Geometry(attrs.get("patch"), bool(attrs.get("pad_input", False))))
+    return maps[0].numpy()
+
+
 def verify_array(path: str | Path) -> None:
     """``CamStore.verify`` of the array at ``path`` (<store>/<image id>): the
     per-image check of export_cams' layout."""
@@ -129,7 +213,8 @@ def verify_array(path: str | Path) -> None:
 
 
 class CamWriter:
-    """``store.write`` on ``threads`` background threads (0: on the caller's
+    """``store.write`` (``submit``) and ``store.write_grids`` (``submit_grids``) on ``threads``
+    background threads (0: on the caller's
     thread). ``submit`` blocks while ``max_pending`` writes are queued, so
     memory stays flat; a failed write is raised by the next ``submit`` or by
     leaving the ``with`` block, which waits for every queued write."""
@@ -140,12 +225,19 @@ class CamWriter:
         self.pending: set[Future] = set()
 
     def submit(self, image_id: str, cams: np.ndarray, classes: Iterable[int], size: tuple[int, int]) -> None:
+        self._submit(self.store.write, image_id, cams, list(classes), tuple(size))
+
+    def submit_grids(self, image_id: str, grids: Sequence[np.ndarray], classes: Iterable[int],
+                     size: tuple[int, int], inputs: Sequence[tuple[int, int]], flip: bool, geom: Geometry) -> None:
+        self._submit(self.store.write_grids, image_id, grids, list(classes), tuple(size), inputs, flip, geom)
+
+    def _submit(self, write: Callable, *args) -> None:
         if self.pool is None:
-            self.store.write(image_id, cams, classes, size)
+            write(*args)
             return
         while len(self.pending) >= self.max_pending:
             self._collect(FIRST_COMPLETED)
-        self.pending.add(self.pool.submit(self.store.write, image_id, cams, list(classes), tuple(size)))
+        self.pending.add(self.pool.submit(write, *args))
 
     def _collect(self, when) -> None:
         done, self.pending = wait(self.pending, return_when=when)

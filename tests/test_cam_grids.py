@@ -1,0 +1,137 @@
+"""The CAM store's grid layout: export_cams stores the per-scale, per-flip patch-grid CAMs and
+the store rebuilds the image-size float32 maps on read (pipeline/cams/grids.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cam_fixtures import fake_refine
+from conftest import ROOT
+from pipeline.cams.grids import Geometry
+from pipeline.cams.store import CamStore, CamStoreError
+
+
+def readme_cams(array_dir):
+    """The README's "read a CAM without wsss" snippet (crop geometry, the official one), verbatim."""
+    import numpy as np
+    import zarr
+
+    def bilinear(a, H, W):  # (..., h, w) -> (..., H, W), as torch's align_corners=False
+        def axis(n, N):
+            x = np.maximum(np.float32(n / N) * (np.arange(N, dtype=np.float32) + 0.5) - 0.5, 0)
+            i = np.floor(x).astype(int)
+            return i, np.minimum(i + 1, n - 1), x - i
+        (y0, y1, fy), (x0, x1, fx) = axis(a.shape[-2], H), axis(a.shape[-1], W)
+        a = a[..., y0, :] * (1 - fy)[:, None] + a[..., y1, :] * fy[:, None]
+        return a[..., x0] * (1 - fx) + a[..., x1] * fx
+
+    arr = zarr.open_array(array_dir, mode="r")
+    flat, at, (H, W) = arr[...].astype(np.float32), 0, arr.attrs["size"]
+    total = 0
+    for shape in arr.attrs["shapes"]:  # per scale: (views, classes, h, w); view 1 is the mirror
+        grid = flat[at:at + np.prod(shape)].reshape(shape)
+        at += np.prod(shape)
+        up = bilinear(grid, H, W)
+        total = total + up[0] + (up[1][..., ::-1] if arr.attrs["flip"] else 0)
+    lo, hi = total.min((1, 2), keepdims=True), total.max((1, 2), keepdims=True)
+    return (total - lo) / (hi - lo + 1e-8), arr.attrs["classes"]  # (C, H, W) in [0, 1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_grids_round_trip_bit_for_bit(tmp_path, dtype):
+    rng = np.random.default_rng(1)
+    grids = [rng.normal(size=(2, 3, 5, 7)).astype(dtype), rng.normal(size=(2, 3, 6, 9)).astype(dtype)]
+    s = CamStore(tmp_path / "c.zarr", mode="a")
+    s.write_grids("img", grids, [4, 9, 11], (40, 60), [(80, 112), (96, 144)], True, Geometry(16, False))
+    back, attrs = CamStore(tmp_path / "c.zarr").read_grids("img")
+    assert all(b.dtype == dtype and b.tobytes() == g.tobytes() for b, g in zip(back, grids))
+    assert attrs["layout"] == "grid" and attrs["inputs"] == [[80, 112], [96, 144]] and attrs["patch"] == 16
+    cams, classes = s.read("img")
+    assert classes == [4, 9, 11] and cams.dtype == np.float32 and cams.shape == (3, 40, 60)
+    assert np.allclose(cams.min((1, 2)), 0) and np.allclose(cams.max((1, 2)), 1, atol=1e-6)
+    s.verify("img")
+
+
+def test_bad_grids_name_the_image_and_write_nothing(tmp_path):
+    s = CamStore(tmp_path / "c.zarr", mode="a")
+    g = np.zeros((2, 2, 3, 3), np.float32)
+    with pytest.raises(CamStoreError, match="img_7"):  # one class too many for the grids
+        s.write_grids("img_7", [g], [1, 2, 3], (8, 8), [(48, 48)], True, Geometry(16))
+    with pytest.raises(CamStoreError, match="img_7"):  # flip off but two views
+        s.write_grids("img_7", [g], [1, 2], (8, 8), [(48, 48)], False, Geometry(16))
+    with pytest.raises(CamStoreError, match="img_7"):
+        s.write_grids("img_7", [np.full_like(g, np.inf)], [1, 2], (8, 8), [(48, 48)], True, Geometry(16))
+    assert s.ids() == []
+    s.write_grids("img_8", [g], [1, 2], (8, 8), [(48, 48)], True, Geometry(16))
+    s.group["img_8"].update_attributes({"shapes": [[2, 2, 3, 4]]})  # attributes that lie about the data
+    with pytest.raises(CamStoreError, match="img_8.*do not match"):
+        s.read("img_8")
+
+
+# One image alone vs in its batch: the same float32 formula per element, but torch's CPU upsampling
+# picks its vectorised (fused multiply-add) or scalar loop by tensor shape, so an image can differ by
+# an ulp or two of the raw CAM magnitude, amplified by the min-max as below. Measured: 10 of 12
+# images bit for bit, worst 2.1e-5.
+REBUILD_TOL = 1e-4
+# The README's reader interpolates separably (rows, then columns) where torch weighs the four
+# neighbours at once: float32 sums in another order, a few ulp of the raw CAM magnitude (~1e-6
+# relative), times max|CAM| / (max - min) of the min-max (~10 for these random-init maps). Measured
+# worst 3.1e-5; a missing flip or a wrong scale moves values by > 0.1.
+README_TOL = 2e-4
+
+
+@pytest.mark.parametrize("remainder", ["crop", "pad"])
+def test_store_rebuilds_the_float32_maps_of_the_batched_forward(tmp_path, remainder):
+    """read() of a grid array = infer_cams_batch's float32 maps of the same forward: the same
+    upsampling, flip, sum and min-max (pipeline/cams/grids.py assemble) on the same values, one
+    image at a time instead of in its batch (bench/bench_cam_store.py counts the seeds and CRF
+    masks that match the float32 path pixel for pixel on voc-tiny)."""
+    from pipeline.cams.inference import ScaledBatches, export_batched, infer_cams_batch, same_size_batches
+    from pipeline.config import load_config
+    from pipeline.data.datasets import LabelTable
+    from pipeline.models.mask_generator import load_mask_generator
+    from stages.runner import run_stage
+
+    torch.set_num_threads(1)
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
+        "run": {"work_dir": str(tmp_path / "runs"), "device": "cpu"}, "data": {"max_images": 12},
+        "mask_generator": {"input_remainder": remainder}})
+    table = LabelTable.from_artifact(run_stage(cfg, "prepare_data"), "train")
+    model = load_mask_generator(fake_refine(cfg, tmp_path / "refine") / "model.pt")
+    assert Geometry.of(model) == Geometry(model.patch_size, remainder == "pad")
+    scales = (1.0, 0.75)  # 0.75: inputs off the patch grid
+    store = CamStore(tmp_path / "c.zarr", mode="a")
+    assert export_batched(model, table.records, store, scales, True, "fine", "cpu", batch_size=3) == 12
+    for batch in same_size_batches(table.records, 3):
+        want = infer_cams_batch(model, ScaledBatches([batch], scales)[0], [r.labels for r in batch],
+                                (batch[0].height, batch[0].width), flip=True).numpy()
+        for b, r in enumerate(batch):
+            got, classes = store.read(r.id)
+            assert classes == r.labels and store.group[r.id].attrs["layout"] == "grid"
+            np.testing.assert_allclose(got, want[b, :len(r.labels)], atol=REBUILD_TOL, err_msg=r.id)
+            if remainder == "crop":
+                mine, _ = readme_cams(store.path / r.id)
+                np.testing.assert_allclose(mine, got, atol=README_TOL)
+
+
+def test_grid_store_is_much_smaller_than_image_size_maps(tmp_path):
+    """The point of the layout: a few kB per image instead of C x H x W values."""
+    from pipeline.cams.inference import export_batched
+    from pipeline.config import load_config
+    from pipeline.data.datasets import LabelTable
+    from pipeline.models.mask_generator import load_mask_generator
+    from stages.runner import run_stage
+
+    cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
+        "run": {"work_dir": str(tmp_path / "runs"), "device": "cpu"}, "data": {"max_images": 6}})
+    records = LabelTable.from_artifact(run_stage(cfg, "prepare_data"), "train").records
+    model = load_mask_generator(fake_refine(cfg, tmp_path / "refine") / "model.pt")
+    grids = CamStore(tmp_path / "g.zarr", mode="a")
+    export_batched(model, records, grids, (1.0, 1.2), True, "fine", "cpu")
+    maps = CamStore(tmp_path / "m.zarr", mode="a")
+    for r in records:
+        maps.write(r.id, grids.read(r.id)[0].astype(np.float16), r.labels, (r.height, r.width))
+    g = sum(grids.nbytes_stored(r.id) for r in records)
+    m = sum(maps.nbytes_stored(r.id) for r in records)
+    assert g * 5 < m, (g, m)
