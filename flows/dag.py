@@ -11,6 +11,16 @@ refreshes the task's cache. Per-image stages (sam_masks, export_cams, pseudo_mas
 shards of images over the task runner: threads by default, a Dask cluster
 (LocalCluster, or any scheduler address) when run.task_runner is 'dask'.
 
+Stages run as soon as their inputs are done, so independent branches overlap
+(sam_masks beside train_cam..refine, import stages beside training). Stages
+that compute on the device (Stage.gpu) each take one of run.gpus and queue
+when none is free; with one device they run one at a time, in the flow's
+process, as a sequential run would. With several devices every stage computes
+in a process of its own (spawned, CUDA_VISIBLE_DEVICES = its device): pinned
+to its GPU and with its own random state, so a stage computes what it would
+alone. A failed stage fails the flow with its error once the running stages
+have finished; their artifacts stay cached and no new stage starts.
+
 The flow reads the YAML once: the keys and every task come from that one
 resolved config, handed to the tasks as JSON (a file edited during a run
 cannot make a stage compute new values under an old key). Deployments take
@@ -27,14 +37,18 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.artifacts import EvalArtifact
@@ -55,12 +69,17 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
 
 
 @task(task_run_name="{name}", cache_key_fn=_cache_key, persist_result=True)
-def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, force: bool = False) -> str:
-    """``config``: the flow's resolved config (Config.resolved()), not a file."""
+def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, force: bool = False,
+               devices: Optional[list[int]] = None) -> str:
+    """``config``: the flow's resolved config (Config.resolved()), not a file. ``devices``: compute
+    in a process of its own that sees only these GPUs ([]: a CPU stage, the devices unchanged);
+    None: in this process."""
     cfg = Config.model_validate(config)
     stage = get(name)
 
     def compute(inputs: dict, out: Path) -> dict:
+        if devices is not None and not (stage.sharded and cfg.run.task_runner == "dask"):
+            return in_own_process(config, name, inputs, out, devices)
         if not stage.sharded:
             return execute(stage, cfg, inputs, out)
         ids = stage.items(view(cfg, stage), inputs)
@@ -71,6 +90,65 @@ def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, for
         return stage.finalize(view(cfg, stage), inputs, out)
 
     return str(compute_stage(cfg, name, keys, force, compute))
+
+
+def _pin(devices: list[int]) -> None:
+    if devices:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))  # before CUDA initialises
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _execute(config: dict, name: str, inputs: dict[str, str], out: str) -> dict:
+    cfg = Config.model_validate(config)
+    return execute(get(name), cfg, {k: Path(v) for k, v in inputs.items()}, Path(out))
+
+
+def in_own_process(config: dict, name: str, inputs: dict, out: Path, devices: list[int]) -> dict:
+    """The stage's computation (all its shards) in a spawned process that sees ``devices``; its
+    error is raised here."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_pin,
+                             initargs=(list(devices),)) as pool:
+        return pool.submit(_execute, config, name, {k: str(v) for k, v in inputs.items()}, str(out)).result()
+
+
+def schedule(cfg: Config, names: list[str], submit: Callable[[str, Optional[list[int]]], PrefectFuture],
+             finished: Callable[[str, str], None]) -> dict[str, str]:
+    """Submit every stage of ``names`` whose inputs among them are done, GPU stages only while one of
+    run.gpus is free (a distributed stage under torchrun takes them all); ``finished(name, path)``
+    after each. The first failure is raised once the running stages are done; nothing new starts."""
+    gpus = list(cfg.run.gpus)
+    free, isolated = list(gpus), len(gpus) > 1
+    todo, running, held, done = list(names), {}, {}, {}  # running: future -> name; held: name -> devices
+    failure: Optional[BaseException] = None
+
+    def wanted(name: str) -> int:
+        stage = get(name)
+        if not stage.gpu:
+            return 0
+        return len(gpus) if stage.distributed and cfg.run.nproc_per_node > 1 else 1
+
+    while todo or running:
+        for name in list(todo) if failure is None else []:
+            if any(i in todo or i in running.values() for i in get(name).inputs_of(cfg)) or wanted(name) > len(free):
+                continue
+            mine, free = free[:wanted(name)], free[wanted(name):]
+            todo.remove(name)
+            running[submit(name, mine if isolated else None)] = name
+            held[name] = mine
+        if not running:
+            break  # a failure left stages that can no longer start
+        fut = next(as_completed(list(running)))
+        name = running.pop(fut)
+        free += held.pop(name)
+        try:
+            done[name] = fut.result()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the others
+            failure = failure or e
+            continue
+        finished(name, done[name])
+    if failure is not None:
+        raise failure
+    return {n: done[n] for n in names if n in done}  # DAG order
 
 
 @task(task_run_name="{name}-shard")
@@ -121,13 +199,13 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
     work_dir = str(Path(cfg.run.work_dir).resolve())
     resolved = cfg.resolved()
     resolved["run"]["work_dir"] = work_dir  # tasks (Dask workers too) find the store whatever their cwd
-    done = {}
-    for name in names:
+
+    def submit(name: str, devices: Optional[list[int]]) -> PrefectFuture:
         refresh = name in force or store.state(keys[name]) != "cached"
-        done[name] = stage_task.with_options(refresh_cache=refresh)(resolved, name, keys, work_dir,
-                                                                   force=name in force)
-        publish_stage(cfg, name, Path(done[name]), label)
-    return done
+        return stage_task.with_options(refresh_cache=refresh).submit(resolved, name, keys, work_dir,
+                                                                     force=name in force, devices=devices)
+
+    return schedule(cfg, names, submit, lambda name, path: publish_stage(cfg, name, Path(path), label))
 
 
 @flow(name="wsss-seeds", log_prints=True)

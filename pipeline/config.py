@@ -42,7 +42,7 @@ class Section(BaseModel):
 # artifact key covers them, and every stage's config view may read them.
 THROUGHPUT = ("run.work_dir", "run.device", "run.num_workers", "run.shard_size", "run.processes",
               "run.task_runner", "run.dask_address", "run.dask_workers", "run.nproc_per_node",
-              "run.dist_backend", "run.lock_lease_s",
+              "run.dist_backend", "run.gpus", "run.lock_lease_s",
               "export_cams.batch_size", "export_cams.writer_threads", "export_cams.prefetch_batches",
               "sam.points_per_batch", "sam.amp", "sam.images_in_flight",
               "data.fetch")  # prepare_data fetches a missing tree first; the tree, not the fetch, makes the key
@@ -64,6 +64,11 @@ class RunCfg(Section):
     dask_workers: int = Field(2, ge=1)
     nproc_per_node: int = Field(1, ge=1, description="torchrun processes for training stages")
     dist_backend: Literal["auto", "nccl", "gloo"] = "auto"
+    gpus: list[Annotated[int, Field(ge=0)]] = Field(
+        [0], min_length=1, description="devices for the GPU stages of a flow run: with one, they queue on it "
+        "(independent CPU stages still run beside them); with several, stages whose inputs are done run at "
+        "once, each in its own process pinned to its device (CUDA_VISIBLE_DEVICES), queued when none is free. "
+        "On a CPU run: how many GPU stages run at once. Part of no artifact key")
     lock_lease_s: float = Field(180.0, gt=0, description="seconds without a heartbeat after which another "
                                 "process takes over an artifact's lock (holder's machine lost); all runs "
                                 "sharing a store must agree")

@@ -38,7 +38,8 @@ class Stage:
     run.nproc_per_node > 1 (stages/launch.py). per_image(cfg_view) -> the
     per-image outputs (pipeline.store.PerImage): before a damaged or partial
     artifact is resumed, those that fail their check are removed (Store.heal),
-    so the stage, which skips images whose output exists, redoes them."""
+    so the stage, which skips images whose output exists, redoes them. gpu: it computes on
+    run.device, so a flow gives it one of run.gpus (flows/dag.py)."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
     sections: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
@@ -52,6 +53,7 @@ class Stage:
     weights: Optional[Callable[..., list]] = None
     distributed: bool = False
     per_image: Optional[Callable[..., tuple]] = None
+    gpu: bool = False
 
     def __post_init__(self):
         shard = (self.items, self.run_shard, self.finalize)

@@ -7,7 +7,7 @@ from pipeline.segmentation.ensemble import run
 from pipeline.weights import segmentation_weights
 from stages.contract import Stage
 
-STAGE = Stage(name="ensemble", inputs=("prepare_data", "pseudo_masks", "train_segmentation"),
+STAGE = Stage(name="ensemble", gpu=True, inputs=("prepare_data", "pseudo_masks", "train_segmentation"),
               # the members use train_segmentation's recipe; pseudo_masks.method names the main model's route
               sections=("ensemble", "data", "train_segmentation", "run.seed", "pseudo_masks.method"), run=run,
               version="1", weights=lambda cfg: segmentation_weights(cfg.train_segmentation))

@@ -8,6 +8,6 @@ def run(cfg, inputs, out):
     return run_learn_prompts(cfg, inputs, out)
 
 
-STAGE = Stage(name="learn_prompts", inputs=('prepare_data', 'match'),
+STAGE = Stage(name="learn_prompts", gpu=True, inputs=('prepare_data', 'match'),
               sections=('mask_generator', 'clip', 'learn_prompts', 'run.seed', 'data.train_split'), version="3",
               run=run, weights=lambda cfg: clip_weights(cfg.clip), distributed=True)

@@ -9,6 +9,6 @@ def run(cfg, inputs, out):
     return run_match(cfg, inputs, out)
 
 
-STAGE = Stage(name="match", inputs=('prepare_data', 'train_cam'),
+STAGE = Stage(name="match", gpu=True, inputs=('prepare_data', 'train_cam'),
               sections=('mask_generator', 'clip', 'match', 'run.seed') + SEED_EVAL, version="3", run=run,
               weights=lambda cfg: clip_weights(cfg.clip), distributed=True)

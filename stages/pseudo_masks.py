@@ -6,7 +6,8 @@ pipeline/artifacts.py MaskArtifact; the work: pipeline/pseudo_masks/make.py."""
 from pipeline.pseudo_masks.make import finalize, inputs, items, per_image, run, run_shard
 from stages.contract import Stage
 
-STAGE = Stage(name="pseudo_masks", inputs=inputs, run=run, items=items, run_shard=run_shard, finalize=finalize,
+STAGE = Stage(name="pseudo_masks", gpu=True, inputs=inputs, run=run, items=items, run_shard=run_shard,
+              finalize=finalize,
               per_image=per_image,
               # the CAMs' split and the mask generator behind them (attention routes)
               sections=("pseudo_masks", "export_cams.split", "export_cams.source"),

@@ -9,6 +9,6 @@ def run(cfg, inputs, out):
     return run_refine(cfg, inputs, out)
 
 
-STAGE = Stage(name="refine", inputs=('prepare_data', 'train_cam', 'match', 'learn_prompts'),
+STAGE = Stage(name="refine", gpu=True, inputs=('prepare_data', 'train_cam', 'match', 'learn_prompts'),
               sections=('mask_generator', 'clip', 'refine', 'run.seed') + SEED_EVAL, version="3", run=run,
               weights=lambda cfg: clip_weights(cfg.clip), distributed=True)

@@ -11,6 +11,6 @@ def weights(cfg):
     return hub_weights(cfg.sam)
 
 
-STAGE = Stage(name="sam_masks", inputs=("prepare_data",), sections=("sam",), version="1",
+STAGE = Stage(name="sam_masks", gpu=True, inputs=("prepare_data",), sections=("sam",), version="1",
               run=run, items=items, run_shard=run_shard, finalize=finalize, weights=weights,
               per_image=per_image)

@@ -15,6 +15,6 @@ def sections(cfg):
     return ('mask_generator', 'train_cam') + (() if cfg.train_cam.init_checkpoint else ('run.seed',)) + SEED_EVAL
 
 
-STAGE = Stage(name="train_cam", inputs=('prepare_data',), sections=sections, version="3", run=run,
+STAGE = Stage(name="train_cam", gpu=True, inputs=('prepare_data',), sections=sections, version="3", run=run,
               weights=lambda cfg: timm_weights(cfg.mask_generator, cfg.train_cam.init_checkpoint),
               distributed=True)  # torchrun fan-out when run.nproc_per_node > 1
