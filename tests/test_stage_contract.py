@@ -120,6 +120,8 @@ def _candidates(path: str, value) -> list:
         item = typing.get_args(ann)[0] if typing.get_args(ann) else None
         if typing.get_origin(item) is typing.Literal:  # a list of choices (pseudo_masks.extra_methods)
             return [value + [o] for o in typing.get_args(item) if o not in value]
+        if value and all(type(v) is int for v in value):  # same length, last integer changed (run.gpus)
+            return [value[:-1] + [value[-1] + 1]]
         if value and all(isinstance(v, (int, float)) for v in value):  # same length, last number changed
             return [value[:-1] + [value[-1] / 2 if value[-1] else 0.5]]
         return [value[:-1] if len(value) > 1 else value + [0.5]]
