@@ -1,13 +1,16 @@
-"""(b) CAM store bytes per image vs the official per-image float32 .npy dict
-({class index: (H, W) float32}, np.save of a dict, as WeakTr's
-generate_attention_maps_ms writes), and the time to read one image's CAMs.
+"""CAM store size and read cost, grid layout (what export_cams writes) against the image-size
+float16 layout it replaced and the official float32 .npy dict, on every voc-tiny image.
 
-CAMs: 40 voc-tiny images at VOC size (500x375) with their real
-classes; each CAM is a blurred one-hot ground-truth map sampled on the 16 px
-patch grid, bilinearly upsampled and min-max normalised (what export_cams
-produces from a trained model). Also, as a worst case, the CAMs of a
-random-init mask generator on 8 of the images.
-Targets: <= 25% of the .npy dict; <= 20 ms per read.
+- Size: bytes per image and per stored value of (1) the CAMs of a random-init DeiT-Tiny
+  mask generator (noise: the worst case for compression), (2) CAM-like grids made from the
+  ground truth (one-hot masks averaged over each 16 px patch and blurred: what a trained
+  model's grids look like), with VOC's export scales (1.0, 1.2) and flips; float32 grids
+  (CPU) and float16 grids (what the model emits under AMP on a GPU). Extrapolated to VOC
+  train_aug and COCO train from the grid sizes of their typical images.
+- Read: rebuilding an image's maps from its grids vs the dense CRF of that image.
+- Exactness: seeds (t = 0.43) and CRF masks from the store vs from the float32 maps of
+  infer_cams (the one-image reference), and the same for the old float16 store.
+Goals (issue #27): COCO train store <= 2 GB; a read <= 10% of the CRF's time per image.
     python bench/bench_cam_store.py
 """
 from __future__ import annotations
@@ -21,79 +24,135 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.cams.grids import Geometry  # noqa: E402
+from pipeline.cams.inference import export_batched, infer_cams  # noqa: E402
 from pipeline.cams.store import CamStore  # noqa: E402
-from pipeline.data.datasets import read_mask  # noqa: E402
+from pipeline.config import CrfCfg, MaskGeneratorCfg  # noqa: E402
+from pipeline.data.datasets import Record, read_image, read_mask  # noqa: E402
+from pipeline.pseudo_masks.threshold import crf_index, seed_index  # noqa: E402
 
 TINY = ROOT / "data/voc-tiny"
-W, H = 500, 375
+SCALES, PATCH, T = (1.0, 1.2), 16, 0.43
+# (images, typical H x W, mean foreground classes per image, export scales)
+DATASETS = {"VOC train_aug": (10_582, (375, 500), 1.5, (1.0, 1.2)),
+            "COCO train": (82_081, (480, 640), 2.9, (1.0, 0.8, 1.2))}
 
 
-def smooth_cams(gt: np.ndarray, classes: list[int]) -> np.ndarray:
+def grid_values(size, classes, scales, flip=True) -> int:
+    """Stored values of one image: classes x views x the patch grid of each scaled input (crop)."""
+    H, W = size
+    return int(classes * (2 if flip else 1) * sum((round(H * s) // PATCH) * (round(W * s) // PATCH)
+                                                  for s in scales))
+
+
+def stored(store: CamStore, ids) -> int:
+    return sum(store.nbytes_stored(i) for i in ids)
+
+
+def gt_grids(gt: np.ndarray, classes) -> list[np.ndarray]:
+    """Per scale (2, C, h, w): the mask of each class averaged over the patches of the scaled
+    image and blurred over the neighbours, for the image and its mirror."""
     onehot = torch.stack([torch.from_numpy((gt == c).astype(np.float32)) for c in classes])[None]
-    grid = F.avg_pool2d(onehot, 16, ceil_mode=True)  # patch grid
-    grid = F.avg_pool2d(F.pad(grid, (1, 1, 1, 1), mode="replicate"), 3, 1)  # CAMs bleed over neighbours
-    cam = F.interpolate(grid, size=gt.shape, mode="bilinear", align_corners=False)[0]
-    lo, hi = cam.flatten(1).min(1).values[:, None, None], cam.flatten(1).max(1).values[:, None, None]
-    return ((cam - lo) / (hi - lo + 1e-8)).numpy()
 
+    def grid(x, hs, ws):
+        g = F.avg_pool2d(x[..., :hs // PATCH * PATCH, :ws // PATCH * PATCH], PATCH)
+        return F.avg_pool2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), 3, 1)
 
-def model_cams(image: np.ndarray, classes: list[int]) -> np.ndarray:
-    from pipeline.cams.inference import infer_cams
-    from pipeline.config import MaskGeneratorCfg
-    from pipeline.models.mask_generator import build_mask_generator
-    global _MODEL
-    if "_MODEL" not in globals():
-        torch.manual_seed(0)
-        _MODEL = build_mask_generator(MaskGeneratorCfg(backbone="deit_tiny_patch16_224", pretrained=False),
-                                      20, load_weights=False).eval()
-    return infer_cams(_MODEL, image, classes, scales=(1.0, 1.2), flip=True)
-
-
-def measure(name: str, samples: list[tuple[str, np.ndarray, list[int]]]) -> None:
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        store = CamStore(d / "cams.zarr", mode="a")
-        npy_bytes = 0
-        for image_id, cams, classes in samples:
-            store.write(image_id, cams, classes, cams.shape[1:])
-            np.save(d / f"{image_id}.npy", {c - 1: cams[k].astype(np.float32) for k, c in enumerate(classes)})
-            npy_bytes += (d / f"{image_id}.npy").stat().st_size
-        zarr_bytes = sum(p.stat().st_size for p in (d / "cams.zarr").rglob("*") if p.is_file())
-        n = len(samples)
-        reader = CamStore(d / "cams.zarr")
-        times = []
-        for image_id, cams, _ in samples:
-            t = time.perf_counter()
-            back, _ = reader.read(image_id)
-            times.append(time.perf_counter() - t)
-            assert np.array_equal(back, cams.astype(np.float16))
-        t = time.perf_counter()
-        CamStore(d / "cams.zarr").read(samples[0][0])
-        cold = time.perf_counter() - t
-        print(f"[{name}] {n} images {W}x{H}: zarr {zarr_bytes / n / 1e3:.1f} kB/image vs official float32 "
-              f".npy dict {npy_bytes / n / 1e3:.1f} kB/image = {100 * zarr_bytes / npy_bytes:.1f}%  (target <= 25%)")
-        print(f"[{name}] read one image's CAMs: median {1e3 * np.median(times):.1f} ms, p90 "
-              f"{1e3 * np.percentile(times, 90):.1f} ms; with opening the store {1e3 * cold:.1f} ms  (target <= 20 ms)")
+    out = []
+    for s in SCALES:
+        hs, ws = round(gt.shape[0] * s), round(gt.shape[1] * s)
+        x = F.interpolate(onehot, size=(hs, ws), mode="nearest")
+        out.append(torch.cat([grid(x, hs, ws), grid(x.flip(-1), hs, ws)]).numpy())
+    return out
 
 
 def main():
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (shared)")
-    ids = sorted(p.stem for p in (TINY / "SegmentationClass").glob("*.png"))[:40]
-    smooth, model = [], []
-    for k, i in enumerate(ids):
-        gt = np.asarray(Image.fromarray(read_mask(TINY / f"SegmentationClass/{i}.png")).resize((W, H), Image.NEAREST))
-        classes = [int(c) for c in np.unique(gt) if 0 < c < 255]
-        smooth.append((i, smooth_cams(gt, classes), classes))
-        if k < 8:
-            img = np.array(Image.open(TINY / f"JPEGImages/{i}.jpg").convert("RGB").resize((W, H), Image.BICUBIC))
-            model.append((i, model_cams(img, classes), classes))
-    measure("CAM-like maps from GT", smooth)
-    measure("random-init deit_tiny CAMs (noisy worst case)", model)
+    from pipeline.models.mask_generator import build_mask_generator
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} (shared); torch {torch.__version__}")
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, os.cpu_count() // 2))
+    model = build_mask_generator(MaskGeneratorCfg(backbone="deit_tiny_patch16_224", pretrained=False), 20,
+                                 load_weights=False).eval()
+    ids = sorted(p.stem for p in (TINY / "SegmentationClass").glob("*.png"))
+    records, gts = [], {}
+    for i in ids:
+        gt = read_mask(TINY / f"SegmentationClass/{i}.png")
+        labels = [int(c) for c in np.unique(gt) if 0 < c < 255]
+        if labels:
+            gts[i] = gt
+            records.append(Record(i, str(TINY / f"JPEGImages/{i}.jpg"), None, gt.shape[0], gt.shape[1], labels))
+    n = len(records)
+    mean_hw = np.mean([(r.height, r.width) for r in records], 0)
+    mean_c = np.mean([len(r.labels) for r in records])
+    print(f"{n} voc-tiny images, mean {mean_hw[1]:.0f}x{mean_hw[0]:.0f}, {mean_c:.2f} classes; scales {SCALES} "
+          "with flips")
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        t = time.perf_counter()
+        grid = CamStore(d / "grid.zarr", mode="a")
+        export_batched(model, records, grid, SCALES, True, "fine", "cpu", batch_size=8, writer_threads=2)
+        print(f"export (random DeiT-Tiny, CPU): {n / (time.perf_counter() - t):.2f} images/s")
+        half, image16, gtgrid = (CamStore(d / f"{k}.zarr", mode="a") for k in ("half", "image16", "gtgrid"))
+        ref, npy_bytes, reads = {}, 0, []
+        for r in records:
+            grids, attrs = grid.read_grids(r.id)
+            half.write_grids(r.id, [g.astype(np.float16) for g in grids], r.labels, (r.height, r.width),
+                             attrs["inputs"], True, Geometry(attrs["patch"], attrs["pad_input"]))
+            t = time.perf_counter()
+            maps, _ = grid.read(r.id)
+            reads.append(time.perf_counter() - t)
+            image16.write(r.id, maps.astype(np.float16), r.labels, (r.height, r.width))  # the old layout
+            ref[r.id] = infer_cams(model, read_image(r.image), r.labels, SCALES, True)
+            np.save(d / f"{r.id}.npy", {c - 1: m for c, m in zip(r.labels, ref[r.id])})
+            npy_bytes += (d / f"{r.id}.npy").stat().st_size
+            gg = gt_grids(gts[r.id], r.labels)
+            gtgrid.write_grids(r.id, gg, r.labels, (r.height, r.width),
+                               [(round(r.height * s), round(r.width * s)) for s in SCALES], True, Geometry(PATCH))
+
+        values = sum(grid_values((r.height, r.width), len(r.labels), SCALES) for r in records)
+        pixels = sum(len(r.labels) * r.height * r.width for r in records)
+        sizes = {"grid float32 (random model)": (stored(grid, ids), values),
+                 "grid float16 (AMP; random model)": (stored(half, ids), values),
+                 "grid float32 (CAM-like, from GT)": (stored(gtgrid, ids), values),
+                 "old: image-size float16": (stored(image16, ids), pixels),
+                 "official float32 .npy dict": (npy_bytes, pixels)}
+        print("\nbytes per image / per stored value:")
+        for k, (b, v) in sizes.items():
+            print(f"  {k:<34} {b / n / 1e3:8.1f} kB/image  {b / v:6.3f} B/value")
+        print("\nextrapolated store sizes (typical image, mean classes):")
+        for name, (count, hw, c, scales) in DATASETS.items():
+            gv = grid_values(hw, c, scales)
+            row = [f"{k.split(' (')[0] if 'grid' not in k else k}: "
+                   f"{count * (gv if 'grid' in k else c * hw[0] * hw[1]) * b / v / 1e9:.2f} GB"
+                   for k, (b, v) in sizes.items()]
+            print(f"  {name} ({count} images, {hw[1]}x{hw[0]}, {c} classes, scales {scales}):\n    "
+                  + "\n    ".join(row))
+
+        crf, same = [], {"grid store": [0, 0], "old float16 store": [0, 0]}
+        cfg = CrfCfg()
+        for r in records:
+            image = read_image(r.image)
+            want_seed = seed_index(ref[r.id], T)
+            t = time.perf_counter()
+            want_crf = crf_index(image, want_seed, len(r.labels) + 1, cfg)
+            crf.append(time.perf_counter() - t)
+            for k, store in (("grid store", grid), ("old float16 store", image16)):
+                cams, _ = store.read(r.id)
+                seed = seed_index(cams, T)
+                same[k][0] += np.array_equal(seed, want_seed)
+                same[k][1] += np.array_equal(crf_index(image, seed, len(r.labels) + 1, cfg), want_crf)
+        diff = max(float(np.abs(grid.read(r.id)[0] - ref[r.id]).max()) for r in records)
+    print(f"\nread (decode + rebuild) median {1e3 * np.median(reads):.1f} ms/image, CRF median "
+          f"{1e3 * np.median(crf):.0f} ms/image: read = {100 * np.median(reads) / np.median(crf):.1f}% of the CRF "
+          "(goal <= 10%)")
+    print(f"store maps vs infer_cams float32: max difference {diff:.2e}")
+    for k, (seeds, crfs) in same.items():
+        print(f"  {k}: seeds at t={T} identical for {seeds}/{n} images, CRF masks for {crfs}/{n}")
 
 
 if __name__ == "__main__":

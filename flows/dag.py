@@ -111,11 +111,17 @@ def in_own_process(config: dict, name: str, inputs: dict, out: Path, devices: li
         return pool.submit(_execute, config, name, {k: str(v) for k, v in inputs.items()}, str(out)).result()
 
 
+def _first_done(futures: list[PrefectFuture]) -> PrefectFuture:
+    return next(as_completed(futures))
+
+
 def schedule(cfg: Config, names: list[str], submit: Callable[[str, Optional[list[int]]], PrefectFuture],
-             finished: Callable[[str, str], None]) -> dict[str, str]:
+             finished: Callable[[str, str], None], first_done: Callable = _first_done) -> dict[str, str]:
     """Submit every stage of ``names`` whose inputs among them are done, GPU stages only while one of
-    run.gpus is free (a distributed stage under torchrun takes them all); ``finished(name, path)``
-    after each. The first failure is raised once the running stages are done; nothing new starts."""
+    run.gpus is free (a distributed stage under torchrun takes them all), with the devices it gets
+    when there are several (None: compute in this process); ``finished(name, path)`` after each.
+    The first failure is raised once the running stages are done; nothing new starts.
+    ``first_done(futures)``: the first finished future (Prefect's as_completed)."""
     gpus = list(cfg.run.gpus)
     free, isolated = list(gpus), len(gpus) > 1
     todo, running, held, done = list(names), {}, {}, {}  # running: future -> name; held: name -> devices
@@ -137,7 +143,7 @@ def schedule(cfg: Config, names: list[str], submit: Callable[[str, Optional[list
             held[name] = mine
         if not running:
             break  # a failure left stages that can no longer start
-        fut = next(as_completed(list(running)))
+        fut = first_done(list(running))
         name = running.pop(fut)
         free += held.pop(name)
         try:
