@@ -183,8 +183,9 @@ def run(cfg: Config, inputs, out: Path) -> dict:
 
 
 # ------------------------------------------------------------ process pool
-# Workers import this module and the route modules (numpy, pydensecrf, zarr: no torch), so they start fast;
-# the sam route's workers import torch on their first image (its seeding is the official float32 torch maths).
+# Workers import this module, the route modules (numpy, pydensecrf, zarr) and the CAM store, which brings
+# torch: it rebuilds the maps from the grids with the export's torch code (pipeline/cams/grids.py), and the
+# sam route's seeding is the official float32 torch maths.
 _W: dict = {}
 
 
