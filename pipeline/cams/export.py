@@ -1,7 +1,8 @@
 """The work of the export_cams stage: multi-scale + flip CAMs of the mask generator of
 stage cfg.export_cams.source over cfg.export_cams.split, into one zarr v3 group
-(pipeline/cams/store.py; its place: pipeline/artifacts.py CamArtifact), one float16
-(C_present, H, W) array per image.
+(pipeline/cams/store.py; its place: pipeline/artifacts.py CamArtifact), one array per
+image holding its patch-grid CAMs per scale and flip (layout "grid"; read back as the
+float32 (C_present, H, W) maps).
 
 items -> image ids; run_shard writes the CAMs of some ids (skipping complete arrays,
 rewriting interrupted ones; per_image lets the runner remove damaged arrays first) with
