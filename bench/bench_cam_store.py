@@ -97,7 +97,8 @@ def main():
         grid = CamStore(d / "grid.zarr", mode="a")
         export_batched(model, records, grid, SCALES, True, "fine", "cpu", batch_size=8, writer_threads=2)
         print(f"export (random DeiT-Tiny, CPU): {n / (time.perf_counter() - t):.2f} images/s")
-        half, image16, gtgrid = (CamStore(d / f"{k}.zarr", mode="a") for k in ("half", "image16", "gtgrid"))
+        half, image16, gtgrid, gthalf = (CamStore(d / f"{k}.zarr", mode="a")
+                                         for k in ("half", "image16", "gtgrid", "gthalf"))
         ref, npy_bytes, reads = {}, 0, []
         for r in records:
             grids, attrs = grid.read_grids(r.id)
@@ -111,14 +112,17 @@ def main():
             np.save(d / f"{r.id}.npy", {c - 1: m for c, m in zip(r.labels, ref[r.id])})
             npy_bytes += (d / f"{r.id}.npy").stat().st_size
             gg = gt_grids(gts[r.id], r.labels)
-            gtgrid.write_grids(r.id, gg, r.labels, (r.height, r.width),
-                               [(round(r.height * s), round(r.width * s)) for s in SCALES], True, Geometry(PATCH))
+            inputs = [(round(r.height * s), round(r.width * s)) for s in SCALES]
+            gtgrid.write_grids(r.id, gg, r.labels, (r.height, r.width), inputs, True, Geometry(PATCH))
+            gthalf.write_grids(r.id, [g.astype(np.float16) for g in gg], r.labels, (r.height, r.width), inputs, True,
+                               Geometry(PATCH))
 
         values = sum(grid_values((r.height, r.width), len(r.labels), SCALES) for r in records)
         pixels = sum(len(r.labels) * r.height * r.width for r in records)
         sizes = {"grid float32 (random model)": (stored(grid, ids), values),
                  "grid float16 (AMP; random model)": (stored(half, ids), values),
                  "grid float32 (CAM-like, from GT)": (stored(gtgrid, ids), values),
+                 "grid float16 (AMP; CAM-like)": (stored(gthalf, ids), values),
                  "old: image-size float16": (stored(image16, ids), pixels),
                  "official float32 .npy dict": (npy_bytes, pixels)}
         print("\nbytes per image / per stored value:")
