@@ -93,6 +93,12 @@ def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, for
 
 
 def _pin(devices: list[int]) -> None:
+    try:  # Linux: the child dies with the flow process rather than write on after its lock's lease
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
     if devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))  # before CUDA initialises
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
