@@ -250,7 +250,8 @@ def test_export_cams_source_picks_the_training_stage(smoke):
 
 
 def test_two_runs_at_once_compute_each_stage_once(smoke):
-    """Two `wsss run` processes (own PREFECT_HOME each) on one new store: each stage is
+    """Two `wsss run` processes on one new store, the Prefect flow and `--no-prefect` (one
+    Prefect start-up less on a 2-core machine; the lock is compute_stage's in both): each stage is
     computed by one of them (counted from the 'running in' log line compute_stage writes
     once per computation), both succeed, and the artifacts equal the smoke run's."""
     base = load_config(smoke["cfg"])
@@ -260,7 +261,7 @@ def test_two_runs_at_once_compute_each_stage_once(smoke):
     for i in range(2):
         logs.append(smoke["tmp"] / f"twice-{i}.log")
         procs.append(subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2),
-                                       "--until", "train_cam"], cwd=ROOT, env=_env(smoke["tmp"] / f"twice-{i}"),
+                                       "--until", "train_cam"] + (["--no-prefect"] if i else []), cwd=ROOT, env=_env(smoke["tmp"] / f"twice-{i}"),
                                       stdout=subprocess.DEVNULL, stderr=open(logs[-1], "w"),
                                       start_new_session=True))
     try:
@@ -331,17 +332,20 @@ def test_damaged_artifact_is_recomputed(smoke):
 
 
 def test_hung_holder_is_taken_over_and_resumed(smoke):
-    """A match with its own key: stop the flow that computes it after the first
+    """A match with its own key: stop the run that computes it after the first
     epoch's checkpoint (SIGSTOP: its lock stays, its heartbeat stops, as when a
     machine is lost); a second run waits, takes the lock over once the lease
-    expires, and continues training from that epoch."""
+    expires, and continues training from that epoch. Both are `wsss run --no-prefect`:
+    the lock is compute_stage's, the same in the flow (test_two_runs_at_once...), and
+    two Prefect start-ups would add a minute."""
     base = load_config(smoke["cfg"])
     cfg2 = _write_cfg(smoke["tmp"] / "match.yaml", base.run.work_dir,
                       "run: {work_dir: %s, lock_lease_s: 10}\nmatch: {lambda_b: 2.0, epochs: 3}\n"
                       % base.run.work_dir)
     keys = stage_keys(load_config(cfg2))
     match_dir = Store(base.run.work_dir).path(keys["match"])
-    holder = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2), "--until", "match"],
+    holder = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2), "--until", "match",
+                               "--no-prefect"],
                               cwd=ROOT, env=smoke["env"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.time() + 900
@@ -353,7 +357,7 @@ def test_hung_holder_is_taken_over_and_resumed(smoke):
         os.killpg(holder.pid, signal.SIGSTOP)
         done_epochs = _checkpoint_epoch(match_dir)
         assert done_epochs < 3 and not (match_dir / MANIFEST).exists()
-        res = wsss_run(cfg2, _env(smoke["tmp"] / "taker"), "--until", "match")
+        res = wsss_run(cfg2, _env(smoke["tmp"] / "taker"), "--until", "match", "--no-prefect")
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()

@@ -243,11 +243,14 @@ def test_sam_split_must_match_the_export(tmp_path):
 
 # --------------------------------------------------------------------- flow
 def test_sam_route_through_the_flow_resumes_after_a_kill(sam_smoke_run, tmp_path):
-    """The session's voc-sam-smoke run (conftest sam_smoke_run, through `wsss run`):
+    """The session's voc-sam-smoke run (conftest sam_smoke_run, one stage after another):
     pseudo_masks labels SAM's mask files (method sam) beside the CRF route, with the COCO
     export. On a copy of its store without the sam_masks artifact, `wsss stage sam_masks`
-    killed mid-split, then `wsss run` to pseudo_masks: the finished mask files are kept,
-    the rest written, and all equal the session run's."""
+    killed mid-split, then, without export_cams and pseudo_masks too, the Prefect flow to
+    pseudo_masks with run.gpus [0, 1]: the finished mask files are kept, the rest written;
+    sam_masks and export_cams (independent GPU stages, one device each, each in a process of
+    its own) ran at the same time, pseudo_masks after both (flows/dag.py schedule); every
+    output equals the sequential session run's."""
     import shutil
 
     from conftest import ROOT
@@ -255,13 +258,15 @@ def test_sam_route_through_the_flow_resumes_after_a_kill(sam_smoke_run, tmp_path
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask
     from pipeline.sam.files import read_masks_json
+    from pipeline.artifacts import CamArtifact
+    from pipeline.cams.store import CamStore
     from pipeline.store import Store
     from stages.runner import stage_keys
 
     run = sam_smoke_run
     shutil.copytree(run["cfg"].run.work_dir, tmp_path / "runs")
     cfg_file = tmp_path / "sam.yaml"
-    cfg_file.write_text(f"_base_: {run['cfg_path']}\nrun: {{work_dir: {tmp_path / 'runs'}}}\n")
+    cfg_file.write_text(f"_base_: {run['cfg_path']}\nrun: {{work_dir: {tmp_path / 'runs'}, gpus: [0, 1]}}\n")
     cfg = load_config(cfg_file)
     keys = stage_keys(cfg)
     store = Store(cfg.run.work_dir)
@@ -285,10 +290,26 @@ def test_sam_route_through_the_flow_resumes_after_a_kill(sam_smoke_run, tmp_path
     ids = LabelTable.from_artifact(prepared, "train").ids()
     assert 2 <= len(done) < len(ids) == 4 and store.state(keys["sam_masks"]) == "partial"
 
+    assert keys == run["keys"]  # run.gpus is part of no key
+    for name in ("export_cams", "pseudo_masks"):
+        shutil.rmtree(store.path(keys[name]))
     res = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg_file), "--until",
                           "pseudo_masks"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert all(store.state(keys[n]) == "cached" for n in ("sam_masks", "export_cams", "pseudo_masks"))
+    spans = {n: (t["started"], t["finished"]) for n in ("sam_masks", "export_cams", "pseudo_masks")
+             for t in [store.manifest(keys[n])["timings"]]}
+    (s0, e0), (s1, e1), (s2, _) = spans["sam_masks"], spans["export_cams"], spans["pseudo_masks"]
+    assert s0 < e1 and s1 < e0, spans  # the two branches computed at the same time
+    assert s2 >= max(e0, e1), spans  # pseudo_masks waited for both of its inputs
+    a, b = CamStore(CamArtifact(store.path(keys["export_cams"])).store("train")), \
+        CamStore(CamArtifact(run["dirs"]["export_cams"]).store("train"))
+    assert a.ids() == b.ids() and all(np.array_equal(a.read(i)[0], b.read(i)[0]) for i in a.ids())
+    for sub in ("masks", "masks_crf"):
+        mine, theirs = store.path(keys["pseudo_masks"]) / sub, run["dirs"]["pseudo_masks"] / sub
+        pngs = sorted(p.name for p in theirs.glob("*.png"))
+        assert pngs and pngs == sorted(p.name for p in mine.glob("*.png"))
+        assert all((mine / n).read_bytes() == (theirs / n).read_bytes() for n in pngs), sub
     assert {n: (d / n).stat().st_mtime_ns for n in done} == done   # finished images were not redone
     assert sorted(p.stem for p in d.glob("*.json")) == sorted(ids) and not list(d.glob(".*"))
     session = run["dirs"]["sam_masks"] / "masks_train"
