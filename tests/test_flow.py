@@ -261,7 +261,8 @@ def test_two_runs_at_once_compute_each_stage_once(smoke):
     for i in range(2):
         logs.append(smoke["tmp"] / f"twice-{i}.log")
         procs.append(subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg2),
-                                       "--until", "train_cam"] + (["--no-prefect"] if i else []), cwd=ROOT, env=_env(smoke["tmp"] / f"twice-{i}"),
+                                       "--until", "train_cam"] + (["--no-prefect"] if i else []),
+                                      cwd=ROOT, env=_env(smoke["tmp"] / f"twice-{i}"),
                                       stdout=subprocess.DEVNULL, stderr=open(logs[-1], "w"),
                                       start_new_session=True))
     try:
