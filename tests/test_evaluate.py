@@ -35,7 +35,7 @@ def test_seed_scores_equal_a_hand_computed_confusion(tmp_path):
     # t=0.85 -> pred [[3, 0, 0], [0, 0, 0]]: bg 1/4, class 3 1/2, class 7 0
     assert res[0.85]["miou"] == pytest.approx((0.25 + 0.5 + 0) / 3 * 100)
     # background wins a tie (the official argmax over [t, cams] puts t first)
-    t = float(np.float16(0.9))  # exactly the stored CAM value of pixel (0, 0)
+    t = float(np.float32(0.9))  # exactly the stored (float32) CAM value of pixel (0, 0)
     tie = evaluate_seeds(store, ["x"], lambda i: tmp_path / f"{i}.png", [t, t - 1e-4], 21)
     assert tie[t]["per_class_iou"]["3"] == 0 and tie[t - 1e-4]["per_class_iou"]["3"] == 50
 

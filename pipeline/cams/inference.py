@@ -191,9 +191,16 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
     with CamWriter(store, writer_threads, max_pending=max(2 * batch_size, 2 * writer_threads)) as writer:
         for recs, scaled in steps:
             grids, sizes = grids_batch(model, scaled, [r.labels for r in recs], flip, cam, device, amp, caa)
-            grids = [g.cpu() for g in grids]  # a few kB per image: the copy is not worth overlapping
-            for b, rec in enumerate(recs):
-                writer.submit_grids(rec.id, image_grids(grids, b, len(rec.labels), flip), rec.labels,
-                                    image_size(rec), sizes, flip, geom)
-            written += len(recs)
+            written += _submit_batch(writer, recs, [g.cpu() for g in grids], sizes, flip, geom)
     return written
+
+
+def _submit_batch(writer: CamWriter, recs: Sequence[Record], grids: Sequence[torch.Tensor],
+                  sizes: Sequence[tuple[int, int]], flip: bool, geom: Geometry) -> int:
+    """Each image's grids out of the batch's (a few kB per image, copied to the host at once:
+    not worth overlapping) to the writer. Its own function: a failing batch's frame holds that
+    batch's records only (pipeline.utils.stage_error names them)."""
+    for b, rec in enumerate(recs):
+        writer.submit_grids(rec.id, image_grids(grids, b, len(rec.labels), flip), rec.labels, image_size(rec),
+                            sizes, flip, geom)
+    return len(recs)
