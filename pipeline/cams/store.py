@@ -194,14 +194,23 @@ def unflatten(flat: np.ndarray, shapes: Sequence[Sequence[int]]) -> list[np.ndar
 
 def reconstruct(grids: Sequence[np.ndarray], attrs: dict) -> np.ndarray:
     """(C, H, W) float32 maps of one image from its stored grids and attrs (on the CPU, in
-    float32: the same operations as the export's assemble)."""
+    float32: the same operations as the export's assemble), on one intra-op thread: torch's
+    CPU bilinear upsampling rounds some elements differently with another thread count (its
+    vectorised and scalar loops split the rows by thread), and a CAM must read the same in a
+    pool worker, a Dask worker and the flow's process. The setting is this thread's only
+    (OpenMP) and is restored."""
     import torch
 
     from pipeline.cams.grids import assemble
-    with torch.no_grad():
-        maps = assemble([torch.from_numpy(np.ascontiguousarray(g)) for g in grids],
-                        [tuple(s) for s in attrs["inputs"]], tuple(attrs["size"]), bool(attrs["flip"]),
-                        Geometry(attrs.get("patch"), bool(attrs.get("pad_input", False))))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            maps = assemble([torch.from_numpy(np.ascontiguousarray(g)) for g in grids],
+                            [tuple(s) for s in attrs["inputs"]], tuple(attrs["size"]), bool(attrs["flip"]),
+                            Geometry(attrs.get("patch"), bool(attrs.get("pad_input", False))))
+    finally:
+        torch.set_num_threads(threads)
     return maps[0].numpy()
 
 
