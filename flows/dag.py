@@ -151,7 +151,7 @@ def schedule(cfg: Config, names: list[str], submit: Callable[[str, Optional[list
             break  # a failure left stages that can no longer start
         fut = first_done(list(running))
         name = running.pop(fut)
-        free += held.pop(name)
+        free = sorted(free + held.pop(name))  # a multi-GPU stage sees its devices in order
         try:
             done[name] = fut.result()
         except BaseException as e:  # noqa: BLE001 - re-raised below, after the others

@@ -18,7 +18,7 @@ def _fake_run(cfg, names, seconds=0.3, fail=()):
 
     def work(name, devs):
         start = time.monotonic()
-        time.sleep(seconds)
+        time.sleep(seconds / 10 if name in fail else seconds)  # fails well before its sibling finishes
         with lock:
             spans[name], devices[name] = (start, time.monotonic()), devs
         if name in fail:
@@ -42,7 +42,11 @@ def _overlap(a, b) -> bool:
 def _sam_cfg(**run):
     from conftest import ROOT
     from pipeline.config import load_config
-    return load_config(ROOT / "configs/voc-sam-smoke.yaml", overrides={"run": run}, check_paths=False)
+    from stages import get
+    cfg = load_config(ROOT / "configs/voc-sam-smoke.yaml", overrides={"run": run, "export_cams": {"source": "train_cam"}},
+                      check_paths=False)
+    assert get("export_cams").inputs_of(cfg) == ("prepare_data", "train_cam")
+    return cfg
 
 
 NAMES = ["prepare_data", "sam_masks", "train_cam", "export_cams", "pseudo_masks"]

@@ -27,6 +27,7 @@ import hashlib
 import io
 import os
 import pickle
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -83,6 +84,12 @@ class _ArraysOnly(pickle.Unpickler):
                 "ndarray": np.ndarray, "dtype": np.dtype}[name]
 
 
+# numpy parses .npy headers with ast.literal_eval, and CPython 3.11's compiler is not safe to run in
+# several threads at once ("SystemError: AST constructor recursion depth mismatch", seen when the import's
+# read-ahead threads load .npz files together): one header parse at a time
+_HEADER_PARSE = threading.Lock()
+
+
 def load_npy_dict(path: Path) -> dict:
     """The dict that ``np.save(path, a_dict)`` wrote; CamFormatError for anything else."""
     path = Path(path)
@@ -93,7 +100,8 @@ def load_npy_dict(path: Path) -> dict:
                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             if read_header is None:
                 raise CamFormatError(f"{path}: .npy format version {version} not supported")
-            shape, _, dtype = read_header(f)
+            with _HEADER_PARSE:
+                shape, _, dtype = read_header(f)
             if dtype != np.dtype(object):
                 raise CamFormatError(f"{path}: holds a plain {dtype} array of shape {shape}, not a pickled dict "
                                      "(np.save(path, cam_dict))")
@@ -122,7 +130,8 @@ def _load_npz(path: Path, names: Sequence[str]) -> list[np.ndarray]:
             missing = [n for n in names if n not in z.files]
             if missing:
                 raise CamFormatError(f"{path}: no array {missing} (arrays: {z.files})")
-            return [z[n] for n in names]
+            with _HEADER_PARSE:  # each member's header is parsed when it is read
+                return [z[n] for n in names]
     except FileNotFoundError:
         raise CamFormatError(f"{path}: file missing") from None
     except CamFormatError:
