@@ -49,8 +49,10 @@ def grid_values(size, classes, scales, flip=True) -> int:
                                                   for s in scales))
 
 
-def stored(store: CamStore, ids) -> int:
-    return sum(store.nbytes_stored(i) for i in ids)
+def stored(store: CamStore, ids) -> tuple[int, int]:
+    """(bytes of the arrays' metadata (zarr.json: shape, codecs, attributes), bytes of their chunks)."""
+    meta = sum((store.path / i / "zarr.json").stat().st_size for i in ids)
+    return meta, sum(store.nbytes_stored(i) for i in ids) - meta
 
 
 def gt_grids(gt: np.ndarray, classes) -> list[np.ndarray]:
@@ -117,6 +119,7 @@ def main():
             gthalf.write_grids(r.id, [g.astype(np.float16) for g in gg], r.labels, (r.height, r.width), inputs, True,
                                Geometry(PATCH))
 
+        ids = [r.id for r in records]
         values = sum(grid_values((r.height, r.width), len(r.labels), SCALES) for r in records)
         pixels = sum(len(r.labels) * r.height * r.width for r in records)
         sizes = {"grid float32 (random model)": (stored(grid, ids), values),
@@ -124,16 +127,16 @@ def main():
                  "grid float32 (CAM-like, from GT)": (stored(gtgrid, ids), values),
                  "grid float16 (AMP; CAM-like)": (stored(gthalf, ids), values),
                  "old: image-size float16": (stored(image16, ids), pixels),
-                 "official float32 .npy dict": (npy_bytes, pixels)}
-        print("\nbytes per image / per stored value:")
-        for k, (b, v) in sizes.items():
-            print(f"  {k:<34} {b / n / 1e3:8.1f} kB/image  {b / v:6.3f} B/value")
-        print("\nextrapolated store sizes (typical image, mean classes):")
+                 "official float32 .npy dict": ((0, npy_bytes), pixels)}
+        print("\nbytes per image (metadata + chunks) / chunk bytes per stored value:")
+        for k, ((meta, b), v) in sizes.items():
+            print(f"  {k:<34} {(meta + b) / n / 1e3:8.1f} kB/image ({meta / n:5.0f} B metadata)  "
+                  f"{b / v:6.3f} B/value")
+        print("\nextrapolated store sizes (typical image, mean classes; metadata per image + chunk bytes per value):")
         for name, (count, hw, c, scales) in DATASETS.items():
             gv = grid_values(hw, c, scales)
-            row = [f"{k.split(' (')[0] if 'grid' not in k else k}: "
-                   f"{count * (gv if 'grid' in k else c * hw[0] * hw[1]) * b / v / 1e9:.2f} GB"
-                   for k, (b, v) in sizes.items()]
+            row = [f"{k}: {count * (meta / n + (gv if 'grid' in k else c * hw[0] * hw[1]) * b / v) / 1e9:.2f} GB"
+                   for k, ((meta, b), v) in sizes.items()]
             print(f"  {name} ({count} images, {hw[1]}x{hw[0]}, {c} classes, scales {scales}):\n    "
                   + "\n    ".join(row))
 
