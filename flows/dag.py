@@ -141,9 +141,10 @@ def schedule(cfg: Config, names: list[str], submit: Callable[[str, Optional[list
 
     while todo or running:
         for name in list(todo) if failure is None else []:
-            if any(i in todo or i in running.values() for i in get(name).inputs_of(cfg)) or wanted(name) > len(free):
+            k = wanted(name)
+            if k > len(free) or any(i in todo or i in running.values() for i in get(name).inputs_of(cfg)):
                 continue
-            mine, free = free[:wanted(name)], free[wanted(name):]
+            mine, free = free[:k], free[k:]
             todo.remove(name)
             running[submit(name, mine if isolated else None)] = name
             held[name] = mine
