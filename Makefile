@@ -1,10 +1,10 @@
-# Two commands on a fresh machine:  make demo   and   make test
+# Two commands on a fresh machine:  make demo   and   make test   (make docs: the documentation site)
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install server-start server-stop serve clean
+.PHONY: demo test docs install server-start server-stop serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q tests
 
+## The documentation site from docs/ into site/; strict: a broken link or a page missing from the nav fails.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict -d site
+
 server-start: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/prefect-server.sh start
 
@@ -33,4 +37,4 @@ serve: $(STAMP)
 	PREFECT_API_URL=http://127.0.0.1:4200/api PREFECT_HOME=$(CURDIR)/runs/prefect $(BIN)/wsss serve
 
 clean:
-	rm -rf runs
+	rm -rf runs site

@@ -402,10 +402,10 @@ def test_offline_run_fails_fast_without_hf_hub_offline(tmp_path):
 
 
 # ----------------------------------------------------------------- serve, init-dataset, status
-def test_serve_serves_every_top_level_config_as_the_readme_says():
+def test_serve_serves_every_top_level_config_as_the_docs_say():
     from flows.serve import deployments
-    readme = (ROOT / "README.md").read_text()
-    assert "wsss serve                                # serves wsss/<name> for every configs/*.yaml" in readme
+    page = (ROOT / "docs/guide/prefect.md").read_text()
+    assert "wsss serve                                # serves wsss/<name> for every configs/*.yaml" in page
     served = deployments()
     names = sorted(d.name for d in served if d.flow_name == "wsss")
     assert names == sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))

@@ -2,6 +2,8 @@
 the store rebuilds the image-size float32 maps on read (pipeline/cams/grids.py)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,30 +14,19 @@ from pipeline.cams.grids import Geometry
 from pipeline.cams.store import CamStore, CamStoreError
 
 
-def readme_cams(array_dir):
-    """The README's "read a CAM without wsss" snippet (crop geometry, the official one), verbatim."""
-    import numpy as np
-    import zarr
+DOCS_PAGE = ROOT / "docs/reference/architecture.md"
+DOCS_PATH = '"runs/export_cams-<key>/cams_train.zarr/2007_000032"'
 
-    def bilinear(a, H, W):  # (..., h, w) -> (..., H, W), as torch's align_corners=False
-        def axis(n, N):
-            x = np.maximum(np.float32(n / N) * (np.arange(N, dtype=np.float32) + 0.5) - 0.5, 0)
-            i = np.floor(x).astype(int)
-            return i, np.minimum(i + 1, n - 1), x - i
-        (y0, y1, fy), (x0, x1, fx) = axis(a.shape[-2], H), axis(a.shape[-1], W)
-        a = a[..., y0, :] * (1 - fy)[:, None] + a[..., y1, :] * fy[:, None]
-        return a[..., x0] * (1 - fx) + a[..., x1] * fx
 
-    arr = zarr.open_array(array_dir, mode="r")
-    flat, at, (H, W) = arr[...].astype(np.float32), 0, arr.attrs["size"]
-    total = 0
-    for shape in arr.attrs["shapes"]:  # per scale: (views, classes, h, w); view 1 is the mirror
-        grid = flat[at:at + np.prod(shape)].reshape(shape)
-        at += np.prod(shape)
-        up = bilinear(grid, H, W)
-        total = total + up[0] + (up[1][..., ::-1] if arr.attrs["flip"] else 0)
-    lo, hi = total.min((1, 2), keepdims=True), total.max((1, 2), keepdims=True)
-    return (total - lo) / (hi - lo + 1e-8), arr.attrs["classes"]  # (C, H, W) in [0, 1]
+def docs_cams(array_dir):
+    """The docs' "read a CAM without wsss" snippet (the CAM store, docs/reference/architecture.md,
+    crop geometry, the official one), run as the page writes it, on ``array_dir``."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS_PAGE.read_text(), re.DOTALL)
+    code = next(b for b in blocks if "import numpy as np, zarr" in b)
+    assert DOCS_PATH in code, f"{DOCS_PAGE}: the reader snippet no longer opens {DOCS_PATH}"
+    scope: dict = {}
+    exec(code.replace(DOCS_PATH, repr(str(array_dir))), scope)
+    return scope["cams"], scope["classes"]  # (C, H, W) in [0, 1]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
@@ -98,11 +89,11 @@ def test_bad_grids_name_the_image_and_write_nothing(tmp_path):
 # an ulp or two of the raw CAM magnitude, amplified by the min-max as below. Measured: 10 of 12
 # images bit for bit, worst 2.1e-5.
 REBUILD_TOL = 1e-4
-# The README's reader interpolates separably (rows, then columns) where torch weighs the four
+# The docs' reader interpolates separably (rows, then columns) where torch weighs the four
 # neighbours at once: float32 sums in another order, a few ulp of the raw CAM magnitude (~1e-6
 # relative), times max|CAM| / (max - min) of the min-max (~10 for these random-init maps). Measured
 # worst 3.1e-5; a missing flip or a wrong scale moves values by > 0.1.
-README_TOL = 2e-4
+DOCS_TOL = 2e-4
 
 
 @pytest.mark.parametrize("remainder", ["crop", "pad"])
@@ -135,8 +126,8 @@ def test_store_rebuilds_the_float32_maps_of_the_batched_forward(tmp_path, remain
             assert classes == r.labels and store.group[r.id].attrs["layout"] == "grid"
             np.testing.assert_allclose(got, want[b, :len(r.labels)], atol=REBUILD_TOL, err_msg=r.id)
             if remainder == "crop":
-                mine, _ = readme_cams(store.path / r.id)
-                np.testing.assert_allclose(mine, got, atol=README_TOL)
+                mine, _ = docs_cams(store.path / r.id)
+                np.testing.assert_allclose(mine, got, atol=DOCS_TOL)
 
 
 def test_grid_store_is_much_smaller_than_image_size_maps(tmp_path):
