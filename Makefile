@@ -23,9 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q tests
 
-## The documentation site from docs/ into site/; strict: a broken link or a page missing from the nav fails.
+## The documentation site from docs/ into site/; strict: a broken link or a page missing from the nav fails
+## (NO_MKDOCS_2_WARNING quiets Material's end-of-life banner).
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict -d site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
 
 server-start: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/prefect-server.sh start
