@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from pipeline.config.base import ConfigError, _looks_like_path
 from pipeline.config.root import Config
+from pipeline.config.rules import RuleError
 from pipeline.config.run_data import DataCfg
 
 
@@ -59,14 +60,23 @@ def _load_raw(path: Path, origin: dict, seen: tuple = ()) -> dict:
     return _merge(merged, data, origin, str(path))
 
 
-def _origin_of(origin: dict, loc: tuple) -> str:
+def _set_key(origin: dict, loc: tuple) -> str:
+    """The most specific key a file set that holds ``loc`` ('' if none did: a default)."""
     parts = [str(p) for p in loc]
-    while parts:
-        f = origin.get(".".join(parts))
-        if f:
-            return f
+    while parts and ".".join(parts) not in origin:
         parts.pop()
-    return "?"
+    return ".".join(parts)
+
+
+def _origin_of(origin: dict, loc: tuple) -> str:
+    return origin.get(_set_key(origin, loc), "?")
+
+
+def _rule_origin(origin: dict, rule: RuleError, default: Path) -> str:
+    """The file that set the most specific of a rule's fields (the first on a tie)."""
+    keys = [_set_key(origin, tuple(f.split("."))) for f in rule.fields]
+    key = max(keys, key=lambda k: len(k.split(".")) if k else 0)
+    return origin[key] if key else str(default)
 
 
 def load_config(path: str | Path, overrides: Optional[dict] = None, check_paths: bool = True) -> Config:
@@ -83,6 +93,10 @@ def load_config(path: str | Path, overrides: Optional[dict] = None, check_paths:
         msgs = []
         for err in e.errors():
             loc = tuple(err["loc"])
+            rule = err.get("ctx", {}).get("error")
+            if isinstance(rule, RuleError):  # a rule across sections
+                msgs.append(f"{_rule_origin(origin, rule, path)}: {rule}")
+                continue
             key = ".".join(str(p) for p in loc) or "<root>"
             msgs.append(f"{_origin_of(origin, loc) if loc else path}: {key}: {err['msg']}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None
