@@ -16,7 +16,8 @@ The package, by concern:
 
 - ``base``: ``Section`` (the base of every section: unknown keys are refused),
   ``ConfigError``, the shared value ranges (``Positive``, ``NonNegative``, ``Fraction``).
-- ``loader``: ``load_config``: YAML reading, the ``_base_`` merge, the file each
+- ``loader``: ``load_config``: YAML reading (``UniqueKeyLoader``: a key twice in one
+  mapping is an error, naming file, key and line), the ``_base_`` merge, the file each
   key came from, errors naming file and key, the check of the paths a config names,
   ``missing_root_hint``.
 - sections: ``run_data`` (run, data), ``models`` (mask_generator, clip),
@@ -35,8 +36,8 @@ Import from ``pipeline.config``; the modules are its layout, not its interface.
 from pipeline.config.base import ConfigError, Fraction, NonNegative, Positive, Section, _is_hub_tag, _looks_like_path
 from pipeline.config.cams import CaaCfg, ExportCamsCfg, ImportCamsCfg
 from pipeline.config.evaluation import OFFICIAL_SWEEP, ChecksCfg, EvaluateCfg
-from pipeline.config.loader import (_check_paths, _load_raw, _merge, _origin_of, _read_yaml, load_config,
-                                    missing_root_hint)
+from pipeline.config.loader import (UniqueKeyLoader, _check_paths, _load_raw, _merge, _origin_of, _read_yaml,
+                                    load_config, missing_root_hint)
 from pipeline.config.models import ClipCfg, MaskGeneratorCfg
 from pipeline.config.pseudo_masks import (AffinityCfg, CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg,
                                           SamCfg)
@@ -51,6 +52,7 @@ __all__ = [
     "EvaluateCfg", "ExportCamsCfg", "Fraction", "ImportCamsCfg", "ImportMasksCfg", "LearnPromptsCfg",
     "MaskGeneratorCfg", "MatchCfg", "NonNegative", "OFFICIAL_SWEEP", "Positive", "PseudoMaskMethod",
     "PseudoMasksCfg", "RefineCfg", "RULES", "RuleError", "RunCfg", "SamCfg", "Section", "SplitCfg", "THROUGHPUT",
-    "TrainCamCfg", "TrainCfg", "TrainSegmentationCfg", "load_config", "missing_root_hint", "seed_eval_split",
+    "TrainCamCfg", "TrainCfg", "TrainSegmentationCfg", "UniqueKeyLoader", "load_config", "missing_root_hint",
+    "seed_eval_split",
     "_check_paths", "_is_hub_tag", "_load_raw", "_looks_like_path", "_merge", "_origin_of", "_read_yaml",
 ]

@@ -14,11 +14,36 @@ from pipeline.config.rules import RuleError
 from pipeline.config.run_data import DataCfg
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"key '{key}' twice in one mapping")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader refusing a key given twice in one mapping (it would keep the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in first:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1, first[key])
+                first[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: line {e.line}: key '{e.key}' is given twice in one mapping (first on line "
+                          f"{e.first_line}); YAML would silently keep the last") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
