@@ -22,7 +22,7 @@ The package, by concern:
 - sections: ``run_data`` (run, data), ``models`` (mask_generator, clip),
   ``training`` (``TrainCfg`` and the phases train_cam, match, learn_prompts,
   refine), ``cams`` (export_cams with its caa, import_cams), ``pseudo_masks``
-  (sam, pseudo_masks with its crf and affinity, import_masks), ``segmentation``
+  (sam, pseudo_masks with its routes' parameters, import_masks), ``segmentation``
   (train_segmentation, ensemble), ``evaluation`` (checks, evaluate).
 - ``root``: ``Config`` (every section, the checks across sections) and
   ``THROUGHPUT`` (the fields no artifact key covers).
@@ -35,15 +35,14 @@ from pipeline.config.evaluation import OFFICIAL_SWEEP, ChecksCfg, EvaluateCfg
 from pipeline.config.loader import (_check_paths, _load_raw, _merge, _origin_of, _read_yaml, load_config,
                                     missing_root_hint)
 from pipeline.config.models import ClipCfg, MaskGeneratorCfg
-from pipeline.config.pseudo_masks import (AffinityCfg, CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg,
-                                          SamCfg)
+from pipeline.config.pseudo_masks import CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg, SamCfg
 from pipeline.config.root import THROUGHPUT, Config, seed_eval_split
 from pipeline.config.run_data import DataCfg, RunCfg, SplitCfg
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
 from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg
 
 __all__ = [
-    "AffinityCfg", "CaaCfg", "ChecksCfg", "ClipCfg", "Config", "ConfigError", "CrfCfg", "DataCfg", "EnsembleCfg",
+    "CaaCfg", "ChecksCfg", "ClipCfg", "Config", "ConfigError", "CrfCfg", "DataCfg", "EnsembleCfg",
     "EvaluateCfg", "ExportCamsCfg", "Fraction", "ImportCamsCfg", "ImportMasksCfg", "LearnPromptsCfg",
     "MaskGeneratorCfg", "MatchCfg", "NonNegative", "OFFICIAL_SWEEP", "Positive", "PseudoMaskMethod",
     "PseudoMasksCfg", "RefineCfg", "RunCfg", "SamCfg", "Section", "SplitCfg", "THROUGHPUT", "TrainCamCfg",
