@@ -47,3 +47,12 @@ def joined_fields(models: Iterable[type], what: str) -> tuple[type, ...]:
                                   f"{owner[field].__qualname__} and {model.__module__}.{model.__qualname__}")
             owner[field] = model
     return models
+
+
+def check_not_shadowed(section: type, models: Iterable[type]) -> None:
+    """A section that inherits the records' parameter models declares none of their fields again
+    (its own would silently win); an ImportError naming them otherwise."""
+    shadowed = {f for model in models for f in model.model_fields} & set(section.__annotations__)
+    if shadowed:
+        raise ImportError(f"{section.__name__}: record parameters {sorted(shadowed)} are fields of the section "
+                          "itself already")

@@ -22,7 +22,8 @@ from PIL import Image
 
 from pipeline.artifacts import CamArtifact
 from pipeline.cams.store import CamStore
-from pipeline.cams.formats import FORMATS, CamFormatError, ClassIndex, load_npy_dict, read_cam_file, write_cam_file
+from pipeline.cams.formats import FORMATS, CamFormatError, ClassIndex, read_cam_file, write_cam_file
+from pipeline.cams.formats._numpy import load_npy_dict
 from pipeline.cams.importer import CamImportError, ImportOptions, import_folder
 from pipeline.data.classes import COCO_CATEGORY_IDS, palette
 from pipeline.data.datasets import read_mask

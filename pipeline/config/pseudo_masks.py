@@ -10,6 +10,7 @@ from pipeline.config.base import Fraction, NonNegative, Section
 from pipeline.pseudo_masks.routes import NAMES as ROUTE_NAMES
 from pipeline.pseudo_masks.routes import PARAMS as ROUTE_PARAMS
 from pipeline.pseudo_masks.threshold import CrfCfg  # noqa: F401 (a section of train_segmentation too)
+from pipeline.registry import check_not_shadowed
 
 
 class ImportMasksCfg(Section):
@@ -88,6 +89,4 @@ class PseudoMasksCfg(*ROUTE_PARAMS, Section):
         return [self.method, *self.extra_methods]
 
 
-_shadowed = {f for p in ROUTE_PARAMS for f in p.model_fields} & set(PseudoMasksCfg.__annotations__)
-if _shadowed:
-    raise ImportError(f"route parameters {sorted(_shadowed)} are pseudo_masks fields of every route already")
+check_not_shadowed(PseudoMasksCfg, ROUTE_PARAMS)
