@@ -1,4 +1,4 @@
-"""Bring your own CAMs / masks: the CAM file formats of other code bases (pipeline/cams/formats.py),
+"""Bring your own CAMs / masks: the CAM file formats of other code bases (pipeline/cams/formats/),
 their checks (pipeline/cams/importer.py, pipeline/pseudo_masks/imported.py), the import_cams /
 import_masks stages and `wsss export-cams` / `wsss export-masks`.
 

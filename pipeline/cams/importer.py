@@ -1,4 +1,4 @@
-"""Import a folder of per-image CAM files (pipeline/cams/formats.py) into a CAM store, checking
+"""Import a folder of per-image CAM files (pipeline/cams/formats/) into a CAM store, checking
 each file against the image it belongs to, and export a store back into those formats. Also the
 work of the import_cams stage (run, fingerprint): the folder of cfg.import_cams, checked against
 the label table of export_cams.split, as the same CAM store export_cams writes

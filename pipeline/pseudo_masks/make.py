@@ -203,6 +203,9 @@ def _work(job: Job) -> str:
                          f"is {image.shape[1]}x{image.shape[0]}")
     try:
         mask = _W["route_mask"](image, cams.astype(np.float32), classes, _W["cfg"], job, _W["setup"])
+        if not (isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.shape == image.shape[:2]):
+            raise ValueError(f"route '{_W['cfg'].method}' returned {getattr(mask, 'dtype', type(mask).__name__)} "
+                             f"{getattr(mask, 'shape', '')}, not a {image.shape[0]}x{image.shape[1]} uint8 label map")
     except Exception as e:
         raise RuntimeError(f"image '{job.image_id}': {e}") from e
     write_mask(_W["dir"] / f"{job.image_id}.png", mask, _W["pal"])
