@@ -258,8 +258,9 @@ def test_exported_cams_imported_give_the_same_cams_and_pseudo_masks_of_every_rou
     out = native.tmp / f"export-{fmt}"
     res = CliRunner().invoke(app, ["export-cams", "--config", str(native.path), "--format", fmt, "--out", str(out)])
     assert res.exit_code == 0, res.output
-    cfg, _ = _cfg(native.tmp, f"import-{fmt}", f"import_cams: {{dir: {out}, gallery_size: 1}}\n"
-                  "clip: {factory: null, pretrained: openai}\n", example=EXAMPLES[fmt])
+    cfg, _ = _cfg(native.tmp, f"import-{fmt}", f"import_cams: {{dir: {out}, format: {fmt}, gallery_size: 1}}\n"
+                  "export_cams: {source: import}\nclip: {factory: null, pretrained: openai}\n",
+                  example=EXAMPLES.get(fmt))  # a format without an example config: the two lines above
     assert (cfg.export_cams.source, cfg.import_cams.format) == ("import", fmt)
     names = select(cfg=cfg)
     assert names == ["prepare_data", "sam_masks", "import_cams", "pseudo_masks", "train_segmentation", "evaluate"]
