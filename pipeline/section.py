@@ -16,4 +16,5 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # allow_inf_nan=False: every float field (lists and tuples of floats too) refuses inf and NaN
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import Field, model_validator
 
 from pipeline.config.base import NonNegative, Positive, Section
+
+if TYPE_CHECKING:
+    from pipeline.config.root import Config
 
 
 class TrainCfg(Section):
@@ -98,3 +101,8 @@ class RefineCfg(TrainCfg):
     # --resume of the WeakTr checkpoint: S restarts from the warm start
     init_from: Literal["train_cam", "match"] = "train_cam"
     trainable: Literal["head", "all"] = "head"
+
+
+def seed_eval_split(cfg: Config, stage: str) -> str:
+    """The GT split a training stage's seeds are scored on."""
+    return getattr(cfg, stage).seed_eval_split or cfg.data.eval_split or cfg.data.train_split
