@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import routes
+from pipeline.pseudo_masks import routes
 from pipeline.config import RULES, ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
