@@ -37,7 +37,7 @@ def main() -> None:
 def _bench(args, tmp: Path) -> None:
     from pipeline.artifacts import CamArtifact
     from pipeline.cams.store import CamStore
-    from pipeline.cams.formats import FORMATS, SUFFIX, ClassIndex, folder_fingerprint, write_cam_file
+    from pipeline.cams.formats import FORMATS, ClassIndex, folder_fingerprint, write_cam_file
     from pipeline.cams.importer import ImportOptions, import_folder
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask, write_mask
@@ -61,7 +61,7 @@ def _bench(args, tmp: Path) -> None:
         for r in recs:
             cams = rng.random((len(r.labels), r.height, r.width)).astype(np.float16)
             write_cam_file(src, r.id, fmt, cams, r.labels, ClassIndex())
-        mb = sum(p.stat().st_size for p in src.glob(f"*{SUFFIX[fmt]}")) / len(recs) / 1e6
+        mb = sum(p.stat().st_size for p in src.glob(f"*{FORMATS[fmt].suffix}")) / len(recs) / 1e6
         best = float("inf")
         for i in range(args.repeat):
             store = CamStore(CamArtifact(tmp / f"out-{fmt}-{i}").store("train"), mode="a")

@@ -314,9 +314,9 @@ def _cached_artifact(cfg, name: str) -> Path:
 
 @app.command("export-cams")
 def export_cams_cmd(config: Path = ConfigOpt,
-                    format: str = typer.Option(..., "--format",
-                                               help="weaktr_npy | clip_es_npy | stacked_npz | fma_npz"),
-                    out: Path = typer.Option(..., help="folder to write <image id>.npy / .npz into"),
+                    format: str = typer.Option(..., "--format", help="a CAM format of pipeline/cams/formats/ "
+                                               "(import_cams.format; the error lists them)"),
+                    out: Path = typer.Option(..., help="folder to write the per-image CAM files into"),
                     class_base: int = typer.Option(0, help="index of the first foreground class (official: 0)"),
                     class_index: str = typer.Option("label", help="label | coco_category (COCO: 90-row indices, "
                                                     "category id - 1, as WeakTr/SemPLeS COCO models)")):

@@ -1,5 +1,5 @@
 """import_cams: CAMs made by another code base (a folder of per-image files in the format
-cfg.import_cams.format, pipeline/cams/formats.py) as this pipeline's CAM artifact
+cfg.import_cams.format, pipeline/cams/formats/) as this pipeline's CAM artifact
 (pipeline/artifacts.py ImportedCamArtifact), read by pseudo_masks and evaluate when
 export_cams.source is 'import'. The key covers the folder's fingerprint. The work:
 pipeline/cams/importer.py."""

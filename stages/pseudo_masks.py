@@ -1,5 +1,5 @@
 """pseudo_masks: CAM seeds of the exported split -> label PNGs, one folder per route
-(pipeline/routes.py): cfg.pseudo_masks.method is the route
+(pipeline/pseudo_masks/routes/): cfg.pseudo_masks.method is the route
 train_segmentation trains on, each of extra_methods a further one that evaluate scores
 beside it; with coco_json also the trained route as COCO JSON. Layout:
 pipeline/artifacts.py MaskArtifact; the work: pipeline/pseudo_masks/make.py."""

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import routes
+from pipeline.pseudo_masks import routes
 from pipeline.config import RULES, ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -84,7 +84,7 @@ def test_imported_cams_take_no_attention_routes(tmp_path, monkeypatch):
     msg, child = refused(tmp_path, {**imported, "pseudo_masks": {"extra_methods": ["affinity"]}})
     assert (f"{child}: pseudo_masks.extra_methods: pseudo_masks routes ['affinity'] walk the mask generator's "
             "attention") in msg
-    assert "use a route without attention: argmax, crf, sam" in msg
+    assert "use a route without attention: sam, argmax, crf" in msg  # the registry's order
     # the route's record decides, not its name: crf declared as walking the attention is refused too
     monkeypatch.setitem(routes.ROUTES, "crf", replace(routes.ROUTES["crf"], attention=True))
     msg, _ = refused(tmp_path, imported)

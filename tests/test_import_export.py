@@ -1,4 +1,4 @@
-"""Bring your own CAMs / masks: the CAM file formats of other code bases (pipeline/cams/formats.py),
+"""Bring your own CAMs / masks: the CAM file formats of other code bases (pipeline/cams/formats/),
 their checks (pipeline/cams/importer.py, pipeline/pseudo_masks/imported.py), the import_cams /
 import_masks stages and `wsss export-cams` / `wsss export-masks`.
 
@@ -22,7 +22,8 @@ from PIL import Image
 
 from pipeline.artifacts import CamArtifact
 from pipeline.cams.store import CamStore
-from pipeline.cams.formats import FORMATS, CamFormatError, ClassIndex, load_npy_dict, read_cam_file, write_cam_file
+from pipeline.cams.formats import FORMATS, CamFormatError, ClassIndex, read_cam_file, write_cam_file
+from pipeline.cams.formats._numpy import load_npy_dict
 from pipeline.cams.importer import CamImportError, ImportOptions, import_folder
 from pipeline.data.classes import COCO_CATEGORY_IDS, palette
 from pipeline.data.datasets import read_mask
@@ -257,8 +258,9 @@ def test_exported_cams_imported_give_the_same_cams_and_pseudo_masks_of_every_rou
     out = native.tmp / f"export-{fmt}"
     res = CliRunner().invoke(app, ["export-cams", "--config", str(native.path), "--format", fmt, "--out", str(out)])
     assert res.exit_code == 0, res.output
-    cfg, _ = _cfg(native.tmp, f"import-{fmt}", f"import_cams: {{dir: {out}, gallery_size: 1}}\n"
-                  "clip: {factory: null, pretrained: openai}\n", example=EXAMPLES[fmt])
+    cfg, _ = _cfg(native.tmp, f"import-{fmt}", f"import_cams: {{dir: {out}, format: {fmt}, gallery_size: 1}}\n"
+                  "export_cams: {source: import}\nclip: {factory: null, pretrained: openai}\n",
+                  example=EXAMPLES.get(fmt))  # a format without an example config: the two lines above
     assert (cfg.export_cams.source, cfg.import_cams.format) == ("import", fmt)
     names = select(cfg=cfg)
     assert names == ["prepare_data", "sam_masks", "import_cams", "pseudo_masks", "train_segmentation", "evaluate"]

@@ -9,12 +9,18 @@ import pytest
 from PIL import Image
 
 from cam_fixtures import gt_store
-from pipeline.config import AffinityCfg, PseudoMasksCfg
+from pipeline.config import PseudoMasksCfg
 from pipeline.data.classes import IGNORE
 from pipeline.data.datasets import read_image, read_mask
 from pipeline.evaluation.metrics import Confusion
-from pipeline.pseudo_masks.affinity import affinity_propagate
-from pipeline.pseudo_masks.threshold import pseudo_mask, seed_labels
+from pipeline.pseudo_masks.routes import ROUTES
+from pipeline.pseudo_masks.routes.affinity import AffinityCfg, affinity_propagate
+from pipeline.pseudo_masks.threshold import seed_labels
+
+
+def pseudo_mask(image, cams, classes, cfg):
+    """The route cfg.method alone (no job, no further inputs)."""
+    return ROUTES[cfg.method].mask(image, cams, classes, cfg, None, None)
 
 TINY = Path(__file__).resolve().parents[1] / "data/voc-tiny"
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.pseudo_masks.seeding import seed_masks
+from pipeline.pseudo_masks.routes.sam import seed_masks
 from pipeline.sam.generator import rsw_filter
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.pseudo_masks.seeding import seed_masks
+from pipeline.pseudo_masks.routes.sam import seed_masks
 
 
 def official_seed(cam: np.ndarray, fg0: np.ndarray, masks: np.ndarray, levels, p: float) -> np.ndarray:

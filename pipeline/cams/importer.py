@@ -1,4 +1,4 @@
-"""Import a folder of per-image CAM files (pipeline/cams/formats.py) into a CAM store, checking
+"""Import a folder of per-image CAM files (pipeline/cams/formats/) into a CAM store, checking
 each file against the image it belongs to, and export a store back into those formats. Also the
 work of the import_cams stage (run, fingerprint): the folder of cfg.import_cams, checked against
 the label table of export_cams.split, as the same CAM store export_cams writes
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from pipeline.artifacts import ImportedCamArtifact
-from pipeline.cams.formats import (CLIP_ES_KEY, SUFFIX, CamFormatError, ClassIndex, folder_fingerprint, read_cam_file,
+from pipeline.cams.formats import (CamFormatError, ClassIndex, folder_fingerprint, get_format, read_cam_file,
                                    write_cam_file)
 from pipeline.cams.store import CamStore, CamWriter, fixed_sample
 
@@ -46,20 +46,21 @@ class ImportOptions:
     missing_classes: str = "error"  # error | zero
     resize: bool = False
     normalize: bool = False
-    clip_es_key: str = CLIP_ES_KEY
+    options: dict = field(default_factory=dict)  # the format's own options (CamFormat.options)
 
     @classmethod
     def from_cfg(cls, ic) -> "ImportOptions":
         """From the import_cams config section."""
         from pipeline.data.classes import COCO_CATEGORY_IDS
         ids = tuple(COCO_CATEGORY_IDS) if ic.class_index == "coco_category" else None
+        own = get_format(ic.format).options
         return cls(fmt=ic.format, index=ClassIndex(ic.class_base, ids), extra_classes=ic.extra_classes,
                    missing_classes=ic.missing_classes, resize=ic.resize, normalize=ic.normalize,
-                   clip_es_key=ic.clip_es_key)
+                   options={k: getattr(ic, k) for k in (own.model_fields if own else ())})
 
 
 def cam_file(folder: Path, image_id: str, fmt: str) -> Path:
-    return Path(folder) / f"{image_id}{SUFFIX[fmt]}"
+    return Path(folder) / f"{image_id}{get_format(fmt).suffix}"
 
 
 def _resize(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -116,9 +117,10 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
     folder = Path(folder)
     if not folder.is_dir():
         raise CamImportError(f"{folder}: CAM folder not found (import_cams.dir)")
+    suffix = get_format(opts.fmt).suffix
     missing = [r.id for r in records if not cam_file(folder, r.id, opts.fmt).is_file()]
     if missing:
-        raise CamImportError(f"{folder}: no {SUFFIX[opts.fmt]} CAM file for {len(missing)} of {len(records)} images "
+        raise CamImportError(f"{folder}: no {suffix} CAM file for {len(missing)} of {len(records)} images "
                              f"of the split, e.g. {', '.join(cam_file(folder, i, opts.fmt).name for i in missing[:5])}")
     todo = [r for r in records if not store.is_complete(r.id)]
     counts: dict = {}
@@ -128,7 +130,7 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
     def load(r):
         path = cam_file(folder, r.id, opts.fmt)
         try:
-            cams, classes = read_cam_file(path, opts.fmt, opts.index, num_classes, opts.clip_es_key)
+            cams, classes = read_cam_file(path, opts.fmt, opts.index, num_classes, **opts.options)
             return conform(path, cams, classes, r.labels, (r.height, r.width), opts, counts), None
         except CamFormatError as e:
             return None, str(e)
@@ -147,7 +149,7 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise CamImportError(f"{len(problems)} of {len(records)} CAM files in {folder} do not fit the dataset "
                              f"(format {opts.fmt}):\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
-    stems = {p.stem for p in folder.glob(f"*{SUFFIX[opts.fmt]}")}
+    stems = {p.stem for p in folder.glob(f"*{suffix}")}
     counts["files_not_in_split"] = len(stems - {r.id for r in records})
     counts["imported"] = len(todo)
     return counts
@@ -171,7 +173,7 @@ def source_label(folder, fmt: str) -> str:
 
 def fingerprint(cfg) -> str:
     ic = cfg.import_cams
-    return folder_fingerprint(ic.dir, [SUFFIX[ic.format]], ic.hash)
+    return folder_fingerprint(ic.dir, [get_format(ic.format).suffix], ic.hash)
 
 
 def run(cfg, inputs, out: Path) -> dict:

@@ -23,7 +23,7 @@ The package, by concern:
 - sections: ``run_data`` (run, data), ``models`` (mask_generator, clip),
   ``training`` (``TrainCfg`` and the phases train_cam, match, learn_prompts,
   refine), ``cams`` (export_cams with its caa, import_cams), ``pseudo_masks``
-  (sam, pseudo_masks with its crf and affinity, import_masks), ``segmentation``
+  (sam, pseudo_masks with its routes' parameters, import_masks), ``segmentation``
   (train_segmentation, ensemble), ``evaluation`` (checks, evaluate).
 - ``rules``: the rules across sections, each a named function raising ``RuleError``
   with the fields it concerns (the loader names the file that set the first);
@@ -39,8 +39,7 @@ from pipeline.config.evaluation import OFFICIAL_SWEEP, ChecksCfg, EvaluateCfg
 from pipeline.config.loader import (UniqueKeyLoader, _check_paths, _load_raw, _merge, _origin_of, _read_yaml,
                                     load_config, missing_root_hint)
 from pipeline.config.models import ClipCfg, MaskGeneratorCfg
-from pipeline.config.pseudo_masks import (AffinityCfg, CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg,
-                                          SamCfg)
+from pipeline.config.pseudo_masks import CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg, SamCfg
 from pipeline.config.root import THROUGHPUT, Config
 from pipeline.config.rules import RULES, RuleError
 from pipeline.config.run_data import DataCfg, RunCfg, SplitCfg
@@ -48,7 +47,7 @@ from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
 from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, seed_eval_split
 
 __all__ = [
-    "AffinityCfg", "CaaCfg", "ChecksCfg", "ClipCfg", "Config", "ConfigError", "CrfCfg", "DataCfg", "EnsembleCfg",
+    "CaaCfg", "ChecksCfg", "ClipCfg", "Config", "ConfigError", "CrfCfg", "DataCfg", "EnsembleCfg",
     "EvaluateCfg", "ExportCamsCfg", "Fraction", "ImportCamsCfg", "ImportMasksCfg", "LearnPromptsCfg",
     "MaskGeneratorCfg", "MatchCfg", "NonNegative", "OFFICIAL_SWEEP", "Positive", "PseudoMaskMethod",
     "PseudoMasksCfg", "RefineCfg", "RULES", "RuleError", "RunCfg", "SamCfg", "Section", "SplitCfg", "THROUGHPUT",

@@ -1,23 +1,11 @@
-"""What every config section shares: the base model, the error type, common value ranges."""
+"""What every config section shares: the base model and value ranges (pipeline/section.py), the error type."""
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import BaseModel, ConfigDict, Field
-
-# Value ranges shared by many fields (a bad value is refused naming its field, before any stage runs)
-Positive = Annotated[float, Field(gt=0)]
-NonNegative = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
+from pipeline.section import Fraction, NonNegative, Positive, Section  # noqa: F401 (re-exported)
 
 
 class ConfigError(ValueError):
     """A config problem, naming the file and the dotted key."""
-
-
-class Section(BaseModel):
-    # allow_inf_nan=False: every float field (lists and tuples of floats too) refuses inf and NaN
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 def _is_hub_tag(value: str) -> bool:

@@ -6,7 +6,11 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from pipeline.cams.formats import FORMATS
+from pipeline.cams.formats import NAMES as FORMAT_NAMES
+from pipeline.cams.formats import OPTIONS as FORMAT_OPTIONS
 from pipeline.config.base import Positive, Section
+from pipeline.registry import check_not_shadowed
 
 
 class CaaCfg(Section):
@@ -49,21 +53,18 @@ class ExportCamsCfg(Section):
     prefetch_batches: int = Field(2, ge=1, description="batches each DataLoader worker prepares ahead")
 
 
-class ImportCamsCfg(Section):
+class ImportCamsCfg(*FORMAT_OPTIONS, Section):
     """CAMs made by another code base (stage import_cams, selected by export_cams.source: import);
-    README "Bring your own CAMs / masks". One file per image of export_cams.split."""
-    dir: Optional[Path] = Field(None, description="folder of <image id>.npy / .npz CAM files")
-    format: Literal["weaktr_npy", "clip_es_npy", "stacked_npz", "fma_npz"] = Field(
-        "weaktr_npy", description="weaktr_npy: np.save of {class index: (H, W)} (WeakTr/SemPLeS/MCTformer); "
-        "clip_es_npy: {keys, attn_highres} (CLIP-ES); stacked_npz: cams (C, H, W) + classes (label ids); "
-        "fma_npz: cam + fg_cls (FMA-WSSS)")
+    README "Bring your own CAMs / masks". One file per image of export_cams.split. Also the fields
+    of every format's own options (FORMAT_OPTIONS, pipeline/cams/formats/: clip_es_key)."""
+    dir: Optional[Path] = Field(None, description="folder of <image id> CAM files (the format's suffix)")
+    format: Literal[FORMAT_NAMES] = Field(
+        "weaktr_npy", description="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()))
     class_base: int = Field(0, ge=0, description="dict / fma formats: the index of the first foreground class "
                             "(official scripts: 0)")
     class_index: Literal["label", "coco_category"] = Field(
         "label", description="label: index - class_base + 1 is the label id; coco_category: it is a COCO "
         "category id 1..90 (WeakTr/SemPLeS COCO models have 90 rows)")
-    clip_es_key: str = Field("attn_highres", description="clip_es_npy: the dict entry holding the CAMs "
-                             "(CLIP-ES eval_cam.py --cam_type)")
     extra_classes: Literal["error", "drop"] = Field("error", description="a class not among the image's labels")
     missing_classes: Literal["error", "zero"] = Field("error", description="an image label without a CAM: "
                                                       "error, or an all-zero map")
@@ -75,3 +76,6 @@ class ImportCamsCfg(Section):
                                           "names + sizes + mtimes (stat) or their sha256 (full: reads every byte "
                                           "whenever keys are computed)")
     gallery_size: int = Field(8, ge=0, description="CAM overlays of a fixed sample of images")
+
+
+check_not_shadowed(ImportCamsCfg, FORMAT_OPTIONS)

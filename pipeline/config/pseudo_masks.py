@@ -1,4 +1,4 @@
-"""Pseudo-mask sections: sam, pseudo_masks (with its crf and affinity) and import_masks."""
+"""Pseudo-mask sections: sam, pseudo_masks (with the parameters of its routes) and import_masks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,11 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import Field, model_validator
 
-from pipeline.config.base import Fraction, NonNegative, Positive, Section
-from pipeline.routes import NAMES as ROUTE_NAMES
+from pipeline.config.base import Fraction, NonNegative, Section
+from pipeline.pseudo_masks.routes import NAMES as ROUTE_NAMES
+from pipeline.pseudo_masks.routes import PARAMS as ROUTE_PARAMS
+from pipeline.pseudo_masks.threshold import CrfCfg  # noqa: F401 (a section of train_segmentation too)
+from pipeline.registry import check_not_shadowed
 
 
 class ImportMasksCfg(Section):
@@ -54,39 +57,19 @@ class SamCfg(Section):
                                   "behind (JSON + rename) while SAM works on the current one")
 
 
-class CrfCfg(Section):
-    """pydensecrf parameters; defaults = WeakTr's VOC CAM-CRF (tool/imutils.py)."""
-    iterations: int = Field(10, ge=1)
-    gauss_sxy: Positive = 4
-    gauss_compat: NonNegative = 3
-    bilateral_sxy: Positive = 83
-    bilateral_srgb: Positive = 5
-    bilateral_compat: NonNegative = 3
-    gt_prob: float = Field(0.7, gt=0, lt=1, description="pydensecrf unary_from_labels: confidence in the seed labels")
+PseudoMaskMethod = Literal[ROUTE_NAMES]  # the registered routes (pipeline/pseudo_masks/routes/)
 
 
-class AffinityCfg(Section):
-    """Random walk over the mask generator's patch attention (pipeline/pseudo_masks/affinity.py)."""
-    beta: float = Field(8.0, gt=0, description="affinity = symmetrised attention ** beta")
-    iterations: int = Field(6, ge=1, description="random-walk steps on the patch grid")
-
-
-PseudoMaskMethod = Literal[ROUTE_NAMES]  # the registered routes (pipeline/routes.py)
-
-
-class PseudoMasksCfg(Section):
+class PseudoMasksCfg(*ROUTE_PARAMS, Section):
+    """The fields below, and those of every route's parameter models (ROUTE_PARAMS: crf, affinity, sam_p)."""
     method: PseudoMaskMethod = Field("crf", description="the route the final model trains on (<out>/masks/)")
     extra_methods: list[PseudoMaskMethod] = Field(default_factory=list, description="further routes written to "
                                                   "<out>/masks_<method>/ and scored by evaluate beside it")
-    sam_p: float = Field(0.7, gt=0, description="sam route: background score (1 - max fg score) ** sam_p; "
-                         "FMA-WSSS VOC: 0.6 on coarse, 0.7 on fine CAMs (export_cams.cam: fine)")
     bg_threshold: float = Field(0.43, ge=0, le=1, description="VOC: WeakTr docs/Training.md, CRF "
                                 "post-processing `evaluation.py ... --t 43` (COCO 0.42)")
     low_threshold: Optional[float] = Field(None, ge=0, le=1, description="uncertain band lower bg threshold")
     high_threshold: Optional[float] = Field(None, ge=0, le=1, description="uncertain band upper bg threshold")
     ignore_uncertain: bool = True
-    crf: CrfCfg = Field(default_factory=CrfCfg)
-    affinity: AffinityCfg = Field(default_factory=AffinityCfg)
     gallery_size: int = Field(8, ge=0, description="seed | pseudo mask pictures of a fixed sample")
     coco_json: bool = Field(False, description="also write the masks as COCO JSON (one RLE per class per image)")
 
@@ -104,3 +87,6 @@ class PseudoMasksCfg(Section):
     @property
     def routes(self) -> list[str]:
         return [self.method, *self.extra_methods]
+
+
+check_not_shadowed(PseudoMasksCfg, ROUTE_PARAMS)

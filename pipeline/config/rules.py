@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from pipeline.config.training import seed_eval_split
-from pipeline.routes import ROUTES
+from pipeline.pseudo_masks.routes import ROUTES
 
 if TYPE_CHECKING:
     from pipeline.config.root import Config
@@ -109,7 +109,7 @@ def imported_cams_name_their_folder(cfg: Config) -> None:
 
 def imported_cams_take_no_attention_routes(cfg: Config) -> None:
     """Imported CAMs come without the mask generator's attention, which some routes walk
-    (their record in pipeline/routes.py says ``attention``)."""
+    (their record in pipeline/pseudo_masks/routes/ says ``attention``)."""
     if cfg.export_cams.source == "import":
         pm = cfg.pseudo_masks
         walkers = [r for r in pm.routes if ROUTES[r].attention]

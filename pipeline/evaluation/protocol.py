@@ -4,8 +4,8 @@ Read from the manifests of the artifacts that made the numbers (their resolved c
 sections), so the card describes those artifacts, not the config file of the moment:
 split and image count, CAM source, scales and flip, the seed threshold rules (fixed / the
 official early-stopping sweep / the sweep's GT maximum), the parameters of every pseudo-mask
-route (CRF, SAM), how 255 counts, what ground truth chose, subset or full split, and the final
-model's test-time augmentation and checkpoint selection.
+route (in its record's words), how 255 counts, what ground truth chose, subset or full split,
+and the final model's test-time augmentation and checkpoint selection.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
+
+from pipeline.pseudo_masks.routes import ROUTES
 
 IGNORE_RULE = ("ground-truth 255 pixels are left out of every score; a predicted 255 (an uncertain pseudo-mask "
                "pixel) is claimed by no class: it is a miss for the ground-truth class (lowers its recall and IoU) "
@@ -47,24 +49,23 @@ def manifest_config(artifact: Optional[str | Path]) -> dict:
     return json.loads(p.read_text()).get("config", {}) if p.exists() else {}
 
 
-def route_words(method: str, pm: dict, sam: dict) -> str:
-    bands = (f"; uncertain band {pm.get('low_threshold')}..{pm.get('high_threshold')} -> 255"
-             if pm.get("low_threshold") is not None else "")
-    t = f"background threshold {pm.get('bg_threshold')}{bands}"
-    crf = pm.get("crf") or {}
-    crf_words = "dense CRF " + ", ".join(f"{k} {v}" for k, v in crf.items())
-    aff = pm.get("affinity") or {}
-    words = {"argmax": f"argmax of [t, CAMs], {t}",
-             "crf": f"{t}; {crf_words}",
-             "affinity": f"{t}; attention random walk beta {aff.get('beta')}, {aff.get('iterations')} steps",
-             "affinity_crf": f"{t}; random walk beta {aff.get('beta')}, {aff.get('iterations')} steps; {crf_words}",
-             "sam": (f"SAM {sam.get('model_type')}{' (tiny random)' if sam.get('tiny') else ''}: "
-                     f"{sam.get('points_per_side')} points/side, pred IoU {sam.get('pred_iou_thresh')}, stability "
-                     f"{sam.get('stability_score_thresh')}, box NMS {sam.get('box_nms_thresh')}, "
-                     f"{sam.get('crop_n_layers')} crop layers, min region {sam.get('min_mask_region_area')}, "
-                     f"rock-sand-water {sam.get('rsw_thresh')}; seeding background (1 - max) ** {pm.get('sam_p')}, "
-                     "no 255, no CRF")}
-    return words.get(method, method)
+def route_words(method: str, pm: dict, inputs: dict) -> str:
+    """A route's parameters in words, as its record describes them (``inputs``: the config
+    sections of the artifacts of the route's further input stages)."""
+    if method not in ROUTES:  # a report of a route since removed
+        return method
+    return ROUTES[method].describe(pm, inputs)
+
+
+def route_inputs(pm_dir: Optional[str | Path], routes: list[str]) -> dict:
+    """{stage: its artifact's config sections} of the further inputs of ``routes``, found through
+    the pseudo_masks artifact's manifest (the keys it was made from)."""
+    manifest = Path(pm_dir) / "manifest.json" if pm_dir else None
+    if not (manifest and manifest.exists()):
+        return {}
+    keys = json.loads(manifest.read_text()).get("inputs", {})
+    stages = {s for m in routes if m in ROUTES for s in ROUTES[m].inputs}
+    return {s: manifest_config(Path(pm_dir).parent / keys[s]) for s in sorted(stages) if keys.get(s)}
 
 
 def build_protocol(*, eval_split: str, num_images: int, num_images_with_gt: int, inputs: dict,
@@ -74,14 +75,8 @@ def build_protocol(*, eval_split: str, num_images: int, num_images_with_gt: int,
     their epoch by seed mIoU against GT (or an imported warm start)."""
     data = manifest_config(inputs.get("prepare_data")).get("data", {})
     cams = manifest_config(inputs.get("export_cams")).get("export_cams", {})
-    pm_cfg = manifest_config(inputs.get("pseudo_masks"))
-    pm = pm_cfg.get("pseudo_masks", {})
-    pm_manifest = Path(inputs["pseudo_masks"]) / "manifest.json" if inputs.get("pseudo_masks") else None
-    sam = {}
-    if pm_manifest and pm_manifest.exists():
-        sam_key = json.loads(pm_manifest.read_text()).get("inputs", {}).get("sam_masks")
-        if sam_key:
-            sam = manifest_config(Path(inputs["pseudo_masks"]).parent / sam_key).get("sam", {})
+    pm = manifest_config(inputs.get("pseudo_masks")).get("pseudo_masks", {})
+    further = route_inputs(inputs.get("pseudo_masks"), routes)
     seg = manifest_config(inputs.get("train_segmentation")).get("train_segmentation", {})
     cap = data.get("max_images")
     subset = f"first {cap} images of each split (data.max_images)" if cap else "full split"
@@ -110,7 +105,7 @@ def build_protocol(*, eval_split: str, num_images: int, num_images_with_gt: int,
         sweep=(f"thresholds {ts[0]}..{ts[-1]}" + (f" step {step}" if step else "") + ": the official reading "
                "(ascending, stop at the first that does not improve) and the global maximum; both use ground truth")
         if ts else "no sweep",
-        pseudo_mask_routes={m: route_words(m, pm, sam) for m in routes},
+        pseudo_mask_routes={m: route_words(m, pm, further) for m in routes},
         ground_truth_chose=gt_chose, final_model=final + (f" ({final_label})" if final_label else ""))
 
 

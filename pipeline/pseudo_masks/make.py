@@ -1,4 +1,4 @@
-"""The work of the pseudo_masks stage: every route of the run (pipeline/routes.py)
+"""The work of the pseudo_masks stage: every route of the run (pipeline/pseudo_masks/routes/)
 over the images of the exported CAM split, one label PNG per image and route (the dataset's
 palette, pipeline/artifacts.py MaskArtifact), spread over a process pool.
 
@@ -9,7 +9,6 @@ spreads the images over cfg.run.processes workers (0 = all cores). The routes wi
 to the workers with the image."""
 from __future__ import annotations
 
-import importlib
 import multiprocessing as mp
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pipeline.artifacts import MaskArtifact, ModelArtifact, cam_artifact, cam_st
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config, PseudoMasksCfg
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
-from pipeline import routes
+from pipeline.pseudo_masks import routes
 from pipeline.store import PerImage
 from pipeline.utils import log_pending, num_processes, progress
 
@@ -193,7 +192,7 @@ def _init(setup: WorkerSetup) -> None:
     cfg = PseudoMasksCfg.model_validate_json(setup.cfg_json)
     _W.update(setup=setup, cfg=cfg, store=CamStore(setup.cams), dir=Path(setup.mask_dir),
               pal=None if setup.palette is None else np.asarray(setup.palette, np.uint8),
-              route_mask=importlib.import_module(routes.get(cfg.method).module).route_mask)
+              route_mask=routes.get(cfg.method).mask)
 
 
 def _work(job: Job) -> str:
@@ -204,6 +203,9 @@ def _work(job: Job) -> str:
                          f"is {image.shape[1]}x{image.shape[0]}")
     try:
         mask = _W["route_mask"](image, cams.astype(np.float32), classes, _W["cfg"], job, _W["setup"])
+        if not (isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.shape == image.shape[:2]):
+            raise ValueError(f"route '{_W['cfg'].method}' returned {getattr(mask, 'dtype', type(mask).__name__)} "
+                             f"{getattr(mask, 'shape', '')}, not a {image.shape[0]}x{image.shape[1]} uint8 label map")
     except Exception as e:
         raise RuntimeError(f"image '{job.image_id}': {e}") from e
     write_mask(_W["dir"] / f"{job.image_id}.png", mask, _W["pal"])
@@ -212,12 +214,12 @@ def _work(job: Job) -> str:
 
 def _context():
     """forkserver: workers fork from a clean single-threaded server (safe beside
-    torch / Prefect threads, unlike fork) that has this module and the route modules
+    torch / Prefect threads, unlike fork) that has this module and the routes
     preloaded, so they start in milliseconds; spawn where forkserver does not exist."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, *dict.fromkeys(r.module for r in routes.ROUTES.values())])
+    ctx.set_forkserver_preload([__name__, routes.__name__])
     return ctx
 
 

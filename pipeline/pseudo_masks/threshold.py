@@ -1,7 +1,7 @@
-"""The threshold routes (argmax, crf): CAM seeds -> pseudo masks by a
-background threshold, optionally refined by a dense CRF; the seed labelling
-every route and the evaluation share. Pure numpy + pydensecrf (no torch), so
-process-pool workers start fast.
+"""CAM seeds -> labels by a background threshold, optionally refined by a dense CRF: the
+seed labelling every route and the evaluation share, the labelling of the threshold and
+affinity routes (pipeline/pseudo_masks/routes/) and the CRF the final model may use too.
+Pure numpy + pydensecrf (no torch), so process-pool workers start fast.
 
 Conventions: ``cams`` is (C_present, H, W) in [0, 1] for the class ids in
 ``classes``; a label map is (H, W) uint8 of class ids (0 = background,
@@ -9,12 +9,27 @@ Conventions: ``cams`` is (C_present, H, W) in [0, 1] for the class ids in
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+from pydantic import Field
 
-from pipeline.config import CrfCfg, PseudoMasksCfg
 from pipeline.data.classes import IGNORE
+from pipeline.section import NonNegative, Positive, Section
+
+if TYPE_CHECKING:
+    from pipeline.config import PseudoMasksCfg
+
+
+class CrfCfg(Section):
+    """pydensecrf parameters; defaults = WeakTr's VOC CAM-CRF (tool/imutils.py)."""
+    iterations: int = Field(10, ge=1)
+    gauss_sxy: Positive = 4
+    gauss_compat: NonNegative = 3
+    bilateral_sxy: Positive = 83
+    bilateral_srgb: Positive = 5
+    bilateral_compat: NonNegative = 3
+    gt_prob: float = Field(0.7, gt=0, lt=1, description="pydensecrf unary_from_labels: confidence in the seed labels")
 
 
 def keys_of(classes: Sequence[int]) -> np.ndarray:
@@ -79,10 +94,12 @@ def threshold_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], 
     return keys[label(cfg.bg_threshold)]
 
 
-def pseudo_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], cfg: PseudoMasksCfg) -> np.ndarray:
-    """Route argmax (threshold only) or crf (threshold + dense CRF, WeakTr)."""
-    return threshold_mask(image, cams, classes, cfg, crf=cfg.method == "crf")
+def threshold_words(pm: dict) -> str:
+    """The thresholds of a pseudo_masks section in words (protocol card)."""
+    bands = (f"; uncertain band {pm.get('low_threshold')}..{pm.get('high_threshold')} -> 255"
+             if pm.get("low_threshold") is not None else "")
+    return f"background threshold {pm.get('bg_threshold')}{bands}"
 
 
-def route_mask(image, cams, classes, cfg: PseudoMasksCfg, job, setup) -> np.ndarray:
-    return pseudo_mask(image, cams, classes, cfg)
+def crf_words(pm: dict) -> str:
+    return "dense CRF " + ", ".join(f"{k} {v}" for k, v in (pm.get("crf") or {}).items())

@@ -4,10 +4,25 @@ routes do (pipeline/pseudo_masks/threshold.py), affinity_crf with the dense CRF.
 Pure numpy (no torch): the attention comes with the job from the parent process."""
 from __future__ import annotations
 
-import numpy as np
+from functools import partial
 
-from pipeline.config import AffinityCfg, PseudoMasksCfg
-from pipeline.pseudo_masks.threshold import threshold_mask
+import numpy as np
+from pydantic import Field
+
+from pipeline.pseudo_masks.routes import Route
+from pipeline.pseudo_masks.routes.threshold import CrfParams
+from pipeline.pseudo_masks.threshold import crf_words, threshold_mask, threshold_words
+from pipeline.section import Section
+
+
+class AffinityCfg(Section):
+    """Random walk over the mask generator's patch attention."""
+    beta: float = Field(8.0, gt=0, description="affinity = symmetrised attention ** beta")
+    iterations: int = Field(6, ge=1, description="random-walk steps on the patch grid")
+
+
+class AffinityParams(Section):
+    affinity: AffinityCfg = Field(default_factory=AffinityCfg)
 
 
 def affinity_propagate(cams: np.ndarray, attn: np.ndarray, grid: tuple[int, int], patch: int,
@@ -58,9 +73,24 @@ def _bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
     return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
 
 
-def route_mask(image, cams, classes, cfg: PseudoMasksCfg, job, setup) -> np.ndarray:
+def walked_mask(image, cams, classes, cfg, job, setup, crf: bool) -> np.ndarray:
     if job.attention is None:
         raise ValueError(f"pseudo_masks.method '{cfg.method}' needs the patch attention")
     attn, grid, patch = job.attention
     cams = affinity_propagate(cams, attn, grid, patch, cfg.affinity)
-    return threshold_mask(image, cams, classes, cfg, crf=cfg.method == "affinity_crf")
+    return threshold_mask(image, cams, classes, cfg, crf=crf)
+
+
+def walk_words(pm: dict) -> str:
+    aff = pm.get("affinity") or {}
+    return f"random walk beta {aff.get('beta')}, {aff.get('iterations')} steps"
+
+
+ROUTES = (
+    Route("affinity", partial(walked_mask, crf=False),
+          lambda pm, inputs: f"{threshold_words(pm)}; attention {walk_words(pm)}",
+          params=(AffinityParams,), attention=True),
+    Route("affinity_crf", partial(walked_mask, crf=True),
+          lambda pm, inputs: f"{threshold_words(pm)}; {walk_words(pm)}; {crf_words(pm)}",
+          params=(AffinityParams, CrfParams), attention=True),
+)

@@ -35,9 +35,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from pipeline.artifacts import SamArtifact
+from pipeline.pseudo_masks.routes import Route
 from pipeline.sam.files import read_masks_json
+from pipeline.section import Section
 
 EPS = 1e-7  # src/utils/norm.py min_max_norm
 GATHER_BYTES = 1 << 28  # the (C, S, H, W) float32 product is formed this many bytes at a time
@@ -112,6 +115,24 @@ def sam_pseudo_mask(path: Path, cams: np.ndarray, classes, p: float) -> np.ndarr
     return seed_masks(cams, classes, masks, levels, p)
 
 
-def route_mask(image, cams, classes, cfg, job, setup) -> np.ndarray:
+class SamParams(Section):
+    sam_p: float = Field(0.7, gt=0, description="sam route: background score (1 - max fg score) ** sam_p; "
+                         "FMA-WSSS VOC: 0.6 on coarse, 0.7 on fine CAMs (export_cams.cam: fine)")
+
+
+def sam_mask(image, cams, classes, cfg, job, setup) -> np.ndarray:
     path = SamArtifact(setup.inputs["sam_masks"]).image(setup.split, job.image_id)  # sam.split = the CAMs' split
     return sam_pseudo_mask(path, cams, classes, cfg.sam_p)
+
+
+def sam_words(pm: dict, inputs: dict) -> str:
+    sam = inputs.get("sam_masks", {}).get("sam", {})
+    return (f"SAM {sam.get('model_type')}{' (tiny random)' if sam.get('tiny') else ''}: "
+            f"{sam.get('points_per_side')} points/side, pred IoU {sam.get('pred_iou_thresh')}, stability "
+            f"{sam.get('stability_score_thresh')}, box NMS {sam.get('box_nms_thresh')}, "
+            f"{sam.get('crop_n_layers')} crop layers, min region {sam.get('min_mask_region_area')}, "
+            f"rock-sand-water {sam.get('rsw_thresh')}; seeding background (1 - max) ** {pm.get('sam_p')}, "
+            "no 255, no CRF")
+
+
+ROUTE = Route("sam", sam_mask, sam_words, params=(SamParams,), inputs=("sam_masks",))
