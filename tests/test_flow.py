@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import re
 import subprocess
 import sys
 import time
@@ -41,7 +42,9 @@ def _free_port() -> int:
 
 def _write_cfg(path: Path, work_dir: Path, extra: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"_base_: {ROOT / 'configs/voc-smoke.yaml'}\nrun: {{work_dir: {work_dir}}}\n{extra}")
+    # a run: section in extra names its own work_dir (the loader refuses a key given twice)
+    run = "" if re.search(r"^run:", extra, re.M) else f"run: {{work_dir: {work_dir}}}\n"
+    path.write_text(f"_base_: {ROOT / 'configs/voc-smoke.yaml'}\n{run}{extra}")
     return path
 
 
