@@ -54,14 +54,15 @@ class Config(Section):
                 s = self.data.splits.get(name)
                 if s is None or not (s.images and s.annotations):
                     raise ValueError(f"data.splits.{name}: COCO needs 'images' and 'annotations'")
-        lp = self.learn_prompts
-        if lp.select != "last" or lp.seed_eval_every:
-            raise ValueError("learn_prompts.select / learn_prompts.seed_eval_every: phase 2 trains the prompts "
-                             "only (S is frozen, its seeds do not change); keep 'last' and 0")
-        for stage in ("train_cam", "match", "refine"):
-            split = seed_eval_split(self, stage)
-            if getattr(self, stage).seed_eval_every and split not in self.data.all_splits:
-                raise ValueError(f"{stage}.seed_eval_split: '{split}' is not a split with ground truth of this "
+        from pipeline.semples.phase import phases
+        for p in phases():  # the registered training phases (pipeline/semples/phases/)
+            tc = p.section(self)
+            if p.cams is None and (tc.select != "last" or tc.seed_eval_every):
+                raise ValueError(f"{p.name}.select / {p.name}.seed_eval_every: {p.name} trains {p.trainable}, not "
+                                 "the mask generator (S is frozen, its seeds do not change); keep 'last' and 0")
+            split = seed_eval_split(self, p.name)
+            if tc.seed_eval_every and split not in self.data.all_splits:
+                raise ValueError(f"{p.name}.seed_eval_split: '{split}' is not a split with ground truth of this "
                                  f"config (data splits: {', '.join(self.data.all_splits)})")
         if self.data.dataset == "folder":
             if not self.data.classes:

@@ -55,7 +55,8 @@ def cam_splits(cfg: Config) -> list[str]:
     """The splits whose full images go through the mask generator: export_cams.split and the
     seed-scoring split of every training stage that scores seeds."""
     from pipeline.config import seed_eval_split
-    scored = [seed_eval_split(cfg, s) for s in ("train_cam", "match", "refine") if getattr(cfg, s).seed_eval_every]
+    from pipeline.semples.phase import cam_phases
+    scored = [seed_eval_split(cfg, p.name) for p in cam_phases() if p.section(cfg).seed_eval_every]
     return list(dict.fromkeys([cfg.export_cams.split, *scored]))
 
 

@@ -43,13 +43,14 @@ from pipeline.artifacts import (EnsembleArtifact, EvalArtifact, ImportedCamArtif
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image, read_mask
-from pipeline.evaluation.report import (SELECTING_STAGES, UNCERTAIN, EnsembleScores, EvalReport, FinalModel,
-                                        Scores, SeedScores, SeedSweep, Selection, report_markdown, save_eval_gallery,
-                                        save_report_bars, selection_label)
+from pipeline.evaluation.report import (UNCERTAIN, EnsembleScores, EvalReport, FinalModel, Scores, SeedScores,
+                                        SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars,
+                                        selection_label)
 from pipeline.evaluation.protocol import build_protocol
 from pipeline.evaluation.scores import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 from pipeline.pseudo_masks.threshold import seed_labels
 from pipeline.resources import upstream_costs
+from pipeline.semples.phase import cam_phases, selects_on_gt
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -171,9 +172,9 @@ def run(cfg: Config, inputs, out: Path) -> dict:
     report.protocol = build_protocol(
         eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids), inputs=inputs,
         bg_threshold=ev.bg_threshold, sweep=list(ev.sweep), routes=list(pm.routes),
-        selection_gt=[s for s in SELECTING_STAGES if getattr(cfg, s).select == "gt_miou"]
-        + (["train_cam (imported warm start: may itself be chosen on ground truth)"]
-           if cfg.train_cam.init_checkpoint else []),
+        selection_gt=[p.name for p in cam_phases() if selects_on_gt(p.section(cfg))]
+        + [f"{p.name} (imported warm start: may itself be chosen on ground truth)" for p in cam_phases()
+           if p.imported_from(cfg)],
         final_label=report.final_model.label, final_available=report.final_model.available,
         official_t=sweep_of.official_threshold if sweep_of else None,
         best_t=sweep_of.best_threshold if sweep_of else None)
@@ -222,17 +223,18 @@ def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) ->
 
 
 def _selection(cfg: Config, own_cams: bool = True) -> Selection:
-    """How train_cam, match and refine (whose S makes the CAMs) kept their weights; unknown for
+    """How the phases whose S makes CAMs (cam_phases) kept their weights; unknown for
     imported CAMs or masks (another method chose its own checkpoint)."""
-    stages = SELECTING_STAGES
+    stages = [p.name for p in cam_phases()]
     if not own_cams:
         return Selection(uses_ground_truth=None, note="the CAMs / pseudo masks are imported: how their method "
                          "chose its checkpoint is not known here", **{s: "n/a (imported)" for s in stages})
-    gt = [s for s in stages if getattr(cfg, s).select == "gt_miou"]
+    gt = [p.name for p in cam_phases() if selects_on_gt(p.section(cfg))]
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
             "protocol): every number here depends on ground truth" if gt else
             "every training stage kept its last epoch: no pixel label chose a checkpoint")
-    if cfg.train_cam.init_checkpoint:
+    imported = any(p.imported_from(cfg) for p in cam_phases())
+    if imported:
         note += "; the imported warm start may itself have been chosen on ground truth"
-    uses_gt = bool(gt) or bool(cfg.train_cam.init_checkpoint)
+    uses_gt = bool(gt) or imported
     return Selection(uses_ground_truth=uses_gt, note=note, **{s: selection_label(cfg, s) for s in stages})
