@@ -2,7 +2,7 @@
 (pipeline/artifacts.py EvalArtifact); with ensemble.routes also each ensemble model and
 the blend; the work: pipeline/evaluation/evaluate.py."""
 from pipeline.evaluation.evaluate import inputs, run
-from pipeline.semples.phase import cam_phases
+from pipeline.config import phase_sections
 from stages.contract import Stage
 
 
@@ -13,7 +13,8 @@ def sections(cfg):
     return ("evaluate", "ensemble.routes",  # whether the ensemble stage is an input
             "data.train_split", "data.eval_split", "export_cams.split", "export_cams.source",
             "pseudo_masks.method", "pseudo_masks.extra_methods") + tuple(  # the routes it scores
-        f"{p.name}.{field}" for p in cam_phases() for field in ("select", "seed_eval_split", p.imports) if field)
+        f"{name}.{field}" for name, s in phase_sections(cfg, cams_only=True).items()
+        for field in ("select", "seed_eval_split", s.imports()) if field)
 
 
 STAGE = Stage(name="evaluate", inputs=inputs, sections=sections,

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config, phase_sections
 from pipeline.data.datasets import LabelTable
 from pipeline.data.image_checks import cam_splits
-from pipeline.evaluation.report import selection_label
 from pipeline.models.mask_generator import build_mask_generator
 from pipeline.semples.callbacks import Callback, KeepBest, SeedEval, callbacks_for
 from pipeline.semples.losses import train_cam_step
-from pipeline.semples.phase import cam_phases, phase, phases
+from pipeline.semples.phase import selection_label
+from pipeline.semples.phases import cam_phases, phase, phases
 from pipeline.semples.training import FitSpec, TrainImages, fit
 from test_semples_stages import ROOT, tiny_cfg
 
@@ -22,7 +22,7 @@ from test_semples_stages import ROOT, tiny_cfg
 def test_phases_are_found_in_config_order_and_name_their_cams():
     assert [p.name for p in phases()] == ["train_cam", "match", "learn_prompts", "refine"]
     assert [p.name for p in cam_phases()] == ["train_cam", "match", "refine"]
-    assert phase("train_cam").imports == "init_checkpoint" and phase("learn_prompts").cams is None
+    assert phase("learn_prompts").cams is None and phase("refine").cams == "full SemPLeS (phase 3)"
     with pytest.raises(KeyError, match="unknown training phase 'nope'; phases: train_cam, match"):
         phase("nope")
 
@@ -31,7 +31,7 @@ def test_export_cams_source_is_validated_against_the_registry():
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={"export_cams": {"source": "match"}})
     assert cfg.export_cams.source == "match"
     for bad in ("learn_prompts", "refin"):
-        with pytest.raises(ConfigError, match=rf"<overrides>: export_cams.source: .*'{bad}' is neither a training "
+        with pytest.raises(ConfigError, match=rf"export_cams.source: '{bad}' is neither a training "
                                               r"phase that makes CAMs \(train_cam, match, refine\) nor 'import'"):
             load_config(ROOT / "configs/voc-smoke.yaml", overrides={"export_cams": {"source": bad}})
 
@@ -40,6 +40,8 @@ def test_phase_rules_read_the_records():
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
         "data": {"eval_split": "val"}, "match": {"seed_eval_every": 1, "select": "gt_miou"},
         "train_cam": {"init_checkpoint": "open-mmlab://weaktr"}})
+    assert list(phase_sections(cfg)) == [p.name for p in phases()]
+    assert list(phase_sections(cfg, cams_only=True)) == [p.name for p in cam_phases()]
     assert cam_splits(cfg) == [cfg.export_cams.split, "val"]
     assert selection_label(cfg, "match") == "best epoch by seed mIoU on val (uses ground truth)"
     assert selection_label(cfg, "train_cam").startswith("imported from open-mmlab://weaktr")

@@ -40,7 +40,7 @@ from pipeline.config.pseudo_masks import (AffinityCfg, CrfCfg, ImportMasksCfg, P
 from pipeline.config.root import THROUGHPUT, Config, seed_eval_split
 from pipeline.config.run_data import DataCfg, RunCfg, SplitCfg
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
-from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg
+from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, phase_sections
 
 __all__ = [
     "AffinityCfg", "CaaCfg", "ChecksCfg", "ClipCfg", "Config", "ConfigError", "CrfCfg", "DataCfg", "EnsembleCfg",

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from pipeline.config.base import Positive, Section
 
@@ -30,7 +30,7 @@ class CaaCfg(Section):
 
 class ExportCamsCfg(Section):
     # which training stage's mask generator makes the CAMs: a registered phase that makes CAMs
-    # (pipeline.semples.phase.cam_phases), e.g. the ablation warm start (train_cam) vs L_match only
+    # (a TrainCfg section that makes CAMs; checked by Config), e.g. the ablation warm start (train_cam) vs L_match only
     # (match) vs full SemPLeS (refine); import: no CAM inference, the CAM artifact is import_cams'
     # (CAMs of another method)
     source: str = "refine"
@@ -48,15 +48,6 @@ class ExportCamsCfg(Section):
     writer_threads: int = Field(8, ge=0,
                                 description="threads compressing + writing CAMs to zarr; 0 = on the main thread")
     prefetch_batches: int = Field(2, ge=1, description="batches each DataLoader worker prepares ahead")
-
-    @field_validator("source")
-    @classmethod
-    def _registered_source(cls, v: str) -> str:
-        from pipeline.semples.phase import cam_phases
-        names = [p.name for p in cam_phases()]
-        if v != "import" and v not in names:
-            raise ValueError(f"'{v}' is neither a training phase that makes CAMs ({', '.join(names)}) nor 'import'")
-        return v
 
 
 class ImportCamsCfg(Section):

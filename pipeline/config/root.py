@@ -13,7 +13,7 @@ from pipeline.config.models import ClipCfg, MaskGeneratorCfg
 from pipeline.config.pseudo_masks import ImportMasksCfg, PseudoMasksCfg, SamCfg
 from pipeline.config.run_data import DataCfg, RunCfg
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
-from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg
+from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, phase_sections
 
 # Fields that change how fast a stage runs (or where), never what it computes: no
 # artifact key covers them, and every stage's config view may read them.
@@ -54,16 +54,18 @@ class Config(Section):
                 s = self.data.splits.get(name)
                 if s is None or not (s.images and s.annotations):
                     raise ValueError(f"data.splits.{name}: COCO needs 'images' and 'annotations'")
-        from pipeline.semples.phase import phases
-        for p in phases():  # the registered training phases (pipeline/semples/phases/)
-            tc = p.section(self)
-            if p.cams is None and (tc.select != "last" or tc.seed_eval_every):
-                raise ValueError(f"{p.name}.select / {p.name}.seed_eval_every: {p.name} trains {p.trainable}, not "
-                                 "the mask generator (S is frozen, its seeds do not change); keep 'last' and 0")
-            split = seed_eval_split(self, p.name)
+        for name, tc in phase_sections(self).items():
+            if not tc.makes_cams() and (tc.select != "last" or tc.seed_eval_every):
+                raise ValueError(f"{name}.select / {name}.seed_eval_every: {name} does not train the mask "
+                                 "generator (S is frozen, its seeds do not change); keep 'last' and 0")
+            split = seed_eval_split(self, name)
             if tc.seed_eval_every and split not in self.data.all_splits:
-                raise ValueError(f"{p.name}.seed_eval_split: '{split}' is not a split with ground truth of this "
+                raise ValueError(f"{name}.seed_eval_split: '{split}' is not a split with ground truth of this "
                                  f"config (data splits: {', '.join(self.data.all_splits)})")
+        sources = list(phase_sections(self, cams_only=True))
+        if self.export_cams.source not in sources + ["import"]:
+            raise ValueError(f"export_cams.source: '{self.export_cams.source}' is neither a training phase that "
+                             f"makes CAMs ({', '.join(sources)}) nor 'import'")
         if self.data.dataset == "folder":
             if not self.data.classes:
                 raise ValueError("data.classes: a folder dataset needs a class list file")

@@ -11,7 +11,10 @@ from pipeline.config.base import NonNegative, Positive, Section
 
 class TrainCfg(Section):
     """A training phase; defaults: the SemPLeS phases' (kuongan/SemPLeS README.md VOC
-    commands, main1-3.py defaults: 60 epochs, batch 64, weight decay 0.03, no warmup, min lr 0)."""
+    commands, main1-3.py defaults: 60 epochs, batch 64, weight decay 0.03, no warmup, min lr 0).
+    A field of Config of this type is a training phase's section (``phase_sections``); what
+    the config's rules need to know of the phase its section says (methods, which a stage's
+    config view runs too)."""
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (all processes)")
     # The official scripts' --lr (VOC phases 1 and 3: 5.12e-4 -> 6.4e-5 effective at batch 64); the
@@ -48,6 +51,14 @@ class TrainCfg(Section):
             raise ValueError("select 'gt_miou' needs seed_eval_every >= 1 (the epochs it chooses from)")
         return self
 
+    def makes_cams(self) -> bool:
+        """It trains the mask generator: export_cams.source may name it, select / seed_eval_* apply."""
+        return True
+
+    def imports(self) -> Optional[str]:
+        """The field naming weights the phase imports instead of training (its path is checked)."""
+        return None
+
     def effective_lr(self) -> float:
         return self.lr * self.batch_size / self.lr_scale_batch if self.lr_scale_batch else self.lr
 
@@ -67,6 +78,9 @@ class TrainCamCfg(TrainCfg):
     recipe: Literal["official", "weaktr_v1"] = Field(
         "official", description="warm-start recipe: official (feature fusion, uniform weight decay) or "
                                 "weaktr_v1 (WeakTr V1: map fusion, filtered weight decay)")
+
+    def imports(self) -> Optional[str]:
+        return "init_checkpoint"
 
 
 class MatchCfg(TrainCfg):
@@ -90,6 +104,9 @@ class LearnPromptsCfg(TrainCfg):
     n_interpret_images: int = Field(4, ge=0)
     vocab_topk: int = Field(5, ge=1)
 
+    def makes_cams(self) -> bool:
+        return False  # S is frozen: it trains the prompts
+
 
 class RefineCfg(TrainCfg):
     lambda_b: NonNegative = 2.4  # README main3.py --hypers 2.4 0.05 (VOC)
@@ -98,3 +115,10 @@ class RefineCfg(TrainCfg):
     # --resume of the WeakTr checkpoint: S restarts from the warm start
     init_from: Literal["train_cam", "match"] = "train_cam"
     trainable: Literal["head", "all"] = "head"
+
+
+def phase_sections(cfg, cams_only: bool = False) -> dict[str, TrainCfg]:
+    """The training phases' sections of ``cfg`` by name (every TrainCfg field of Config), in
+    Config's order; cams_only: those of the phases that train the mask generator."""
+    found = {n: getattr(cfg, n) for n in type(cfg).model_fields}
+    return {n: s for n, s in found.items() if isinstance(s, TrainCfg) and (s.makes_cams() or not cams_only)}

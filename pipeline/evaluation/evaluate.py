@@ -44,13 +44,13 @@ from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image, read_mask
 from pipeline.evaluation.report import (UNCERTAIN, EnsembleScores, EvalReport, FinalModel, Scores, SeedScores,
-                                        SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars,
-                                        selection_label)
+                                        SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars)
 from pipeline.evaluation.protocol import build_protocol
 from pipeline.evaluation.scores import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 from pipeline.pseudo_masks.threshold import seed_labels
 from pipeline.resources import upstream_costs
-from pipeline.semples.phase import cam_phases, selects_on_gt
+from pipeline.semples.phase import imported_from, selection_label, selects_on_gt
+from pipeline.semples.phases import cam_phases
 from pipeline.utils import progress
 
 log = logging.getLogger("wsss")
@@ -174,7 +174,7 @@ def run(cfg: Config, inputs, out: Path) -> dict:
         bg_threshold=ev.bg_threshold, sweep=list(ev.sweep), routes=list(pm.routes),
         selection_gt=[p.name for p in cam_phases() if selects_on_gt(p.section(cfg))]
         + [f"{p.name} (imported warm start: may itself be chosen on ground truth)" for p in cam_phases()
-           if p.imported_from(cfg)],
+           if imported_from(p.section(cfg))],
         final_label=report.final_model.label, final_available=report.final_model.available,
         official_t=sweep_of.official_threshold if sweep_of else None,
         best_t=sweep_of.best_threshold if sweep_of else None)
@@ -233,7 +233,7 @@ def _selection(cfg: Config, own_cams: bool = True) -> Selection:
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
             "protocol): every number here depends on ground truth" if gt else
             "every training stage kept its last epoch: no pixel label chose a checkpoint")
-    imported = any(p.imported_from(cfg) for p in cam_phases())
+    imported = any(imported_from(p.section(cfg)) for p in cam_phases())
     if imported:
         note += "; the imported warm start may itself have been chosen on ground truth"
     uses_gt = bool(gt) or imported

@@ -20,24 +20,13 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.artifacts import EvalArtifact
-from pipeline.config import Config, seed_eval_split
 from pipeline.evaluation.protocol import Protocol, protocol_markdown
-from pipeline.semples.phase import cam_phases, phase, selects_on_gt
+from pipeline.semples.phases import cam_phases
 from pipeline.store import write_json_atomic
 
 REPORT = EvalArtifact.report.name
 UNCERTAIN = "uncertain (255)"  # the pixel-share key of the uncertain (255) pixels
 
-
-def selection_label(cfg: Config, stage: str) -> str:
-    """How a training stage picks the weights it keeps, in words."""
-    imported = phase(stage).imported_from(cfg)
-    if imported:
-        return (f"imported from {imported} (WeakTr's released checkpoint_best_mIoU.pth "
-                "was chosen by its authors on ground truth)")
-    if selects_on_gt(phase(stage).section(cfg)):
-        return f"best epoch by seed mIoU on {seed_eval_split(cfg, stage)} (uses ground truth)"
-    return "last epoch (no pixel labels)"
 
 
 class _Part(BaseModel):

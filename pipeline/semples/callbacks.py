@@ -1,7 +1,9 @@
 """The named callbacks of the training loop (pipeline.semples.training.fit): seed evaluation,
 keep-best selection, checkpointing, the loss history, the epoch log line and the CAM gallery.
 
-A callback is a small class with any of four hooks, called in the order of ``callbacks_for``:
+A callback is a small class with any of four hooks, called in the order of ``callbacks_for``;
+``state`` is the loop's FitState (pipeline.semples.training: its spec, what setup built, the
+first epoch of the call, the history and the best-so-far):
 
 - ``on_fit_start(state)``: every rank, after setup (Checkpoint resumes here);
 - ``on_train_epoch_end(state, epoch, rec)``: every rank, right after the epoch's updates
@@ -18,11 +20,12 @@ import logging
 import random
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 from pipeline.artifacts import ModelArtifact
 from pipeline.models.mask_generator import MEAN, STD, unwrap
@@ -30,9 +33,6 @@ from pipeline.plots import heat_overlay, save_grid, save_loss_history
 from pipeline.semples.dist import dist_info, is_main
 from pipeline.semples.phase import selects_on_gt
 from pipeline.store import decoding, torch_save_atomic
-
-if TYPE_CHECKING:
-    from pipeline.semples.training import FitSpec, FitState, TrainImages
 
 log = logging.getLogger("wsss")
 CHECKPOINT = ModelArtifact.checkpoint.name
@@ -42,13 +42,13 @@ BEST_MODEL = ModelArtifact.best_state.name  # select: gt_miou: the chosen epoch'
 class Callback:
     """No-op hooks; a callback overrides the ones it needs (module docstring)."""
 
-    def on_fit_start(self, state: FitState) -> None: ...
+    def on_fit_start(self, state) -> None: ...
 
-    def on_train_epoch_end(self, state: FitState, epoch: int, rec: dict) -> None: ...
+    def on_train_epoch_end(self, state, epoch: int, rec: dict) -> None: ...
 
-    def on_epoch_end(self, state: FitState, epoch: int, rec: dict) -> None: ...
+    def on_epoch_end(self, state, epoch: int, rec: dict) -> None: ...
 
-    def on_fit_end(self, state: FitState, finished: bool) -> None: ...
+    def on_fit_end(self, state, finished: bool) -> None: ...
 
 
 class SeedEval(Callback):
@@ -173,8 +173,8 @@ class Gallery(Callback):
             self.write(ModelArtifact(state.spec.out).gallery)
 
 
-def callbacks_for(spec: FitSpec) -> list[Callback]:
-    """The loop's callbacks, in hook order. Selection by ground truth is decided here, once
+def callbacks_for(spec) -> list[Callback]:
+    """The loop's callbacks for a FitSpec, in hook order. Selection by ground truth is decided here, once
     (pipeline.semples.phase.selects_on_gt): it adds KeepBest, which needs the seed evaluation."""
     cbs: list[Callback] = [SeedEval(spec.epoch_eval)] if spec.epoch_eval is not None else []
     if selects_on_gt(spec.tcfg):
@@ -185,7 +185,7 @@ def callbacks_for(spec: FitSpec) -> list[Callback]:
     return cbs + ([Gallery(spec.gallery)] if spec.gallery is not None else []) + list(spec.callbacks)
 
 
-def write_gallery(path: Path, cams_fn: Callable[[torch.Tensor], torch.Tensor], dataset: TrainImages,
+def write_gallery(path: Path, cams_fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset,
                   class_names: list[str], device, max_classes: int = 3) -> None:
     """One row per image: the image, then the min-max normalised CAM of each
     of its labelled classes (at most max_classes) as a heat overlay."""

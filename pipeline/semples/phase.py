@@ -1,22 +1,21 @@
-"""The registry of training phases: one ``Phase`` record per module of the package
-pipeline/semples/phases/ (its ``PHASE``), found there, so nothing else names a phase.
+"""The record of a training phase, and what decides how a phase keeps its weights.
 
-What reads it: the config (export_cams.source names a phase that makes CAMs, the rules of
-select / seed_eval_*), evaluate and its report (which phase made the CAMs, how each kept its
-weights), the image checks (the splits the seed evaluation reads), the training loop (whether
-selection by ground truth applies: ``selects_on_gt``, the one place that decides it).
+Every module of pipeline/semples/phases/ defines one ``PHASE = Phase(...)``; the package
+(pipeline/semples/phases/__init__.py) finds them: ``phases()``, ``cam_phases()``, ``phase(name)``.
+Evaluate and its report read the records (which phase made the CAMs, in words); the config
+needs none: a phase's section is a TrainCfg field of Config, and what the config's rules must
+know of it (makes_cams, imports) its section's methods say (pipeline/config/training.py
+``phase_sections``).
 
-A new phase: a module in pipeline/semples/phases/ with its loss step, its ``run`` and its
-``PHASE``; its config section (a TrainCfg subclass, one field of pipeline/config/root.py Config,
-whose field order is the phases' order); its stage record (stages/). docs/extending/training-phase.md
-walks through one.
+``selects_on_gt`` is the one place that decides whether selection by ground truth applies: the
+training loop's callbacks (KeepBest), the kept weights, the seed evaluation's refusal without
+ground truth and the report's words (``selection_label``) all ask it.
+
+A new phase: docs/extending/training-phase.md.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -27,52 +26,36 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Phase:
     """One training phase. ``cams``: how the report names the CAMs of the mask generator it
-    trains (e.g. "L_match only (phase 1)"); None: it trains no mask generator (learn_prompts), so
-    export_cams.source cannot name it and it has no seed evaluation or selection. ``imports``: the
-    field of its section naming weights it imports instead of training (train_cam.init_checkpoint)."""
+    trains (e.g. "L_match only (phase 1)"), set exactly when its section makes CAMs (TrainCfg.makes_cams:
+    export_cams.source may name it, its seeds are evaluated and may select its epoch)."""
     name: str  # its stage's name and its config section's
     run: Callable[[Config, dict, Path], dict]  # trains into out (pipeline/artifacts.py ModelArtifact)
     step: Callable  # its loss step (the run builds the call from its section)
     trainable: str  # what learns, in words
     cams: Optional[str] = None
-    imports: Optional[str] = None
 
     def section(self, cfg: Config) -> TrainCfg:
         return getattr(cfg, self.name)
 
-    def imported_from(self, cfg: Config) -> Optional[str]:
-        """The weights file this phase imports instead of training under ``cfg``, if any."""
-        return getattr(self.section(cfg), self.imports) if self.imports else None
-
 
 def selects_on_gt(tcfg: TrainCfg) -> bool:
     """Whether a phase keeps the epoch with the best seed mIoU against ground truth (select:
-    gt_miou) rather than its last: the training loop's KeepBest, the kept weights, the seed
-    evaluation's refusal without ground truth and the report's words all ask here."""
+    gt_miou) rather than its last."""
     return tcfg.select == "gt_miou"
 
 
-@lru_cache(maxsize=None)
-def phases() -> tuple[Phase, ...]:
-    """Every registered phase, in the order of their sections in Config."""
-    from pipeline import config
-    from pipeline.semples import phases as package
-    found = [getattr(importlib.import_module(f"{package.__name__}.{m.name}"), "PHASE", None)
-             for m in pkgutil.iter_modules(package.__path__)]
-    order = list(config.Config.model_fields)
-    unknown = [p.name for p in found if p is not None and p.name not in order]
-    if unknown:
-        raise RuntimeError(f"training phases {unknown} have no config section of their name in Config")
-    return tuple(sorted((p for p in found if p is not None), key=lambda p: order.index(p.name)))
+def imported_from(tcfg: TrainCfg) -> Optional[str]:
+    """The weights file a phase imports instead of training (train_cam.init_checkpoint), if any."""
+    return getattr(tcfg, tcfg.imports()) if tcfg.imports() else None
 
 
-def cam_phases() -> tuple[Phase, ...]:
-    """The phases that train the mask generator: export_cams.source may name each."""
-    return tuple(p for p in phases() if p.cams is not None)
-
-
-def phase(name: str) -> Phase:
-    for p in phases():
-        if p.name == name:
-            return p
-    raise KeyError(f"unknown training phase '{name}'; phases: {', '.join(p.name for p in phases())}")
+def selection_label(cfg: Config, stage: str) -> str:
+    """How a training stage picks the weights it keeps, in words (metrics and reports)."""
+    from pipeline.config import seed_eval_split
+    tcfg = getattr(cfg, stage)
+    if imported_from(tcfg):
+        return (f"imported from {imported_from(tcfg)} (WeakTr's released checkpoint_best_mIoU.pth "
+                "was chosen by its authors on ground truth)")
+    if selects_on_gt(tcfg):
+        return f"best epoch by seed mIoU on {seed_eval_split(cfg, stage)} (uses ground truth)"
+    return "last epoch (no pixel labels)"

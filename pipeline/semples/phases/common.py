@@ -13,12 +13,11 @@ from pipeline.artifacts import ModelArtifact
 from pipeline.config import Config
 from pipeline.data.classes import prompt_names
 from pipeline.data.datasets import LabelTable
-from pipeline.evaluation.report import selection_label
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
 from pipeline.models.vl import build_vl, class_text_features
 from pipeline.semples.losses import StepContext
-from pipeline.semples.phase import phase, selects_on_gt
+from pipeline.semples.phase import selection_label, selects_on_gt
 from pipeline.semples.seed_eval import seed_miou_eval
 from pipeline.semples.training import FitSpec, StepFn, TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.store import decoding
@@ -116,10 +115,10 @@ def finish(model, out: Path, cfg: Config, mcfg, k: int, stage: str, metrics: dic
 
 def fit_phase(cfg: Config, stage: str, inputs: dict, out: Path, dataset: TrainImages, trainable, step: StepFn,
           draw_gallery, param_groups=None) -> dict:
-    """fit() of a phase: its section's recipe, run.seed and num_workers, the gallery and, for a
-    phase that trains the mask generator, the seed evaluation its section asks for."""
+    """fit() of a phase: its section's recipe, run.seed and num_workers, the gallery and the seed
+    evaluation its section asks for (a phase that makes no CAMs keeps seed_eval_every 0: Config)."""
     device = device_of(cfg)
-    epoch_eval = seed_miou_eval(cfg, stage, inputs["prepare_data"], device) if phase(stage).cams else None
+    epoch_eval = seed_miou_eval(cfg, stage, inputs["prepare_data"], device)  # None: seed_eval_every 0
     return fit(FitSpec(out, getattr(cfg, stage), cfg.run.seed, dataset, trainable, step, device, name=stage,
                        num_workers=cfg.run.num_workers, param_groups=param_groups, epoch_eval=epoch_eval,
                        gallery=draw_gallery))
