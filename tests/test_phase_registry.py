@@ -7,22 +7,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import ConfigError, load_config, phase_sections
+from pipeline.config import ConfigError, cam_labels, load_config, phase_sections
 from pipeline.data.datasets import LabelTable
 from pipeline.data.image_checks import cam_splits
 from pipeline.models.mask_generator import build_mask_generator
 from pipeline.semples.callbacks import Callback, KeepBest, SeedEval, callbacks_for
 from pipeline.semples.losses import train_cam_step
-from pipeline.semples.phase import selection_label
-from pipeline.semples.phases import cam_phases, phase, phases
+from pipeline.evaluation.report import selection_label
+from pipeline.semples.phases import phase, phases
 from pipeline.semples.training import FitSpec, TrainImages, fit
 from test_semples_stages import ROOT, tiny_cfg
 
 
 def test_phases_are_found_in_config_order_and_name_their_cams():
     assert [p.name for p in phases()] == ["train_cam", "match", "learn_prompts", "refine"]
-    assert [p.name for p in cam_phases()] == ["train_cam", "match", "refine"]
-    assert phase("learn_prompts").cams is None and phase("refine").cams == "full SemPLeS (phase 3)"
+    assert list(cam_labels()) == ["train_cam", "match", "refine"] and cam_labels()["refine"] == "full SemPLeS (phase 3)"
+    assert phase("match").trainable.startswith("match.trainable")
     with pytest.raises(KeyError, match="unknown training phase 'nope'; phases: train_cam, match"):
         phase("nope")
 
@@ -41,7 +41,7 @@ def test_phase_rules_read_the_records():
         "data": {"eval_split": "val"}, "match": {"seed_eval_every": 1, "select": "gt_miou"},
         "train_cam": {"init_checkpoint": "open-mmlab://weaktr"}})
     assert list(phase_sections(cfg)) == [p.name for p in phases()]
-    assert list(phase_sections(cfg, cams_only=True)) == [p.name for p in cam_phases()]
+    assert list(phase_sections(cfg, cams_only=True)) == list(cam_labels())
     assert cam_splits(cfg) == [cfg.export_cams.split, "val"]
     assert selection_label(cfg, "match") == "best epoch by seed mIoU on val (uses ground truth)"
     assert selection_label(cfg, "train_cam").startswith("imported from open-mmlab://weaktr")

@@ -37,7 +37,7 @@ from pipeline.config.loader import (_check_paths, _load_raw, _merge, _origin_of,
 from pipeline.config.models import ClipCfg, MaskGeneratorCfg
 from pipeline.config.pseudo_masks import (AffinityCfg, CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg,
                                           SamCfg)
-from pipeline.config.root import THROUGHPUT, Config, seed_eval_split
+from pipeline.config.root import THROUGHPUT, Config, cam_labels, seed_eval_split
 from pipeline.config.run_data import DataCfg, RunCfg, SplitCfg
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
 from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, phase_sections

@@ -13,7 +13,7 @@ from pipeline.config.models import ClipCfg, MaskGeneratorCfg
 from pipeline.config.pseudo_masks import ImportMasksCfg, PseudoMasksCfg, SamCfg
 from pipeline.config.run_data import DataCfg, RunCfg
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
-from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, phase_sections
+from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, phase_sections
 
 # Fields that change how fast a stage runs (or where), never what it computes: no
 # artifact key covers them, and every stage's config view may read them.
@@ -55,7 +55,7 @@ class Config(Section):
                 if s is None or not (s.images and s.annotations):
                     raise ValueError(f"data.splits.{name}: COCO needs 'images' and 'annotations'")
         for name, tc in phase_sections(self).items():
-            if not tc.makes_cams() and (tc.select != "last" or tc.seed_eval_every):
+            if tc.cams_label() is None and (tc.select != "last" or tc.seed_eval_every):
                 raise ValueError(f"{name}.select / {name}.seed_eval_every: {name} does not train the mask "
                                  "generator (S is frozen, its seeds do not change); keep 'last' and 0")
             split = seed_eval_split(self, name)
@@ -107,6 +107,13 @@ class Config(Section):
         """Every field as JSON (not ``source``): Config.model_validate(resolved()) rebuilds it;
         the flow hands this to its tasks."""
         return json.loads(self.model_dump_json())
+
+
+def cam_labels() -> dict[str, str]:
+    """How reports name the CAMs of each phase that makes them (TrainCfg.cams_label), by phase."""
+    defaults = {n: f.annotation.model_construct() for n, f in Config.model_fields.items()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, TrainCfg)}
+    return {n: s.cams_label() for n, s in defaults.items() if s.cams_label() is not None}
 
 
 def seed_eval_split(cfg: Config, stage: str) -> str:

@@ -51,13 +51,24 @@ class TrainCfg(Section):
             raise ValueError("select 'gt_miou' needs seed_eval_every >= 1 (the epochs it chooses from)")
         return self
 
-    def makes_cams(self) -> bool:
-        """It trains the mask generator: export_cams.source may name it, select / seed_eval_* apply."""
-        return True
+    def cams_label(self) -> Optional[str]:
+        """How reports name the CAMs of the mask generator this phase trains; None: it trains
+        none. Set: export_cams.source may name it, select / seed_eval_* apply."""
+        return None
 
     def imports(self) -> Optional[str]:
         """The field naming weights the phase imports instead of training (its path is checked)."""
         return None
+
+    def imported_from(self) -> Optional[str]:
+        """The weights file the phase imports instead of training, if any."""
+        return getattr(self, self.imports()) if self.imports() else None
+
+    def selects_on_gt(self) -> bool:
+        """The one place that decides whether the phase keeps the epoch with the best seed mIoU
+        against ground truth (select: gt_miou) rather than its last: the training loop's KeepBest,
+        the kept weights, the seed evaluation's refusal without GT and the reports ask here."""
+        return self.select == "gt_miou"
 
     def effective_lr(self) -> float:
         return self.lr * self.batch_size / self.lr_scale_batch if self.lr_scale_batch else self.lr
@@ -82,6 +93,9 @@ class TrainCamCfg(TrainCfg):
     def imports(self) -> Optional[str]:
         return "init_checkpoint"
 
+    def cams_label(self) -> Optional[str]:
+        return "classification warm start"
+
 
 class MatchCfg(TrainCfg):
     lambda_b: NonNegative = 2.4  # README main1.py --hypers 2.4 (VOC)
@@ -89,6 +103,9 @@ class MatchCfg(TrainCfg):
     # head: as models123.py, patch tokens and attention detached, only the CAM head and the
     # attention fusion learn; all: the whole mask generator learns (a deviation)
     trainable: Literal["head", "all"] = "head"
+
+    def cams_label(self) -> Optional[str]:
+        return "L_match only (phase 1)"
 
 
 class LearnPromptsCfg(TrainCfg):
@@ -104,8 +121,6 @@ class LearnPromptsCfg(TrainCfg):
     n_interpret_images: int = Field(4, ge=0)
     vocab_topk: int = Field(5, ge=1)
 
-    def makes_cams(self) -> bool:
-        return False  # S is frozen: it trains the prompts
 
 
 class RefineCfg(TrainCfg):
@@ -116,9 +131,13 @@ class RefineCfg(TrainCfg):
     init_from: Literal["train_cam", "match"] = "train_cam"
     trainable: Literal["head", "all"] = "head"
 
+    def cams_label(self) -> Optional[str]:
+        return "full SemPLeS (phase 3)"
+
 
 def phase_sections(cfg, cams_only: bool = False) -> dict[str, TrainCfg]:
     """The training phases' sections of ``cfg`` by name (every TrainCfg field of Config), in
-    Config's order; cams_only: those of the phases that train the mask generator."""
+    Config's order; cams_only: those of the phases that train the mask generator (cams_label)."""
     found = {n: getattr(cfg, n) for n in type(cfg).model_fields}
-    return {n: s for n, s in found.items() if isinstance(s, TrainCfg) and (s.makes_cams() or not cams_only)}
+    return {n: s for n, s in found.items()
+            if isinstance(s, TrainCfg) and (s.cams_label() is not None or not cams_only)}

@@ -20,13 +20,24 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.artifacts import EvalArtifact
+from pipeline.config import Config, cam_labels, seed_eval_split
 from pipeline.evaluation.protocol import Protocol, protocol_markdown
-from pipeline.semples.phases import cam_phases
 from pipeline.store import write_json_atomic
 
 REPORT = EvalArtifact.report.name
 UNCERTAIN = "uncertain (255)"  # the pixel-share key of the uncertain (255) pixels
 
+
+
+def selection_label(cfg: Config, stage: str) -> str:
+    """How a training stage picks the weights it keeps, in words."""
+    tcfg = getattr(cfg, stage)
+    if tcfg.imported_from():
+        return (f"imported from {tcfg.imported_from()} (WeakTr's released checkpoint_best_mIoU.pth "
+                "was chosen by its authors on ground truth)")
+    if tcfg.selects_on_gt():
+        return f"best epoch by seed mIoU on {seed_eval_split(cfg, stage)} (uses ground truth)"
+    return "last epoch (no pixel labels)"
 
 
 class _Part(BaseModel):
@@ -90,7 +101,7 @@ class EnsembleScores(_Part):
 
 class Selection(_Part):
     """How the training stages kept their weights: in words, one extra field per phase that makes
-    CAMs (pipeline.semples.phase.cam_phases); uses_ground_truth None: not known (imported CAMs or
+    CAMs (pipeline.config.phase_sections); uses_ground_truth None: not known (imported CAMs or
     masks)."""
     uses_ground_truth: Optional[bool] = None
     note: str
@@ -194,7 +205,7 @@ def report_markdown(r: EvalReport) -> str:
     fm = f"{final.miou:.2f}" if final.available else f"n/a ({final.reason})"
     cell = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     how = f" ({final.label})" if final.available else ""
-    own = r.cam_source in {p.name for p in cam_phases()}
+    own = r.cam_source in cam_labels()
     with_what = "CAMs" if own or r.cam_source.startswith("imported") else "pseudo masks"
     lines = [f"# Evaluation: {r.eval_split} ({r.num_images} images with {with_what}, "
              f"{r.num_images_with_gt} with ground truth)", "", cam_source_line(r), ""]
@@ -249,7 +260,7 @@ def report_markdown(r: EvalReport) -> str:
 
 
 def cam_source_line(r: EvalReport) -> str:
-    labels = {p.name: p.cams for p in cam_phases()}
+    labels = cam_labels()
     if r.cam_source in labels:
         return f"CAMs from the mask generator of stage `{r.cam_source}` ({labels[r.cam_source]})."
     if r.cam_source.startswith("imported"):

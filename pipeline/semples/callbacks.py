@@ -31,7 +31,6 @@ from pipeline.artifacts import ModelArtifact
 from pipeline.models.mask_generator import MEAN, STD, unwrap
 from pipeline.plots import heat_overlay, save_grid, save_loss_history
 from pipeline.semples.dist import dist_info, is_main
-from pipeline.semples.phase import selects_on_gt
 from pipeline.store import decoding, torch_save_atomic
 
 log = logging.getLogger("wsss")
@@ -175,9 +174,9 @@ class Gallery(Callback):
 
 def callbacks_for(spec) -> list[Callback]:
     """The loop's callbacks for a FitSpec, in hook order. Selection by ground truth is decided here, once
-    (pipeline.semples.phase.selects_on_gt): it adds KeepBest, which needs the seed evaluation."""
+    (TrainCfg.selects_on_gt): it adds KeepBest, which needs the seed evaluation."""
     cbs: list[Callback] = [SeedEval(spec.epoch_eval)] if spec.epoch_eval is not None else []
-    if selects_on_gt(spec.tcfg):
+    if spec.tcfg.selects_on_gt():
         if spec.epoch_eval is None:
             raise ValueError(f"{spec.name}: select 'gt_miou' needs a seed evaluation (epoch_eval)")
         cbs.append(KeepBest())

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from pipeline.config import OFFICIAL_SWEEP, Config, seed_eval_split
 from pipeline.data.datasets import LabelTable, read_image, read_mask
-from pipeline.semples.phase import selects_on_gt
 
 if TYPE_CHECKING:
     import torch
@@ -69,7 +68,7 @@ def seed_miou_eval(cfg: Config, stage: str, prepare_dir: Path,
     table = LabelTable.from_artifact(prepare_dir, seed_eval_split(cfg, stage))
     ids = [i for i in eval_ids(cfg, stage, table) if table[i].mask]  # folder datasets: GT is optional
     if not ids:
-        if selects_on_gt(getattr(cfg, stage)):
+        if getattr(cfg, stage).selects_on_gt():
             raise ValueError(f"{stage}.select: gt_miou needs ground-truth masks in split '{table.split}', "
                              "and it has none")
         log.warning("%s: no ground-truth masks in split '%s': no per-epoch seed mIoU", stage, table.split)

@@ -21,16 +21,7 @@ def phases() -> tuple[Phase, ...]:
     unknown = [p.name for p in found if p.name not in order]
     if unknown:
         raise RuntimeError(f"training phases {unknown} have no config section of their name in Config")
-    for p in found:
-        if (p.cams is not None) != Config.model_fields[p.name].annotation.model_construct().makes_cams():
-            raise RuntimeError(f"training phase {p.name}: its record's cams label and its section's "
-                               "makes_cams() disagree")
     return tuple(sorted(found, key=lambda p: order.index(p.name)))
-
-
-def cam_phases() -> tuple[Phase, ...]:
-    """The phases that train the mask generator (TrainCfg.makes_cams): export_cams.source may name each."""
-    return tuple(p for p in phases() if p.cams is not None)
 
 
 def phase(name: str) -> Phase:

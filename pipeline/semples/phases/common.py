@@ -13,11 +13,11 @@ from pipeline.artifacts import ModelArtifact
 from pipeline.config import Config
 from pipeline.data.classes import prompt_names
 from pipeline.data.datasets import LabelTable
+from pipeline.evaluation.report import selection_label
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
 from pipeline.models.vl import build_vl, class_text_features
 from pipeline.semples.losses import StepContext
-from pipeline.semples.phase import selection_label, selects_on_gt
 from pipeline.semples.seed_eval import seed_miou_eval
 from pipeline.semples.training import FitSpec, StepFn, TrainImages, dist_info, fit, is_main, write_gallery
 from pipeline.store import decoding
@@ -105,7 +105,7 @@ def finish(model, out: Path, cfg: Config, mcfg, k: int, stage: str, metrics: dic
     best epoch's) as the artifact's weights; the metrics say which selection was used."""
     if is_main():
         art = ModelArtifact(out)
-        if selects_on_gt(getattr(cfg, stage)):
+        if getattr(cfg, stage).selects_on_gt():
             with decoding(art.best_state, "best-epoch weights file"):
                 state = torch.load(art.best_state, map_location="cpu", weights_only=True)
             model.load_state_dict(state)

@@ -24,5 +24,4 @@ def run(cfg: Config, inputs: dict, out: Path) -> dict:
     return finish(model, out, cfg, mcfg, k, "match", m | {"init": init})
 
 
-PHASE = Phase(name="match", run=run, step=match_step, trainable="match.trainable: head (official) or all",
-              cams="L_match only (phase 1)")
+PHASE = Phase(name="match", run=run, step=match_step, trainable="match.trainable: head (official) or all")

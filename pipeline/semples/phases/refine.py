@@ -34,5 +34,4 @@ def run(cfg: Config, inputs: dict, out: Path) -> dict:
     return finish(model, out, cfg, mcfg, k, "refine", m | {"init": init})
 
 
-PHASE = Phase(name="refine", run=run, step=refine_step, trainable="refine.trainable: head (official) or all",
-              cams="full SemPLeS (phase 3)")
+PHASE = Phase(name="refine", run=run, step=refine_step, trainable="refine.trainable: head (official) or all")

@@ -10,10 +10,11 @@ from timm.optim import param_groups_weight_decay
 from pipeline.artifacts import ModelArtifact
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable
+from pipeline.evaluation.report import selection_label
 from pipeline.models.mask_generator import save_mask_generator
 from pipeline.models.weaktr_import import fusion_kind, import_weaktr_checkpoint, read_official_state_dict
 from pipeline.semples.losses import train_cam_step
-from pipeline.semples.phase import Phase, selection_label
+from pipeline.semples.phase import Phase
 from pipeline.semples.phases.common import device_of, finish, fit_phase, gallery, generator, setup
 from pipeline.semples.training import TrainImages, is_main
 
@@ -58,5 +59,4 @@ def run(cfg: Config, inputs: dict, out: Path) -> dict:
     return finish(model, out, cfg, mcfg, k, "train_cam", m)
 
 
-PHASE = Phase(name="train_cam", run=run, step=train_cam_step, trainable="the whole mask generator",
-              cams="classification warm start")
+PHASE = Phase(name="train_cam", run=run, step=train_cam_step, trainable="the whole mask generator")
