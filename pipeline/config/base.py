@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # allow_inf_nan=False: every float field (lists and tuples of floats too) refuses inf and NaN
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 def _is_hub_tag(value: str) -> bool:

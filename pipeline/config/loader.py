@@ -10,15 +10,41 @@ from pydantic import ValidationError
 
 from pipeline.config.base import ConfigError, _looks_like_path
 from pipeline.config.root import Config
+from pipeline.config.rules import RuleError
 from pipeline.config.run_data import DataCfg
 from pipeline.config.training import phase_sections
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"key '{key}' twice in one mapping")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader refusing a key given twice in one mapping (it would keep the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in first:
+                    raise DuplicateKeyError(key, key_node.start_mark.line + 1, first[key])
+                first[key] = key_node.start_mark.line + 1
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: line {e.line}: key '{e.key}' is given twice in one mapping (first on line "
+                          f"{e.first_line}); YAML would silently keep the last") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -60,14 +86,23 @@ def _load_raw(path: Path, origin: dict, seen: tuple = ()) -> dict:
     return _merge(merged, data, origin, str(path))
 
 
-def _origin_of(origin: dict, loc: tuple) -> str:
+def _set_key(origin: dict, loc: tuple) -> str:
+    """The most specific key a file set that holds ``loc`` ('' if none did: a default)."""
     parts = [str(p) for p in loc]
-    while parts:
-        f = origin.get(".".join(parts))
-        if f:
-            return f
+    while parts and ".".join(parts) not in origin:
         parts.pop()
-    return "?"
+    return ".".join(parts)
+
+
+def _origin_of(origin: dict, loc: tuple) -> str:
+    return origin.get(_set_key(origin, loc), "?")
+
+
+def _rule_origin(origin: dict, rule: RuleError, default: Path) -> str:
+    """The file that set the most specific of a rule's fields (the first on a tie)."""
+    keys = [_set_key(origin, tuple(f.split("."))) for f in rule.fields]
+    key = max(keys, key=lambda k: len(k.split(".")) if k else 0)
+    return origin[key] if key else str(default)
 
 
 def load_config(path: str | Path, overrides: Optional[dict] = None, check_paths: bool = True) -> Config:
@@ -84,6 +119,10 @@ def load_config(path: str | Path, overrides: Optional[dict] = None, check_paths:
         msgs = []
         for err in e.errors():
             loc = tuple(err["loc"])
+            rule = err.get("ctx", {}).get("error")
+            if isinstance(rule, RuleError):  # a rule across sections
+                msgs.append(f"{_rule_origin(origin, rule, path)}: {rule}")
+                continue
             key = ".".join(str(p) for p in loc) or "<root>"
             msgs.append(f"{_origin_of(origin, loc) if loc else path}: {key}: {err['msg']}")
         raise ConfigError("invalid config:\n  " + "\n  ".join(msgs)) from None

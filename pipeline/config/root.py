@@ -1,4 +1,4 @@
-"""The root Config: every section, the cross-section checks, and THROUGHPUT."""
+"""The root Config: every section, the rules across sections (rules.py), and THROUGHPUT."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ from pipeline.config.evaluation import ChecksCfg, EvaluateCfg
 from pipeline.config.models import ClipCfg, MaskGeneratorCfg
 from pipeline.config.pseudo_masks import ImportMasksCfg, PseudoMasksCfg, SamCfg
 from pipeline.config.run_data import DataCfg, RunCfg
+from pipeline.config.rules import RULES
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
 from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, phase_sections
 
@@ -48,54 +49,9 @@ class Config(Section):
     source: Optional[str] = Field(None, exclude=True)
 
     @model_validator(mode="after")
-    def _check_splits(self):
-        if self.data.dataset == "coco":
-            for name in self.data.all_splits:
-                s = self.data.splits.get(name)
-                if s is None or not (s.images and s.annotations):
-                    raise ValueError(f"data.splits.{name}: COCO needs 'images' and 'annotations'")
-        for name, tc in phase_sections(self).items():
-            if tc.cams_label() is None and (tc.select != "last" or tc.seed_eval_every):
-                raise ValueError(f"{name}.select / {name}.seed_eval_every: {name} does not train the mask "
-                                 "generator (S is frozen, its seeds do not change); keep 'last' and 0")
-            split = seed_eval_split(self, name)
-            if tc.seed_eval_every and split not in self.data.all_splits:
-                raise ValueError(f"{name}.seed_eval_split: '{split}' is not a split with ground truth of this "
-                                 f"config (data splits: {', '.join(self.data.all_splits)})")
-        sources = list(phase_sections(self, cams_only=True))
-        if self.export_cams.source not in sources + ["import"]:
-            raise ValueError(f"export_cams.source: '{self.export_cams.source}' is neither a training phase that "
-                             f"makes CAMs ({', '.join(sources)}) nor 'import'")
-        if self.data.dataset == "folder":
-            if not self.data.classes:
-                raise ValueError("data.classes: a folder dataset needs a class list file")
-            for name in self.data.all_splits:
-                s = self.data.splits.get(name)
-                if s is None or not s.labels:
-                    raise ValueError(f"data.splits.{name}: a folder dataset needs 'labels' (a labels file)")
-        elif self.data.val_split is None:
-            raise ValueError("data.val_split: VOC/COCO need a val split")
-        if "sam" in self.pseudo_masks.routes and self.sam.split != self.export_cams.split:
-            raise ValueError(f"sam.split '{self.sam.split}' must equal export_cams.split '{self.export_cams.split}' "
-                             "(the sam route labels SAM's masks with the exported CAMs)")
-        bad = [r for r in self.ensemble.routes if r not in self.pseudo_masks.extra_methods]
-        if bad:
-            raise ValueError(f"ensemble.routes: {bad} not in pseudo_masks.extra_methods "
-                             f"{self.pseudo_masks.extra_methods} (train_segmentation's model trains on "
-                             f"pseudo_masks.method '{self.pseudo_masks.method}'; each further model on an extra route)")
-        if self.ensemble.routes and self.data.val_split is None:
-            raise ValueError("ensemble.routes: the blend is scored on the val split; data.val_split is null")
-        if self.export_cams.source == "import":
-            if self.import_cams.dir is None:
-                raise ValueError("export_cams.source 'import' needs import_cams.dir (the folder of CAM files)")
-            aff = [m for m in self.pseudo_masks.routes if m.startswith("affinity")]
-            if aff:
-                raise ValueError(f"pseudo_masks routes {aff} walk the mask generator's attention, which imported "
-                                 "CAMs do not have (export_cams.source: import); use argmax, crf or sam")
-        pred = self.train_segmentation.predict_split
-        if pred is not None and pred not in self.data.all_splits:
-            raise ValueError(f"train_segmentation.predict_split: '{pred}' is none of the data splits "
-                             f"{self.data.all_splits}")
+    def _check_rules(self):
+        for rule in RULES:
+            rule(self)
         return self
 
     def section(self, name: str) -> dict:
@@ -115,7 +71,3 @@ def cam_labels() -> dict[str, str]:
                 if isinstance(f.annotation, type) and issubclass(f.annotation, TrainCfg)}
     return {n: s.cams_label() for n, s in defaults.items() if s.cams_label() is not None}
 
-
-def seed_eval_split(cfg: Config, stage: str) -> str:
-    """The GT split a training stage's seeds are scored on."""
-    return getattr(cfg, stage).seed_eval_split or cfg.data.eval_split or cfg.data.train_split

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import Field, model_validator
 
 from pipeline.config.base import NonNegative, Positive, Section
+
+if TYPE_CHECKING:
+    from pipeline.config.root import Config
 
 
 class TrainCfg(Section):
@@ -141,3 +144,8 @@ def phase_sections(cfg, cams_only: bool = False) -> dict[str, TrainCfg]:
     found = {n: getattr(cfg, n) for n in type(cfg).model_fields}
     return {n: s for n, s in found.items()
             if isinstance(s, TrainCfg) and (s.cams_label() is not None or not cams_only)}
+
+
+def seed_eval_split(cfg: Config, stage: str) -> str:
+    """The GT split a training stage's seeds are scored on."""
+    return getattr(cfg, stage).seed_eval_split or cfg.data.eval_split or cfg.data.train_split

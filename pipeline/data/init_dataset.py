@@ -74,8 +74,10 @@ def init_dataset(folder: Path, out: Path, labels: Optional[Path] = None, images:
         split["masks"] = "masks"
     name = folder.resolve().name
     q = json.dumps  # JSON strings and objects are YAML: any path or name comes through quoted
-    text = template().substitute(folder=folder, name=q(name), work_dir=q(f"runs/{name}"), root=q(str(folder)),
-                                 classes=q(rel(classes)), split=q(split))
+    # --tiny also sets a run key, written into the run section: YAML keeps only the last of two `run:`
+    run_tiny = "\n  num_workers: 0             # --tiny: data loading on the main process" if tiny else ""
+    text = template().substitute(folder=folder, name=q(name), work_dir=q(f"runs/{name}"), run_tiny=run_tiny,
+                                 root=q(str(folder)), classes=q(rel(classes)), split=q(split))
     if tiny:
         text += template("folder-tiny").substitute()
     out.parent.mkdir(parents=True, exist_ok=True)
