@@ -1,11 +1,11 @@
-"""learn_prompts: phase 2, Contrastive Prompt Learning (pipeline/semples/phases.py)."""
+"""learn_prompts: phase 2, Contrastive Prompt Learning (pipeline/semples/phases/learn_prompts.py)."""
 from pipeline.weights import clip_weights
 from stages.contract import Stage
 
 
 def run(cfg, inputs, out):
-    from pipeline.semples.phases import run_learn_prompts
-    return run_learn_prompts(cfg, inputs, out)
+    from pipeline.semples.phases.learn_prompts import run
+    return run(cfg, inputs, out)
 
 
 STAGE = Stage(name="learn_prompts", gpu=True, inputs=('prepare_data', 'match'),

@@ -1,12 +1,12 @@
-"""match: phase 1, Segment-Label Matching (pipeline/semples/phases.py)."""
+"""match: phase 1, Segment-Label Matching (pipeline/semples/phases/match.py)."""
 from pipeline.semples.seed_eval import SECTIONS as SEED_EVAL
 from pipeline.weights import clip_weights
 from stages.contract import Stage
 
 
 def run(cfg, inputs, out):
-    from pipeline.semples.phases import run_match
-    return run_match(cfg, inputs, out)
+    from pipeline.semples.phases.match import run
+    return run(cfg, inputs, out)
 
 
 STAGE = Stage(name="match", gpu=True, inputs=('prepare_data', 'train_cam'),

@@ -1,12 +1,12 @@
-"""refine: phase 3, Prompt-guided Semantic Refinement (pipeline/semples/phases.py)."""
+"""refine: phase 3, Prompt-guided Semantic Refinement (pipeline/semples/phases/refine.py)."""
 from pipeline.semples.seed_eval import SECTIONS as SEED_EVAL
 from pipeline.weights import clip_weights
 from stages.contract import Stage
 
 
 def run(cfg, inputs, out):
-    from pipeline.semples.phases import run_refine
-    return run_refine(cfg, inputs, out)
+    from pipeline.semples.phases.refine import run
+    return run(cfg, inputs, out)
 
 
 STAGE = Stage(name="refine", gpu=True, inputs=('prepare_data', 'train_cam', 'match', 'learn_prompts'),

@@ -1,12 +1,12 @@
-"""train_cam: classification warm start of the mask generator S (pipeline/semples/phases.py)."""
+"""train_cam: classification warm start of the mask generator S (pipeline/semples/phases/train_cam.py)."""
 from pipeline.semples.seed_eval import SECTIONS as SEED_EVAL
 from pipeline.weights import timm_weights
 from stages.contract import Stage
 
 
 def run(cfg, inputs, out):
-    from pipeline.semples.phases import run_train_cam
-    return run_train_cam(cfg, inputs, out)
+    from pipeline.semples.phases.train_cam import run
+    return run(cfg, inputs, out)
 
 
 def sections(cfg):

@@ -43,6 +43,12 @@ def test_seed_eval_split_has_ground_truth(tmp_path):
     assert f"{child}: match.seed_eval_split: 'nosuch' is not a split with ground truth" in msg
 
 
+def test_export_cams_source_is_a_phase_with_cams(tmp_path):
+    msg, child = refused(tmp_path, {"export_cams": {"source": "learn_prompts"}})
+    assert (f"{child}: export_cams.source: 'learn_prompts' is neither a training phase that makes CAMs "
+            "(train_cam, match, refine) nor 'import'") in msg
+
+
 def test_folder_dataset_names_classes(tmp_path):
     msg, child = refused(tmp_path, {"data": {"dataset": "folder"}})
     assert f"{child}: data.classes: a folder dataset needs a class list file" in msg

@@ -22,7 +22,7 @@ from pipeline.evaluation.metrics import Confusion, seed_confusions
 from pipeline.models.mask_generator import build_mask_generator, load_mask_generator
 from pipeline.evaluation.scores import best_threshold, official_threshold
 from pipeline.semples.seed_eval import eval_ids, seed_miou_eval
-from pipeline.semples.training import BEST_MODEL, CHECKPOINT, TrainImages, fit
+from pipeline.semples.training import BEST_MODEL, CHECKPOINT, FitSpec, TrainImages, fit
 from test_semples_stages import ROOT, history, tiny_cfg
 
 
@@ -47,8 +47,8 @@ def _train(cfg, table, out, epoch_eval, stop_after=None):
     torch.manual_seed(0)
     model = build_mask_generator(cfg.mask_generator, 20, load_weights=False)
     ds = TrainImages(table, 64, seed=0, ids=table.ids()[:8])
-    m = fit(out, cfg.train_cam, 0, ds, model, train_cam_step, torch.device("cpu"), stop_after=stop_after,
-            epoch_eval=epoch_eval)
+    m = fit(FitSpec(out, cfg.train_cam, 0, ds, model, train_cam_step, torch.device("cpu"), stop_after=stop_after,
+                    epoch_eval=epoch_eval))
     return model, m
 
 

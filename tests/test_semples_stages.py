@@ -9,7 +9,7 @@ from pipeline.config import load_config
 from pipeline.data.datasets import LabelTable
 from pipeline.semples.losses import train_cam_step
 from pipeline.models.mask_generator import build_mask_generator, load_mask_generator
-from pipeline.semples.training import TrainImages, fit
+from pipeline.semples.training import FitSpec, TrainImages, fit
 from stages.runner import input_dirs, run_all, run_stage
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_resume_equals_uninterrupted(tmp_path, prepared):
         torch.manual_seed(0)
         model = build_mask_generator(cfg.mask_generator, 20, load_weights=False)
         ds = TrainImages(table, 64, seed=0, ids=table.ids()[:8])
-        fit(out, cfg.train_cam, 0, ds, model, train_cam_step, torch.device("cpu"), stop_after=stop_after)
+        fit(FitSpec(out, cfg.train_cam, 0, ds, model, train_cam_step, torch.device("cpu"), stop_after=stop_after))
         return model
 
     a, b = tmp_path / "a", tmp_path / "b"

@@ -40,11 +40,12 @@ from pipeline.config.loader import (UniqueKeyLoader, _check_paths, _load_raw, _m
                                     load_config, missing_root_hint)
 from pipeline.config.models import ClipCfg, MaskGeneratorCfg
 from pipeline.config.pseudo_masks import CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg, SamCfg
-from pipeline.config.root import THROUGHPUT, Config
+from pipeline.config.root import THROUGHPUT, Config, cam_labels
 from pipeline.config.rules import RULES, RuleError
 from pipeline.config.run_data import DataCfg, RunCfg, SplitCfg
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
-from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, seed_eval_split
+from pipeline.config.training import (LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, phase_sections,
+                                      seed_eval_split)
 
 __all__ = [
     "CaaCfg", "ChecksCfg", "ClipCfg", "Config", "ConfigError", "CrfCfg", "DataCfg", "EnsembleCfg",
@@ -52,6 +53,6 @@ __all__ = [
     "MaskGeneratorCfg", "MatchCfg", "NonNegative", "OFFICIAL_SWEEP", "Positive", "PseudoMaskMethod",
     "PseudoMasksCfg", "RefineCfg", "RULES", "RuleError", "RunCfg", "SamCfg", "Section", "SplitCfg", "THROUGHPUT",
     "TrainCamCfg", "TrainCfg", "TrainSegmentationCfg", "UniqueKeyLoader", "load_config", "missing_root_hint",
-    "seed_eval_split",
+    "cam_labels", "phase_sections", "seed_eval_split",
     "_check_paths", "_is_hub_tag", "_load_raw", "_looks_like_path", "_merge", "_origin_of", "_read_yaml",
 ]

@@ -33,10 +33,11 @@ class CaaCfg(Section):
 
 
 class ExportCamsCfg(Section):
-    # which training stage's mask generator makes the CAMs: the ablation warm
-    # start (train_cam) vs L_match only (match) vs full SemPLeS (refine); import: no
-    # CAM inference, the CAM artifact is import_cams' (CAMs of another method)
-    source: Literal["train_cam", "match", "refine", "import"] = "refine"
+    # which training stage's mask generator makes the CAMs: a registered phase that makes CAMs
+    # (a TrainCfg section that makes CAMs; checked by Config), e.g. the ablation warm start (train_cam) vs L_match only
+    # (match) vs full SemPLeS (refine); import: no CAM inference, the CAM artifact is import_cams'
+    # (CAMs of another method)
+    source: str = "refine"
     split: str = "train"
     # README CAM generation: --scales 1.0 1.2 (each with its flip)
     scales: list[Positive] = Field(default_factory=lambda: [1.0, 1.2], min_length=1)

@@ -12,6 +12,7 @@ from pipeline.config.base import ConfigError, _looks_like_path
 from pipeline.config.root import Config
 from pipeline.config.rules import RuleError
 from pipeline.config.run_data import DataCfg
+from pipeline.config.training import phase_sections
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -135,18 +136,19 @@ def _check_paths(cfg: Config, origin: dict) -> None:
     problems = []
     if not cfg.data.root.exists() and not cfg.data.fetch:
         problems.append(("data.root", cfg.data.root))
-    for key in ("mask_generator.pretrained", "clip.pretrained", "train_segmentation.pretrained",
-                "train_cam.init_checkpoint"):
+    phases = phase_sections(cfg, cams_only=True)
+    imported = tuple(f"{n}.{s.imports()}" for n, s in phases.items() if s.imports())  # train_cam.init_checkpoint
+    for key in ("mask_generator.pretrained", "clip.pretrained", "train_segmentation.pretrained") + imported:
         sec, field = key.split(".")
         v = getattr(getattr(cfg, sec), field)
         if isinstance(v, str) and _looks_like_path(v) and not Path(v).exists():
             problems.append((key, v))
     if cfg.sam.checkpoint and "://" not in cfg.sam.checkpoint and not Path(cfg.sam.checkpoint).exists():
         problems.append(("sam.checkpoint", cfg.sam.checkpoint))
-    for stage in ("train_cam", "match", "refine"):
-        ids = getattr(cfg, stage).seed_eval_ids
+    for name, section in phases.items():
+        ids = section.seed_eval_ids
         if ids is not None and not ids.exists():
-            problems.append((f"{stage}.seed_eval_ids", ids))
+            problems.append((f"{name}.seed_eval_ids", ids))
     if problems:
         raise ConfigError("missing paths:\n  " + "\n  ".join(
             f"{_origin_of(origin, tuple(k.split('.')))}: {k}: {p} does not exist"

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from pipeline.config.training import seed_eval_split
+from pipeline.config.training import phase_sections, seed_eval_split
 from pipeline.pseudo_masks.routes import ROUTES
 
 if TYPE_CHECKING:
     from pipeline.config.root import Config
-
-SEED_EVAL_STAGES = ("train_cam", "match", "refine")  # the phases whose seeds are scored while they train
-
 
 class RuleError(ValueError):
     """A broken rule; ``fields``: the dotted keys it concerns (the loader names the file that set the
@@ -44,12 +41,20 @@ def learn_prompts_keeps_last_epoch(cfg: Config) -> None:
 
 def seed_eval_split_has_ground_truth(cfg: Config) -> None:
     """A phase that scores its seeds while training scores them on a split of this config."""
-    for stage in SEED_EVAL_STAGES:
+    for stage, section in phase_sections(cfg, cams_only=True).items():
         split = seed_eval_split(cfg, stage)
-        if getattr(cfg, stage).seed_eval_every and split not in cfg.data.all_splits:
+        if section.seed_eval_every and split not in cfg.data.all_splits:
             raise RuleError((f"{stage}.seed_eval_split",),
                             f"{stage}.seed_eval_split: '{split}' is not a split with ground truth of this "
                             f"config (data splits: {', '.join(cfg.data.all_splits)})")
+
+
+def export_cams_source_is_a_phase_with_cams(cfg: Config) -> None:
+    """export_cams.source names a training phase whose section makes CAMs (TrainCfg.cams_label), or 'import'."""
+    sources = list(phase_sections(cfg, cams_only=True))
+    if cfg.export_cams.source not in sources + ["import"]:
+        raise RuleError(("export_cams.source",), f"export_cams.source: '{cfg.export_cams.source}' is neither a "
+                        f"training phase that makes CAMs ({', '.join(sources)}) nor 'import'")
 
 
 def folder_dataset_names_classes(cfg: Config) -> None:
@@ -137,6 +142,7 @@ RULES: tuple[Callable[[Config], None], ...] = (
     coco_splits_name_images_and_annotations,
     learn_prompts_keeps_last_epoch,
     seed_eval_split_has_ground_truth,
+    export_cams_source_is_a_phase_with_cams,
     folder_dataset_names_classes,
     folder_splits_name_labels,
     published_datasets_have_val_split,

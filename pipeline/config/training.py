@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 class TrainCfg(Section):
     """A training phase; defaults: the SemPLeS phases' (kuongan/SemPLeS README.md VOC
-    commands, main1-3.py defaults: 60 epochs, batch 64, weight decay 0.03, no warmup, min lr 0)."""
+    commands, main1-3.py defaults: 60 epochs, batch 64, weight decay 0.03, no warmup, min lr 0).
+    A field of Config of this type is a training phase's section (``phase_sections``); what
+    the config's rules need to know of the phase its section says (methods, which a stage's
+    config view runs too)."""
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (all processes)")
     # The official scripts' --lr (VOC phases 1 and 3: 5.12e-4 -> 6.4e-5 effective at batch 64); the
@@ -51,6 +54,25 @@ class TrainCfg(Section):
             raise ValueError("select 'gt_miou' needs seed_eval_every >= 1 (the epochs it chooses from)")
         return self
 
+    def cams_label(self) -> Optional[str]:
+        """How reports name the CAMs of the mask generator this phase trains; None: it trains
+        none. Set: export_cams.source may name it, select / seed_eval_* apply."""
+        return None
+
+    def imports(self) -> Optional[str]:
+        """The field naming weights the phase imports instead of training (its path is checked)."""
+        return None
+
+    def imported_from(self) -> Optional[str]:
+        """The weights file the phase imports instead of training, if any."""
+        return getattr(self, self.imports()) if self.imports() else None
+
+    def selects_on_gt(self) -> bool:
+        """The one place that decides whether the phase keeps the epoch with the best seed mIoU
+        against ground truth (select: gt_miou) rather than its last: the training loop's KeepBest,
+        the kept weights, the seed evaluation's refusal without GT and the reports ask here."""
+        return self.select == "gt_miou"
+
     def effective_lr(self) -> float:
         return self.lr * self.batch_size / self.lr_scale_batch if self.lr_scale_batch else self.lr
 
@@ -71,6 +93,12 @@ class TrainCamCfg(TrainCfg):
         "official", description="warm-start recipe: official (feature fusion, uniform weight decay) or "
                                 "weaktr_v1 (WeakTr V1: map fusion, filtered weight decay)")
 
+    def imports(self) -> Optional[str]:
+        return "init_checkpoint"
+
+    def cams_label(self) -> Optional[str]:
+        return "classification warm start"
+
 
 class MatchCfg(TrainCfg):
     lambda_b: NonNegative = 2.4  # README main1.py --hypers 2.4 (VOC)
@@ -78,6 +106,9 @@ class MatchCfg(TrainCfg):
     # head: as models123.py, patch tokens and attention detached, only the CAM head and the
     # attention fusion learn; all: the whole mask generator learns (a deviation)
     trainable: Literal["head", "all"] = "head"
+
+    def cams_label(self) -> Optional[str]:
+        return "L_match only (phase 1)"
 
 
 class LearnPromptsCfg(TrainCfg):
@@ -94,6 +125,7 @@ class LearnPromptsCfg(TrainCfg):
     vocab_topk: int = Field(5, ge=1)
 
 
+
 class RefineCfg(TrainCfg):
     lambda_b: NonNegative = 2.4  # README main3.py --hypers 2.4 0.05 (VOC)
     lambda_refine: NonNegative = 0.05
@@ -101,6 +133,17 @@ class RefineCfg(TrainCfg):
     # --resume of the WeakTr checkpoint: S restarts from the warm start
     init_from: Literal["train_cam", "match"] = "train_cam"
     trainable: Literal["head", "all"] = "head"
+
+    def cams_label(self) -> Optional[str]:
+        return "full SemPLeS (phase 3)"
+
+
+def phase_sections(cfg, cams_only: bool = False) -> dict[str, TrainCfg]:
+    """The training phases' sections of ``cfg`` by name (every TrainCfg field of Config), in
+    Config's order; cams_only: those of the phases that train the mask generator (cams_label)."""
+    found = {n: getattr(cfg, n) for n in type(cfg).model_fields}
+    return {n: s for n, s in found.items()
+            if isinstance(s, TrainCfg) and (s.cams_label() is not None or not cams_only)}
 
 
 def seed_eval_split(cfg: Config, stage: str) -> str:

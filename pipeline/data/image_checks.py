@@ -54,8 +54,8 @@ def arch_of(arch: str, backbone: str) -> Arch:
 def cam_splits(cfg: Config) -> list[str]:
     """The splits whose full images go through the mask generator: export_cams.split and the
     seed-scoring split of every training stage that scores seeds."""
-    from pipeline.config import seed_eval_split
-    scored = [seed_eval_split(cfg, s) for s in ("train_cam", "match", "refine") if getattr(cfg, s).seed_eval_every]
+    from pipeline.config import phase_sections, seed_eval_split
+    scored = [seed_eval_split(cfg, n) for n, s in phase_sections(cfg, cams_only=True).items() if s.seed_eval_every]
     return list(dict.fromkeys([cfg.export_cams.split, *scored]))
 
 

@@ -41,11 +41,11 @@ from pipeline.artifacts import (EnsembleArtifact, EvalArtifact, ImportedCamArtif
                                 MaskArtifact, SegmentationArtifact, cam_artifact, cam_stage, mask_stage,
                                 trained_masks)
 from pipeline.cams.store import CamStore, fixed_sample
-from pipeline.config import Config
+from pipeline.config import Config, phase_sections
 from pipeline.data.datasets import LabelTable, read_image, read_mask
-from pipeline.evaluation.report import (SELECTING_STAGES, UNCERTAIN, EnsembleScores, EvalReport, FinalModel,
-                                        Scores, SeedScores, SeedSweep, Selection, report_markdown, save_eval_gallery,
-                                        save_report_bars, selection_label)
+from pipeline.evaluation.report import (UNCERTAIN, EnsembleScores, EvalReport, FinalModel, Scores, SeedScores,
+                                        SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars,
+                                        selection_label)
 from pipeline.evaluation.protocol import build_protocol
 from pipeline.evaluation.scores import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
 from pipeline.pseudo_masks.threshold import seed_labels
@@ -171,9 +171,9 @@ def run(cfg: Config, inputs, out: Path) -> dict:
     report.protocol = build_protocol(
         eval_split=split, num_images=len(ids), num_images_with_gt=len(gt_ids), inputs=inputs,
         bg_threshold=ev.bg_threshold, sweep=list(ev.sweep), routes=list(pm.routes),
-        selection_gt=[s for s in SELECTING_STAGES if getattr(cfg, s).select == "gt_miou"]
-        + (["train_cam (imported warm start: may itself be chosen on ground truth)"]
-           if cfg.train_cam.init_checkpoint else []),
+        selection_gt=[n for n, s in phase_sections(cfg, cams_only=True).items() if s.selects_on_gt()]
+        + [f"{n} (imported warm start: may itself be chosen on ground truth)"
+           for n, s in phase_sections(cfg, cams_only=True).items() if s.imported_from()],
         final_label=report.final_model.label, final_available=report.final_model.available,
         official_t=sweep_of.official_threshold if sweep_of else None,
         best_t=sweep_of.best_threshold if sweep_of else None)
@@ -222,17 +222,19 @@ def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) ->
 
 
 def _selection(cfg: Config, own_cams: bool = True) -> Selection:
-    """How train_cam, match and refine (whose S makes the CAMs) kept their weights; unknown for
+    """How the phases whose S makes CAMs (phase_sections) kept their weights; unknown for
     imported CAMs or masks (another method chose its own checkpoint)."""
-    stages = SELECTING_STAGES
+    phases = phase_sections(cfg, cams_only=True)
+    stages = list(phases)
     if not own_cams:
         return Selection(uses_ground_truth=None, note="the CAMs / pseudo masks are imported: how their method "
                          "chose its checkpoint is not known here", **{s: "n/a (imported)" for s in stages})
-    gt = [s for s in stages if getattr(cfg, s).select == "gt_miou"]
+    gt = [n for n, s in phases.items() if s.selects_on_gt()]
     note = (f"{', '.join(gt)} kept the epoch with the best seed mIoU against ground truth (the official "
             "protocol): every number here depends on ground truth" if gt else
             "every training stage kept its last epoch: no pixel label chose a checkpoint")
-    if cfg.train_cam.init_checkpoint:
+    imported = any(s.imported_from() for s in phases.values())
+    if imported:
         note += "; the imported warm start may itself have been chosen on ground truth"
-    uses_gt = bool(gt) or bool(cfg.train_cam.init_checkpoint)
+    uses_gt = bool(gt) or imported
     return Selection(uses_ground_truth=uses_gt, note=note, **{s: selection_label(cfg, s) for s in stages})

@@ -20,23 +20,22 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.artifacts import EvalArtifact
-from pipeline.config import Config, seed_eval_split
+from pipeline.config import Config, cam_labels, seed_eval_split
 from pipeline.evaluation.protocol import Protocol, protocol_markdown
 from pipeline.store import write_json_atomic
 
 REPORT = EvalArtifact.report.name
 UNCERTAIN = "uncertain (255)"  # the pixel-share key of the uncertain (255) pixels
-SOURCES = {"train_cam": "classification warm start", "match": "L_match only (phase 1)",
-           "refine": "full SemPLeS (phase 3)"}
-SELECTING_STAGES = ("train_cam", "match", "refine")  # whose mask generator makes the CAMs
+
 
 
 def selection_label(cfg: Config, stage: str) -> str:
     """How a training stage picks the weights it keeps, in words."""
-    if stage == "train_cam" and cfg.train_cam.init_checkpoint:
-        return (f"imported from {cfg.train_cam.init_checkpoint} (WeakTr's released checkpoint_best_mIoU.pth "
+    tcfg = getattr(cfg, stage)
+    if tcfg.imported_from():
+        return (f"imported from {tcfg.imported_from()} (WeakTr's released checkpoint_best_mIoU.pth "
                 "was chosen by its authors on ground truth)")
-    if getattr(cfg, stage).select == "gt_miou":
+    if tcfg.selects_on_gt():
         return f"best epoch by seed mIoU on {seed_eval_split(cfg, stage)} (uses ground truth)"
     return "last epoch (no pixel labels)"
 
@@ -101,13 +100,14 @@ class EnsembleScores(_Part):
 
 
 class Selection(_Part):
-    """How the training stages kept their weights (in words, per stage); uses_ground_truth None:
-    not known (imported CAMs or masks)."""
+    """How the training stages kept their weights: in words, one extra field per phase that makes
+    CAMs (pipeline.config.phase_sections); uses_ground_truth None: not known (imported CAMs or
+    masks)."""
     uses_ground_truth: Optional[bool] = None
     note: str
-    train_cam: str
-    match: str
-    refine: str
+
+    def per_phase(self) -> dict[str, str]:
+        return dict(self.model_extra or {})
 
 
 class EvalReport(_Part):
@@ -205,7 +205,8 @@ def report_markdown(r: EvalReport) -> str:
     fm = f"{final.miou:.2f}" if final.available else f"n/a ({final.reason})"
     cell = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
     how = f" ({final.label})" if final.available else ""
-    with_what = "CAMs" if r.cam_source in SOURCES or r.cam_source.startswith("imported") else "pseudo masks"
+    own = r.cam_source in cam_labels()
+    with_what = "CAMs" if own or r.cam_source.startswith("imported") else "pseudo masks"
     lines = [f"# Evaluation: {r.eval_split} ({r.num_images} images with {with_what}, "
              f"{r.num_images_with_gt} with ground truth)", "", cam_source_line(r), ""]
     if r.mask_source:
@@ -242,7 +243,7 @@ def report_markdown(r: EvalReport) -> str:
                   "look at gallery.png and the pixel shares below.", "", f"Final segmentation model{how} (val): {fm}"]
         lines += [row.replace("| val |", "(val):") for row in _ensemble_rows(r)]
     sel = r.selection
-    lines += ["", "Checkpoint selection: " + "; ".join(f"{s}: {getattr(sel, s)}" for s in SELECTING_STAGES)
+    lines += ["", "Checkpoint selection: " + "; ".join(f"{s}: {label}" for s, label in sel.per_phase().items())
               + f". Note: {sel.note}."]
     if final.selected_on_ground_truth:
         lines += ["", "Note: the final model's checkpoint was selected by val mIoU: the number is chosen on the "
@@ -259,8 +260,9 @@ def report_markdown(r: EvalReport) -> str:
 
 
 def cam_source_line(r: EvalReport) -> str:
-    if r.cam_source in SOURCES:
-        return f"CAMs from the mask generator of stage `{r.cam_source}` ({SOURCES[r.cam_source]})."
+    labels = cam_labels()
+    if r.cam_source in labels:
+        return f"CAMs from the mask generator of stage `{r.cam_source}` ({labels[r.cam_source]})."
     if r.cam_source.startswith("imported"):
         return f"CAMs {r.cam_source} (scored by this pipeline's protocol)."
     return f"CAMs: {r.cam_source}."

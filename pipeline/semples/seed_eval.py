@@ -68,7 +68,7 @@ def seed_miou_eval(cfg: Config, stage: str, prepare_dir: Path,
     table = LabelTable.from_artifact(prepare_dir, seed_eval_split(cfg, stage))
     ids = [i for i in eval_ids(cfg, stage, table) if table[i].mask]  # folder datasets: GT is optional
     if not ids:
-        if getattr(cfg, stage).select == "gt_miou":
+        if getattr(cfg, stage).selects_on_gt():
             raise ValueError(f"{stage}.select: gt_miou needs ground-truth masks in split '{table.split}', "
                              "and it has none")
         log.warning("%s: no ground-truth masks in split '%s': no per-epoch seed mIoU", stage, table.split)

@@ -8,19 +8,19 @@ permutation for (seed, epoch), also in single-process runs, and the
 augmentation of a sample is drawn from an RNG seeded by (seed, epoch, index),
 so DDP ranks together see exactly the batches of a single-process run.
 
-``fit`` is the loop over named pieces: ``setup`` (optimizer, schedule,
-precision and scaler, loader, DDP wrap), ``resume``, ``train_epoch`` (whose
-update is ``optimizer_step``, the step bench/train_step.py and
-bench/amp_exactness.py time) and ``save_checkpoint``.
+``fit(FitSpec)`` is the loop over named pieces: ``setup`` (optimizer, schedule,
+precision and scaler, loader, DDP wrap), ``train_epoch`` (whose update is
+``optimizer_step``, the step bench/train_step.py and bench/amp_exactness.py time)
+and the callbacks of pipeline.semples.callbacks around them (checkpoint and
+resume, seed evaluation, keep-best selection, history, log, gallery).
 """
 from __future__ import annotations
 
-import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,34 +31,12 @@ from PIL import Image
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from pipeline.artifacts import ModelArtifact
 from pipeline.config import TrainCfg
 from pipeline.data.datasets import LabelTable, read_image
-from pipeline.models.mask_generator import MEAN, STD, normalize_numpy, unwrap
-from pipeline.plots import heat_overlay, save_grid, save_loss_history
-from pipeline.store import decoding, torch_save_atomic
+from pipeline.models.mask_generator import MEAN, STD, normalize_numpy
+from pipeline.semples.callbacks import BEST_MODEL, CHECKPOINT, Callback, callbacks_for, write_gallery  # noqa: F401
+from pipeline.semples.dist import barrier, dist_info, is_main  # noqa: F401 (the phases' imports)
 from pipeline.utils import progress
-
-log = logging.getLogger("wsss")
-CHECKPOINT = ModelArtifact.checkpoint.name
-BEST_MODEL = ModelArtifact.best_state.name  # select: gt_miou: the chosen epoch's weights (state_dict)
-
-
-# ------------------------------------------------------------------ distributed
-def dist_info() -> tuple[int, int]:
-    """(rank, world size); (0, 1) outside a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main() -> bool:
-    return dist_info()[0] == 0
-
-
-def barrier() -> None:
-    if dist_info()[1] > 1:
-        dist.barrier()
 
 
 # ------------------------------------------------------------------ data
@@ -139,47 +117,6 @@ class TrainImages(Dataset):
             raise ValueError(f"{r.image}: labels {bad} outside 1..{self.k}")
         y[[c - 1 for c in r.labels]] = 1
         return x, y
-
-
-# ------------------------------------------------------------------ checkpoints
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
-    if s.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-# ------------------------------------------------------------------ gallery
-def write_gallery(path: Path, cams_fn: Callable[[torch.Tensor], torch.Tensor], dataset: TrainImages,
-                  class_names: list[str], device, max_classes: int = 3) -> None:
-    """One row per image: the image, then the min-max normalised CAM of each
-    of its labelled classes (at most max_classes) as a heat overlay."""
-    if len(dataset) == 0:
-        return
-    rows, labels = [], []
-    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
-    with torch.no_grad():
-        for i in range(len(dataset)):
-            x, y = dataset[i]
-            cam = cams_fn(x[None].to(device))[0].float().cpu()
-            cam = torch.nn.functional.interpolate(cam[None], x.shape[-2:], mode="bilinear",
-                                                  align_corners=False)[0]
-            img = ((x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-            row = [img]
-            ks = torch.nonzero(y).flatten().tolist()[:max_classes]
-            for k in ks:
-                c = cam[k]
-                c = (c - c.min()) / (c.max() - c.min() + 1e-5)
-                row.append(heat_overlay(img, c.numpy()))
-            rows.append(row)
-            labels.append(f"{Path(dataset.records[i].image).stem}: " + ", ".join(class_names[k] for k in ks))
-    save_grid(path, rows, row_labels=labels)
 
 
 # ------------------------------------------------------------------ the optimizer step
@@ -264,25 +201,6 @@ def setup(tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module,
     return Training(name, trainable, model, opt, sched, precision, precision.scaler(), sampler, loader, device)
 
 
-def resume(tr: Training, path: Path) -> tuple[int, list[dict], Optional[dict]]:
-    """(first epoch to train, history, best-so-far) from checkpoint ``path``,
-    restoring weights, optimizer, schedule, scaler and this rank's RNG state;
-    (0, [], None) when there is no checkpoint."""
-    if not path.exists():
-        return 0, [], None
-    rank = dist_info()[0]
-    with decoding(path, "resume checkpoint"):
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    unwrap(tr.trainable).load_state_dict(ck["model"])
-    tr.opt.load_state_dict(ck["optimizer"])
-    tr.sched.load_state_dict(ck["scheduler"])
-    tr.scaler.load_state_dict(ck["scaler"])
-    _set_rng_state(ck["rng"][rank] if isinstance(ck["rng"], list) and rank < len(ck["rng"]) else ck["rng"])
-    if is_main():
-        log.info("%s: resuming after epoch %d from %s", tr.name, ck["epoch"] + 1, path)
-    return ck["epoch"] + 1, ck["history"], ck.get("best")
-
-
 def train_epoch(tr: Training, step: StepFn, epoch: int, epochs: int, batch_size: int) -> dict:
     """Train 0-based ``epoch``; its history record: the per-item means of the
     step's stats over all ranks, lr, seconds and images/s. The schedule is
@@ -323,85 +241,67 @@ def train_epoch(tr: Training, step: StepFn, epoch: int, epochs: int, batch_size:
             "images_per_s": round(len(tr.loader) * batch_size / seconds, 2)}
 
 
-def rng_states():
-    """This process's RNG state, or every rank's (a list) under DDP; every rank must call it."""
-    if dist_info()[1] == 1:
-        return _rng_state()
-    rngs = [None] * dist_info()[1]
-    dist.all_gather_object(rngs, _rng_state())
-    return rngs
+@dataclass
+class FitSpec:
+    """What ``fit`` trains: ``trainable`` for tcfg.epochs with ``step(module, images, labels) ->
+    (loss, stats, n_items)`` into ``out`` (checkpoint, history, gallery). ``param_groups``: see
+    ``setup``. ``epoch_eval(module, epoch) -> {"seed_miou", ...}``: the seed evaluation (callbacks
+    SeedEval, and KeepBest with tcfg.select 'gt_miou'); ``gallery(path)`` draws the CAM gallery at
+    the end; ``callbacks``: more, after the standard ones (pipeline.semples.callbacks).
+    ``stop_after`` ends the call after that epoch (tests of resuming)."""
+    out: Path
+    tcfg: TrainCfg
+    seed: int
+    dataset: TrainImages
+    trainable: nn.Module
+    step: StepFn
+    device: torch.device
+    name: str = "train"
+    num_workers: int = 0
+    param_groups: Optional[list[dict]] = None
+    epoch_eval: Optional[Callable[[nn.Module, int], dict]] = None
+    gallery: Optional[Callable[[Path], None]] = None
+    callbacks: Sequence[Callback] = ()
+    stop_after: Optional[int] = None
 
 
-def save_checkpoint(tr: Training, path: Path, epoch: int, history: list[dict], best: Optional[dict], rngs) -> None:
-    """Everything ``resume`` needs to continue after 0-based ``epoch`` exactly (rank 0 writes)."""
-    torch_save_atomic({"epoch": epoch, "model": unwrap(tr.trainable).state_dict(), "optimizer": tr.opt.state_dict(),
-                       "scheduler": tr.sched.state_dict(), "scaler": tr.scaler.state_dict(),
-                       "rng": rngs, "history": history, "best": best}, path)
+@dataclass
+class FitState:
+    """What the callbacks see and change: the spec, what ``setup`` built, the first epoch of
+    this call, the history records and the best-so-far (KeepBest)."""
+    spec: FitSpec
+    tr: Training
+    start: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: Optional[dict] = None
 
 
-def fit(out: Path, tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module, step: StepFn,
-        device: torch.device, num_workers: int = 0, name: str = "train",
-        gallery: Optional[Callable[[Path], None]] = None, stop_after: Optional[int] = None,
-        param_groups: Optional[list[dict]] = None,
-        epoch_eval: Optional[Callable[[nn.Module, int], dict]] = None) -> dict:
-    """Train ``trainable`` (wrapped in DDP when a process group exists) with
-    ``step(module, images, labels) -> (loss, stats, n_items)`` for tcfg.epochs,
-    resuming from out/checkpoint.pt. Writes the loss history and, at the end,
-    the gallery (rank 0). ``stop_after`` ends the call after that epoch (tests
-    of resuming). ``param_groups``: see ``setup``. ``epoch_eval(module, epoch)
-    -> {"seed_miou", ...}`` runs on rank 0 every tcfg.seed_eval_every epochs and
-    at the last one; its numbers join the epoch's history record, and with
-    tcfg.select 'gt_miou' the best epoch's weights go to out/best_model_state.pt.
-    Returns metrics of the last epoch (and of the selected one)."""
-    out = Path(out)
-    tr = setup(tcfg, seed, dataset, trainable, device, num_workers, name, param_groups)
-    if tcfg.select == "gt_miou" and epoch_eval is None:
-        raise ValueError(f"{name}: select 'gt_miou' needs a seed evaluation (epoch_eval)")
-    start, history, best = resume(tr, out / CHECKPOINT)
-    t0 = time.time()
-    for epoch in range(start, tcfg.epochs if stop_after is None else min(stop_after, tcfg.epochs)):
-        rec = train_epoch(tr, step, epoch, tcfg.epochs, tcfg.batch_size)
-        history.append(rec)
-        rngs = rng_states()
+def fit(spec: FitSpec) -> dict:
+    """Train as ``spec`` says (DDP when a process group exists), resuming from
+    out/checkpoint.pt, calling the callbacks' hooks (pipeline.semples.callbacks) around
+    each epoch. Returns metrics of the last epoch (and of the selected one)."""
+    callbacks = callbacks_for(spec)
+    tcfg = spec.tcfg
+    state = FitState(spec, setup(tcfg, spec.seed, spec.dataset, spec.trainable, spec.device, spec.num_workers,
+                                 spec.name, spec.param_groups))
+    for cb in callbacks:
+        cb.on_fit_start(state)
+    end = tcfg.epochs if spec.stop_after is None else min(spec.stop_after, tcfg.epochs)
+    for epoch in range(state.start, end):
+        rec = train_epoch(state.tr, spec.step, epoch, tcfg.epochs, tcfg.batch_size)
+        state.history.append(rec)
+        for cb in callbacks:
+            cb.on_train_epoch_end(state, epoch, rec)
         if is_main():
-            if epoch_eval is not None and _eval_due(epoch, tcfg):  # after the RNG capture: resume-exact
-                rec.update(epoch_eval(unwrap(trainable), epoch + 1))
-                if tcfg.select == "gt_miou":
-                    best = _keep_best(best, rec, trainable)
-            save_checkpoint(tr, out / CHECKPOINT, epoch, history, best, rngs)
-            save_loss_history(out, history, name)
-            _log_epoch(name, rec, tcfg.epochs, (time.time() - t0) / (epoch + 1 - start) * (tcfg.epochs - epoch - 1))
+            for cb in callbacks:
+                cb.on_epoch_end(state, epoch, rec)
         barrier()
-    if is_main() and gallery is not None and (stop_after is None or stop_after >= tcfg.epochs):
-        trainable.eval()
-        gallery(ModelArtifact(out).gallery)
-    if is_main() and best is not None:
-        torch_save_atomic(best["model"], out / BEST_MODEL)
+    if is_main():
+        for cb in callbacks:
+            cb.on_fit_end(state, end == tcfg.epochs)
     barrier()
+    history, best = state.history, state.best
     last = history[-1] if history else {}
     selected = {f"selected_{k}": v for k, v in best.items() if k != "model"} if best else {}
     return {f"final_{k}": v for k, v in last.items() if k not in ("epoch", "seconds")} | \
            {"epochs": len(history), "first_loss": history[0]["loss"] if history else None} | selected
-
-
-def _log_epoch(name: str, rec: dict, epochs: int, eta: float) -> None:
-    losses = " ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("epoch", "lr", "seconds", "images_per_s"))
-    log.info("%s epoch %d/%d: %s lr %.3g (%.1fs, %.1f images/s, ETA %.0fs)", name, rec["epoch"], epochs, losses,
-             rec["lr"], rec["seconds"], rec["images_per_s"], eta)
-
-
-# ------------------------------------------------------------------ checkpoint selection
-def _eval_due(epoch: int, tcfg: TrainCfg) -> bool:
-    """Seed evaluation after 0-based ``epoch``: every seed_eval_every epochs and at the last."""
-    every = tcfg.seed_eval_every
-    return bool(every) and ((epoch + 1) % every == 0 or epoch + 1 == tcfg.epochs)
-
-
-def _keep_best(best: Optional[dict], rec: dict, module: nn.Module) -> dict:
-    """The better of the best-so-far and this epoch by seed mIoU (ties keep the
-    earlier epoch), with a CPU copy of its weights (kept in checkpoint.pt so
-    a resumed run keeps the best-so-far)."""
-    if best is not None and rec["seed_miou"] <= best["seed_miou"]:
-        return best
-    return {"epoch": rec["epoch"], "seed_miou": rec["seed_miou"], "seed_threshold": rec.get("seed_threshold"),
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in unwrap(module).state_dict().items()}}
