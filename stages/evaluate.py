@@ -1,7 +1,9 @@
 """evaluate: seed, pseudo-mask (every route) and final-model mIoU in one report
 (pipeline/artifacts.py EvalArtifact); with ensemble.routes also each ensemble model and
-the blend; the work: pipeline/evaluation/evaluate.py."""
+the blend; the work: pipeline/evaluation/evaluate.py; a flow publishes the report
+(pipeline/evaluation/publish.py)."""
 from pipeline.evaluation.evaluate import inputs, run
+from pipeline.evaluation.publish import report_publications
 from stages.contract import Stage
 
 STAGE = Stage(name="evaluate", inputs=inputs,
@@ -12,4 +14,4 @@ STAGE = Stage(name="evaluate", inputs=inputs,
                         "train_cam.select", "train_cam.seed_eval_split", "train_cam.init_checkpoint",
                         "match.select", "match.seed_eval_split", "refine.select", "refine.seed_eval_split"),
               # 9: per-class precision/recall, protocol card, time and cost per stage; 8: the ensemble
-              run=run, version="9")
+              run=run, version="9", publish=report_publications)
