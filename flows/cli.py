@@ -152,32 +152,15 @@ def status(config: Path = ConfigOpt,
 def data_check(config: Path = ConfigOpt):
     """Validate a dataset tree: per-split counts, per-class image counts, every bad item."""
     cfg = _load(config)
-    from pipeline.data.classes import ClassFileError, dataset_classes
-    from pipeline.data.datasets import check_split, per_class_counts
-    from pipeline.data.image_checks import cam_splits, size_problems
+    from pipeline.data.check import check_lines
+    from pipeline.data.classes import ClassFileError
     try:
-        names = dataset_classes(cfg.data).names
+        lines, bad = check_lines(cfg)
     except ClassFileError as e:
         _fail(e)
-    bad = 0
-    for split in cfg.data.all_splits:
-        good, problems, skipped = check_split(cfg.data, split)
-        extra = f" ({skipped} without annotations skipped)" if skipped else ""
-        if cfg.data.dataset == "folder":
-            extra += f" ({sum(1 for r in good if r.mask)} with ground-truth masks)"
-        typer.echo(f"{split}: {len(good)} images{extra}")
-        counts = per_class_counts(good, len(names))
-        typer.echo("  " + ", ".join(f"{n}={c}" for n, c in zip(names[1:], counts[1:]) if c))
-        for p in problems:
-            typer.echo(f"  BAD {p}", err=True)
-        bad += len(problems)
-        checked = size_problems(cfg, good, len(names) - 1) if split in cam_splits(cfg) else ([], [])
-        for found, action in zip(checked, (cfg.checks.small_images, cfg.checks.large_images)):
-            for p in found:  # the CAM export's limits (checks.*): BAD refuses a run, WARN does not
-                typer.echo(f"  {'BAD' if action == 'error' else 'WARN'} {p}", err=True)
-            bad += len(found) if action == "error" else 0
+    for line, problem in lines:
+        typer.echo(line, err=problem)
     if bad:
-        typer.echo(f"{bad} bad items", err=True)
         raise typer.Exit(1)
 
 
