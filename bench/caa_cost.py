@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.cams.inference import _resized, infer_cams  # noqa: E402
 from pipeline.cams import caa as caa_mod  # noqa: E402
 from pipeline.config import CaaCfg, MaskGeneratorCfg  # noqa: E402
-from pipeline.models.mask_generator import build_mask_generator, normalize_numpy  # noqa: E402
+from pipeline.models.mask_generator import build_mask_generator, merged_attention, normalize_numpy  # noqa: E402
 
 MODELS = {"tiny": {"backbone": "deit_tiny_patch16_224", "img_size": 96},
           "deit_s": {"backbone": "deit_small_patch16_224"}}
@@ -74,7 +74,7 @@ def main() -> None:
         n = attn.shape[-1]
         s = caa_mod.score(grid)
         parts = {
-            "attention_merge": timed(lambda: caa_mod.merged_attention(maps, model.num_heads, 20, cfg.last_n_layers),
+            "attention_merge": timed(lambda: merged_attention(maps, model.num_heads, 20, cfg.last_n_layers),
                                      device, args.images),
             "boxes": timed(lambda: [caa_mod.box_mask(m, cfg.box_thresh) for m in s[0].cpu().numpy()], device,
                            args.images),

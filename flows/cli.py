@@ -88,10 +88,12 @@ def run(config: Path = ConfigOpt,
     _setup_logging()
     cfg = _load(config)
     from pipeline.weights import WeightsUnavailable
-    from stages.runner import preflight, select, stage_keys
+    from stages.plan import RunPlan
+    from stages.runner import preflight, run_plan
     from stages.seeds import run_seeds, seeds_of
     try:  # before Prefect starts: one paragraph instead of a flow-run traceback (the flow checks again)
-        preflight(cfg, select(until, start, cfg), stage_keys(cfg), force)
+        plan = RunPlan.of(cfg, until, start, force)
+        preflight(plan)
         seeds = seeds_of(cfg, seeds)
     except (WeightsUnavailable, KeyError, ValueError) as e:
         _fail(e)
@@ -108,8 +110,7 @@ def run(config: Path = ConfigOpt,
             from flows.dag import wsss_flow
             result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
         else:
-            from stages.runner import run_all
-            result = {k: str(v) for k, v in run_all(cfg, until, start, tuple(force)).items()}
+            result = {k: str(v) for k, v in run_plan(plan).items()}
     except Exception as e:  # noqa: BLE001 - every failure: one paragraph here, the traceback in the log
         _fail_run(e, log_path)
     typer.echo(json.dumps(result, indent=2))
@@ -122,14 +123,16 @@ def stage(name: str, config: Path = ConfigOpt,
     _setup_logging()
     cfg = _load(config)
     from pipeline.weights import WeightsUnavailable
-    from stages.runner import preflight, run_stage, stage_keys
+    from stages.plan import RunPlan
+    from stages.runner import compute_stage, preflight
     try:
-        preflight(cfg, [name], stage_keys(cfg), [name] if force else ())
+        plan = RunPlan(cfg, [name], [name] if force else ())
+        preflight(plan)
     except (WeightsUnavailable, KeyError) as e:
         _fail(e)
     log_path = _log_file(cfg)
     try:
-        out = run_stage(cfg, name, force=force)
+        out = compute_stage(plan, name)
     except Exception as e:  # noqa: BLE001 - every failure: one paragraph here, the traceback in the log
         _fail_run(e, log_path)
     typer.echo(str(out))
@@ -140,74 +143,24 @@ def status(config: Path = ConfigOpt,
            show: int = typer.Option(20, help="damaged files listed per corrupt artifact")):
     """For each stage this config runs: cached / partial / missing / corrupt, key, size, headline metric;
     below a corrupt artifact, the files that fail their manifest entry."""
-    cfg = _load(config)
-    from pipeline.store import Store
-    from stages.runner import headline, select, stage_keys
-    from pipeline.resources import cost_row, total_row
-    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
-    cost = lambda v, w, f: f"{v:>{w}{f}}" if v is not None else f"{'-':>{w}}"  # noqa: E731
-    typer.echo(f"{'stage':<20}{'state':<9}{'size':>10}  {'key':<36}{'wall s':>9}{'GPU-h':>9}{'RSS MB':>9}"
-               f"{'CUDA MB':>9}  {'device':<10}metric")
-    rows, corrupt = [], []
-    for name in select(cfg=cfg):
-        key = keys[name]
-        state = store.state(key)
-        man = (store.manifest(key) or {}) if state == "cached" else {}
-        head = headline(man.get("metrics")) if man else None
-        metric = f"{head[0]}={head[1]:.4g}" if head else ""
-        size = store.size(key)
-        r = cost_row(man) if man else {}
-        rows += [r] if r else []
-        typer.echo(f"{name:<20}{state:<9}{size / 1e6:>8.1f}MB  {key:<36}{cost(r.get('wall_s'), 9, '.1f')}"
-                   f"{cost(r.get('gpu_hours'), 9, '.3f')}{cost(r.get('peak_rss_mb'), 9, '.0f')}"
-                   f"{cost(r.get('cuda_max_allocated_mb'), 9, '.0f')}  {(r.get('device') or '-'):<10}{metric}")
-        if state == "corrupt":
-            bad = store.problems(key)
-            corrupt.append(name)
-            for line in bad[:show]:
-                typer.echo(f"    damaged: {line}")
-            if len(bad) > show:
-                typer.echo(f"    ... and {len(bad) - show} more damaged files")
-    t = total_row(rows)
-    typer.echo(f"{'total':<20}{'':<9}{'':>10}  {'':<36}{cost(t['wall_s'], 9, '.1f')}{cost(t['gpu_hours'], 9, '.3f')}"
-               f"{cost(t['peak_rss_mb'], 9, '.0f')}{cost(t['cuda_max_allocated_mb'], 9, '.0f')}  "
-               "(peaks: the largest stage)")
-    if corrupt:
-        typer.echo(f"`wsss run --config {config}` recomputes the damaged files (and only those, in per-image "
-                   f"stages); `wsss run --config {config} --force {' --force '.join(corrupt)}` recomputes "
-                   "the whole stage")
+    from stages.plan import RunPlan
+    from stages.status import status_lines
+    typer.echo("\n".join(status_lines(RunPlan(_load(config)), config, show)))
 
 
 @data_app.command("check")
 def data_check(config: Path = ConfigOpt):
     """Validate a dataset tree: per-split counts, per-class image counts, every bad item."""
     cfg = _load(config)
-    from pipeline.data.classes import ClassFileError, dataset_classes
-    from pipeline.data.datasets import check_split, per_class_counts
-    from pipeline.data.image_checks import cam_splits, size_problems
+    from pipeline.data.check import check_lines
+    from pipeline.data.classes import ClassFileError
     try:
-        names = dataset_classes(cfg.data).names
+        lines, bad = check_lines(cfg)
     except ClassFileError as e:
         _fail(e)
-    bad = 0
-    for split in cfg.data.all_splits:
-        good, problems, skipped = check_split(cfg.data, split)
-        extra = f" ({skipped} without annotations skipped)" if skipped else ""
-        if cfg.data.dataset == "folder":
-            extra += f" ({sum(1 for r in good if r.mask)} with ground-truth masks)"
-        typer.echo(f"{split}: {len(good)} images{extra}")
-        counts = per_class_counts(good, len(names))
-        typer.echo("  " + ", ".join(f"{n}={c}" for n, c in zip(names[1:], counts[1:]) if c))
-        for p in problems:
-            typer.echo(f"  BAD {p}", err=True)
-        bad += len(problems)
-        checked = size_problems(cfg, good, len(names) - 1) if split in cam_splits(cfg) else ([], [])
-        for found, action in zip(checked, (cfg.checks.small_images, cfg.checks.large_images)):
-            for p in found:  # the CAM export's limits (checks.*): BAD refuses a run, WARN does not
-                typer.echo(f"  {'BAD' if action == 'error' else 'WARN'} {p}", err=True)
-            bad += len(found) if action == "error" else 0
+    for line, problem in lines:
+        typer.echo(line, err=problem)
     if bad:
-        typer.echo(f"{bad} bad items", err=True)
         raise typer.Exit(1)
 
 
@@ -301,17 +254,6 @@ def eval_masks(pred: Path = typer.Option(..., help="folder of predicted label PN
     typer.echo(json.dumps(res, indent=2))
 
 
-def _cached_artifact(cfg, name: str) -> Path:
-    from pipeline.store import Store
-    from stages.runner import stage_keys
-    store, key = Store(cfg.run.work_dir), stage_keys(cfg)[name]
-    state = store.state(key)
-    if state != "cached":
-        _fail(RuntimeError(f"no {name} artifact for this config ({store.path(key)} is {state}); "
-                           f"run `wsss run --config ...` (or `wsss stage {name}`) first"))
-    return store.path(key)
-
-
 @app.command("export-cams")
 def export_cams_cmd(config: Path = ConfigOpt,
                     format: str = typer.Option(..., "--format", help="a CAM format of pipeline/cams/formats/ "
@@ -322,16 +264,20 @@ def export_cams_cmd(config: Path = ConfigOpt,
                                                     "category id - 1, as WeakTr/SemPLeS COCO models)")):
     """Write a run's CAMs (export_cams.split) as per-image files another code base reads
     (FMA-WSSS: fma_npz, or weaktr_npy with its SemPLeS loader)."""
-    from pipeline.artifacts import CamArtifact, cam_stage
     from pipeline.cams.formats import FORMATS, ClassIndex
     from pipeline.cams.importer import export_store
     from pipeline.cams.store import CamStore
     from pipeline.data.classes import COCO_CATEGORY_IDS
     from pipeline.utils import progress
+    from stages.plan import NotCached, RunPlan
+    from stages.results import cam_store
     cfg = _load(config)
     if format not in FORMATS or class_index not in ("label", "coco_category"):
         _fail(ValueError(f"--format must be one of {', '.join(FORMATS)}; --class-index label or coco_category"))
-    store = CamStore(CamArtifact(_cached_artifact(cfg, cam_stage(cfg))).store(cfg.export_cams.split))
+    try:
+        store = CamStore(cam_store(RunPlan(cfg)))
+    except NotCached as e:
+        _fail(e)
     index = ClassIndex(class_base, tuple(COCO_CATEGORY_IDS) if class_index == "coco_category" else None)
     ids = store.ids()
     n = export_store(store, ids, format, out, index, progress=lambda it, total: progress(it, "export-cams", total))
@@ -344,25 +290,15 @@ def export_masks_cmd(config: Path = ConfigOpt,
                      route: Optional[str] = typer.Option(None, help="pseudo-mask route (default: the trained one, "
                                                          "pseudo_masks.method)")):
     """Copy a run's pseudo masks (palette PNGs, the dataset's colours, 255 = uncertain) into a folder."""
-    from pipeline.artifacts import MaskArtifact, mask_stage
-    from pipeline.data.datasets import LabelTable
     from pipeline.pseudo_masks.imported import export_masks
-    cfg = _load(config)
-    name = mask_stage(cfg)
-    art = _cached_artifact(cfg, name)
-    if name == "import_masks":
-        src, split = MaskArtifact(art).trained, cfg.data.train_split
-    else:
-        route = route or cfg.pseudo_masks.method
-        if route not in cfg.pseudo_masks.routes:
-            _fail(ValueError(f"--route {route}: not a route of this run ({', '.join(cfg.pseudo_masks.routes)})"))
-        src, split = MaskArtifact(art).route(route, cfg.pseudo_masks.method), cfg.export_cams.split
-    ids = LabelTable.from_artifact(_cached_artifact(cfg, "prepare_data"), split).ids()
+    from stages.plan import NotCached, RunPlan
+    from stages.results import pseudo_masks
     try:
+        src, ids, what = pseudo_masks(RunPlan(_load(config)), route)
         n = export_masks(src, ids, out)
-    except FileNotFoundError as e:
+    except (NotCached, ValueError, FileNotFoundError) as e:
         _fail(e)
-    typer.echo(f"wrote {n} masks ({name}{'' if name == 'import_masks' else f', route {route}'}) to {out}")
+    typer.echo(f"wrote {n} masks ({what}) to {out}")
 
 
 @app.command()
@@ -374,18 +310,13 @@ def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluat
     try:
         for arg in runs:
             if arg.endswith((".yaml", ".yml")):
+                from stages.seeds import result
                 cfg = _load(Path(arg))
-                from pipeline.store import Store
-                from stages.runner import stage_keys
-                from stages.seeds import seeds_of, spread_key
-                store, key = Store(cfg.run.work_dir), stage_keys(cfg)["evaluate"]
-                if seeds_of(cfg):  # a multi-seed config: its spread artifact
-                    key = spread_key(cfg, seeds_of(cfg))
-                state = store.state(key)
+                eval_dir, state = result(cfg)  # a multi-seed config: its spread artifact
                 if state != "cached":
-                    raise CompareError(f"{arg}: no evaluate artifact ({store.path(key)} is {state}); "
+                    raise CompareError(f"{arg}: no evaluate artifact ({eval_dir} is {state}); "
                                        f"run `wsss run --config {arg}` first")
-                label, eval_dir = cfg.run.name, store.path(key)
+                label = cfg.run.name
             else:
                 label, eval_dir = Path(arg).name, find_evaluate_dir(Path(arg))
             names = [r.label for r in loaded]
@@ -398,10 +329,9 @@ def compare(runs: List[str] = typer.Argument(..., help="configs (.yaml), evaluat
 
 
 def _final_model(cfg, config: Path) -> Path:
-    from pipeline.segmentation.predict import final_model_dir
-    from pipeline.store import Store
-    from stages.runner import stage_keys
-    return final_model_dir(Store(cfg.run.work_dir), stage_keys(cfg)["train_segmentation"], str(config))
+    from stages.plan import RunPlan
+    from stages.results import final_model
+    return final_model(RunPlan(cfg), str(config))
 
 
 @app.command()

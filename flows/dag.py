@@ -28,22 +28,22 @@ a config path as the flow parameter.
 
 A stage computes under its artifact's lock (stages.runner.compute_stage),
 so flows, `wsss stage` and workers on other machines sharing the store
-compute each artifact once. After each stage the flow publishes its metrics
-as Prefect artifacts on the flow run's page (cached stages too), keyed
-<run.name>-<stage>; evaluate adds its report (markdown with the per-class
-chart) and a per-class IoU table.
+compute each artifact once. The flow builds one run plan (stages/plan.py: keys,
+states, inputs) and hands each task the keys and states it needs. After each
+stage the flow publishes its metrics as Prefect artifacts on the flow run's page
+(cached stages too), keyed <run.name>-<stage>, with what the stage's record
+publishes (Stage.publish: evaluate's report, with the per-class chart, and a
+per-class IoU table).
 """
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -51,17 +51,16 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.artifacts import EvalArtifact
 from pipeline.config import Config, load_config
-from pipeline.evaluation.report import EvalReport
-from pipeline.store import Store, digest
+from pipeline.evaluation.publish import spread_publication
+from pipeline.publish import Publication, metrics_table
+from pipeline.store import digest
 from stages import get
-from stages.contract import view
+from stages.contract import Stage, view
 from stages.launch import execute
-from stages.runner import compute_stage, input_dirs, preflight, select, stage_keys
+from stages.plan import RunPlan, select
+from stages.runner import compute_stage, preflight
 from stages.seeds import seeds_of, with_seed, write_spread
-
-INLINE_MAX = 2 ** 21  # bytes: larger PNGs are named by path only, not inlined into the Prefect artifact
 
 
 def _cache_key(context: TaskRunContext, parameters: dict) -> str:
@@ -69,13 +68,15 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
 
 
 @task(task_run_name="{name}", cache_key_fn=_cache_key, persist_result=True)
-def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, force: bool = False,
-               devices: Optional[list[int]] = None) -> str:
-    """``config``: the flow's resolved config (Config.resolved()), not a file. ``devices``: compute
-    in a process of its own that sees only these GPUs ([]: a CPU stage, the devices unchanged);
+def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, states: dict[str, str],
+               force: bool = False, devices: Optional[list[int]] = None) -> str:
+    """``config``: the flow's resolved config (Config.resolved()), not a file; ``keys`` and
+    ``states`` (of the stage and its inputs): the flow's run plan. ``devices``: compute in a
+    process of its own that sees only these GPUs ([]: a CPU stage, the devices unchanged);
     None: in this process."""
     cfg = Config.model_validate(config)
-    stage = get(name)
+    plan = RunPlan(cfg, [name], [name] if force else (), keys, states)
+    stage = plan.stage(name)
 
     def compute(inputs: dict, out: Path) -> dict:
         if devices is not None and not (stage.sharded and cfg.run.task_runner == "dask"):
@@ -86,10 +87,11 @@ def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, for
         shards = [ids[i:i + cfg.run.shard_size] for i in range(0, len(ids), cfg.run.shard_size)]
         get_run_logger().info("%s: %d images in %d shards on %s", name, len(ids), len(shards),
                               cfg.run.task_runner)
-        shard_flow.with_options(task_runner=make_task_runner(cfg))(config, name, keys, str(out), shards)
+        shard_flow.with_options(task_runner=make_task_runner(cfg))(
+            config, name, {k: str(v) for k, v in inputs.items()}, str(out), shards)
         return stage.finalize(view(cfg, stage), inputs, out)
 
-    return str(compute_stage(cfg, name, keys, force, compute))
+    return str(compute_stage(plan, name, compute))
 
 
 def _pin(devices: list[int]) -> None:
@@ -165,16 +167,16 @@ def schedule(cfg: Config, names: list[str], submit: Callable[[str, Optional[list
 
 
 @task(task_run_name="{name}-shard")
-def shard_task(config: dict, name: str, keys: dict[str, str], out: str, ids: list[str]) -> int:
+def shard_task(config: dict, name: str, inputs: dict[str, str], out: str, ids: list[str]) -> int:
     cfg = Config.model_validate(config)
     stage = get(name)
-    stage.run_shard(view(cfg, stage), input_dirs(cfg, name, keys), Path(out), ids)
+    stage.run_shard(view(cfg, stage), {k: Path(v) for k, v in inputs.items()}, Path(out), ids)
     return len(ids)
 
 
 @flow(name="wsss-shards")
-def shard_flow(config: dict, name: str, keys: dict[str, str], out: str, shards: list[list[str]]) -> int:
-    futures = shard_task.map(unmapped(config), unmapped(name), unmapped(keys), unmapped(out), shards)
+def shard_flow(config: dict, name: str, inputs: dict[str, str], out: str, shards: list[list[str]]) -> int:
+    futures = shard_task.map(unmapped(config), unmapped(name), unmapped(inputs), unmapped(out), shards)
     wait(futures)
     return sum(f.result() for f in futures)  # .result() re-raises a failed shard
 
@@ -201,24 +203,26 @@ def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = N
     label = cfg.run.name
     if seed is not None:
         cfg, label = with_seed(cfg, seed), f"{cfg.run.name}-seed-{seed}"
-    names = select(until, start, cfg)
-    force = list(force or [])
-    unknown = [f for f in force if f not in names]
+    plan = RunPlan.of(cfg, until, start, force or ())
+    unknown = sorted(plan.force - set(plan.names))
     if unknown:
         raise ValueError(f"force names stages not in this run: {unknown}")
-    keys = stage_keys(cfg)
-    preflight(cfg, names, keys, force)  # hub weights: downloaded, or one clear error
-    store = Store(cfg.run.work_dir)
+    preflight(plan)  # hub weights: downloaded, or one clear error
     work_dir = str(Path(cfg.run.work_dir).resolve())
     resolved = cfg.resolved()
     resolved["run"]["work_dir"] = work_dir  # tasks (Dask workers too) find the store whatever their cwd
 
     def submit(name: str, devices: Optional[list[int]]) -> PrefectFuture:
-        refresh = name in force or store.state(keys[name]) != "cached"
-        return stage_task.with_options(refresh_cache=refresh).submit(resolved, name, keys, work_dir,
-                                                                     force=name in force, devices=devices)
+        refresh = plan.forced(name) or plan.state(name) != "cached"
+        states = plan.states((name, *plan.inputs(name)))
+        return stage_task.with_options(refresh_cache=refresh).submit(
+            resolved, name, plan.keys, work_dir, states, force=plan.forced(name), devices=devices)
 
-    return schedule(cfg, names, submit, lambda name, path: publish_stage(cfg, name, Path(path), label))
+    def finished(name: str, path: str) -> None:
+        plan.finished(name)
+        publish_stage(plan.stage(name), Path(path), label)
+
+    return schedule(cfg, list(plan.names), submit, finished)
 
 
 @flow(name="wsss-seeds", log_prints=True)
@@ -238,12 +242,7 @@ def wsss_seeds_flow(config: str, seeds: Optional[list[int]] = None, until: Optio
     if "evaluate" in select(until, start, cfg):
         path = write_spread(cfg, seeds)
         done["spread"] = str(path)
-        md = (path / "spread.md").read_text()
-        png = path / "spread.png"
-        if png.exists() and png.stat().st_size <= INLINE_MAX:
-            md += f"\n![spread](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})\n"
-        create_markdown_artifact(md + f"\nFile: `{png}`\n", key=artifact_key(cfg.run.name, "spread"),
-                                 description=f"spread over seeds {seeds}; {path}")
+        create_artifacts([spread_publication(path, seeds)], cfg.run.name, "spread")
     return done
 
 
@@ -252,38 +251,18 @@ def artifact_key(run_name: str, *parts: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", "-".join((run_name, *parts)).lower()).strip("-")
 
 
-def publish_stage(cfg: Config, name: str, path: Path, label: Optional[str] = None) -> None:
-    """A stage's manifest metrics and resources (and evaluate's report) as artifacts of this flow
-    run, keyed `<label>-<stage>` (label: run.name, with the seed in a multi-seed run)."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    rows = [{"metric": k, "value": v} for k, v in manifest["metrics"].items()]
-    rows.append({"metric": "seconds", "value": manifest["timings"]["seconds"]})
-    rows += [{"metric": k, "value": v} for k, v in (manifest.get("resources") or {}).items() if k != "wall_s"]
-    create_table_artifact(rows, key=artifact_key(label or cfg.run.name, name),
-                          description=f"{name} metrics; artifact {path}")
-    if name == "evaluate":
-        publish_report(cfg, path, label)
+def create_artifacts(publications: Iterable[Publication], label: str, owner: str) -> None:
+    """Each publication as an artifact of this flow run, keyed `<label>-<owner>[-<its name>]`
+    (label: run.name, with the seed in a multi-seed run; owner: the stage, or 'spread')."""
+    for p in publications:
+        key = artifact_key(label, owner, *([p.name] if p.name else []))
+        if p.table is not None:
+            create_table_artifact(p.table, key=key, description=p.description)
+        else:
+            create_markdown_artifact(p.markdown, key=key, description=p.description)
 
 
-def publish_report(cfg: Config, path: Path, label: Optional[str] = None) -> None:
-    """report.md with the per-class chart and the gallery inlined as data: URIs (the
-    Prefect UI cannot read files of the store) plus their paths, and the report's
-    per-class table (EvalReport.per_class): IoU of seed, pseudo mask and final model
-    where there is ground truth (None where not) and the pseudo-mask pixel share."""
-    art = EvalArtifact(path)
-    report = EvalReport.load(art.report)
-    md = art.markdown.read_text()
-    for f, title, alt in ((art.per_class_chart, "Per-class IoU chart", "per-class IoU"),
-                          (art.gallery, "Gallery", "gallery")):
-        if not f.exists():
-            continue
-        md += f"\n## {title}\n\n"
-        if f.stat().st_size <= INLINE_MAX:
-            md += f"![{alt}](data:image/png;base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
-        md += f"File: `{f}`\n"
-    create_markdown_artifact(md, key=artifact_key(label or cfg.run.name, "evaluate", "report"),
-                             description=f"evaluation report (CAMs: {report.cam_source}); {path}")
-    gt = (f"seed at t={report.seed.bg_threshold}, pseudo mask, final model on val" if report.seed
-          else "no ground truth on the eval split: IoU n/a")
-    create_table_artifact(report.per_class(), key=artifact_key(label or cfg.run.name, "evaluate", "per-class-iou"),
-                          description=f"per-class IoU (%): {gt}; pixel_share: fraction of pseudo-mask pixels")
+def publish_stage(stage: Stage, path: Path, label: str) -> None:
+    """A finished stage's manifest metrics and resources, and what its record publishes
+    (Stage.publish: evaluate's report), as artifacts of this flow run."""
+    create_artifacts([metrics_table(path), *(stage.publish(path) if stage.publish else ())], label, stage.name)

@@ -11,12 +11,14 @@ every stage and part of no key."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from pydantic import BaseModel
 
 from pipeline.config import THROUGHPUT, Config
+from pipeline.publish import Publication
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,13 @@ class Stage:
     per-image outputs (pipeline.store.PerImage): before a damaged or partial
     artifact is resumed, those that fail their check are removed (Store.heal),
     so the stage, which skips images whose output exists, redoes them. gpu: it computes on
-    run.device, so a flow gives it one of run.gpus (flows/dag.py)."""
+    run.device, so a flow gives it one of run.gpus (flows/dag.py).
+
+    Hooks the machinery calls, so that it never asks a stage's name: check(cfg, out) runs on
+    the finished artifact (computed or cached) under the whole config, before any later
+    stage starts, and raises what it finds (prepare_data: the image sizes the CAM export can
+    handle; part of no key). publish(out) -> the pipeline.publish.Publication pages and
+    tables a flow shows beside the stage's metrics (evaluate: its report)."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
     sections: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
@@ -54,6 +62,8 @@ class Stage:
     distributed: bool = False
     per_image: Optional[Callable[..., tuple]] = None
     gpu: bool = False
+    check: Optional[Callable[[Config, Path], None]] = None
+    publish: Optional[Callable[[Path], Sequence[Publication]]] = None
 
     def __post_init__(self):
         shard = (self.items, self.run_shard, self.finalize)

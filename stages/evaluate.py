@@ -1,8 +1,10 @@
 """evaluate: seed, pseudo-mask (every route) and final-model mIoU in one report
 (pipeline/artifacts.py EvalArtifact); with ensemble.routes also each ensemble model and
-the blend; the work: pipeline/evaluation/evaluate.py."""
+the blend; the work: pipeline/evaluation/evaluate.py; a flow publishes the report
+(pipeline/evaluation/publish.py)."""
 from pipeline.evaluation.evaluate import inputs, run
 from pipeline.config import phase_sections
+from pipeline.evaluation.publish import report_publications
 from stages.contract import Stage
 
 
@@ -19,4 +21,4 @@ def sections(cfg):
 
 STAGE = Stage(name="evaluate", inputs=inputs, sections=sections,
               # 9: per-class precision/recall, protocol card, time and cost per stage; 8: the ensemble
-              run=run, version="9")
+              run=run, version="9", publish=report_publications)

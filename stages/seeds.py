@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from pipeline.config import Config
-from pipeline.store import Store, artifact_key
+from pipeline.store import State, Store, artifact_key
+from stages.plan import RunPlan, select
+from stages.runner import run_all
 
 log = logging.getLogger("wsss")
 SPREAD_VERSION = "1"
@@ -32,10 +34,28 @@ def seeds_of(cfg: Config, seeds: Optional[Sequence[int]] = None) -> list[int]:
     return out
 
 
+def _evaluate_plans(cfg: Config, seeds: Sequence[int]) -> dict[int, RunPlan]:
+    return {s: RunPlan(with_seed(cfg, s), ["evaluate"]) for s in seeds}
+
+
+def _spread_key(plans: dict[int, RunPlan]) -> str:
+    return artifact_key("spread", SPREAD_VERSION, {"seeds": list(plans)},
+                        {f"seed_{s}": p.keys["evaluate"] for s, p in plans.items()})
+
+
 def spread_key(cfg: Config, seeds: Sequence[int]) -> str:
-    from stages.runner import stage_keys
-    inputs = {f"seed_{s}": stage_keys(with_seed(cfg, s))["evaluate"] for s in seeds}
-    return artifact_key("spread", SPREAD_VERSION, {"seeds": list(seeds)}, inputs)
+    return _spread_key(_evaluate_plans(cfg, seeds))
+
+
+def result(cfg: Config) -> tuple[Path, State]:
+    """What `wsss compare` reads of a config, and its state: the evaluate artifact, or the
+    spread artifact of a multi-seed config (run.seeds)."""
+    seeds = seeds_of(cfg)
+    if seeds:
+        store, key = Store(cfg.run.work_dir), spread_key(cfg, seeds)
+        return store.path(key), store.state(key)
+    plan = RunPlan(cfg, ["evaluate"])
+    return plan.path("evaluate"), plan.state("evaluate")
 
 
 def write_spread(cfg: Config, seeds: Sequence[int]) -> Path:
@@ -43,24 +63,23 @@ def write_spread(cfg: Config, seeds: Sequence[int]) -> Path:
     from pipeline.artifacts import EvalArtifact, SpreadArtifact
     from pipeline.evaluation.report import EvalReport
     from pipeline.evaluation.spread import save_spread_chart, spread, spread_markdown
-    from stages.runner import stage_keys
-    store = Store(cfg.run.work_dir)
-    key = spread_key(cfg, seeds)
+    plans = _evaluate_plans(cfg, seeds)
+    store, key = Store(cfg.run.work_dir), _spread_key(plans)
     if store.state(key) == "cached":
         return store.path(key)
-    eval_keys = {s: stage_keys(with_seed(cfg, s))["evaluate"] for s in seeds}
-    missing = [f"seed {s}: {store.path(k)}" for s, k in eval_keys.items() if store.state(k) != "cached"]
+    missing = [f"seed {s}: {p.path('evaluate')}" for s, p in plans.items() if p.state("evaluate") != "cached"]
     if missing:
         raise RuntimeError("spread report needs every seed's finished evaluate artifact; missing: "
                            + "; ".join(missing))
     started = time.time()
     out = store.open(key)
-    reports = {s: EvalReport.load(EvalArtifact(store.path(k)).report) for s, k in eval_keys.items()}
-    sp, art = spread(reports, {s: store.path(k) for s, k in eval_keys.items()}), SpreadArtifact(out)
+    dirs = {s: p.path("evaluate") for s, p in plans.items()}
+    reports = {s: EvalReport.load(EvalArtifact(d).report) for s, d in dirs.items()}
+    sp, art = spread(reports, dirs), SpreadArtifact(out)
     sp.save(art.report)
     art.markdown.write_text(spread_markdown(sp))
     save_spread_chart(art.chart, sp)
-    store.finalize(key, "spread", {"seeds": list(seeds)}, {f"seed_{s}": k for s, k in eval_keys.items()},
+    store.finalize(key, "spread", {"seeds": list(seeds)}, {f"seed_{s}": p.keys["evaluate"] for s, p in plans.items()},
                    {f"{k}_mean": st.mean for k, st in sp.metrics.items()}, started)
     log.info("spread over seeds %s: %s", list(seeds), art.markdown)
     return out
@@ -70,7 +89,6 @@ def run_seeds(cfg: Config, seeds: Sequence[int], until: Optional[str] = None, st
               force: tuple[str, ...] = ()) -> dict:
     """Without Prefect: the DAG per seed (shared artifacts computed by the first seed that needs
     them), then the spread report when evaluate ran."""
-    from stages.runner import run_all, select
     done = {}
     for s in seeds:
         log.info("seed %d of %s", s, list(seeds))

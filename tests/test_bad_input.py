@@ -362,6 +362,7 @@ def test_offline_preflight_probes_once_and_does_not_retry(tmp_path, monkeypatch,
     from huggingface_hub import constants
 
     import pipeline.weights as weights
+    from stages.plan import RunPlan
     from stages.runner import preflight
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
@@ -379,7 +380,7 @@ def test_offline_preflight_probes_once_and_does_not_retry(tmp_path, monkeypatch,
     caplog.set_level(logging.WARNING)
     t0 = time.time()
     with pytest.raises(weights.WeightsUnavailable, match=r"host unreachable, wsss-offline\.invalid:443"):
-        preflight(cfg, ["train_cam"])
+        preflight(RunPlan(cfg, ["train_cam"]))
     took = time.time() - t0
     assert probes == ["https://wsss-offline.invalid"]
     assert not [r for r in caplog.records if "Retrying" in r.getMessage()]
@@ -453,7 +454,7 @@ def test_init_dataset_tiny_runs_on_cpu_and_status_shows_headline_numbers(tmp_pat
 
 
 def test_status_headline_prefers_the_seed_miou_and_skips_text():
-    from stages.runner import headline
+    from stages.status import headline
     m = {"selection": "last epoch (no pixel labels)", "final_loss": 0.7, "final_seed_miou": 0.31, "epochs": 2}
     assert headline(m) == ("final_seed_miou", 0.31)
     assert headline({"selection": "x", "final_loss": 0.7}) == ("final_loss", 0.7)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cams.caa import box_mask, merged_attention, refine
+from pipeline.cams.caa import box_mask, refine
+from pipeline.models.mask_generator import merged_attention
 from pipeline.config import CaaCfg
 
 

@@ -1,5 +1,5 @@
 """The typed evaluate report (pipeline/evaluation/report.py) as evaluate writes it and as
-the flow (publish_report) and `wsss compare` read it, with and without
+the flow (the evaluate record's publish hook) and `wsss compare` read it, with and without
 ground truth: a split without GT masks (a folder dataset) has no seed or
 pseudo-mask scores, and readers show what the report has (n/a otherwise)."""
 from __future__ import annotations
@@ -106,16 +106,17 @@ def test_compare_shows_what_each_report_has(runs, tmp_path):
 
 
 def test_publish_report_with_and_without_ground_truth(runs, monkeypatch):
-    """The Prefect calls are recorded instead of sent (no server here); what publish_report
-    hands them comes from the report."""
+    """The Prefect calls are recorded instead of sent (no server here); what the evaluate
+    record's publish hook hands them comes from the report."""
     import flows.dag as dag
+    from stages import get
     cfg, dirs = runs
     sent = {}
     monkeypatch.setattr(dag, "create_markdown_artifact", lambda md, key, description: sent.update({key: md}))
     monkeypatch.setattr(dag, "create_table_artifact", lambda rows, key, description: sent.update({key: rows}))
     for name, d in dirs.items():
         sent.clear()
-        dag.publish_report(cfg, d)
+        dag.create_artifacts(get("evaluate").publish(d), cfg.run.name, "evaluate")
         report = EvalReport.load(d / REPORT)
         rows = sent["voc-smoke-evaluate-per-class-iou"]
         assert all(r["pixel_share"] == report.pseudo_mask_pixel_shares[r["class"]] for r in rows)

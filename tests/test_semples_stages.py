@@ -10,7 +10,8 @@ from pipeline.data.datasets import LabelTable
 from pipeline.semples.losses import train_cam_step
 from pipeline.models.mask_generator import build_mask_generator, load_mask_generator
 from pipeline.semples.training import FitSpec, TrainImages, fit
-from stages.runner import input_dirs, run_all, run_stage
+from stages.plan import RunPlan
+from stages.runner import run_all, run_stage
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 STAGES = ("train_cam", "match", "learn_prompts", "refine")
@@ -105,10 +106,10 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     out.mkdir()
     from stages import get
     from stages.launch import execute
-    metrics = execute(get("match"), ddp_cfg, input_dirs(ddp_cfg, "match"), out)  # fans out: nproc_per_node 2
+    metrics = execute(get("match"), ddp_cfg, RunPlan(ddp_cfg).input_dirs("match"), out)  # fans out: nproc_per_node 2
     a = torch.load(single / "model.pt")["state_dict"]
     b = torch.load(out / "model.pt")["state_dict"]
-    warm = torch.load(input_dirs(cfg, "match")["train_cam"] / "model.pt")["state_dict"]
+    warm = torch.load(RunPlan(cfg).input_dirs("match")["train_cam"] / "model.pt")["state_dict"]
     moved = max((a[k] - warm[k]).abs().max().item() for k in a if k in warm)
     assert moved > 1e-4  # training changed the weights, so the comparison means something
     # Adam's first steps divide each gradient element by its own magnitude, so an element whose

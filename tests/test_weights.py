@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.weights import WeightsUnavailable
 from stages import ORDER
+from stages.plan import RunPlan
 from stages.runner import hub_weights, preflight, run_all, select
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +92,11 @@ def test_segmentation_url_resolves_through_the_torch_hub_cache(tmp_path, monkeyp
     done = Store(cfg.run.work_dir).path(keys["train_segmentation"])
     done.mkdir(parents=True)
     (done / "manifest.json").write_text('{"files": {}}')
-    preflight(cfg, ["train_segmentation", "evaluate"], keys)
+    preflight(RunPlan(cfg, ["train_segmentation", "evaluate"], keys=keys))
     with pytest.raises(WeightsUnavailable):
-        preflight(cfg, ["train_segmentation"], keys, force=["train_segmentation"])
+        preflight(RunPlan(cfg, ["train_segmentation"], force=["train_segmentation"], keys=keys))
     # in torch.hub's cache (where mmengine's load_from_http looks): resolved without the network
     cached = tmp_path / "torch/hub/checkpoints/swin_test-0123abcd.pth"
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_bytes(b"weights")
-    preflight(cfg, ["train_segmentation"])
+    preflight(RunPlan(cfg, ["train_segmentation"], force=["train_segmentation"]))

@@ -9,7 +9,8 @@ src/tasks/infer_cam/run.py (heads averaged by nn.MultiheadAttention, last
 Per image, on the patch grid of one forward (h x w = N patches):
 
 - A0 = mean over the last n layers of the head-averaged softmax attention,
-  rows/columns of the class tokens dropped (N, N), rounded to float16;
+  rows/columns of the class tokens dropped (N, N), rounded to float16 (the mask
+  generator's forward computes it: pipeline/models/mask_generator.py merged_attention);
 - Sinkhorn ``iters`` times: columns to sum 1, then rows; A = (A + A^T) / 2;
 - score_c = min-max over the grid of relu(cam_c) (eps 1e-7);
 - box_c: 1 inside the bounding boxes of all contours (cv2, RETR_TREE) of
@@ -60,15 +61,6 @@ def affinity(attn: torch.Tensor, sinkhorn_iters: int) -> torch.Tensor:
         a = a / torch.sum(a, dim=-2, keepdim=True)
         a = a / torch.sum(a, dim=-1, keepdim=True)
     return (a + a.transpose(-1, -2)) / 2
-
-
-def merged_attention(maps: torch.Tensor, heads: int, n_tokens: int, last_n_layers: int) -> torch.Tensor:
-    """(B, heads * L, T, T) softmax maps, channel = head * L + layer -> (B, N, N): heads
-    averaged, then the last n layers, the first ``n_tokens`` (class) tokens dropped; float16
-    rounding as FMA stores it (infer_cam/run.py saves merge_att(...).to(float16))."""
-    B, C, T, _ = maps.shape
-    last = maps.view(B, heads, C // heads, T, T)[:, :, -last_n_layers:, n_tokens:, n_tokens:]
-    return last.float().mean(1).mean(1).half().float()  # heads, then layers
 
 
 def refine(cams: torch.Tensor, attn: torch.Tensor, cfg) -> torch.Tensor:

@@ -65,3 +65,12 @@ def run(cfg: Config, inputs, out):
         log.info("%s: %d images", split, len(good))
     write_json_atomic(art.report, report)
     return {f"{s}_images": r["images"] for s, r in report.items()}
+
+
+def check_image_sizes(cfg: Config, out: Path) -> None:
+    """After prepare_data (computed or cached), before any training starts: the image sizes the
+    CAM export can handle (pipeline/data/image_checks.py; the checks section is part of no key)."""
+    from pipeline.data.image_checks import cam_splits, check_sizes
+    for split in cam_splits(cfg):
+        table = LabelTable.from_artifact(out, split)
+        check_sizes(cfg, table.records, table.num_classes - 1, f"prepare_data split '{split}'")

@@ -120,6 +120,16 @@ def build_fusion(cfg: MaskGeneratorCfg, channels: int, head_dim: int) -> nn.Modu
     return FeatureFusion(channels, cfg.fusion_reduction, cfg.fusion_pool, head_dim, cfg.feat_reduction)
 
 
+def merged_attention(maps: torch.Tensor, heads: int, n_tokens: int, last_n_layers: int) -> torch.Tensor:
+    """FMA-WSSS CAA's attention (pipeline/cams/caa.py): (B, heads * L, T, T) softmax maps,
+    channel = head * L + layer -> (B, N, N): heads averaged, then the last n layers, the first
+    ``n_tokens`` (class) tokens dropped; float16 rounding as FMA stores it (infer_cam/run.py
+    saves merge_att(...).to(float16))."""
+    B, C, T, _ = maps.shape
+    last = maps.view(B, heads, C // heads, T, T)[:, :, -last_n_layers:, n_tokens:, n_tokens:]
+    return last.float().mean(1).mean(1).half().float()  # heads, then layers
+
+
 class ViTMaskGenerator(nn.Module):
     """WeakTr: K class tokens, a 3x3 conv head on the patch tokens (coarse CAM),
     fused class-to-patch attention x ReLU(coarse CAM), refined by the fused
@@ -212,7 +222,7 @@ class ViTMaskGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, caa_layers: int = 0) -> dict[str, torch.Tensor]:
         """caa_layers > 0 adds "caa_attn" (B, N, N): the head-averaged softmax attention of the
-        last caa_layers blocks, patch tokens only (pipeline/cams/caa.merged_attention)."""
+        last caa_layers blocks, patch tokens only (merged_attention, for pipeline/cams/caa.py)."""
         x = self._fit_to_patches(x)
         B, K = x.shape[0], self.num_classes
         h, w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
@@ -240,7 +250,6 @@ class ViTMaskGenerator(nn.Module):
             self._maps, self._feats = [], []
         extra = {}
         if caa_layers:
-            from pipeline.cams.caa import merged_attention
             extra["caa_attn"] = merged_attention(maps, self.num_heads, K, caa_layers)
         weight = self.fusion.weights(maps, feats)  # (B, C)
         attn = (maps * weight[:, :, None, None]).mean(1)  # (B, T, T)
