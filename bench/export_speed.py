@@ -38,6 +38,7 @@ from pipeline.cams.store import CamStore, CamWriter
 from pipeline.config import MaskGeneratorCfg
 from pipeline.data.datasets import Record, read_image
 from pipeline.models.mask_generator import build_mask_generator
+from pipeline.precision import Precision
 
 H, W = 375, 500
 # dense fp16/bf16 tensor-core peak, TFLOP/s (vendor data sheets, no sparsity)
@@ -168,7 +169,8 @@ def main() -> None:
             "old (per image, one thread)": lambda store, recs: per_image(store, recs),
             f"new (batch {batch}, {args.workers} workers, {args.writer_threads} writers)": lambda store, recs:
                 export_batched(model, recs, store, args.scales, True, "fine", device, batch_size=batch,
-                               num_workers=args.workers, writer_threads=args.writer_threads, amp=cuda),
+                               num_workers=args.workers, writer_threads=args.writer_threads,
+                               precision=Precision.of(device, True)),
         }
         stores = {}
         for (label, run), n in zip(runs.items(), (n_old, n_new)):

@@ -33,7 +33,8 @@ from pipeline.data.classes import prompt_names
 from pipeline.semples.losses import StepContext, learn_prompts_step, match_step, refine_step
 from pipeline.models.mask_generator import MEAN, STD, build_mask_generator
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
-from pipeline.semples.training import Precision, optimizer_step
+from pipeline.precision import Precision
+from pipeline.semples.training import optimizer_step
 
 BATCH = {"voc": {"match": 64, "learn_prompts": 128, "refine": 64},
          "coco": {"match": 32, "learn_prompts": 128, "refine": 24}}

@@ -11,8 +11,8 @@ from typing import Callable, Iterable, Optional
 from pipeline.config import Config
 from pipeline.resources import Meter
 from pipeline.store import ArtifactLock, Store, artifact_key, sha256_file
-from pipeline.utils import stage_error
-from pipeline.weights import HubWeight, resolve
+from pipeline.utils import get_device, stage_error
+from pipeline.weights import HubWeight, compiled_ops, resolve
 from stages import ORDER, get
 from stages.contract import view
 from stages.launch import execute
@@ -68,13 +68,19 @@ def preflight(cfg: Config, names: Iterable[str], keys: Optional[dict[str, str]] 
               force: Iterable[str] = ()) -> None:
     """Resolve (download if needed) every hub weight of stages ``names``; WeightsUnavailable on the
     first that cannot be had, before any stage writes anything. With the stages' artifact ``keys``,
-    the cached ones (unless in ``force``) are skipped: they load nothing."""
+    the cached ones (unless in ``force``) are skipped: they load nothing. Logs the compiled mmcv
+    ops the segmentation stages will call (CompiledOpsMissing where the config requires them)."""
     names = list(names)
-    if not hub_weights(cfg, names):  # smoke configs, local files: not even a look at the store
+    segmentation = [n for n in names if "train_segmentation" in get(n).sections_of(cfg)]
+    if not hub_weights(cfg, names) and not segmentation:  # smoke configs, local files: not even a look at the store
         return
     if keys is not None:
         store = Store(cfg.run.work_dir)
         names = [n for n in names if n in force or store.state(keys[n]) != "cached"]
+    segmentation = [n for n in segmentation if n in names]
+    if segmentation:
+        for line in compiled_ops(cfg.train_segmentation, get_device(cfg.run.device).type, segmentation):
+            log.info("preflight: %s", line)
     resolve(hub_weights(cfg, names))
 
 
