@@ -34,6 +34,11 @@ class Precision:
     def autocast(self):
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
 
+    @property
+    def scales(self) -> bool:
+        """Whether the update needs a loss scaler: float16 autocast (its gradients underflow)."""
+        return self.enabled and self.dtype == torch.float16
+
     def scaler(self) -> torch.amp.GradScaler:
-        """A live scaler for float16 only (CUDA's, the only device AUTOCAST runs float16 on)."""
-        return torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+        """A live scaler where ``scales`` (on CUDA, the only device AUTOCAST runs float16 on)."""
+        return torch.amp.GradScaler("cuda", enabled=self.scales)

@@ -82,12 +82,12 @@ _warned = False
 
 def _ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
                             im2col_step):
-    """``MultiScaleDeformableAttnFunction.apply`` without the extension: the arguments the
-    module passes the compiled op, computed by mmcv's pure-PyTorch version (level starts and
-    im2col step only tile the kernel's work)."""
+    """``MultiScaleDeformableAttnFunction.apply`` without the extension (mmcv calls it for CUDA
+    tensors only: op_path "fallback"): the arguments the module passes the compiled op, computed
+    by mmcv's pure-PyTorch version (level starts and im2col step only tile the kernel's work)."""
     from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
     global _warned
-    if not _warned and op_path(value.device.type, False) == "fallback":
+    if not _warned:
         _warned = True
         log.warning("mmcv has no compiled ops (mmcv-lite): Mask2Former's multi-scale deformable attention runs "
                     "%s. For the compiled op use the docker image (docker/Dockerfile) or %s", FALLBACK_COST,
