@@ -172,7 +172,7 @@ def main() -> None:
                                num_workers=args.workers, writer_threads=args.writer_threads,
                                precision=Precision.of(device, True)),
         }
-        stores = {}
+        stores, ips = {}, 0.0
         for (label, run), n in zip(runs.items(), (n_old, n_new)):
             run(CamStore(tmp / f"warm{len(stores)}.zarr", mode="a"), records[:batch])  # warm-up
             store = stores[label] = CamStore(tmp / f"run{len(stores)}.zarr", mode="a")
@@ -181,6 +181,7 @@ def main() -> None:
             t = time.perf_counter()
             run(store, records[:n])
             dt = time.perf_counter() - t
+            ips = n / dt  # the last run: the batched path
             tflops = flops * n / dt / 1e12
             share = f", {100 * tflops / peak:.1f}% of the {peak} TFLOP/s fp16 peak" if peak else \
                 (", GPU peak unknown" if cuda else "")
@@ -192,6 +193,7 @@ def main() -> None:
                    for i in ids)
         print(f"largest CAM difference old vs new over {len(ids)} images: {diff:.2e}")
         cpu_side(records, args.scales, tmp, args.writer_threads)
+    print(f"EXPORT_RESULT ips={ips:.2f} gpu={cuda}")
 
 
 if __name__ == "__main__":
