@@ -21,7 +21,8 @@ from pipeline.data.classes import prompt_names
 from pipeline.semples.losses import StepContext, match_step
 from pipeline.models.mask_generator import MEAN, STD, build_mask_generator
 from pipeline.models.vl import build_vl, class_text_features
-from pipeline.semples.training import Precision, optimizer_step
+from pipeline.precision import Precision
+from pipeline.semples.training import optimizer_step
 
 
 def run(dtype, device, real: bool, steps: int, batch: int) -> list[float]:

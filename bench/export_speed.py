@@ -38,6 +38,7 @@ from pipeline.cams.store import CamStore, CamWriter
 from pipeline.config import MaskGeneratorCfg
 from pipeline.data.datasets import Record, read_image
 from pipeline.models.mask_generator import build_mask_generator
+from pipeline.precision import Precision
 
 H, W = 375, 500
 # dense fp16/bf16 tensor-core peak, TFLOP/s (vendor data sheets, no sparsity)
@@ -168,9 +169,10 @@ def main() -> None:
             "old (per image, one thread)": lambda store, recs: per_image(store, recs),
             f"new (batch {batch}, {args.workers} workers, {args.writer_threads} writers)": lambda store, recs:
                 export_batched(model, recs, store, args.scales, True, "fine", device, batch_size=batch,
-                               num_workers=args.workers, writer_threads=args.writer_threads, amp=cuda),
+                               num_workers=args.workers, writer_threads=args.writer_threads,
+                               precision=Precision.of(device, True)),
         }
-        stores = {}
+        stores, ips = {}, 0.0
         for (label, run), n in zip(runs.items(), (n_old, n_new)):
             run(CamStore(tmp / f"warm{len(stores)}.zarr", mode="a"), records[:batch])  # warm-up
             store = stores[label] = CamStore(tmp / f"run{len(stores)}.zarr", mode="a")
@@ -179,6 +181,7 @@ def main() -> None:
             t = time.perf_counter()
             run(store, records[:n])
             dt = time.perf_counter() - t
+            ips = n / dt  # the last run: the batched path
             tflops = flops * n / dt / 1e12
             share = f", {100 * tflops / peak:.1f}% of the {peak} TFLOP/s fp16 peak" if peak else \
                 (", GPU peak unknown" if cuda else "")
@@ -190,6 +193,7 @@ def main() -> None:
                    for i in ids)
         print(f"largest CAM difference old vs new over {len(ids)} images: {diff:.2e}")
         cpu_side(records, args.scales, tmp, args.writer_threads)
+    print(f"EXPORT_RESULT ips={ips:.2f} gpu={cuda}")
 
 
 if __name__ == "__main__":

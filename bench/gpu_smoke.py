@@ -5,7 +5,9 @@ machine (VOC train_aug 10,582 images x the full config's epochs; export and
 pseudo masks over train_aug once). Training throughput is the median images/s
 of the epochs after the first (warm-up); the smoke batch is smaller than the
 official one, so bench/train_step.py at the official batches is the better
-per-step figure. Usage: python bench/gpu_smoke.py [--config PATH]
+per-step figure. Last line: GPU_SMOKE_RESULT hours=<the sum> gpu=<CUDA> (bench/gpu_table.py).
+--work-dir / --max-images / --epochs shrink the run (bench/gpu_check.sh on CPU: the plumbing).
+Usage: python bench/gpu_smoke.py [--config PATH] [--work-dir DIR] [--max-images N] [--epochs N]
 """
 from __future__ import annotations
 
@@ -26,8 +28,15 @@ PHASES = ("train_cam", "match", "learn_prompts", "refine")
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/voc-gpu-smoke.yaml")
+    ap.add_argument("--work-dir", help="run store (default: the config's run.work_dir)")
+    ap.add_argument("--max-images", type=int, help="data.max_images")
+    ap.add_argument("--epochs", type=int, help="epochs of every phase")
     args = ap.parse_args()
-    cfg = load_config(args.config)
+    over = {"run": {"work_dir": args.work_dir}} if args.work_dir else {}
+    if args.max_images:
+        over["data"] = {"max_images": args.max_images}
+    over.update({p: {"epochs": args.epochs} for p in PHASES} if args.epochs else {})
+    cfg = load_config(args.config, overrides=over)
     full = load_config("configs/voc-full.yaml", overrides={"data": {"root": str(cfg.data.root)}})
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (no GPU: not a GPU figure)"
     dirs = run_all(cfg, until="pseudo_masks")
@@ -50,6 +59,7 @@ def main():
         total += hours
         print(f"{stage:14s} {ips:9.1f} {what:>22s} {hours:11.2f} h")
     print(f"{'up to pseudo masks':14s} {'':9s} {'':>22s} {total:11.2f} h")
+    print(f"GPU_SMOKE_RESULT hours={total:.3f} gpu={torch.cuda.is_available()}")
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ def main():
         print(f"\nFMA generator / Meta reference speed: {rows[0]['ips'] / rows[1]['ips']:.2f}x "
               "(the FMA generator also runs the rock-sand-water filter)")
     print("goal on one H100/H200: >= 2 img/s with ViT-H and the official settings (VOC train_aug <= 1.5 GPU-h)")
-    print(f"SAM_SPEED_RESULT ips={rows[0]['ips']:.4f} tiny={tiny}")
+    print(f"SAM_SPEED_RESULT ips={rows[0]['ips']:.4f} tiny={tiny} gpu={cuda and args.model_type == 'vit_h'}")
 
 
 if __name__ == "__main__":

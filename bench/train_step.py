@@ -16,8 +16,11 @@ forward at 224 px with 20 class tokens 9.2 x 216/197 = 10.1 GFLOP; CLIP ViT-B/32
 image forward 8.8 GFLOP, backward to its input 2x that; pairs per image = the
 labels' mean (1.5 here, as VOC); match/refine encode fg and bg of every pair
 (refine reuses fg features for the prompt term). Backbone backward (before
-path) 2x its forward. On CPU it runs a tiny batch once and says so.
-Usage: python bench/train_step.py [--dataset voc|coco] [--steps N] [--compile]
+path) 2x its forward. On CPU it runs a tiny batch once and says so; --tiny: DeiT-Ti
+and a 2-layer CLIP at 64 px (bench/gpu_check.sh --quick: the plumbing, not a figure).
+Last line: TRAIN_STEP_RESULT match=<images/s> refine=<images/s> (the official path:
+head only, float16, fused AdamW) for bench/gpu_table.py.
+Usage: python bench/train_step.py [--dataset voc|coco] [--steps N] [--compile] [--tiny]
 """
 from __future__ import annotations
 
@@ -33,7 +36,8 @@ from pipeline.data.classes import prompt_names
 from pipeline.semples.losses import StepContext, learn_prompts_step, match_step, refine_step
 from pipeline.models.mask_generator import MEAN, STD, build_mask_generator
 from pipeline.models.vl import PromptLearner, build_vl, class_text_features
-from pipeline.semples.training import Precision, optimizer_step
+from pipeline.precision import AUTOCAST, Precision
+from pipeline.semples.training import optimizer_step
 
 BATCH = {"voc": {"match": 64, "learn_prompts": 128, "refine": 64},
          "coco": {"match": 32, "learn_prompts": 128, "refine": 24}}
@@ -74,7 +78,7 @@ def timed(step, device, steps: int) -> float:
 def make_step(loss_fn, params, device, dtype, fused: bool):
     """One training step as fit() takes it: the forward under the run's autocast, then optimizer_step."""
     opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.03, fused=fused)
-    precision = Precision(device.type, device.type == "cuda", dtype)
+    precision = Precision(device.type, dtype in AUTOCAST.get(device.type, ()), dtype)
     scaler = precision.scaler()
 
     def step():
@@ -89,6 +93,7 @@ def main():
     ap.add_argument("--dataset", choices=["voc", "coco"], default="voc")
     ap.add_argument("--steps", type=int, default=0, help="timed steps (default: 1 on CPU, 10 on CUDA)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of CLIP's image tower")
+    ap.add_argument("--tiny", action="store_true", help="DeiT-Ti + 2-layer CLIP at 64 px (plumbing check only)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
@@ -101,7 +106,10 @@ def main():
     torch.manual_seed(0)
     k = 20 if args.dataset == "voc" else 80
     names = prompt_names(args.dataset, official=True)
-    vl = build_vl(ClipCfg(model="ViT-B-32-quickgelu", pretrained=None, allow_random_init=True), device)
+    size = 64 if args.tiny else 224
+    clip = {"factory": "pipeline.models.vl:tiny_random_clip", "image_size": size} if args.tiny else {}
+    mg = {"backbone": "deit_tiny_patch16_224", "img_size": size} if args.tiny else {}
+    vl = build_vl(ClipCfg(model="ViT-B-32-quickgelu", pretrained=None, allow_random_init=True, **clip), device)
     ctx = StepContext(vl, class_text_features(vl, names, "a photo of {}.").to(device), MEAN, STD)
     pk = PromptLearner(k, 30, vl.token_width).to(device)
     with torch.no_grad():
@@ -110,7 +118,7 @@ def main():
 
     def s_model(fusion="features", frozen=True):
         torch.manual_seed(0)
-        m = build_mask_generator(MaskGeneratorCfg(pretrained=False, fusion=fusion), k).to(device).train()
+        m = build_mask_generator(MaskGeneratorCfg(pretrained=False, fusion=fusion, **mg), k).to(device).train()
         m.set_recipe(detach_tokens=frozen, detach_coarse=False)
         if frozen:
             for p in m.backbone_parameters():
@@ -119,7 +127,7 @@ def main():
 
     def data(b):
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(b, 3, 224, 224, generator=g).to(device)
+        x = torch.randn(b, 3, size, size, generator=g).to(device)
         y = torch.zeros(b, k)
         for i in range(b):  # 1-2 classes per image (VOC: about 1.5)
             y[i, torch.randperm(k, generator=g)[: 1 + i % 2]] = 1
@@ -135,6 +143,7 @@ def main():
         return ips
 
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    official = {}
     for phase in ("match", "refine"):
         b = batches[phase]
         x, y = data(b)
@@ -152,6 +161,7 @@ def main():
             after = report(phase, f"after: head, {tag}, fused AdamW", b,
                            timed(make_step(loss_of(m), params, device, dt, cuda), device, steps), frozen=True)
             print(f"{'':14s} {'-> after / before':34s} {after / before:5.2f}x")
+            official.setdefault(phase, after)  # fp16 first: train_cam.amp_dtype's default
         if args.compile and cuda:
             visual = vl.model.visual
             vl.model.visual = torch.compile(visual)
@@ -165,6 +175,8 @@ def main():
         report("learn_prompts", f"prompts only, {tag}", b,
                timed(make_step(lambda: learn_prompts_step(m, ctx, pk(vl), x, y, 0.02, 1e-4)[0],
                                list(pk.parameters()), device, dt, cuda), device, steps), frozen=True)
+    print(f"TRAIN_STEP_RESULT match={official['match']:.2f} refine={official['refine']:.2f} "
+          f"batch={batches['match']} gpu={cuda and not args.tiny}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ host is probed once (one TCP connect, ``PROBE_TIMEOUT_S``): an unreachable host 
 libraries in their offline mode (cache only), so an offline machine gets its answer in
 seconds, not after huggingface_hub's retry loop (~1 min). Local files and random-init (smoke)
 models cost nothing here.
+
+The same preflight lists the compiled mmcv ops the segmentation model will call on this device
+(``compiled_ops``): compiled, or mmcv's pure-PyTorch version in their place (mmcv-lite on CUDA,
+pipeline/segmentation/mmcv_compat.py); ``train_segmentation.require_compiled_ops`` makes a
+missing one an error before any stage runs.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from typing import Callable, Iterable, Optional
 from urllib.parse import urlparse
 
 from pipeline.config import _is_hub_tag
+from pipeline.segmentation.mmcv_compat import COMPILED_OPS, FALLBACK_COST, INSTALL_HINT, op_path, has_full_mmcv
 
 log = logging.getLogger("wsss")
 SAM_URLS = {  # Meta's SAM checkpoints by sam.model_type: segment-anything README, "Model Checkpoints"
@@ -34,6 +40,10 @@ SAM_URLS = {  # Meta's SAM checkpoints by sam.model_type: segment-anything READM
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
 PROBE_TIMEOUT_S = 3.0  # name lookup + TCP connect of the one probe per host
+
+
+class CompiledOpsMissing(RuntimeError):
+    """train_segmentation.require_compiled_ops, and a compiled mmcv op the run needs is missing."""
 
 
 class WeightsUnavailable(RuntimeError):
@@ -247,3 +257,24 @@ def resolve(weights: Iterable[HubWeight]) -> None:
         except Exception as e:  # noqa: BLE001 - any failure to get the file gets the same advice
             raise explain(w, e, down) from None
         _resolved.add((w.key, w.value))
+
+
+def compiled_ops(sec, device_type: str, stages: Iterable[str]) -> list[str]:
+    """One line per compiled mmcv op that ``stages`` (those building train_segmentation's model)
+    call on ``device_type``, saying what runs there; CompiledOpsMissing if
+    sec.require_compiled_ops and one would fall back. The preflight logs the lines."""
+    ops = COMPILED_OPS.get(sec.model, {})
+    if not ops:
+        return []
+    path = op_path(device_type, has_full_mmcv())
+    runs = {"compiled": "compiled (full mmcv)",
+            "pytorch": f"not needed on {device_type} (mmcv runs its pure-PyTorch version there)",
+            "fallback": f"NOT compiled (mmcv-lite): {FALLBACK_COST}"}[path]
+    who = ", ".join(stages)
+    if path == "fallback" and sec.require_compiled_ops:
+        raise CompiledOpsMissing(
+            f"train_segmentation.require_compiled_ops is set, and {who} would call the compiled mmcv op "
+            f"{', '.join(ops)} on {device_type}, which mmcv-lite does not have. Use the docker image "
+            f"(docker/Dockerfile) or {INSTALL_HINT}; or set train_segmentation.require_compiled_ops: false to "
+            "run mmcv's pure-PyTorch version in its place. Nothing was written to the run store.")
+    return [f"compiled op {op} ({use}) for {who} on {device_type}: {runs}" for op, use in ops.items()]

@@ -13,8 +13,8 @@ from typing import Callable, Iterable
 from pipeline.config import Config
 from pipeline.resources import Meter
 from pipeline.store import ArtifactLock, State
-from pipeline.utils import stage_error
-from pipeline.weights import HubWeight, resolve
+from pipeline.utils import get_device, stage_error
+from pipeline.weights import HubWeight, compiled_ops, resolve
 from stages import get
 from stages.contract import Stage, view
 from stages.launch import execute
@@ -41,12 +41,19 @@ def hub_weights(cfg: Config, names: Iterable[str]) -> list[HubWeight]:
 def preflight(plan: RunPlan) -> None:
     """Resolve (download if needed) every hub weight of the plan's stages that will compute
     (forced, or not cached: the cached ones load nothing); WeightsUnavailable on the first that
-    cannot be had, before any stage writes anything."""
-    weights = hub_weights(plan.cfg, plan.names)
-    if not weights:  # smoke configs, local files: not even a look at the store
+    cannot be had, before any stage writes anything. Logs the compiled mmcv ops the segmentation
+    stages that will compute call (CompiledOpsMissing where the config requires them)."""
+    cfg = plan.cfg
+    weights = hub_weights(cfg, plan.names)
+    segmentation = [n for n in plan.names if "train_segmentation" in get(n).sections_of(cfg)]
+    if not weights and not segmentation:  # smoke configs, local files: not even a look at the store
         return
     todo = set(plan.to_compute())
-    resolve([replace(w, stages=tuple(s for s in w.stages if s in todo)) for w in weights
+    segmentation = [n for n in segmentation if n in todo]
+    if segmentation:
+        for line in compiled_ops(cfg.train_segmentation, get_device(cfg.run.device).type, segmentation):
+            log.info("preflight: %s", line)
+    resolve([replace(w, stages=tuple(x for x in w.stages if x in todo)) for w in weights
              if todo.intersection(w.stages)])
 
 

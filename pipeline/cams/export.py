@@ -61,6 +61,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     """Write the CAMs of ``ids`` not yet complete; returns how many were written."""
     from pipeline.cams.inference import export_batched
     from pipeline.models.mask_generator import load_mask_generator
+    from pipeline.precision import Precision
     from pipeline.utils import get_device, log_pending, progress
 
     _no_model(cfg)
@@ -80,7 +81,8 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
             raise ValueError(f"image '{rec.id}': labels {rec.labels} not in 1..{model.num_classes}")
     return export_batched(model, records, store, ec.scales, ec.flip, ec.cam, device, batch_size=ec.batch_size,
                           num_workers=cfg.run.num_workers, prefetch_factor=ec.prefetch_batches,
-                          writer_threads=ec.writer_threads, amp=device.type == "cuda",
+                          writer_threads=ec.writer_threads,
+                          precision=Precision.of(device, True),  # float16 AMP where the device has it (CUDA)
                           progress=lambda it, total: progress(it, f"export_cams {ec.split} batches", total),
                           caa=ec.caa if ec.caa.enabled else None)
 

@@ -30,6 +30,7 @@ from pipeline.cams.grids import Geometry, assemble, min_max, to_image_size
 from pipeline.cams.store import CamStore, CamWriter
 from pipeline.data.datasets import DataError, Record, read_image
 from pipeline.models.mask_generator import normalize, normalize_numpy
+from pipeline.precision import Precision
 from pipeline.store import advice, decoding
 
 
@@ -88,13 +89,15 @@ def infer_cams(model, image: np.ndarray, labels: Sequence[int], scales: Sequence
 
 @torch.no_grad()
 def grids_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence[int]], flip: bool = True,
-                cam: str = "fine", device: torch.device | str = "cpu", amp: bool = False,
+                cam: str = "fine", device: torch.device | str = "cpu", precision: Optional[Precision] = None,
                 caa=None) -> tuple[list[torch.Tensor], list[tuple[int, int]]]:
     """B images of one size: ``scaled`` holds, per scale, the resized images as uint8
     (B, h, w, 3); ``labels`` their foreground ids. Returns, per scale, the CAM grids
     (F*B, C_max, h', w') of the labels (rows B: the mirrored images when ``flip``; image b's
     classes are [:len(labels[b])], the rest repeats its first class), as the model computes
-    them (float16 under AMP; float32 after CAA), and the scaled input sizes."""
+    them (float16 under CUDA's AMP; float32 after CAA, and from bfloat16: exact, and a dtype
+    the store keeps), and the scaled input sizes. ``precision``: the forward's autocast (None:
+    float32)."""
     device = torch.device(device)
     c_max = max(len(l) for l in labels)
     keep = torch.tensor([[c - 1 for c in l] + [l[0] - 1] * (c_max - len(l)) for l in labels], device=device)
@@ -105,7 +108,7 @@ def grids_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence
         x = normalize(images.to(device, non_blocking=True).permute(0, 3, 1, 2))
         if flip:
             x = torch.cat([x, x.flip(-1)])  # rows B.. are the mirrored images
-        with torch.autocast(device.type, enabled=amp):
+        with (precision or Precision.of(device, False)).autocast():
             grid, attn = _cam_output(model, x, cam, caa)
         grids.append(_refined(grid.gather(1, keep[:, :, None, None].expand(-1, -1, *grid.shape[-2:])), attn, caa))
         sizes.append(tuple(x.shape[-2:]))
@@ -114,9 +117,10 @@ def grids_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence
 
 def infer_cams_batch(model, scaled: Sequence[torch.Tensor], labels: Sequence[Sequence[int]],
                      size: tuple[int, int], flip: bool = True, cam: str = "fine",
-                     device: torch.device | str = "cpu", amp: bool = False, caa=None) -> torch.Tensor:
+                     device: torch.device | str = "cpu", precision: Optional[Precision] = None,
+                     caa=None) -> torch.Tensor:
     """grids_batch assembled to the image size (H, W): (B, C_max, H, W) float32 in [0, 1]."""
-    grids, sizes = grids_batch(model, scaled, labels, flip, cam, device, amp, caa)
+    grids, sizes = grids_batch(model, scaled, labels, flip, cam, device, precision, caa)
     return assemble(grids, sizes, size, flip, Geometry.of(model))
 
 
@@ -172,7 +176,7 @@ class ScaledBatches(Dataset):
 
 def export_batched(model, records: Sequence[Record], store: CamStore, scales: Sequence[float], flip: bool,
                    cam: str, device: torch.device | str, batch_size: int = 8, num_workers: int = 0,
-                   prefetch_factor: int = 2, writer_threads: int = 8, amp: bool = False,
+                   prefetch_factor: int = 2, writer_threads: int = 8, precision: Optional[Precision] = None,
                    progress=None, caa=None) -> int:
     """Write the CAMs of ``records`` into ``store``; returns how many were written.
     Memory is bounded by the loader's prefetch, one batch on the device and
@@ -189,7 +193,8 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
     geom = Geometry.of(model)
     with CamWriter(store, writer_threads, max_pending=max(2 * batch_size, 2 * writer_threads)) as writer:
         for recs, scaled in steps:
-            grids, sizes = grids_batch(model, scaled, [r.labels for r in recs], flip, cam, device, amp, caa)
+            grids, sizes = grids_batch(model, scaled, [r.labels for r in recs], flip, cam, device, precision,
+                                       caa)
             written += _submit_batch(writer, recs, [g.cpu() for g in grids], sizes, flip, geom)
     return written
 

@@ -22,7 +22,7 @@ THROUGHPUT = ("run.work_dir", "run.device", "run.num_workers", "run.shard_size",
               "run.task_runner", "run.dask_address", "run.dask_workers", "run.nproc_per_node",
               "run.dist_backend", "run.gpus", "run.lock_lease_s",
               "export_cams.batch_size", "export_cams.writer_threads", "export_cams.prefetch_batches",
-              "sam.points_per_batch", "sam.amp", "sam.images_in_flight",
+              "sam.points_per_batch", "sam.amp", "sam.images_in_flight", "train_segmentation.require_compiled_ops",
               "data.fetch")  # prepare_data fetches a missing tree first; the tree, not the fetch, makes the key
 
 

@@ -24,6 +24,10 @@ class TrainSegmentationCfg(Section):
     lr: Positive = 0.01
     weight_decay: NonNegative = 5e-4
     amp: bool = Field(False, description="mixed precision (CUDA only)")
+    # in THROUGHPUT, part of no artifact key: the pure-PyTorch fallback computes the same, slower
+    require_compiled_ops: bool = Field(False, description="refuse to start (preflight) when the model would call "
+                                       "a compiled mmcv op this install lacks (mmcv-lite on CUDA) instead of "
+                                       "running mmcv's slower pure-PyTorch version")
     val_interval: int = Field(4000, ge=1)
     checkpoint_interval: int = Field(4000, ge=1)
     log_interval: int = Field(50, ge=1)

@@ -36,6 +36,7 @@ from segment_anything.utils.amg import (MaskData, area_from_rle, batched_mask_to
                                         calculate_stability_score, coco_encode_rle, is_box_near_crop_edge,
                                         mask_to_rle_pytorch, rle_to_mask, uncrop_masks)
 
+from pipeline.precision import Precision
 from pipeline.store import decoding
 from pipeline.weights import SAM_URLS, HubWeight, hub_cache_path, hub_download
 
@@ -81,14 +82,14 @@ class FmaMaskGenerator(SamAutomaticMaskGenerator):
         if {tuple(t.shape) for t in (self.iou_thresh_offsets, self.nms_offsets, self.stability_score_bias)} != {(3,)}:
             raise ValueError("iou_thresh_offsets / nms_offsets / stability_score_bias need one value per level (3)")
         self.rsw_thresh = rsw_thresh
-        self.amp = amp and dev.type == "cuda"
+        self.precision = Precision.of(dev, amp, "bfloat16")  # CUDA and CPU autocast both have bfloat16
         self.timer = StepTimer(dev)
         self.timer.attach(self.predictor)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> list[dict]:
         """Mask records of one HWC uint8 RGB image (see the module docstring)."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with self.precision.autocast():
             data = self._generate_masks(image)
         if self.min_mask_region_area > 0:
             data = self.postprocess_small_regions(data, self.min_mask_region_area,

@@ -6,13 +6,16 @@ the op is never used. mmcv-lite ships no ``_ext``, so the import fails.
 
 ``ensure_mmcv()`` installs a stand-in ``mmcv._ext`` module in ``sys.modules``:
 any attribute is a function that raises ``MissingMmcvOpError`` when called.
-That is the only patch. It is enough because the models we use on CPU need no
-compiled op: ResNet/ASPP/separable-conv heads are plain PyTorch, and the
-Mask2Former pixel decoder's ``MultiScaleDeformableAttention`` already calls
-mmcv's own pure-PyTorch fallback (``multi_scale_deformable_attn_pytorch``) for
-tensors that are not on CUDA; ``point_sample`` is ``grid_sample``. On a CUDA
-tensor that op calls the extension, so a GPU run with mmcv-lite stops with the
-clear error below instead of running slowly or silently differently.
+The models we use call one compiled op at most (COMPILED_OPS): ResNet/ASPP/
+separable-conv heads and Swin are plain PyTorch, ``point_sample`` is
+``grid_sample``, and the Mask2Former pixel decoder's
+``MultiScaleDeformableAttention`` calls mmcv's own pure-PyTorch version
+(``multi_scale_deformable_attn_pytorch``) for tensors that are not on CUDA. On a
+CUDA tensor it calls the extension; with the stand-in, ``ensure_mmcv`` points
+that call at the same pure-PyTorch version (``op_path``), with one
+warning: slower and more GPU memory, the same results within float rounding.
+The run's preflight lists these ops (``compiled_op_lines``) and, with
+``train_segmentation.require_compiled_ops``, refuses to start without them.
 
 With full mmcv installed (the docker image), ``mmcv._ext`` exists and nothing
 is touched.
@@ -21,11 +24,21 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import logging
 import sys
 import types
 
+log = logging.getLogger("wsss")
+
 INSTALL_HINT = ("install full mmcv 2.1.0 built with its compiled ops (see docker/Dockerfile: "
                 "pip install --no-build-isolation mmcv==2.1.0 with setuptools<81 and -std=c++20)")
+
+
+# compiled mmcv ops a segmentation model (train_segmentation.model) calls on CUDA, and what for
+COMPILED_OPS = {"mask2former": {"ms_deform_attn": "multi-scale deformable attention (Mask2Former's pixel decoder)"}}
+FALLBACK_COST = ("mmcv's pure-PyTorch version (multi_scale_deformable_attn_pytorch, the one mmcv runs on CPU): "
+                 "the same results within float rounding, but slower and with more GPU memory (one grid_sample "
+                 "per feature level instead of the fused kernel)")
 
 
 class MissingMmcvOpError(RuntimeError):
@@ -55,6 +68,40 @@ def has_full_mmcv() -> bool:
     return importlib.util.find_spec("mmcv") is not None and importlib.util.find_spec("mmcv._ext") is not None
 
 
+def op_path(device_type: str, compiled: bool) -> str:
+    """How a COMPILED_OPS op runs on ``device_type``: "compiled" (mmcv's CUDA kernel),
+    "fallback" (CUDA without the kernel: mmcv's pure-PyTorch version in its place) or
+    "pytorch" (any other device: mmcv's own choice, its pure-PyTorch version)."""
+    if device_type != "cuda":
+        return "pytorch"
+    return "compiled" if compiled else "fallback"
+
+
+_warned = False
+
+
+def _ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                            im2col_step):
+    """``MultiScaleDeformableAttnFunction.apply`` without the extension (mmcv calls it for CUDA
+    tensors only: op_path "fallback"): the arguments the module passes the compiled op, computed
+    by mmcv's pure-PyTorch version (level starts and im2col step only tile the kernel's work)."""
+    from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+    global _warned
+    if not _warned:
+        _warned = True
+        log.warning("mmcv has no compiled ops (mmcv-lite): Mask2Former's multi-scale deformable attention runs "
+                    "%s. For the compiled op use the docker image (docker/Dockerfile) or %s", FALLBACK_COST,
+                    INSTALL_HINT)
+    # the compiled op's own cast (autocast leaves these float32 while value is float16)
+    return multi_scale_deformable_attn_pytorch(value, spatial_shapes, sampling_locations.type_as(value),
+                                               attention_weights.type_as(value))
+
+
+class _PyTorchMSDeformAttn:
+    """Stands in for mmcv's ``MultiScaleDeformableAttnFunction`` (its forward calls ``.apply``)."""
+    apply = staticmethod(_ms_deform_attn_pytorch)
+
+
 def ensure_mmcv() -> bool:
     """Call before importing mmseg/mmdet. Returns True if the stand-in is in use."""
     if importlib.util.find_spec("mmcv") is None:
@@ -69,4 +116,6 @@ def ensure_mmcv() -> bool:
         ext.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", loader=None)
         sys.modules["mmcv._ext"] = ext
         mmcv._ext = ext
+        from mmcv.ops import multi_scale_deform_attn
+        multi_scale_deform_attn.MultiScaleDeformableAttnFunction = _PyTorchMSDeformAttn
     return True

@@ -36,6 +36,7 @@ from pipeline.data.datasets import LabelTable, read_image
 from pipeline.models.mask_generator import MEAN, STD, normalize_numpy
 from pipeline.semples.callbacks import BEST_MODEL, CHECKPOINT, Callback, callbacks_for, write_gallery  # noqa: F401
 from pipeline.semples.dist import barrier, dist_info, is_main  # noqa: F401 (the phases' imports)
+from pipeline.precision import Precision
 from pipeline.utils import progress
 
 
@@ -120,27 +121,6 @@ class TrainImages(Dataset):
 
 
 # ------------------------------------------------------------------ the optimizer step
-@dataclass(frozen=True)
-class Precision:
-    """Mixed precision of a run: the autocast of the forward pass and the
-    gradient scaler the update needs (a live one for float16 only)."""
-    device_type: str
-    enabled: bool
-    dtype: torch.dtype = torch.float16
-
-    @classmethod
-    def of(cls, tcfg: TrainCfg, device: torch.device) -> "Precision":
-        """tcfg.amp on CUDA only (CPU trains in float32)."""
-        return cls(device.type, tcfg.amp and device.type == "cuda",
-                   torch.bfloat16 if tcfg.amp_dtype == "bfloat16" else torch.float16)
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.enabled)
-
-    def scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
-
-
 def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
     """One update from ``loss``: clear the gradients, backward the scaled loss,
     step (skipped by the scaler on inf/NaN gradients) and update the scale."""
@@ -191,7 +171,7 @@ def setup(tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module,
                             fused=device.type == "cuda")
     sched = CosineLRScheduler(opt, t_initial=tcfg.epochs, lr_min=tcfg.min_lr, warmup_t=tcfg.warmup_epochs,
                               warmup_lr_init=tcfg.warmup_lr)
-    precision = Precision.of(tcfg, device)
+    precision = Precision.of(device, tcfg.amp, tcfg.amp_dtype)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     per_rank = tcfg.batch_size // world
     # official loaders drop the last incomplete batch (a tiny split keeps it rather than train on nothing)
