@@ -47,14 +47,14 @@ def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = N
         im.save(tmp, format="PNG")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, fix: Optional[str] = None) -> np.ndarray:
     """RGB uint8 (H, W, 3); a DataError for a missing file, UnreadableFile (naming
-    it and what to do) for one that does not decode (truncated, not an image)."""
+    it and what to do: ``fix``, by default store.advice) for one that does not decode."""
     try:
-        with decoding(path, "image"), Image.open(path) as im:
+        with decoding(path, "image", fix), Image.open(path) as im:
             return np.asarray(im.convert("RGB")).copy()
     except FileNotFoundError:
-        raise DataError(f"{path}: image file missing; {advice(path)}") from None
+        raise DataError(f"{path}: image file missing; {fix or advice(path)}") from None
 
 
 def labels_of(mask: np.ndarray, num_classes: int) -> list[int]:
