@@ -352,6 +352,8 @@ def predict(config: Path = ConfigOpt,
     except PredictError as e:
         _fail(e)
     typer.echo(json.dumps(res, indent=2))
+    if res["failed"]:  # each named in the log and the JSON; the others are predicted
+        raise typer.Exit(1)
 
 
 @app.command("export-model")

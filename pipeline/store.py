@@ -10,7 +10,8 @@ Before a damaged (corrupt) or partial artifact is resumed, ``Store.heal``
 removes what cannot be trusted, so that a per-image stage, which skips the
 images whose output exists, redoes exactly those: files that fail their
 manifest entry, or (no manifest) per-image outputs that do not decode.
-A stage declares its per-image outputs as ``PerImage`` layouts.
+A stage declares its per-image outputs as ``PerImage`` layouts. A training stage's
+resume checkpoint is not part of its result: a damaged one is dropped (RESUME_ONLY).
 
 Several processes (and machines sharing the store's file system) may run
 stages against one store: ArtifactLock lets one of them compute a given
@@ -33,7 +34,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
+from pipeline.artifacts import ModelArtifact
+
 MANIFEST = "manifest.json"
+# files a stage reads only to resume an unfinished run (a training stage's checkpoint.pt): the finished
+# result does not depend on them, so a damaged or missing one is dropped from a finished artifact (file
+# and manifest entry) rather than making it corrupt, whose recomputation would train from scratch
+RESUME_ONLY = (ModelArtifact.checkpoint.name,)
 State = Literal["cached", "partial", "missing", "corrupt"]
 _VERSIONED = ("torch", "torchvision", "open_clip_torch", "timm", "mmsegmentation", "mmengine",
               "mmcv", "mmcv-lite", "zarr", "prefect", "numpy", "pydensecrf2")
@@ -221,7 +228,8 @@ class Store:
         """{relative path: reason} of the files of a finished artifact that are
         gone or no longer match their size / sha256. A file whose size and mtime
         are unchanged is trusted without rehashing (as rsync does), so checking a
-        large CAM store stays cheap."""
+        large CAM store stays cheap. A RESUME_ONLY file that fails is dropped
+        here (file and manifest entry), not reported."""
         try:
             m = self.manifest(key)
         except UnreadableFile as e:
@@ -240,7 +248,20 @@ class Store:
                 out[rel] = f"size {st.st_size} bytes, the manifest says {info['size']}"
             elif st.st_mtime_ns != info.get("mtime_ns") and sha256_file(f) != info["sha256"]:
                 out[rel] = "content changed since the manifest was written (sha256)"
-        return out
+        resume_only = [rel for rel in out if rel in RESUME_ONLY]
+        if resume_only:
+            self._drop(key, m, resume_only)
+        return {rel: why for rel, why in out.items() if rel not in resume_only}
+
+    def _drop(self, key: str, manifest: dict, rels: Sequence[str]) -> None:
+        """Remove files of a finished artifact and their manifest entries (RESUME_ONLY)."""
+        try:
+            for rel in rels:
+                (self.path(key) / rel).unlink(missing_ok=True)
+                manifest["files"].pop(rel)
+            write_json_atomic(self.path(key) / MANIFEST, manifest)
+        except OSError:  # a read-only store: the file stays, still no reason to recompute
+            pass
 
     def problems(self, key: str) -> list[str]:
         """'path: reason' of every file of a finished artifact that fails its manifest entry."""

@@ -46,6 +46,11 @@ def test_phase_rules_read_the_records():
     assert selection_label(cfg, "match") == "best epoch by seed mIoU on val (uses ground truth)"
     assert selection_label(cfg, "train_cam").startswith("imported from open-mmlab://weaktr")
     assert selection_label(cfg, "refine") == "last epoch (no pixel labels)"
+    from stages import get
+    from stages.contract import view
+    seen = phase_sections(view(cfg, get("evaluate")), cams_only=True)  # what evaluate's run sees
+    assert list(seen) == list(cam_labels()) and seen["match"].selects_on_gt()
+    assert [n for n, s in seen.items() if s.imported_from()] == ["train_cam"]
 
 
 def test_callbacks_are_chosen_once_and_an_extra_one_sees_every_hook(tmp_path, prepared):

@@ -6,7 +6,9 @@ float32 (C_present, H, W) maps).
 
 items -> image ids; run_shard writes the CAMs of some ids (skipping complete arrays,
 rewriting interrupted ones; per_image lets the runner remove damaged arrays first) with
-the batched path of pipeline/cams/inference.py:
+the batched path of pipeline/cams/inference.py, a missing image in the batch of the
+shard's ids it had, so a healed or resumed CAM equals the original bit for bit (with the
+same export_cams.batch_size and run.shard_size):
 DataLoader workers (run.num_workers) decode and resize, same-size batches
 (export_cams.batch_size) run on the device, a thread pool (export_cams.writer_threads)
 compresses and writes; memory is bounded by batches in flight, not by the split.
@@ -74,7 +76,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
     device = get_device(cfg.run.device)
     model = load_mask_generator(ModelArtifact(inputs[cfg.export_cams.source]).weights, device)
     ec = cfg.export_cams
-    records = [table[i] for i in todo]
+    records = [table[i] for i in ids]  # all: the missing ones are batched as the full shard batches them
     for rec in records:  # before any work: a bad label fails the shard with nothing written
         bad = [c for c in rec.labels if not 1 <= c <= model.num_classes]
         if not rec.labels or bad:
@@ -84,7 +86,7 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
                           writer_threads=ec.writer_threads,
                           precision=Precision.of(device, True),  # float16 AMP where the device has it (CUDA)
                           progress=lambda it, total: progress(it, f"export_cams {ec.split} batches", total),
-                          caa=ec.caa if ec.caa.enabled else None)
+                          caa=ec.caa if ec.caa.enabled else None, pending=set(todo))
 
 
 def finalize(cfg: Config, inputs, out: Path) -> dict:

@@ -11,8 +11,9 @@ image's labels (``extra_classes``: error | drop); every label has a map (``missi
 error | zero: an all-zero map); maps of the image's size (else error, or bilinear resize with
 ``resize``, align_corners=False as the official generation scripts upsample); finite values;
 values in [0, 1] (else error, or per-class min-max normalisation with ``normalize``, eps 1e-8 as
-export_cams). All files are checked before the error is raised, which lists the first 20
-problems; the store written so far is then removed, so a failed import leaves no CAMs behind.
+export_cams). All files, missing ones included, are checked before the error is raised, which
+lists the first 20 problems and their count; the store is then removed, so a failed import
+leaves no CAMs and no empty store behind.
 """
 from __future__ import annotations
 
@@ -115,16 +116,8 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
     """Import the CAM file of every record (id, labels, height, width) into ``store``; complete
     images already in the store are kept (a resumed import). Returns counts."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise CamImportError(f"{folder}: CAM folder not found (import_cams.dir)")
-    suffix = get_format(opts.fmt).suffix
-    missing = [r.id for r in records if not cam_file(folder, r.id, opts.fmt).is_file()]
-    if missing:
-        raise CamImportError(f"{folder}: no {suffix} CAM file for {len(missing)} of {len(records)} images "
-                             f"of the split, e.g. {', '.join(cam_file(folder, i, opts.fmt).name for i in missing[:5])}")
-    todo = [r for r in records if not store.is_complete(r.id)]
     counts: dict = {}
-    problems: list[str] = []
+    problems: list[str] = []  # every file's, a missing one's too (read_cam_file: "file missing")
     from pipeline.utils import read_ahead
 
     def load(r):
@@ -136,20 +129,23 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
             return None, str(e)
 
     try:
+        if not folder.is_dir():
+            raise CamImportError(f"{folder}: CAM folder not found (import_cams.dir)")
+        todo = [r for r in records if not store.is_complete(r.id)]
         with CamWriter(store, threads=threads, max_pending=2 * max(threads, 1)) as writer:
             for r, (cams, problem) in progress(read_ahead(todo, load, max(threads, 1)), len(todo)):
                 if problem:
                     problems.append(problem)
                 elif not problems:  # after the first problem: check the rest, write nothing more
                     writer.submit(r.id, cams, r.labels, (r.height, r.width))
-    finally:
         if problems:
-            shutil.rmtree(store.path, ignore_errors=True)
-    if problems:
-        more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
-        raise CamImportError(f"{len(problems)} of {len(records)} CAM files in {folder} do not fit the dataset "
-                             f"(format {opts.fmt}):\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
-    stems = {p.stem for p in folder.glob(f"*{suffix}")}
+            more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+            raise CamImportError(f"{len(problems)} of {len(records)} CAM files in {folder} do not fit the dataset "
+                                 f"(format {opts.fmt}):\n  " + "\n  ".join(problems[:MAX_LISTED]) + more)
+    except CamImportError:
+        shutil.rmtree(store.path, ignore_errors=True)  # no CAMs, nor an empty store, after a failed import
+        raise
+    stems = {p.stem for p in folder.glob(f"*{get_format(opts.fmt).suffix}")}
     counts["files_not_in_split"] = len(stems - {r.id for r in records})
     counts["imported"] = len(todo)
     return counts

@@ -177,12 +177,16 @@ class ScaledBatches(Dataset):
 def export_batched(model, records: Sequence[Record], store: CamStore, scales: Sequence[float], flip: bool,
                    cam: str, device: torch.device | str, batch_size: int = 8, num_workers: int = 0,
                    prefetch_factor: int = 2, writer_threads: int = 8, precision: Optional[Precision] = None,
-                   progress=None, caa=None) -> int:
-    """Write the CAMs of ``records`` into ``store``; returns how many were written.
-    Memory is bounded by the loader's prefetch, one batch on the device and
-    the writer's queue, whatever the number of records."""
+                   progress=None, caa=None, pending: Optional[set[str]] = None) -> int:
+    """Write the CAMs of ``records`` (only those whose id is in ``pending``, if given) into
+    ``store``; returns how many were written. The batches are those of all ``records``, and
+    each batch holding a pending image runs whole: an image's CAMs depend on its batch
+    (its neighbours, their class count), so a healed or resumed image is computed with the
+    neighbours it had and equals the original bit for bit. Memory is bounded by the loader's
+    prefetch, one batch on the device and the writer's queue, whatever the number of records."""
     device = torch.device(device)
-    batches = same_size_batches(records, batch_size)
+    batches = [b for b in same_size_batches(records, batch_size)
+               if pending is None or any(r.id in pending for r in b)]
     loader = DataLoader(ScaledBatches(batches, scales), batch_size=None, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda",
                         prefetch_factor=prefetch_factor if num_workers else None)
@@ -195,16 +199,18 @@ def export_batched(model, records: Sequence[Record], store: CamStore, scales: Se
         for recs, scaled in steps:
             grids, sizes = grids_batch(model, scaled, [r.labels for r in recs], flip, cam, device, precision,
                                        caa)
-            written += _submit_batch(writer, recs, [g.cpu() for g in grids], sizes, flip, geom)
+            written += _submit_batch(writer, recs, [g.cpu() for g in grids], sizes, flip, geom, pending)
     return written
 
 
 def _submit_batch(writer: CamWriter, recs: Sequence[Record], grids: Sequence[torch.Tensor],
-                  sizes: Sequence[tuple[int, int]], flip: bool, geom: Geometry) -> int:
-    """Each image's grids out of the batch's (a few kB per image, copied to the host at once:
-    not worth overlapping) to the writer. Its own function: a failing batch's frame holds that
-    batch's records only (pipeline.utils.stage_error names them)."""
-    for b, rec in enumerate(recs):
+                  sizes: Sequence[tuple[int, int]], flip: bool, geom: Geometry,
+                  pending: Optional[set[str]] = None) -> int:
+    """Each (pending) image's grids out of the batch's (a few kB per image, copied to the host
+    at once: not worth overlapping) to the writer. Its own function: a failing batch's frame
+    holds that batch's records only (pipeline.utils.stage_error names them)."""
+    todo = [(b, rec) for b, rec in enumerate(recs) if pending is None or rec.id in pending]
+    for b, rec in todo:
         writer.submit_grids(rec.id, image_grids(grids, b, len(rec.labels), flip), rec.labels, image_size(rec),
                             sizes, flip, geom)
-    return len(recs)
+    return len(todo)

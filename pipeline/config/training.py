@@ -139,11 +139,14 @@ class RefineCfg(TrainCfg):
 
 
 def phase_sections(cfg, cams_only: bool = False) -> dict[str, TrainCfg]:
-    """The training phases' sections of ``cfg`` by name (every TrainCfg field of Config), in
-    Config's order; cams_only: those of the phases that train the mask generator (cams_label)."""
-    found = {n: getattr(cfg, n) for n in type(cfg).model_fields}
-    return {n: s for n, s in found.items()
-            if isinstance(s, TrainCfg) and (s.cams_label() is not None or not cams_only)}
+    """The training phases' sections of ``cfg`` (a Config, or a stage's checked view of one) by
+    name: every TrainCfg field of Config, in Config's order; cams_only: those of the phases that
+    train the mask generator (cams_label). Chosen by the fields' types, so a view reads only
+    the sections it returns."""
+    config_type = type(getattr(cfg, "_obj", cfg))  # a ConfigView (stages/contract.py) wraps the Config
+    return {n: getattr(cfg, n) for n, f in config_type.model_fields.items()
+            if isinstance(f.annotation, type) and issubclass(f.annotation, TrainCfg)
+            and (not cams_only or f.annotation.model_construct().cams_label() is not None)}
 
 
 def seed_eval_split(cfg: Config, stage: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -21,30 +21,9 @@ from pipeline.artifacts import DataArtifact
 from pipeline.config import DataCfg, missing_root_hint
 from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSet, builtin_classes,
                                    dataset_classes, palette)
+from pipeline.data.records import DataError, Problem, Record
+from pipeline.data.split_lists import leaves_folder, repeated, voc_list_ids
 from pipeline.store import advice, atomic_write, decoding
-
-
-class DataError(ValueError):
-    """A dataset problem, naming the file."""
-
-
-@dataclass
-class Record:
-    id: str
-    image: str
-    mask: Optional[str]
-    height: int = 0
-    width: int = 0
-    labels: list[int] = field(default_factory=list)  # foreground class ids (1..C-1)
-
-
-@dataclass
-class Problem:
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
 
 
 # ---------------------------------------------------------------- mask I/O
@@ -68,14 +47,14 @@ def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = N
         im.save(tmp, format="PNG")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, fix: Optional[str] = None) -> np.ndarray:
     """RGB uint8 (H, W, 3); a DataError for a missing file, UnreadableFile (naming
-    it and what to do) for one that does not decode (truncated, not an image)."""
+    it and what to do: ``fix``, by default store.advice) for one that does not decode."""
     try:
-        with decoding(path, "image"), Image.open(path) as im:
+        with decoding(path, "image", fix), Image.open(path) as im:
             return np.asarray(im.convert("RGB")).copy()
     except FileNotFoundError:
-        raise DataError(f"{path}: image file missing; {advice(path)}") from None
+        raise DataError(f"{path}: image file missing; {fix or advice(path)}") from None
 
 
 def labels_of(mask: np.ndarray, num_classes: int) -> list[int]:
@@ -103,16 +82,14 @@ def _voc_paths(cfg: DataCfg, split: str) -> tuple[Path, Path]:
     return lst, masks
 
 
-def voc_records(cfg: DataCfg, split: str) -> list[Record]:
+def voc_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem]]:
+    """Records of a VOC split's list and the problems of its lines (split_lists.voc_list_ids)."""
     lst, mask_dir = _voc_paths(cfg, split)
     if not lst.exists():
         raise DataError(f"{lst}: split list for '{split}' not found")
-    # SBD-style lists hold "/JPEGImages/x.jpg /SegmentationClassAug/x.png"; VOC lists hold ids.
-    ids = [Path(line.split()[0]).stem for line in lst.read_text().splitlines() if line.strip()]
-    if cfg.max_images:
-        ids = ids[: cfg.max_images]
+    ids, problems = voc_list_ids(lst, cfg.max_images)
     return [Record(i, str((cfg.root / "JPEGImages" / f"{i}.jpg").resolve()),
-                   str((mask_dir / f"{i}.png").resolve())) for i in ids]
+                   str((mask_dir / f"{i}.png").resolve())) for i in ids], problems
 
 
 # ---------------------------------------------------------------- COCO
@@ -245,8 +222,8 @@ def label_rows(path: Path) -> Iterable[tuple[int, str, list[str]]]:
 def folder_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], dict[str, str]]:
     """Records of a folder split from its labels file, problems, and the
     'file:line' of each record. Problems name the file and line: unknown
-    classes, rows without labels, duplicate ids (an id is the image file's
-    stem: pseudo masks are written as <id>.png)."""
+    classes, rows without labels, paths out of the image folder, duplicate ids
+    (an id is the image file's stem: pseudo masks are written as <id>.png)."""
     sc = cfg.splits[split]
     labels_path = cfg.root / sc.labels
     if not labels_path.is_file():
@@ -272,11 +249,12 @@ def folder_records(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem
         if not names:
             problems.append(Problem(where, f"{image}: image has no labels"))
             continue
-        image_id = Path(image).stem
-        if image_id in first_line:
-            problems.append(Problem(where, f"{image}: duplicate id '{image_id}' (first at {first_line[image_id]})"))
+        if leaves_folder(image, img_dir):
+            problems.append(Problem(where, f"{image}: image path leaves the split's image folder {img_dir}"))
             continue
-        first_line[image_id] = where
+        image_id = Path(image).stem
+        if repeated(problems, first_line, image_id, where, image):
+            continue
         mask = mask_dir / f"{image_id}.png" if mask_dir else None
         records.append(Record(image_id, str((img_dir / image).resolve()),
                               str(mask.resolve()) if mask is not None and mask.exists() else None,
@@ -311,7 +289,7 @@ def check_split(cfg: DataCfg, split: str) -> tuple[list[Record], list[Problem], 
             return [], [_as_problem(e)], 0
     elif cfg.dataset == "voc":
         try:
-            records = voc_records(cfg, split)
+            records, problems = voc_records(cfg, split)
         except DataError as e:
             return [], [Problem(str(e).split(":")[0], str(e).split(": ", 1)[1])], 0
     else:

@@ -16,10 +16,11 @@ import numpy as np
 log = logging.getLogger("wsss")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LABELS, OVERLAYS, COCO_JSON = "labels", "overlays", "predictions_coco.json"
+FOLDER_FIX = "replace or remove the file in the image folder and run `wsss predict` again"
 
 
 class PredictError(RuntimeError):
-    """No trained model, no images, or an unreadable image: the message names it."""
+    """No trained model or no images: the message names it."""
 
 
 def list_images(folder: Path) -> list[tuple[str, Path]]:
@@ -69,14 +70,16 @@ def tta_predictor(model, mm_cfg):
 
 def predict_folder(seg_dir: Path, images: Path, out: Path, tta: bool, device: str = "cpu") -> dict:
     """Predict every image of ``images`` with the final model of the train_segmentation artifact
-    ``seg_dir``; returns counts. Files are written atomically (a rerun overwrites them)."""
+    ``seg_dir``; returns counts and ``failed``, a message naming each image that could not be
+    predicted (the others are, and are in the COCO JSON). Files are written atomically (a rerun
+    overwrites them)."""
     from mmengine.config import Config as MMConfig
 
     from pipeline.artifacts import SegmentationArtifact
     from pipeline.pseudo_masks.coco_export import export_coco
     from pipeline.data.datasets import DataError, read_image, write_mask
     from pipeline.segmentation.train import load_model, predict
-    from pipeline.store import unique_tmp
+    from pipeline.store import UnreadableFile, unique_tmp
     from pipeline.utils import progress
     items = list_images(images)
     art = SegmentationArtifact(seg_dir)
@@ -91,16 +94,17 @@ def predict_folder(seg_dir: Path, images: Path, out: Path, tta: bool, device: st
     out = Path(out)
     (out / LABELS).mkdir(parents=True, exist_ok=True)
     (out / OVERLAYS).mkdir(parents=True, exist_ok=True)
-    results = []
+    results, failed = [], []
     from PIL import Image
     for image_id, path in progress(items, f"predict ({'TTA' if tta else 'single scale'})", every_s=5):
         try:
-            image = read_image(path)
+            image = read_image(path, fix=FOLDER_FIX)
             label = run(str(path))
-        except DataError as e:
-            raise PredictError(str(e)) from None
-        except Exception as e:  # mmcv's reader and the model: name the image
-            raise PredictError(f"{path}: prediction failed ({type(e).__name__}: {e})") from None
+        except Exception as e:  # the reader names the image; mmcv's reader and the model do not
+            named = isinstance(e, (DataError, UnreadableFile))
+            failed.append(str(e) if named else f"{path}: prediction failed ({type(e).__name__}: {e}); {FOLDER_FIX}")
+            log.error("predict: %s", failed[-1])
+            continue  # the other images are predicted all the same
         write_mask(out / LABELS / f"{image_id}.png", label, full_pal)
         tmp = unique_tmp(out / OVERLAYS / f"{image_id}.png")
         Image.fromarray(overlay(image, label, pal)).save(tmp, format="PNG")
@@ -108,7 +112,8 @@ def predict_folder(seg_dir: Path, images: Path, out: Path, tta: bool, device: st
         results.append((image_id, str(path.resolve()), label))
     n = export_coco(out / COCO_JSON, results, classes, f"wsss final model predictions on {Path(images).resolve()}"
                     + (" (TTA)" if tta else ""))
-    return {"images": len(results), "annotations": n["annotations"], "tta": tta, "out": str(out)}
+    return {"images": len(results), "annotations": n["annotations"], "tta": tta, "out": str(out),
+            "failed": failed}
 
 
 def final_model_dir(store, key: str, config_name: str) -> Path:
