@@ -106,6 +106,9 @@ def _unwrap(ann):
 def _candidates(path: str, value) -> list:
     """Valid changed values of a leaf, best first (validation picks the first that passes)."""
     ann = _unwrap(_annotation(path))
+    if path == "export_cams.source":  # a str checked against the phase registry, not a Literal
+        from pipeline.config import cam_labels
+        return [p for p in cam_labels() if p != value]
     if typing.get_origin(ann) is typing.Literal:
         return [o for o in typing.get_args(ann) if o != value]
     if isinstance(value, bool):
