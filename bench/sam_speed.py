@@ -1,5 +1,5 @@
 """images/s of the sam_masks stage (pipeline/sam/generator.py FmaMaskGenerator) with
-the official FMA-WSSS settings (pipeline/config.SamCfg defaults: ViT-H, 32 points
+the official FMA-WSSS settings (pipeline.config.SamCfg defaults: ViT-H, 32 points
 per side, one crop layer, ...), and Meta's reference SamAutomaticMaskGenerator
 with the same settings in the same run. Time is split into image encoding
 (SamPredictor.set_image), mask decoding (predict_torch) and post-processing

@@ -20,9 +20,11 @@ missing one an error before any stage runs.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
+import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +33,6 @@ from typing import Callable, Iterable, Optional
 from urllib.parse import urlparse
 
 from pipeline.config import _is_hub_tag
-from pipeline.segmentation.mmcv_compat import COMPILED_OPS, FALLBACK_COST, INSTALL_HINT, op_path, has_full_mmcv
 
 log = logging.getLogger("wsss")
 SAM_URLS = {  # Meta's SAM checkpoints by sam.model_type: segment-anything README, "Model Checkpoints"
@@ -40,6 +41,33 @@ SAM_URLS = {  # Meta's SAM checkpoints by sam.model_type: segment-anything READM
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
 }
 PROBE_TIMEOUT_S = 3.0  # name lookup + TCP connect of the one probe per host
+
+
+# The compiled mmcv ops: what the preflight lists, and what pipeline/segmentation/mmcv_compat.py
+# puts in place of a missing one
+INSTALL_HINT = ("install full mmcv 2.1.0 built with its compiled ops (see docker/Dockerfile: "
+                "pip install --no-build-isolation mmcv==2.1.0 with setuptools<81 and -std=c++20)")
+# compiled mmcv ops a segmentation model (train_segmentation.model) calls on CUDA, and what for
+COMPILED_OPS = {"mask2former": {"ms_deform_attn": "multi-scale deformable attention (Mask2Former's pixel decoder)"}}
+FALLBACK_COST = ("mmcv's pure-PyTorch version (multi_scale_deformable_attn_pytorch, the one mmcv runs on CPU): "
+                 "the same results within float rounding, but slower and with more GPU memory (one grid_sample "
+                 "per feature level instead of the fused kernel)")
+
+
+def has_full_mmcv() -> bool:
+    ext = sys.modules.get("mmcv._ext")
+    if ext is not None:
+        return not getattr(ext, "is_stand_in", False)
+    return importlib.util.find_spec("mmcv") is not None and importlib.util.find_spec("mmcv._ext") is not None
+
+
+def op_path(device_type: str, compiled: bool) -> str:
+    """How a COMPILED_OPS op runs on ``device_type``: "compiled" (mmcv's CUDA kernel),
+    "fallback" (CUDA without the kernel: mmcv's pure-PyTorch version in its place) or
+    "pytorch" (any other device: mmcv's own choice, its pure-PyTorch version)."""
+    if device_type != "cuda":
+        return "pytorch"
+    return "compiled" if compiled else "fallback"
 
 
 class CompiledOpsMissing(RuntimeError):

@@ -6,7 +6,7 @@ as 'pseudo_masks' or dotted fields such as 'run.seed'), its version and the
 keys of its inputs. So a stage may read only those: ``view(cfg, stage)`` hands
 its run/shard functions a view that raises ``ConfigAccessError`` (naming the
 stage and the field) on any other field, and on any assignment. THROUGHPUT
-fields (pipeline/config.py: run.device, run.num_workers, ...) are readable by
+fields (pipeline/config/root.py: run.device, run.num_workers, ...) are readable by
 every stage and part of no key."""
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.segmentation import mmcv_compat
-from pipeline.segmentation.mmcv_compat import ensure_mmcv, has_full_mmcv, op_path
-from pipeline.weights import CompiledOpsMissing, compiled_ops
+from pipeline.segmentation.mmcv_compat import ensure_mmcv
+from pipeline.weights import CompiledOpsMissing, compiled_ops, has_full_mmcv, op_path
 
 ensure_mmcv()
 from mmcv.ops import multi_scale_deform_attn as msda  # noqa: E402

@@ -43,7 +43,8 @@ DEEPLABV2 = {
     "rates": ((6, 12, 18, 24), DLV2),
 }
 PRESETS |= {"voc-deeplabv2": DEEPLABV2 | {"iters": (20000, DLV2)},
-            "coco-deeplabv2": DEEPLABV2 | {"iters": (100000, "our assumption (README: no source fixes it)")}}
+            "coco-deeplabv2": DEEPLABV2 | {"iters": (100000, "our assumption (docs/reference/fidelity.md: no source "
+                                                         "fixes it)")}}
 
 
 def _mm(name: str, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""The registries of what researchers add (pipeline/registry.py): pseudo-mask routes
+"""The registries of what researchers add (pipeline/registry.py, below the config): pseudo-mask routes
 (pipeline/pseudo_masks/routes/) and CAM formats (pipeline/cams/formats/) are found by
 discovering their packages, their parameters join the config sections, and what reads them
 (the config, the stage, the protocol card, the import) reads the records, not names."""
@@ -16,19 +16,18 @@ from pydantic import Field
 from pipeline.cams import formats
 from pipeline.cams.formats import CamFormat, CamFormatError, ClassIndex, read_cam_file
 from pipeline.config import ImportCamsCfg, PseudoMasksCfg
-from pipeline.pseudo_masks.routes import NAMES, ROUTES, Route
-from pipeline.registry import check_not_shadowed, discover, joined_fields
+from pipeline.registry import FORMAT_NAMES, ROUTE_NAMES, ROUTES, Route, check_not_shadowed, discover, joined_fields
 from pipeline.section import Section
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_shipped_records_and_the_fields_they_bring():
-    assert set(NAMES) == {"argmax", "crf", "affinity", "affinity_crf", "sam"}
+    assert set(ROUTE_NAMES) == {"argmax", "crf", "affinity", "affinity_crf", "sam"}
     assert {n for n, r in ROUTES.items() if r.attention} == {"affinity", "affinity_crf"}
     assert ROUTES["sam"].inputs == ("sam_masks",)
     assert {"crf", "affinity", "sam_p"} <= set(PseudoMasksCfg.model_fields)  # the routes' parameters
-    assert set(formats.NAMES) == {"weaktr_npy", "clip_es_npy", "stacked_npz", "fma_npz"}
+    assert set(FORMAT_NAMES) == {"weaktr_npy", "clip_es_npy", "stacked_npz", "fma_npz"}
     assert "clip_es_key" in ImportCamsCfg.model_fields  # clip_es_npy's option
     with pytest.raises(ValueError, match="pseudo_masks.method|method"):
         PseudoMasksCfg(method="nope")
@@ -123,10 +122,22 @@ def test_discovering_the_records_imports_no_torch():
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+@pytest.mark.parametrize("first", ["pipeline.pseudo_masks.routes.affinity", "pipeline.cams.formats.clip_es_npy",
+                                   "pipeline.cams.formats._numpy", "pipeline.pseudo_masks.make"])
+def test_a_record_module_imported_first_finds_its_record_type(first):
+    """The registry discovers the record modules while it loads: whichever module a process
+    imports first (a pool worker may start from a route module), every record is found."""
+    code = (f"import {first}, pipeline.registry as r, pipeline.pseudo_masks.routes as p; "
+            "assert len(r.ROUTES) == 5 and len(r.FORMATS) == 4 and p.ROUTES is r.ROUTES")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
 def test_the_records_are_the_only_place_a_route_or_format_is_named():
     """No module outside a record's own tests its name (the old `startswith("affinity")`,
     `method == "crf"` and if/elif chains over formats)."""
-    names = [*NAMES, *formats.NAMES]
+    names = [*ROUTE_NAMES, *FORMAT_NAMES]
     offenders = []
     for path in [*ROOT.glob("pipeline/**/*.py"), *ROOT.glob("stages/*.py"), *ROOT.glob("flows/*.py")]:
         rel = path.relative_to(ROOT).as_posix()

@@ -8,7 +8,7 @@ float32 (C_present, H, W) maps in [0, 1] and the class ids, whatever the layout.
   [[F, C, h, w] per scale], "inputs" [[h, w] of each scaled input], "flip", "patch",
   "pad_input" (pipeline/cams/grids.py Geometry). ``read`` rebuilds the maps with
   pipeline/cams/grids.py assemble, the code the export itself would run, so they are the
-  float32 maps of infer_cams (README "CAM store": the same in ten lines of numpy).
+  float32 maps of infer_cams (docs/reference/architecture.md, "The CAM store": the same in numpy).
 - "image" (import_cams: CAMs of other code bases): the maps themselves, (C, H, W),
   float16 when given float16, else float32.
 

@@ -39,13 +39,14 @@ from pipeline.config.evaluation import OFFICIAL_SWEEP, ChecksCfg, EvaluateCfg
 from pipeline.config.loader import (UniqueKeyLoader, _check_paths, _load_raw, _merge, _origin_of, _read_yaml,
                                     load_config, missing_root_hint)
 from pipeline.config.models import ClipCfg, MaskGeneratorCfg
-from pipeline.config.pseudo_masks import CrfCfg, ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg, SamCfg
+from pipeline.config.pseudo_masks import ImportMasksCfg, PseudoMaskMethod, PseudoMasksCfg, SamCfg
 from pipeline.config.root import THROUGHPUT, Config, cam_labels
 from pipeline.config.rules import RULES, RuleError
 from pipeline.config.run_data import DataCfg, RunCfg, SplitCfg
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
 from pipeline.config.training import (LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, phase_sections,
                                       seed_eval_split)
+from pipeline.crf import CrfCfg  # pseudo_masks.crf and train_segmentation.crf
 
 __all__ = [
     "CaaCfg", "ChecksCfg", "ClipCfg", "Config", "ConfigError", "CrfCfg", "DataCfg", "EnsembleCfg",

@@ -6,11 +6,8 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from pipeline.cams.formats import FORMATS
-from pipeline.cams.formats import NAMES as FORMAT_NAMES
-from pipeline.cams.formats import OPTIONS as FORMAT_OPTIONS
 from pipeline.config.base import Positive, Section
-from pipeline.registry import check_not_shadowed
+from pipeline.registry import FORMAT_NAMES, FORMAT_OPTIONS, FORMATS, check_not_shadowed
 
 
 class CaaCfg(Section):
@@ -39,7 +36,7 @@ class ExportCamsCfg(Section):
     # (CAMs of another method)
     source: str = "refine"
     split: str = "train"
-    # README CAM generation: --scales 1.0 1.2 (each with its flip)
+    # SemPLeS README, CAM generation: --scales 1.0 1.2 (each with its flip)
     scales: list[Positive] = Field(default_factory=lambda: [1.0, 1.2], min_length=1)
     flip: bool = True
     cam: Literal["fine", "coarse"] = "fine"
@@ -56,7 +53,7 @@ class ExportCamsCfg(Section):
 
 class ImportCamsCfg(*FORMAT_OPTIONS, Section):
     """CAMs made by another code base (stage import_cams, selected by export_cams.source: import);
-    README "Bring your own CAMs / masks". One file per image of export_cams.split. Also the fields
+    docs/guide/bring-your-own.md. One file per image of export_cams.split. Also the fields
     of every format's own options (FORMAT_OPTIONS, pipeline/cams/formats/: clip_es_key)."""
     dir: Optional[Path] = Field(None, description="folder of <image id> CAM files (the format's suffix)")
     format: Literal[FORMAT_NAMES] = Field(

@@ -7,10 +7,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, model_validator
 
 from pipeline.config.base import Fraction, NonNegative, Section
-from pipeline.pseudo_masks.routes import NAMES as ROUTE_NAMES
-from pipeline.pseudo_masks.routes import PARAMS as ROUTE_PARAMS
-from pipeline.pseudo_masks.threshold import CrfCfg  # noqa: F401 (a section of train_segmentation too)
-from pipeline.registry import check_not_shadowed
+from pipeline.registry import ROUTE_NAMES, ROUTE_PARAMS, check_not_shadowed
 
 
 class ImportMasksCfg(Section):

@@ -1,15 +1,14 @@
-"""The rules across sections of a Config: each a named function that raises RuleError
-naming the fields it concerns; Config applies RULES, in order, after its sections validated.
+"""The rules across sections of a Config: each a named function of the Config (``cfg``; root.py
+applies RULES, so the functions name no type for it) that raises RuleError naming the fields
+it concerns; Config applies RULES, in order, after its sections validated.
 A new rule = a function here + its entry in RULES + its test in tests/test_config_rules.py."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from pipeline.config.training import phase_sections, seed_eval_split
-from pipeline.pseudo_masks.routes import ROUTES
+from pipeline.registry import ROUTES
 
-if TYPE_CHECKING:
-    from pipeline.config.root import Config
 
 class RuleError(ValueError):
     """A broken rule; ``fields``: the dotted keys it concerns (the loader names the file that set the
@@ -20,7 +19,7 @@ class RuleError(ValueError):
         self.fields = fields
 
 
-def coco_splits_name_images_and_annotations(cfg: Config) -> None:
+def coco_splits_name_images_and_annotations(cfg) -> None:
     """A COCO split is read from an image folder and an instances JSON: both must be named."""
     if cfg.data.dataset == "coco":
         for name in cfg.data.all_splits:
@@ -30,7 +29,7 @@ def coco_splits_name_images_and_annotations(cfg: Config) -> None:
                                 f"data.splits.{name}: COCO needs 'images' and 'annotations'")
 
 
-def learn_prompts_keeps_last_epoch(cfg: Config) -> None:
+def learn_prompts_keeps_last_epoch(cfg) -> None:
     """Phase 2 trains only the prompts (S frozen, its seeds do not change): nothing to score or select."""
     lp = cfg.learn_prompts
     if lp.select != "last" or lp.seed_eval_every:
@@ -39,7 +38,7 @@ def learn_prompts_keeps_last_epoch(cfg: Config) -> None:
                         "only (S is frozen, its seeds do not change); keep 'last' and 0")
 
 
-def seed_eval_split_has_ground_truth(cfg: Config) -> None:
+def seed_eval_split_has_ground_truth(cfg) -> None:
     """A phase that scores its seeds while training scores them on a split of this config."""
     for stage, section in phase_sections(cfg, cams_only=True).items():
         split = seed_eval_split(cfg, stage)
@@ -49,7 +48,7 @@ def seed_eval_split_has_ground_truth(cfg: Config) -> None:
                             f"config (data splits: {', '.join(cfg.data.all_splits)})")
 
 
-def export_cams_source_is_a_phase_with_cams(cfg: Config) -> None:
+def export_cams_source_is_a_phase_with_cams(cfg) -> None:
     """export_cams.source names a training phase whose section makes CAMs (TrainCfg.cams_label), or 'import'."""
     sources = list(phase_sections(cfg, cams_only=True))
     if cfg.export_cams.source not in sources + ["import"]:
@@ -57,13 +56,13 @@ def export_cams_source_is_a_phase_with_cams(cfg: Config) -> None:
                         f"training phase that makes CAMs ({', '.join(sources)}) nor 'import'")
 
 
-def folder_dataset_names_classes(cfg: Config) -> None:
+def folder_dataset_names_classes(cfg) -> None:
     """A folder dataset has no built-in class list: data.classes names its file."""
     if cfg.data.dataset == "folder" and not cfg.data.classes:
         raise RuleError(("data.classes", "data.dataset"), "data.classes: a folder dataset needs a class list file")
 
 
-def folder_splits_name_labels(cfg: Config) -> None:
+def folder_splits_name_labels(cfg) -> None:
     """Every split of a folder dataset names its image-level labels file."""
     if cfg.data.dataset == "folder":
         for name in cfg.data.all_splits:
@@ -73,13 +72,13 @@ def folder_splits_name_labels(cfg: Config) -> None:
                                 f"data.splits.{name}: a folder dataset needs 'labels' (a labels file)")
 
 
-def published_datasets_have_val_split(cfg: Config) -> None:
+def published_datasets_have_val_split(cfg) -> None:
     """VOC and COCO are scored on their val split (only a folder dataset may have none)."""
     if cfg.data.dataset != "folder" and cfg.data.val_split is None:
         raise RuleError(("data.val_split", "data.dataset"), "data.val_split: VOC/COCO need a val split")
 
 
-def sam_masks_share_export_split(cfg: Config) -> None:
+def sam_masks_share_export_split(cfg) -> None:
     """A route that reads SAM's masks labels them with the exported CAMs: both of one split."""
     reads_sam = any("sam_masks" in ROUTES[r].inputs for r in cfg.pseudo_masks.routes)
     if reads_sam and cfg.sam.split != cfg.export_cams.split:
@@ -88,7 +87,7 @@ def sam_masks_share_export_split(cfg: Config) -> None:
                         "(the sam route labels SAM's masks with the exported CAMs)")
 
 
-def ensemble_routes_are_extra_methods(cfg: Config) -> None:
+def ensemble_routes_are_extra_methods(cfg) -> None:
     """Each ensemble model trains on the masks of an extra route, which pseudo_masks must write."""
     bad = [r for r in cfg.ensemble.routes if r not in cfg.pseudo_masks.extra_methods]
     if bad:
@@ -98,21 +97,21 @@ def ensemble_routes_are_extra_methods(cfg: Config) -> None:
                         f"pseudo_masks.method '{cfg.pseudo_masks.method}'; each further model on an extra route)")
 
 
-def ensemble_has_val_split(cfg: Config) -> None:
+def ensemble_has_val_split(cfg) -> None:
     """The ensemble's blend is scored on the val split."""
     if cfg.ensemble.routes and cfg.data.val_split is None:
         raise RuleError(("ensemble.routes", "data.val_split"),
                         "ensemble.routes: the blend is scored on the val split; data.val_split is null")
 
 
-def imported_cams_name_their_folder(cfg: Config) -> None:
+def imported_cams_name_their_folder(cfg) -> None:
     """Imported CAMs (export_cams.source: import) are read from import_cams.dir."""
     if cfg.export_cams.source == "import" and cfg.import_cams.dir is None:
         raise RuleError(("export_cams.source", "import_cams.dir"),
                         "export_cams.source 'import' needs import_cams.dir (the folder of CAM files)")
 
 
-def imported_cams_take_no_attention_routes(cfg: Config) -> None:
+def imported_cams_take_no_attention_routes(cfg) -> None:
     """Imported CAMs come without the mask generator's attention, which some routes walk
     (their record in pipeline/pseudo_masks/routes/ says ``attention``)."""
     if cfg.export_cams.source == "import":
@@ -129,7 +128,7 @@ def imported_cams_take_no_attention_routes(cfg: Config) -> None:
                             f"attention: {others}")
 
 
-def predict_split_is_a_data_split(cfg: Config) -> None:
+def predict_split_is_a_data_split(cfg) -> None:
     """The final model predicts a split of this config's data."""
     pred = cfg.train_segmentation.predict_split
     if pred is not None and pred not in cfg.data.all_splits:
@@ -138,7 +137,7 @@ def predict_split_is_a_data_split(cfg: Config) -> None:
                         f"{cfg.data.all_splits}")
 
 
-RULES: tuple[Callable[[Config], None], ...] = (
+RULES: tuple[Callable[..., None], ...] = (
     coco_splits_name_images_and_annotations,
     learn_prompts_keeps_last_epoch,
     seed_eval_split_has_ground_truth,

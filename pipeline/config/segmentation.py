@@ -6,7 +6,8 @@ from typing import Literal, Optional
 from pydantic import Field, model_validator
 
 from pipeline.config.base import NonNegative, Positive, Section
-from pipeline.config.pseudo_masks import CrfCfg, PseudoMaskMethod
+from pipeline.config.pseudo_masks import PseudoMaskMethod
+from pipeline.crf import CrfCfg
 
 
 class TrainSegmentationCfg(Section):

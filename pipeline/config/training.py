@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
 from pipeline.config.base import NonNegative, Positive, Section
-
-if TYPE_CHECKING:
-    from pipeline.config.root import Config
 
 
 class TrainCfg(Section):
@@ -36,7 +33,7 @@ class TrainCfg(Section):
     # resized crop, flip, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25); crop_flip: crop + flip
     augment: Literal["weaktr", "crop_flip"] = "weaktr"
     gallery_size: int = Field(8, ge=0)
-    # checkpoint selection (README "Checkpoint selection and seed evaluation")
+    # checkpoint selection (docs/guide/stages.md, "Checkpoint selection and seed evaluation")
     select: Literal["last", "gt_miou"] = Field(
         "last", description="last: the last epoch (no pixel labels); gt_miou: the epoch with the best seed mIoU "
         "on seed_eval_split (the official protocol; uses ground truth)")
@@ -149,6 +146,6 @@ def phase_sections(cfg, cams_only: bool = False) -> dict[str, TrainCfg]:
             and (not cams_only or f.annotation.model_construct().cams_label() is not None)}
 
 
-def seed_eval_split(cfg: Config, stage: str) -> str:
-    """The GT split a training stage's seeds are scored on."""
+def seed_eval_split(cfg, stage: str) -> str:
+    """The GT split a training stage's seeds are scored on (``cfg``: a Config or a stage's view)."""
     return getattr(cfg, stage).seed_eval_split or cfg.data.eval_split or cfg.data.train_split

@@ -15,7 +15,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.pseudo_masks.routes import ROUTES
+from pipeline.registry import ROUTES
 
 IGNORE_RULE = ("ground-truth 255 pixels are left out of every score; a predicted 255 (an uncertain pseudo-mask "
                "pixel) is claimed by no class: it is a miss for the ground-truth class (lowers its recall and IoU) "

@@ -16,7 +16,7 @@ COCO: the official model has one class token / head row per COCO category id 1..
 unused). Imported into the 80-class model, rows are picked by category id
 (pipeline.data.classes.COCO_CATEGORY_IDS). The 10 unused tokens are dropped, so their share
 of every attention softmax goes to the other tokens: the imported CAMs are close to, not
-identical with, the official 90-token forward (README fidelity table).
+identical with, the official 90-token forward (docs/reference/fidelity.md).
 """
 from __future__ import annotations
 

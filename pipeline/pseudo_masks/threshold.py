@@ -1,6 +1,6 @@
 """CAM seeds -> labels by a background threshold, optionally refined by a dense CRF: the
 seed labelling every route and the evaluation share, the labelling of the threshold and
-affinity routes (pipeline/pseudo_masks/routes/) and the CRF the final model may use too.
+affinity routes (pipeline/pseudo_masks/routes/), with the dense CRF of pipeline/crf.py.
 Pure numpy + pydensecrf (no torch), so process-pool workers start fast.
 
 Conventions: ``cams`` is (C_present, H, W) in [0, 1] for the class ids in
@@ -12,24 +12,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from pydantic import Field
 
+from pipeline.crf import crf_index
 from pipeline.data.classes import IGNORE
-from pipeline.section import NonNegative, Positive, Section
 
 if TYPE_CHECKING:
     from pipeline.config import PseudoMasksCfg
-
-
-class CrfCfg(Section):
-    """pydensecrf parameters; defaults = WeakTr's VOC CAM-CRF (tool/imutils.py)."""
-    iterations: int = Field(10, ge=1)
-    gauss_sxy: Positive = 4
-    gauss_compat: NonNegative = 3
-    bilateral_sxy: Positive = 83
-    bilateral_srgb: Positive = 5
-    bilateral_compat: NonNegative = 3
-    gt_prob: float = Field(0.7, gt=0, lt=1, description="pydensecrf unary_from_labels: confidence in the seed labels")
 
 
 def keys_of(classes: Sequence[int]) -> np.ndarray:
@@ -50,28 +38,6 @@ def seed_index(cams: np.ndarray, bg_threshold: float) -> np.ndarray:
 
 def seed_labels(cams: np.ndarray, classes: Sequence[int], bg_threshold: float) -> np.ndarray:
     return keys_of(classes)[seed_index(cams, bg_threshold)]
-
-
-def crf_index(image: np.ndarray, index: np.ndarray, n_labels: int, cfg: CrfCfg) -> np.ndarray:
-    """Dense CRF over the image's own labels only (n_labels = 1 + present
-    classes), as WeakTr's crf_inference_label: the unary comes from the hard
-    seed labels (unary_from_labels, gt_prob, zero_unsure=False), then a
-    Gaussian and a bilateral pairwise term."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_labels
-
-    h, w = index.shape
-    if image.shape[:2] != (h, w):
-        raise ValueError(f"image size {image.shape[1]}x{image.shape[0]} != seed size {w}x{h}")
-    if n_labels < 2:
-        return index
-    d = dcrf.DenseCRF2D(w, h, n_labels)
-    d.setUnaryEnergy(unary_from_labels(index, n_labels, gt_prob=cfg.gt_prob, zero_unsure=False))
-    d.addPairwiseGaussian(sxy=cfg.gauss_sxy, compat=cfg.gauss_compat)
-    d.addPairwiseBilateral(sxy=cfg.bilateral_sxy, srgb=cfg.bilateral_srgb,
-                           rgbim=np.array(image, dtype=np.uint8, order="C"), compat=cfg.bilateral_compat)
-    q = np.asarray(d.inference(cfg.iterations)).reshape(n_labels, h, w)
-    return q.argmax(0).astype(np.uint8)
 
 
 def threshold_mask(image: np.ndarray, cams: np.ndarray, classes: Sequence[int], cfg: PseudoMasksCfg,

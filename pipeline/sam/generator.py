@@ -245,7 +245,7 @@ def load_sam(model_type: str, checkpoint: Optional[str], tiny: bool, device: tor
 
 
 def make_generator(cfg, device: torch.device) -> FmaMaskGenerator:
-    """FmaMaskGenerator from a SamCfg (pipeline/config.py)."""
+    """FmaMaskGenerator from a SamCfg (pipeline/config/pseudo_masks.py)."""
     model = load_sam(cfg.model_type, cfg.checkpoint, cfg.tiny, device)
     return FmaMaskGenerator(model, iou_thresh_offsets=cfg.iou_thresh_offsets, nms_offsets=cfg.nms_offsets,
                             stability_score_bias=cfg.stability_score_bias, rsw_thresh=cfg.rsw_thresh, amp=cfg.amp,

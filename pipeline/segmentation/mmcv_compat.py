@@ -6,15 +6,15 @@ the op is never used. mmcv-lite ships no ``_ext``, so the import fails.
 
 ``ensure_mmcv()`` installs a stand-in ``mmcv._ext`` module in ``sys.modules``:
 any attribute is a function that raises ``MissingMmcvOpError`` when called.
-The models we use call one compiled op at most (COMPILED_OPS): ResNet/ASPP/
+The models we use call one compiled op at most (COMPILED_OPS, pipeline/weights.py): ResNet/ASPP/
 separable-conv heads and Swin are plain PyTorch, ``point_sample`` is
 ``grid_sample``, and the Mask2Former pixel decoder's
 ``MultiScaleDeformableAttention`` calls mmcv's own pure-PyTorch version
 (``multi_scale_deformable_attn_pytorch``) for tensors that are not on CUDA. On a
 CUDA tensor it calls the extension; with the stand-in, ``ensure_mmcv`` points
-that call at the same pure-PyTorch version (``op_path``), with one
+that call at the same pure-PyTorch version (``op_path``, pipeline/weights.py), with one
 warning: slower and more GPU memory, the same results within float rounding.
-The run's preflight lists these ops (``compiled_op_lines``) and, with
+The run's preflight lists these ops (pipeline/weights.py ``compiled_ops``) and, with
 ``train_segmentation.require_compiled_ops``, refuses to start without them.
 
 With full mmcv installed (the docker image), ``mmcv._ext`` exists and nothing
@@ -28,17 +28,9 @@ import logging
 import sys
 import types
 
+from pipeline.weights import FALLBACK_COST, INSTALL_HINT, has_full_mmcv
+
 log = logging.getLogger("wsss")
-
-INSTALL_HINT = ("install full mmcv 2.1.0 built with its compiled ops (see docker/Dockerfile: "
-                "pip install --no-build-isolation mmcv==2.1.0 with setuptools<81 and -std=c++20)")
-
-
-# compiled mmcv ops a segmentation model (train_segmentation.model) calls on CUDA, and what for
-COMPILED_OPS = {"mask2former": {"ms_deform_attn": "multi-scale deformable attention (Mask2Former's pixel decoder)"}}
-FALLBACK_COST = ("mmcv's pure-PyTorch version (multi_scale_deformable_attn_pytorch, the one mmcv runs on CPU): "
-                 "the same results within float rounding, but slower and with more GPU memory (one grid_sample "
-                 "per feature level instead of the fused kernel)")
 
 
 class MissingMmcvOpError(RuntimeError):
@@ -59,22 +51,6 @@ class _StandInExt(types.ModuleType):
                                      f"mmcv._ext); {INSTALL_HINT}")
         missing.__name__ = name
         return missing
-
-
-def has_full_mmcv() -> bool:
-    ext = sys.modules.get("mmcv._ext")
-    if ext is not None:
-        return not getattr(ext, "is_stand_in", False)
-    return importlib.util.find_spec("mmcv") is not None and importlib.util.find_spec("mmcv._ext") is not None
-
-
-def op_path(device_type: str, compiled: bool) -> str:
-    """How a COMPILED_OPS op runs on ``device_type``: "compiled" (mmcv's CUDA kernel),
-    "fallback" (CUDA without the kernel: mmcv's pure-PyTorch version in its place) or
-    "pytorch" (any other device: mmcv's own choice, its pure-PyTorch version)."""
-    if device_type != "cuda":
-        return "pytorch"
-    return "compiled" if compiled else "fallback"
 
 
 _warned = False

@@ -1,13 +1,14 @@
-"""Per-image CAM files of other WSSS code bases, each format a ``CamFormat`` record: read
-(safely) and write.
+"""Per-image CAM files of other WSSS code bases, each format a ``CamFormat`` record
+(pipeline/registry.py): read (safely) and write.
 
 Every module of this package declares ``FORMAT = CamFormat(...)`` (modules named "_..." are
-helpers); nothing else names a format. The config reads NAMES (what import_cams.format
-accepts) and OPTIONS (the models whose fields, the formats' own options, join import_cams),
-``wsss export-cams --format`` reads NAMES, the import_cams stage and the export read and write
-through ``read_cam_file`` / ``write_cam_file``. Adding a format = adding its module
-(docs/extending/cam-format.md). A format module imports neither pipeline.config (the config
-imports this registry) nor torch at module level.
+helpers); nothing else names a format. pipeline/registry.py discovers them: the config reads
+its FORMAT_NAMES (what import_cams.format and ``wsss export-cams --format`` accept) and
+FORMAT_OPTIONS (the models whose fields, the formats' own options, join import_cams); the
+import_cams stage and the export read and write through ``read_cam_file`` / ``write_cam_file``
+here. Adding a format = adding its module (docs/extending/cam-format.md). A format module
+imports its record type and CamFormatError from pipeline/registry.py, and neither
+pipeline.config (the config reads the registry) nor torch at module level.
 
 A file is ``<image id>`` + the format's suffix, one per image, CAMs at the image's size. Its
 class keys are dataset label ids (``keys="label"``) or the external class indices of the code
@@ -22,17 +23,13 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.registry import discover, joined_fields, lookup
-from pipeline.section import Section
+# handed on: FORMATS is the registry's table, filled in place
+from pipeline.registry import FORMATS, CamFormat, CamFormatError, get_format  # noqa: F401
 from pipeline.store import unique_tmp
-
-
-class CamFormatError(ValueError):
-    """A CAM file that is not what its format says, naming the file."""
 
 
 # ------------------------------------------------------------------ class indices
@@ -52,31 +49,6 @@ class ClassIndex:
     def index(self, label: int) -> int:
         fg = self.category_ids[label - 1] - 1 if self.category_ids is not None else label - 1
         return fg + self.base
-
-
-# ------------------------------------------------------------------ the record
-@dataclass(frozen=True)
-class CamFormat:
-    name: str
-    suffix: str  # a file is <image id><suffix>
-    # (path, **options) -> (cams (C, H, W) numeric array, class keys (C,)); CamFormatError naming the file
-    read: Callable
-    # (binary file object, cams (C, H, W) array as the CAM store holds them, class keys (C,) ints) -> None;
-    # the writer picks the dtype on disk
-    write: Callable
-    description: str  # one line: what the file holds (import_cams.format's description)
-    keys: Literal["index", "label"] = "index"  # what the class keys are (module docstring)
-    options: Optional[type[Section]] = None  # the import_cams fields the reader takes as **options
-
-
-# after the record types: the format modules import them from here
-FORMATS: dict[str, CamFormat] = discover(__name__, __path__, "FORMAT", "FORMATS")
-NAMES = tuple(FORMATS)
-OPTIONS = joined_fields((f.options for f in FORMATS.values() if f.options), "import_cams")
-
-
-def get_format(name: str) -> CamFormat:
-    return lookup(FORMATS, name, "CAM format")
 
 
 # ------------------------------------------------------------------ reading

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.cams.formats import CamFormatError
+from pipeline.registry import CamFormatError
 
 _ALLOWED = {  # what np.save of a dict of arrays pickles (numpy 1.x and 2.x module names)
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from pipeline.cams.formats import CamFormat, CamFormatError
 from pipeline.cams.formats._numpy import load_npy_dict
+from pipeline.registry import CamFormat, CamFormatError
 from pipeline.section import Section
 
 CLIP_ES_KEY = "attn_highres"  # CLIP-ES eval_cam.py --cam_type default

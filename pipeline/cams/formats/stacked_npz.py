@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.cams.formats import CamFormat
 from pipeline.cams.formats._numpy import load_npz
+from pipeline.registry import CamFormat
 
 
 def read(path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.cams.formats import CamFormat, CamFormatError
 from pipeline.cams.formats._numpy import load_npy_dict
+from pipeline.registry import CamFormat, CamFormatError
 
 
 def read(path):

@@ -9,9 +9,9 @@ from functools import partial
 import numpy as np
 from pydantic import Field
 
-from pipeline.pseudo_masks.routes import Route
 from pipeline.pseudo_masks.routes.threshold import CrfParams
 from pipeline.pseudo_masks.threshold import crf_words, threshold_mask, threshold_words
+from pipeline.registry import Route
 from pipeline.section import Section
 
 

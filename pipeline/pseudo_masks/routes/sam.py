@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.artifacts import SamArtifact
-from pipeline.pseudo_masks.routes import Route
+from pipeline.registry import Route
 from pipeline.sam.files import read_masks_json
 from pipeline.section import Section
 

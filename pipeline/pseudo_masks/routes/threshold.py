@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.pseudo_masks.routes import Route
-from pipeline.pseudo_masks.threshold import CrfCfg, crf_words, threshold_mask, threshold_words
+from pipeline.crf import CrfCfg
+from pipeline.pseudo_masks.threshold import crf_words, threshold_mask, threshold_words
+from pipeline.registry import Route
 from pipeline.section import Section
 
 
