@@ -120,7 +120,8 @@ def main() -> None:
     for route in [args.only] if args.only else ["embedded", "server"]:
         with tempfile.TemporaryDirectory() as tmp:
             cfg = Path(tmp) / "bench.yaml"
-            cfg.write_text(f"_base_: {Path(args.config).resolve()}\nrun: {{work_dir: {args.work_dir or tmp + '/runs'}}}\n")
+            work_dir = args.work_dir or f"{tmp}/runs"
+            cfg.write_text(f"_base_: {Path(args.config).resolve()}\nrun: {{work_dir: {work_dir}}}\n")
             env = dict(os.environ, PREFECT_HOME=f"{tmp}/prefect", PREFECT_SERVER_ANALYTICS_ENABLED="false",
                        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
             env.pop("PREFECT_API_URL", None)

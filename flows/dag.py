@@ -71,9 +71,9 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
 def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, states: dict[str, str],
                force: bool = False, devices: Optional[list[int]] = None) -> str:
     """``config``: the flow's resolved config (Config.resolved()), not a file; ``keys`` and
-    ``states`` (of the stage and its inputs, by artifact key): the flow's run plan. ``devices``: compute in a
-    process of its own that sees only these GPUs ([]: a CPU stage, the devices unchanged);
-    None: in this process."""
+    ``states`` (of the stage and its inputs, by artifact key): the flow's run plan. ``devices``:
+    compute in a process of its own that sees only these GPUs ([]: a CPU stage, the devices
+    unchanged); None: in this process."""
     cfg = Config.model_validate(config)
     plan = RunPlan(cfg, [name], [name] if force else (), keys, states)
     stage = plan.stage(name)
