@@ -30,7 +30,7 @@ def child(n: int, work: str) -> None:
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, Record
     from pipeline.models.mask_generator import build_mask_generator, save_mask_generator
-    from stages import export_cams
+    from stages.export_cams import STAGE as export_cams
 
     torch.set_num_threads(1)
     work = Path(work)

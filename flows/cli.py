@@ -108,7 +108,8 @@ def run(config: Path = ConfigOpt,
                 result = run_seeds(cfg, seeds, until, start, tuple(force))
         elif prefect:
             from flows.dag import wsss_flow
-            result = wsss_flow(config=str(config), until=until, start=start, force=list(force))
+            result = wsss_flow(config=str(config), until=until, start=start, force=list(force),
+                               states=plan.states(plan.names))  # read once: the flow takes them
         else:
             result = {k: str(v) for k, v in run_plan(plan).items()}
     except Exception as e:  # noqa: BLE001 - every failure: one paragraph here, the traceback in the log

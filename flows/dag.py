@@ -71,9 +71,9 @@ def _cache_key(context: TaskRunContext, parameters: dict) -> str:
 def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, states: dict[str, str],
                force: bool = False, devices: Optional[list[int]] = None) -> str:
     """``config``: the flow's resolved config (Config.resolved()), not a file; ``keys`` and
-    ``states`` (of the stage and its inputs): the flow's run plan. ``devices``: compute in a
-    process of its own that sees only these GPUs ([]: a CPU stage, the devices unchanged);
-    None: in this process."""
+    ``states`` (of the stage and its inputs, by artifact key): the flow's run plan. ``devices``:
+    compute in a process of its own that sees only these GPUs ([]: a CPU stage, the devices
+    unchanged); None: in this process."""
     cfg = Config.model_validate(config)
     plan = RunPlan(cfg, [name], [name] if force else (), keys, states)
     stage = plan.stage(name)
@@ -196,14 +196,17 @@ def make_task_runner(cfg: Config):
 
 @flow(name="wsss", log_prints=True)
 def wsss_flow(config: str, until: Optional[str] = None, start: Optional[str] = None,
-              force: Optional[list[str]] = None, seed: Optional[int] = None) -> dict[str, str]:
+              force: Optional[list[str]] = None, seed: Optional[int] = None,
+              states: Optional[dict[str, str]] = None) -> dict[str, str]:
     """Run the DAG from `start` to `until` (stage names); `force` recomputes named stages;
-    `seed` replaces run.seed (a sub-flow of wsss_seeds_flow)."""
+    `seed` replaces run.seed (a sub-flow of wsss_seeds_flow); `states`: artifact states its caller
+    has just read (`wsss run`'s plan, RunPlan.states), by artifact key, not read again (a stage
+    rechecks its own under its lock before it computes)."""
     cfg = load_config(config)  # read once; a bad config fails here, before any stage runs
     label = cfg.run.name
     if seed is not None:
         cfg, label = with_seed(cfg, seed), f"{cfg.run.name}-seed-{seed}"
-    plan = RunPlan.of(cfg, until, start, force or ())
+    plan = RunPlan.of(cfg, until, start, force or (), states)
     unknown = sorted(plan.force - set(plan.names))
     if unknown:
         raise ValueError(f"force names stages not in this run: {unknown}")

@@ -2,11 +2,14 @@
 (stages/contract.py), in DAG order. The runner (stages/runner.py), the flow
 (flows/dag.py) and the CLI read it; nothing looks a stage up by a built name.
 
-A stage module is its record and the few lines that call the library, e.g.::
+A stage module is its record, naming the library functions that do the work as
+'module:function' (imported at their first call: importing this registry, building a plan,
+its keys or `wsss status` imports no model library), e.g.::
 
-    from pipeline.sam.masks import finalize, items, run, run_shard
+    WORK = "pipeline.sam.masks"
     STAGE = Stage(name="sam_masks", inputs=("prepare_data",), sections=("sam",), version="1",
-                  run=run, items=items, run_shard=run_shard, finalize=finalize, weights=weights)
+                  run=f"{WORK}:run", items=f"{WORK}:items", run_shard=f"{WORK}:run_shard",
+                  finalize=f"{WORK}:finalize", weights=weights)
 
 The work lives in the stage family's package under pipeline/; what a stage
 writes is named in pipeline/artifacts.py, which its readers use too, so no

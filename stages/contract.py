@@ -10,7 +10,8 @@ fields (pipeline/config/root.py: run.device, run.num_workers, ...) are readable 
 every stage and part of no key."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from importlib import import_module
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Optional, Sequence, Union
@@ -19,6 +20,28 @@ from pydantic import BaseModel
 
 from pipeline.config import THROUGHPUT, Config
 from pipeline.publish import Publication
+
+
+class Lazy:
+    """The function ``target`` ('module:function'), imported at its first call."""
+    __slots__ = ("target", "_fn")
+
+    def __init__(self, target: str):
+        if target.count(":") != 1:
+            raise ValueError(f"'{target}': a lazy stage function is named 'module:function'")
+        self.target, self._fn = target, None
+
+    def resolve(self) -> Callable:
+        if self._fn is None:
+            module, name = self.target.split(":")
+            self._fn = getattr(import_module(module), name)
+        return self._fn
+
+    def __call__(self, *args, **kwargs):
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Lazy({self.target!r})"
 
 
 @dataclass(frozen=True)
@@ -47,7 +70,12 @@ class Stage:
     the finished artifact (computed or cached) under the whole config, before any later
     stage starts, and raises what it finds (prepare_data: the image sizes the CAM export can
     handle; part of no key). publish(out) -> the pipeline.publish.Publication pages and
-    tables a flow shows beside the stage's metrics (evaluate: its report)."""
+    tables a flow shows beside the stage's metrics (evaluate: its report).
+
+    Each function after ``version`` may be given as 'module:function' (``Lazy``): it is imported
+    at its first call, so the registry, and every plan, key and status built from it, imports
+    no stage's work (torch, mmseg, open_clip, SAM). inputs, sections, input_files and
+    fingerprint make the key: they are called for every run, so they stay cheap to import."""
     name: str
     inputs: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
     sections: Union[tuple[str, ...], Callable[[Config], tuple[str, ...]]]
@@ -66,6 +94,10 @@ class Stage:
     publish: Optional[Callable[[Path], Sequence[Publication]]] = None
 
     def __post_init__(self):
+        names = [f.name for f in fields(self)]
+        for name in names[names.index("version") + 1:]:  # the functions (and flags)
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, Lazy(getattr(self, name)))
         shard = (self.items, self.run_shard, self.finalize)
         if any(shard) and not all(shard):
             raise TypeError(f"stage '{self.name}': items, run_shard and finalize go together")

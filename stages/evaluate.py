@@ -2,10 +2,18 @@
 (pipeline/artifacts.py EvalArtifact); with ensemble.routes also each ensemble model and
 the blend; the work: pipeline/evaluation/evaluate.py; a flow publishes the report
 (pipeline/evaluation/publish.py)."""
-from pipeline.evaluation.evaluate import inputs, run
+from pipeline.artifacts import cam_stage, mask_stage
 from pipeline.config import phase_sections
-from pipeline.evaluation.publish import report_publications
 from stages.contract import Stage
+
+
+def inputs(cfg) -> tuple[str, ...]:
+    """prepare_data, the CAMs (none when the pseudo masks are imported and the CAMs are not: the run
+    then makes no CAMs), the trained-on masks and the final model; the ensemble stage when
+    ensemble.routes names further final models."""
+    cams = (cam_stage(cfg),) if mask_stage(cfg) == "pseudo_masks" or cfg.export_cams.source == "import" else ()
+    return ("prepare_data", *cams, mask_stage(cfg), "train_segmentation") + (
+        ("ensemble",) if cfg.ensemble.routes else ())
 
 
 def sections(cfg):
@@ -21,4 +29,5 @@ def sections(cfg):
 
 STAGE = Stage(name="evaluate", inputs=inputs, sections=sections,
               # 9: per-class precision/recall, protocol card, time and cost per stage; 8: the ensemble
-              run=run, version="9", publish=report_publications)
+              run="pipeline.evaluation.evaluate:run", version="9",
+              publish="pipeline.evaluation.publish:report_publications")

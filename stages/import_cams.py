@@ -3,8 +3,14 @@ cfg.import_cams.format, pipeline/cams/formats/) as this pipeline's CAM artifact
 (pipeline/artifacts.py ImportedCamArtifact), read by pseudo_masks and evaluate when
 export_cams.source is 'import'. The key covers the folder's fingerprint. The work:
 pipeline/cams/importer.py."""
-from pipeline.cams.importer import fingerprint, run
+from pipeline.cams.formats import folder_fingerprint, get_format
 from stages.contract import Stage
 
+
+def fingerprint(cfg) -> str:
+    ic = cfg.import_cams
+    return folder_fingerprint(ic.dir, [get_format(ic.format).suffix], ic.hash)
+
+
 STAGE = Stage(name="import_cams", inputs=("prepare_data",), sections=("import_cams", "export_cams.split"),
-              run=run, fingerprint=fingerprint, version="1")
+              run="pipeline.cams.importer:run", fingerprint=fingerprint, version="1")

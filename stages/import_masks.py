@@ -3,8 +3,9 @@ of data.train_split) as this pipeline's mask layout (pipeline/artifacts.py
 ImportedMaskArtifact), which train_segmentation trains on and evaluate scores when
 import_masks.dir is set. The key covers the folder's fingerprint. The work:
 pipeline/pseudo_masks/imported.py."""
-from pipeline.pseudo_masks.imported import fingerprint, run
 from stages.contract import Stage
 
+WORK = "pipeline.pseudo_masks.imported"
+
 STAGE = Stage(name="import_masks", inputs=("prepare_data",), sections=("import_masks", "data.train_split"),
-              run=run, fingerprint=fingerprint, version="1")
+              run=f"{WORK}:run", fingerprint=f"{WORK}:fingerprint", version="1")

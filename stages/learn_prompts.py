@@ -2,12 +2,7 @@
 from pipeline.weights import clip_weights
 from stages.contract import Stage
 
-
-def run(cfg, inputs, out):
-    from pipeline.semples.phases.learn_prompts import run
-    return run(cfg, inputs, out)
-
-
 STAGE = Stage(name="learn_prompts", gpu=True, inputs=('prepare_data', 'match'),
               sections=('mask_generator', 'clip', 'learn_prompts', 'run.seed', 'data.train_split'), version="3",
-              run=run, weights=lambda cfg: clip_weights(cfg.clip), distributed=True)
+              run="pipeline.semples.phases.learn_prompts:run", weights=lambda cfg: clip_weights(cfg.clip),
+              distributed=True)

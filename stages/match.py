@@ -3,12 +3,6 @@ from pipeline.semples.seed_eval import SECTIONS as SEED_EVAL
 from pipeline.weights import clip_weights
 from stages.contract import Stage
 
-
-def run(cfg, inputs, out):
-    from pipeline.semples.phases.match import run
-    return run(cfg, inputs, out)
-
-
 STAGE = Stage(name="match", gpu=True, inputs=('prepare_data', 'train_cam'),
-              sections=('mask_generator', 'clip', 'match', 'run.seed') + SEED_EVAL, version="3", run=run,
-              weights=lambda cfg: clip_weights(cfg.clip), distributed=True)
+              sections=('mask_generator', 'clip', 'match', 'run.seed') + SEED_EVAL, version="3",
+              run="pipeline.semples.phases.match:run", weights=lambda cfg: clip_weights(cfg.clip), distributed=True)

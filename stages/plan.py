@@ -80,8 +80,9 @@ class NotCached(RuntimeError):
 class RunPlan:
     """The plan of one run of ``cfg``: ``names`` (the stages it runs, DAG order; default every
     stage the config runs), ``force`` (those it recomputes even if cached), ``store``, ``keys``
-    and ``inputs`` of every stage. ``keys`` and ``states`` already known (a flow's task gets
-    them from the flow) are taken as they are."""
+    and ``inputs`` of every stage. ``keys`` and ``states`` (by artifact key, as ``states()``
+    returns them) already known are taken as they are: the CLI hands the flow what it read, the
+    flow its tasks, so a run reads each state from the store once."""
 
     def __init__(self, cfg: Config, names: Optional[Iterable[str]] = None, force: Iterable[str] = (),
                  keys: Optional[dict[str, str]] = None, states: Optional[dict[str, State]] = None):
@@ -90,13 +91,13 @@ class RunPlan:
         self.keys = dict(keys) if keys is not None else stage_keys(cfg)
         self.names = tuple(select(cfg=cfg) if names is None else names)
         self.force = frozenset(force)
-        self._states: dict[str, State] = dict(states or {})
+        self._states: dict[str, State] = dict(states or {})  # by artifact key
 
     @classmethod
     def of(cls, cfg: Config, until: Optional[str] = None, start: Optional[str] = None,
-           force: Iterable[str] = ()) -> "RunPlan":
+           force: Iterable[str] = (), states: Optional[dict[str, State]] = None) -> "RunPlan":
         """The stages from ``start`` to ``until`` that the last of them needs (``select``)."""
-        return cls(cfg, select(until, start, cfg), force)
+        return cls(cfg, select(until, start, cfg), force, states=states)
 
     def stage(self, name: str) -> Stage:
         return get(name)
@@ -118,23 +119,25 @@ class RunPlan:
 
     def state(self, name: str) -> State:
         """The artifact's state, read from the store once per plan."""
-        if name not in self._states:
-            self._states[name] = self.store.state(self.keys[name])
-        return self._states[name]
+        key = self.keys[name]
+        if key not in self._states:
+            self._states[key] = self.store.state(key)
+        return self._states[key]
 
     def states(self, names: Iterable[str]) -> dict[str, State]:
-        return {n: self.state(n) for n in names}
+        """The states of stages ``names`` by artifact key: what a later plan of this run takes."""
+        return {self.keys[n]: self.state(n) for n in names}
 
     def recheck(self, name: str) -> State:
         """Read the state again (under the artifact's lock: another process may have made it)."""
-        self._states.pop(name, None)
+        self._states.pop(self.keys[name], None)
         return self.state(name)
 
     def opened(self, name: str) -> None:
-        self._states[name] = "partial"
+        self._states[self.keys[name]] = "partial"
 
     def finished(self, name: str) -> None:
-        self._states[name] = "cached"
+        self._states[self.keys[name]] = "cached"
 
     def to_compute(self) -> list[str]:
         """The stages of the run that will compute: forced, or not cached."""

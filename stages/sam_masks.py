@@ -2,8 +2,9 @@
 settings, one JSON file per image (pipeline/artifacts.py SamArtifact), which the
 pseudo-mask route sam labels from the CAMs. Needs prepare_data only, so the DAG runs
 it beside the training phases. Per-image stage; the work: pipeline/sam/masks.py."""
-from pipeline.sam.masks import finalize, items, per_image, run, run_shard
 from stages.contract import Stage
+
+WORK = "pipeline.sam.masks"
 
 
 def weights(cfg):
@@ -12,5 +13,5 @@ def weights(cfg):
 
 
 STAGE = Stage(name="sam_masks", gpu=True, inputs=("prepare_data",), sections=("sam",), version="1",
-              run=run, items=items, run_shard=run_shard, finalize=finalize, weights=weights,
-              per_image=per_image)
+              run=f"{WORK}:run", items=f"{WORK}:items", run_shard=f"{WORK}:run_shard", finalize=f"{WORK}:finalize",
+              weights=weights, per_image=f"{WORK}:per_image")

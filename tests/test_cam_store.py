@@ -57,7 +57,7 @@ def test_fixed_sample_is_stable():
 
 def test_interrupted_export_resumes_to_the_same_store(tmp_path):
     from pipeline.config import load_config
-    from stages import export_cams
+    from stages.export_cams import STAGE as export_cams
     from stages.runner import run_stage
 
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={

@@ -54,7 +54,8 @@ def test_ensemble_config_is_checked():
 def test_ensemble_stage_trains_the_second_model_and_scores_each_and_the_blend(tmp_path):
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable
-    from stages import ensemble, train_segmentation
+    from stages.ensemble import STAGE as ensemble
+    from stages.train_segmentation import STAGE as train_segmentation
     from stages.runner import run_stage
     cfg = load_config(ROOT / "configs/voc-ensemble-smoke.yaml", overrides={
         "run": {"work_dir": str(tmp_path / "runs"), "device": "cpu"}, "data": {"max_images": 6},

@@ -65,7 +65,7 @@ def test_mask_scores_count_ignored_predictions_as_missed(tmp_path):
 
 def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
     from pipeline.data.datasets import LabelTable, read_mask
-    from stages import evaluate
+    from stages.evaluate import STAGE as evaluate
 
     export, pm, seg, out = (tmp_path / n for n in ("export", "pm", "seg", "out"))
     ids = gt_store(prepared, "train", export)
@@ -112,7 +112,7 @@ def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp
     from pipeline.evaluation.report import EvalReport
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask
-    from stages import evaluate
+    from stages.evaluate import STAGE as evaluate
 
     cfg = load_config(smoke_cfg.source, overrides={
         "run": {"work_dir": str(smoke_cfg.run.work_dir)}, "evaluate": {"sweep": [0.45], "gallery_size": 0},

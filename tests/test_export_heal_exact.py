@@ -24,7 +24,7 @@ def _bytes(array_dir: Path) -> dict[str, bytes]:
 def test_a_healed_cam_equals_the_original_bit_for_bit(tmp_path, monkeypatch):
     from pipeline.cams import inference
     from pipeline.config import load_config
-    from stages import export_cams
+    from stages.export_cams import STAGE as export_cams
     from stages.runner import run_stage
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={"run": {"work_dir": str(tmp_path / "runs"),
                                                                           "device": "cpu"}})

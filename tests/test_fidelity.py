@@ -128,7 +128,7 @@ def test_phases_start_from_the_trained_fusion(tmp_path):
 
 def test_trainable_all_moves_the_backbone(match_run, tmp_path):
     cfg, dirs = match_run
-    from stages import match
+    from stages.match import STAGE as match
     cfg = cfg.model_copy(update={"match": cfg.match.model_copy(update={"trainable": "all", "epochs": 1})})
     out = tmp_path / "match_all"
     out.mkdir()

@@ -266,7 +266,7 @@ def test_folder_evaluate_and_validation_use_the_images_with_gt(folder_run, tmp_p
     """GT for half of the train images (here: their own pseudo masks, so the
     pseudo-mask mIoU on them must be exactly 100): evaluate scores those
     only, and train_segmentation's val list holds those only."""
-    from stages import evaluate
+    from stages.evaluate import STAGE as evaluate
     from stages.runner import run_stage
     from pipeline.segmentation.final import data_lists
     cfg, dirs = folder_run

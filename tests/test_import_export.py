@@ -292,7 +292,7 @@ def test_evaluate_scores_imported_cams_by_the_same_protocol(native, tmp_path):
     """The same tables as on the pipeline's own CAMs, labelled with the CAM source; replacing a
     file changes the key of import_cams and of everything downstream."""
     from pipeline.evaluation.report import EvalReport
-    from stages import evaluate
+    from stages.evaluate import STAGE as evaluate
     from stages.runner import run_stage, stage_keys
     out = native.tmp / "export-weaktr_npy"
     if not out.exists():
@@ -381,7 +381,7 @@ def test_imported_masks_train_the_final_model_through_the_flow(native, tmp_path)
                                   "voc-imported-masks"])
 def test_example_configs_load_and_run_no_training(name, tmp_path):
     from pipeline.config import ConfigError, load_config
-    from stages import export_cams
+    from stages.export_cams import STAGE as export_cams
     from stages.runner import select
     cfg = load_config(ROOT / f"configs/examples/{name}.yaml", check_paths=False)
     names = select(cfg=cfg)

@@ -116,3 +116,43 @@ def test_status_and_log_headlines_print_counts_as_integers(smoke_cfg, counted, c
     plan = RunPlan.of(smoke_cfg, until="prepare_data")
     row = next(ln for ln in status_lines(plan, "cfg.yaml") if ln.startswith("prepare_data"))
     assert row.split()[1] == "cached" and row.endswith("train_images=20000")
+
+
+def test_wsss_run_hands_the_flow_the_states_it_read(smoke_cfg, counted, monkeypatch, tmp_path):
+    """The Prefect route of a cached `wsss run`: the CLI's plan reads each state (its preflight),
+    the flow takes them and reads none again. The flow runs as a plain function here, its tasks
+    stand-ins that are cached in Prefect (as an unchanged rerun's are: their body does not run)."""
+    from concurrent.futures import Future
+
+    from typer.testing import CliRunner
+
+    import flows.dag as dag
+    from flows.cli import app
+    reads, _ = counted
+    plan = RunPlan(smoke_cfg)
+    _finished(plan)
+    submitted = {}
+
+    class CachedTask:
+        def with_options(self, refresh_cache):
+            self.refresh = refresh_cache
+            return self
+
+        def submit(self, config, name, keys, work_dir, states, force, devices):
+            submitted[name] = (self.refresh, states)
+            done = Future()
+            done.set_result(str(plan.path(name)))
+            return done
+
+    real_schedule = dag.schedule
+    monkeypatch.setattr(dag, "stage_task", CachedTask())
+    monkeypatch.setattr(dag, "schedule", lambda *a: real_schedule(*a, first_done=lambda futures: futures[0]))
+    monkeypatch.setattr(dag, "publish_stage", lambda *a: None)
+    monkeypatch.setattr(dag, "wsss_flow", dag.wsss_flow.fn)
+    cfg = tmp_path / "smoke.yaml"
+    cfg.write_text(f"_base_: {smoke_cfg.source}\nrun: {{work_dir: {smoke_cfg.run.work_dir}}}\n")
+    res = CliRunner().invoke(app, ["run", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert reads == {plan.keys[n]: 1 for n in plan.names}
+    assert list(submitted) == list(plan.names) and not any(refresh for refresh, _ in submitted.values())
+    assert submitted["evaluate"][1] == plan.states(("evaluate", *plan.inputs("evaluate")))

@@ -77,7 +77,7 @@ def test_affinity_walk_spreads_within_a_region_only():
 
 def test_stage_writes_palette_pngs_in_a_pool_and_resumes(smoke_cfg, prepared, tmp_path):
     from pipeline.config import load_config
-    from stages import pseudo_masks
+    from stages.pseudo_masks import STAGE as pseudo_masks
 
     cfg = load_config(smoke_cfg.source, overrides={"run": {"work_dir": str(smoke_cfg.run.work_dir), "processes": 2},
                                                    "pseudo_masks": {"method": "argmax", "gallery_size": 2}})
@@ -104,7 +104,7 @@ def test_stage_writes_palette_pngs_in_a_pool_and_resumes(smoke_cfg, prepared, tm
 
 def test_stage_names_a_bad_image(smoke_cfg, prepared, tmp_path):
     from pipeline.cams.store import CamStore, store_path
-    from stages import pseudo_masks
+    from stages.pseudo_masks import STAGE as pseudo_masks
 
     export = tmp_path / "export"
     ids = gt_store(prepared, "train", export)
@@ -122,7 +122,8 @@ def test_affinity_crf_stage_with_a_real_mask_generator(tmp_path):
     from conftest import ROOT
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable
-    from stages import export_cams, pseudo_masks
+    from stages.export_cams import STAGE as export_cams
+    from stages.pseudo_masks import STAGE as pseudo_masks
     from stages.runner import run_stage
 
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={

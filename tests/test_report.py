@@ -26,7 +26,7 @@ def runs(tmp_path_factory):
     """Two real evaluate artifacts of the smoke data: 'gt' (CAMs = one-hot GT, pseudo masks
     with a band of background / uncertain / class 5 painted over, a final model's val
     result) and 'nogt' (the same without any GT mask, as a folder dataset)."""
-    from stages import evaluate
+    from stages.evaluate import STAGE as evaluate
     from stages.runner import run_stage
     tmp = tmp_path_factory.mktemp("report")
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={"run": {"work_dir": str(tmp / "runs")},

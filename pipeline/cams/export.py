@@ -31,14 +31,6 @@ from pipeline.store import PerImage
 log = logging.getLogger("wsss")
 
 
-def inputs(cfg: Config) -> tuple[str, ...]:
-    """prepare_data and the training stage whose mask generator makes the CAMs (source 'import':
-    no training stage; the run reads import_cams' CAMs instead and never runs this stage)."""
-    if cfg.export_cams.source == "import":
-        return ('prepare_data', 'import_cams')
-    return ('prepare_data', cfg.export_cams.source)
-
-
 def _no_model(cfg: Config) -> None:
     if cfg.export_cams.source == "import":
         raise ValueError("export_cams.source is 'import': the CAMs are import_cams' artifact, there is no mask "

@@ -1,6 +1,6 @@
 """Import a folder of per-image CAM files (pipeline/cams/formats/) into a CAM store, checking
 each file against the image it belongs to, and export a store back into those formats. Also the
-work of the import_cams stage (run, fingerprint): the folder of cfg.import_cams, checked against
+work of the import_cams stage (run): the folder of cfg.import_cams, checked against
 the label table of export_cams.split, as the same CAM store export_cams writes
 (pipeline/artifacts.py ImportedCamArtifact), so pseudo_masks (every route), evaluate and the
 galleries read it the same way when export_cams.source is 'import'. The key covers the folder's
@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from pipeline.artifacts import ImportedCamArtifact
-from pipeline.cams.formats import (CamFormatError, ClassIndex, folder_fingerprint, get_format, read_cam_file,
+from pipeline.cams.formats import (CamFormatError, ClassIndex, get_format, read_cam_file,
                                    write_cam_file)
 from pipeline.cams.store import CamStore, CamWriter, fixed_sample
 
@@ -165,11 +165,6 @@ def export_store(store: CamStore, ids: Sequence[str], fmt: str, out_dir: Path, i
 # ------------------------------------------------------------------ the import_cams stage
 def source_label(folder, fmt: str) -> str:
     return f"imported: {Path(folder).resolve()}, {fmt}"
-
-
-def fingerprint(cfg) -> str:
-    ic = cfg.import_cams
-    return folder_fingerprint(ic.dir, [get_format(ic.format).suffix], ic.hash)
 
 
 def run(cfg, inputs, out: Path) -> dict:

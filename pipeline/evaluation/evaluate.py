@@ -38,7 +38,7 @@ from typing import Optional
 import numpy as np
 
 from pipeline.artifacts import (EnsembleArtifact, EvalArtifact, ImportedCamArtifact, ImportedMaskArtifact,
-                                MaskArtifact, SegmentationArtifact, cam_artifact, cam_stage, mask_stage,
+                                MaskArtifact, SegmentationArtifact, cam_artifact,
                                 trained_masks)
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config, phase_sections
@@ -99,15 +99,6 @@ def pixel_shares(mask_path, ids: list[str], names: list[str]) -> dict:
         counts += np.bincount(read_mask(mask_path(i)).ravel(), minlength=256)
     total = max(int(counts.sum()), 1)
     return {**{n: float(counts[c] / total) for c, n in enumerate(names)}, UNCERTAIN: float(counts[255] / total)}
-
-
-def inputs(cfg: Config) -> tuple[str, ...]:
-    """prepare_data, the CAMs (none when the pseudo masks are imported and the CAMs are not: the run
-    then makes no CAMs), the trained-on masks and the final model; the ensemble stage when
-    ensemble.routes names further final models."""
-    cams = (cam_stage(cfg),) if mask_stage(cfg) == "pseudo_masks" or cfg.export_cams.source == "import" else ()
-    return ("prepare_data", *cams, mask_stage(cfg), "train_segmentation") + (
-        ("ensemble",) if cfg.ensemble.routes else ())
 
 
 def _label(path: Path) -> str:

@@ -17,22 +17,13 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from pipeline.artifacts import MaskArtifact, ModelArtifact, cam_artifact, cam_stage
+from pipeline.artifacts import MaskArtifact, ModelArtifact, cam_artifact
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config, PseudoMasksCfg
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
 from pipeline.pseudo_masks import routes
 from pipeline.store import PerImage
 from pipeline.utils import log_pending, num_processes, progress
-
-
-def inputs(cfg: Config) -> tuple[str, ...]:
-    """prepare_data, the CAMs, the mask generator that made them (the attention routes use its
-    attention), and the further inputs of the run's routes. Imported CAMs (export_cams.source:
-    import) come from import_cams and have no mask generator."""
-    extra = [i for m in cfg.pseudo_masks.routes for i in routes.get(m).inputs]
-    model = () if cfg.export_cams.source == "import" else (cfg.export_cams.source,)
-    return ('prepare_data', cam_stage(cfg)) + model + tuple(dict.fromkeys(extra))
 
 
 def _split(cfg: Config) -> str:

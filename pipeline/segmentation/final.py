@@ -38,7 +38,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from pipeline.artifacts import MaskArtifact, SegmentationArtifact, mask_stage, trained_masks
+from pipeline.artifacts import MaskArtifact, SegmentationArtifact, trained_masks
 
 log = logging.getLogger("wsss")
 
@@ -47,12 +47,6 @@ def _write_list(path: Path, pairs: list[tuple[str, str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{i}\t{m}\n" for i, m in pairs))
 
-
-
-def inputs(cfg) -> tuple[str, ...]:
-    """The label tables and the masks it trains on: pseudo_masks' trained route, or import_masks'
-    when import_masks.dir is set."""
-    return ("prepare_data", mask_stage(cfg))
 
 
 def data_lists(cfg, inputs: dict, out: Path, route: Optional[str] = None) -> tuple[Path, Optional[Path], list]:
