@@ -378,8 +378,8 @@ def serve(configs: List[Path] = typer.Argument(None, help="configs to serve (def
 
 
 @app.command()
-def tensorboard(configs: List[Path] = typer.Option(..., "--config", "-c", help="YAML config file (repeat for more runs)"),
-                logdir: Optional[Path] = typer.Option(None, help="folder of links to make (default: a new temporary one)"),
+def tensorboard(configs: List[Path] = typer.Option(..., "--config", "-c", help="YAML config (repeat for more runs)"),
+                logdir: Optional[Path] = typer.Option(None, help="folder of links to make (default: a new temporary)"),
                 port: int = typer.Option(6006, help="TensorBoard's port"),
                 logdir_only: bool = typer.Option(False, "--logdir-only", help="make the logdir, print it, stop")):
     """TensorBoard over every training stage of the runs and their seeds, live while they train."""

@@ -231,7 +231,9 @@ class TensorBoard(Callback):
             model.train(was_training)
         if png.exists():  # gallery_size 0 draws nothing
             with Image.open(png) as im:
-                self.writer.add_image("cams/gallery", np.asarray(im.convert("RGB")), step, dataformats="HWC")
+                im = im.convert("RGB")
+                im.thumbnail((1024, 1024))  # a few hundred KB per epoch at most
+                self.writer.add_image("cams/gallery", np.asarray(im), step, dataformats="HWC")
             png.unlink()
 
     def on_epoch_end(self, state, epoch, rec):
