@@ -378,6 +378,22 @@ def serve(configs: List[Path] = typer.Argument(None, help="configs to serve (def
     serve_deployments([str(c) for c in configs] if configs else None)
 
 
+@app.command()
+def tensorboard(configs: List[Path] = typer.Option(..., "--config", "-c", help="YAML config (repeat for more runs)"),
+                logdir: Optional[Path] = typer.Option(None, help="folder of links to make (default: a new temporary)"),
+                port: int = typer.Option(6006, help="TensorBoard's port"),
+                logdir_only: bool = typer.Option(False, "--logdir-only", help="make the logdir, print it, stop")):
+    """TensorBoard over every training stage of the runs and their seeds, live while they train."""
+    from stages.tensorboard import build_logdir, serve
+    try:
+        logdir, lines = build_logdir([_load(c) for c in configs], logdir)
+    except FileExistsError as e:
+        _fail(e)
+    typer.echo("\n".join(lines))
+    if not logdir_only:
+        raise typer.Exit(serve(logdir, port))
+
+
 def spread_option(argv: list[str], name: str) -> list[str]:
     """`--seeds 0 1 2` -> `--seeds 0 --seeds 1 --seeds 2` (click options take one value each)."""
     out, i = [], 0

@@ -25,6 +25,9 @@ class File:
 
 class Layout:
     __slots__ = ("path",)
+    # a training stage's TensorBoard event files: inside its artifact, not part of its result
+    # (pipeline/store.py leaves the folder out of the manifest)
+    tensorboard = File("tensorboard")
 
     def __init__(self, path: PathLike):
         self.path = Path(path)

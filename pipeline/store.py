@@ -34,13 +34,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
-from pipeline.artifacts import ModelArtifact
+from pipeline.artifacts import Layout, ModelArtifact
 
 MANIFEST = "manifest.json"
 # files a stage reads only to resume an unfinished run (a training stage's checkpoint.pt): the finished
 # result does not depend on them, so a damaged or missing one is dropped from a finished artifact (file
 # and manifest entry) rather than making it corrupt, whose recomputation would train from scratch
 RESUME_ONLY = (ModelArtifact.checkpoint.name,)
+# TensorBoard event files (pipeline/artifacts.py Layout.tensorboard, also an ensemble member's): written
+# while training, not the result, so left out of the manifest: a damaged or missing one never retrains
+NOT_RESULT = Layout.tensorboard.name
 State = Literal["cached", "partial", "missing", "corrupt"]
 _VERSIONED = ("torch", "torchvision", "open_clip_torch", "timm", "mmsegmentation", "mmengine",
               "mmcv", "mmcv-lite", "zarr", "prefect", "numpy", "pydensecrf2")
@@ -324,7 +327,7 @@ class Store:
         files = {}
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             rel = f.relative_to(d).as_posix()
-            if rel == MANIFEST or f.name.startswith("."):
+            if rel == MANIFEST or f.name.startswith(".") or NOT_RESULT in Path(rel).parts[:-1]:
                 continue
             st = f.stat()
             files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(f)}

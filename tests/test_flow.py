@@ -131,6 +131,37 @@ def test_deployment_run_wrote_every_stage(smoke):
     assert "## Protocol" in md and "## Per-class IoU / precision / recall" in md and "| total |" in md
 
 
+def test_every_training_stage_wrote_its_curves(smoke):
+    """The event files in each training stage's tensorboard/ folder, read with TensorBoard's own
+    reader: every loss term per update and per epoch (SemPLeS phases), mmengine's loss tags every
+    log_interval iterations (train_segmentation), with the step counts the config gives."""
+    from pipeline.data.datasets import LabelTable
+    from pipeline.semples.phases import phases
+    from test_tensorboard import scalars
+    cfg = load_config(smoke["cfg"])
+    store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    images = len(LabelTable.from_artifact(store.path(keys["prepare_data"]), cfg.data.train_split))
+    for phase in (p.name for p in phases()):
+        tcfg = getattr(cfg, phase)
+        per_epoch = images // tcfg.batch_size  # the loader drops the last incomplete batch
+        tags = scalars(store.path(keys[phase]) / "tensorboard")
+        history = json.loads((store.path(keys[phase]) / f"{phase}_history.json").read_text())
+        terms = [k for k in history[0] if k not in ("epoch", "lr", "seconds", "images_per_s")]
+        assert "loss" in terms and len(terms) > 1, (phase, terms)
+        for k in terms:
+            assert [s for s, _ in tags[f"step/{k}"]] == list(range(1, tcfg.epochs * per_epoch + 1)), (phase, k)
+            assert [s for s, _ in tags[f"epoch/{k}"]] == [(e + 1) * per_epoch for e in range(tcfg.epochs)]
+            assert [v for _, v in tags[f"epoch/{k}"]] == pytest.approx([h[k] for h in history], rel=1e-5)
+        assert len(tags["lr/group0"]) == len(tags["throughput/images_per_s"]) == tcfg.epochs
+        assert len(tags["cams/gallery"]) == tcfg.epochs
+    sec = cfg.train_segmentation
+    tags = scalars(store.path(keys["train_segmentation"]) / "tensorboard")
+    logged = list(range(sec.log_interval, sec.iters + 1, sec.log_interval))
+    for k in ("loss", "decode.loss_ce", "lr"):
+        assert [s for s, _ in tags[k]] == logged, k
+    assert [s for s, _ in tags["mIoU"]] == [sec.iters]
+
+
 ARTIFACTS_SCRIPT = """
 import asyncio, json, sys
 from prefect.client.orchestration import get_client
@@ -297,6 +328,12 @@ def test_two_runs_at_once_compute_each_stage_once(smoke):
 def test_unchanged_rerun_does_no_stage_work(smoke):
     cfg = load_config(smoke["cfg"])
     store, keys = Store(cfg.run.work_dir), stage_keys(cfg)
+    # TensorBoard event files are not the result: damaged or gone, the stage is still cached
+    events = {n: sorted((store.path(keys[n]) / "tensorboard").glob("events.*"))
+              for n in ("train_cam", "refine", "train_segmentation")}
+    events["train_cam"][0].write_bytes(b"damaged")
+    for f in events["refine"] + events["train_segmentation"]:
+        f.unlink()
     before = snapshot(store, keys)
     res = wsss_run(smoke["cfg"], smoke["env"])
     assert snapshot(store, keys) == before

@@ -190,6 +190,9 @@ def test_stage_deeplab_resumes_after_interruption(tmp_path):
     assert last.exists(), "the first run never wrote a checkpoint"
     assert last.read_text().strip().endswith("iter_4.pth")
     assert not (out / "model_final.pth").exists()
+    from torch.utils.tensorboard import SummaryWriter
+    with SummaryWriter(str(out / "tensorboard")) as w:  # as if the killed run had logged iteration 6
+        w.add_scalar("loss", 999.0, 6)
     # 2) rerun in the same artifact dir: continues at iteration 5
     metrics = ts.run(cfg, {"prepare_data": prepared, "pseudo_masks": pseudo}, out)
     runs = sorted(p for p in (out / "work_dir").iterdir() if p.is_dir())
@@ -198,6 +201,10 @@ def test_stage_deeplab_resumes_after_interruption(tmp_path):
              if '"loss"' in line]
     assert iters == [5, 6, 7, 8], iters
     assert "resumed" in next(runs[1].glob("*.log")).read_text().lower()
+    # mmengine's TensorBoard curves continue too, each iteration once (mm_modules.TensorboardResume)
+    from test_tensorboard import scalars
+    assert [s for s, _ in scalars(out / "tensorboard")["loss"]] == list(range(1, 9))
+    assert 999.0 not in [v for _, v in scalars(out / "tensorboard")["loss"]]
     # outputs
     import torch
     ck = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)

@@ -184,7 +184,7 @@ def run(cfg, inputs, out, route: Optional[str] = None):
     mm_cfg = build_config(sec, dataset=cfg.data.dataset, train_list=train_list, val_list=val_list,
                           work_dir=work_dir, seed=cfg.run.seed, num_workers=cfg.run.num_workers,
                           device=device, nproc=nproc, dist_backend=cfg.run.dist_backend,
-                          converted_weights=converted, classes=table.class_set)
+                          converted_weights=converted, classes=table.class_set, tensorboard_dir=art.tensorboard)
     config_path = art.config
     mm_cfg.dump(str(config_path))
 

@@ -11,6 +11,8 @@ own tools (tools/train.py, tools/test.py) can run that config too.
 - ``ValMetricsHook``: appends every validation result to
   ``<work_dir>/val_history.json`` (rank 0), so the stage reads the final
   metrics of the training process, including under torchrun.
+- ``TensorboardResume``: a resumed training's TensorBoard curves (mmengine's
+  TensorboardVisBackend) continue without a step twice.
 - ``IgnoreAwareMask2FormerHead``: mmseg's Mask2FormerHead where pixels labelled
   ``ignore_index`` (255: uncertain pseudo-mask pixels, padding) take part in no
   loss term and no matching cost (mmseg drops 255 only from the class list and
@@ -101,6 +103,22 @@ class ValMetricsHook(Hook):
         history.append({"iter": runner.iter, **{k: float(v) for k, v in metrics.items()}})
         with atomic_write(path) as tmp:
             tmp.write_text(json.dumps(history, indent=1))
+
+
+@HOOKS.register_module(force=True)
+class TensorboardResume(Hook):
+    """mmengine logs at the iteration count, and a killed run logged past its last checkpoint, the
+    iterations the resumed run does again. Before training, this writes into the backend's event
+    file what SummaryWriter(purge_step=...) writes: a session start at the first iteration to come,
+    from which on TensorBoard drops the earlier writers' steps."""
+
+    def before_train(self, runner) -> None:
+        backend = runner.visualizer.get_backend("TensorboardVisBackend")
+        if backend is None or not is_main_process():
+            return
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        backend.experiment.file_writer.add_event(
+            Event(step=runner.iter + 1, session_log=SessionLog(status=SessionLog.START)))
 
 
 @METRICS.register_module(force=True)

@@ -237,11 +237,12 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
                  work_dir: Path, seed: int = 0, num_workers: int = 2, device: str = "cpu",
                  nproc: int = 1, dist_backend: str = "auto", augment: bool = True,
                  converted_weights: Optional[tuple[Path, bool]] = None,
-                 classes: Optional[ClassSet] = None) -> Config:
+                 classes: Optional[ClassSet] = None, tensorboard_dir: Optional[Path] = None) -> Config:
     """The full mmseg config. ``*_list`` are files of '<image>\\t<mask>' lines (see mm_modules).
     ``converted_weights``: (file, has classifier) from weights.convert_deeplabv2_checkpoint; it
     replaces ``sec.pretrained`` for deeplabv2. ``classes``: the dataset's classes (default: the
-    built-in ones of ``dataset``); ``val_list`` None: no validation loop (no ground truth)."""
+    built-in ones of ``dataset``); ``val_list`` None: no validation loop (no ground truth).
+    ``tensorboard_dir``: where mmengine's TensorboardVisBackend writes event files (None: none)."""
     if sec.batch_size % nproc:
         raise ValueError(f"train_segmentation.batch_size {sec.batch_size} is not divisible by "
                          f"run.nproc_per_node {nproc}")
@@ -308,6 +309,9 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
     test_evaluator = dict(evaluator, type="CrfIoUMetric", crf=sec.crf.model_dump()) if sec.crf and evaluator \
         else evaluator
     backend = dist_backend_of(device, dist_backend)
+    # scalars.json in the run's log folder; event files in tensorboard_dir (mm_modules.TensorboardResume)
+    vis_backends = [dict(type="LocalVisBackend")] + \
+        ([dict(type="TensorboardVisBackend", save_dir=str(tensorboard_dir))] if tensorboard_dir else [])
     imports = ["pipeline.segmentation.mm_modules"] + (["mmdet.models"] if sec.model == "mask2former" else [])
     return Config(dict(
         custom_imports=dict(imports=imports, allow_failed_imports=False),
@@ -335,14 +339,14 @@ def build_config(sec: TrainSegmentationCfg, *, dataset: str, train_list: Path, v
                                if sec.checkpoint_selection == "best_val_miou" else {})),
             sampler_seed=dict(type="DistSamplerSeedHook"),
             visualization=dict(type="SegVisualizationHook")),
-        custom_hooks=[dict(type="ValMetricsHook")],
+        custom_hooks=[dict(type="ValMetricsHook")] + ([dict(type="TensorboardResume")] if tensorboard_dir else []),
         env_cfg=dict(cudnn_benchmark=cuda, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                      dist_cfg=dict(backend=backend)),
         randomness=dict(seed=seed),
-        vis_backends=[dict(type="LocalVisBackend")],
+        vis_backends=vis_backends,
         # no fixed name: mmengine reuses a same-named visualizer of an earlier Runner in this
         # process (and writes into that run's folder); unnamed, it takes this run's name
-        visualizer=dict(type="SegLocalVisualizer", vis_backends=[dict(type="LocalVisBackend")]),
+        visualizer=dict(type="SegLocalVisualizer", vis_backends=vis_backends),
         log_processor=dict(by_epoch=False),
         log_level="INFO",
         load_from=None,

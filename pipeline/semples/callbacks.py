@@ -1,21 +1,25 @@
 """The named callbacks of the training loop (pipeline.semples.training.fit): seed evaluation,
-keep-best selection, checkpointing, the loss history, the epoch log line and the CAM gallery.
+keep-best selection, checkpointing, the loss history, the epoch log line, TensorBoard event
+files and the CAM gallery.
 
-A callback is a small class with any of four hooks, called in the order of ``callbacks_for``;
+A callback is a small class with any of five hooks, called in the order of ``callbacks_for``;
 ``state`` is the loop's FitState (pipeline.semples.training: its spec, what setup built, the
 first epoch of the call, the history and the best-so-far):
 
 - ``on_fit_start(state)``: every rank, after setup (Checkpoint resumes here);
+- ``on_train_step(state, epoch, i, stats)``: rank 0, after the epoch's i-th update (0-based), with
+  rank 0's stats of that batch;
 - ``on_train_epoch_end(state, epoch, rec)``: every rank, right after the epoch's updates
   (Checkpoint captures the RNG state here, before anything else draws from it);
 - ``on_epoch_end(state, epoch, rec)``: rank 0, in order: SeedEval adds its numbers to ``rec``,
   KeepBest compares them, Checkpoint writes everything ``resume`` needs, then history and log;
 - ``on_fit_end(state, finished)``: rank 0; ``finished``: every epoch of the schedule is done.
 
-A new callback (a TensorBoard writer, say): its class here and one line in ``callbacks_for``.
+A new callback: its class here and one line in ``callbacks_for``.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import time
@@ -25,6 +29,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.artifacts import ModelArtifact
@@ -42,6 +47,8 @@ class Callback:
     """No-op hooks; a callback overrides the ones it needs (module docstring)."""
 
     def on_fit_start(self, state) -> None: ...
+
+    def on_train_step(self, state, epoch: int, i: int, stats: dict) -> None: ...
 
     def on_train_epoch_end(self, state, epoch: int, rec: dict) -> None: ...
 
@@ -160,6 +167,91 @@ class EpochLog(Callback):
                  epochs, losses, rec["lr"], rec["seconds"], rec["images_per_s"], eta)
 
 
+class TensorBoard(Callback):
+    """Event files in out/tensorboard/ (rank 0) to watch while the stage trains. The step is the
+    number of updates so far (epoch x batches per epoch + i + 1), so a resumed fit continues the
+    curves; its writer purges what a killed run wrote after the checkpoint's last update (the
+    updates it redoes), so no step is written twice. Tags: step/<term> (rank 0's batch),
+    epoch/<term> (the epoch's mean over all ranks), lr/group<i>, throughput/images_per_s,
+    seed/<number>_gt (the seed evaluation: uses ground truth), cams/gallery (the gallery's CAMs
+    after every epoch). A write that fails stops the writing with one warning and the stage goes
+    on, except a full disk (ENOSPC), which is raised like any other write on it."""
+
+    def __init__(self) -> None:
+        self.writer = None
+        self.stopped = False
+
+    def _safely(self, write: Callable, *args) -> None:
+        if self.stopped:
+            return
+        try:
+            write(*args)
+        except Exception as e:  # whatever the event writer raises must not end the training
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise
+            self.stopped = True
+            log.warning("TensorBoard event files stop here, the training goes on (%s: %s)", type(e).__name__, e)
+
+    def _open(self, state) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.per_epoch = len(state.tr.loader)
+        self.folder = ModelArtifact(state.spec.out).tensorboard
+        self.writer = SummaryWriter(str(self.folder), purge_step=state.start * self.per_epoch + 1, flush_secs=30)
+
+    def on_fit_start(self, state):
+        self.stopped = not is_main()
+        self._safely(self._open, state)
+
+    def _step(self, epoch: int, i: int, stats: dict) -> None:
+        for k, v in stats.items():
+            self.writer.add_scalar(f"step/{k}", v, epoch * self.per_epoch + i + 1)
+
+    def on_train_step(self, state, epoch, i, stats):
+        self._safely(self._step, epoch, i, stats)
+
+    def _epoch(self, state, epoch: int, rec: dict) -> None:
+        step, w = (epoch + 1) * self.per_epoch, self.writer
+        for k, v in rec.items():
+            if k not in ("epoch", "lr", "seconds") and isinstance(v, (int, float)):
+                w.add_scalar(_epoch_tag(k), v, step)
+        for g, group in enumerate(state.tr.opt.param_groups):
+            w.add_scalar(f"lr/group{g}", group["lr"], step)
+        if state.spec.gallery is not None:
+            self._gallery(state, step)
+        w.flush()
+
+    def _gallery(self, state, step: int) -> None:
+        """The Gallery callback's picture of the model now (eval mode, then back)."""
+        model, png = state.spec.trainable, self.folder / ".gallery.png"
+        was_training = model.training
+        model.eval()
+        try:
+            state.spec.gallery(png)
+        finally:
+            model.train(was_training)
+        if png.exists():  # gallery_size 0 draws nothing
+            with Image.open(png) as im:
+                im = im.convert("RGB")
+                im.thumbnail((768, 768))  # about 200 KB per epoch
+                self.writer.add_image("cams/gallery", np.asarray(im), step, dataformats="HWC")
+            png.unlink()
+
+    def on_epoch_end(self, state, epoch, rec):
+        self._safely(self._epoch, state, epoch, rec)
+
+    def on_fit_end(self, state, finished):
+        self._safely(lambda: self.writer.close())
+
+
+def _epoch_tag(key: str) -> str:
+    """The TensorBoard tag of an epoch record's number."""
+    if key == "images_per_s":
+        return "throughput/images_per_s"
+    if key.startswith("seed_"):  # scored against the ground-truth masks
+        return f"seed/{key.removeprefix('seed_')}_gt"
+    return f"epoch/{key}"
+
+
 class Gallery(Callback):
     """At the end of a finished fit, ``write(path)`` draws the CAM gallery (module in eval mode)."""
 
@@ -180,7 +272,7 @@ def callbacks_for(spec) -> list[Callback]:
         if spec.epoch_eval is None:
             raise ValueError(f"{spec.name}: select 'gt_miou' needs a seed evaluation (epoch_eval)")
         cbs.append(KeepBest())
-    cbs += [Checkpoint(), LossHistory(), EpochLog()]
+    cbs += [Checkpoint(), LossHistory(), EpochLog(), TensorBoard()]
     return cbs + ([Gallery(spec.gallery)] if spec.gallery is not None else []) + list(spec.callbacks)
 
 

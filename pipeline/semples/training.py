@@ -181,11 +181,13 @@ def setup(tcfg: TrainCfg, seed: int, dataset: TrainImages, trainable: nn.Module,
     return Training(name, trainable, model, opt, sched, precision, precision.scaler(), sampler, loader, device)
 
 
-def train_epoch(tr: Training, step: StepFn, epoch: int, epochs: int, batch_size: int) -> dict:
+def train_epoch(tr: Training, step: StepFn, epoch: int, epochs: int, batch_size: int,
+                on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Train 0-based ``epoch``; its history record: the per-item means of the
     step's stats over all ranks, lr, seconds and images/s. The schedule is
     stepped before the epoch to the value for epoch - 1 (the official scripts
-    call lr_scheduler.step(epoch) after each epoch)."""
+    call lr_scheduler.step(epoch) after each epoch). ``on_step(i, stats)`` after the
+    epoch's i-th update (0-based), with this rank's stats of that batch as floats."""
     te = time.time()
     tr.sched.step(max(epoch - 1, 0))
     tr.sampler.set_epoch(epoch)
@@ -195,7 +197,7 @@ def train_epoch(tr: Training, step: StepFn, epoch: int, epochs: int, batch_size:
     sums: dict[str, float] = {}
     count = 0
     batches = progress(tr.loader, f"{tr.name} epoch {epoch + 1}/{epochs}", every_s=30) if is_main() else tr.loader
-    for images, labels in batches:
+    for i, (images, labels) in enumerate(batches):
         images = images.to(tr.device, non_blocking=True)
         labels = labels.to(tr.device, non_blocking=True)
         with tr.precision.autocast():
@@ -205,9 +207,12 @@ def train_epoch(tr: Training, step: StepFn, epoch: int, epochs: int, batch_size:
             dist.all_reduce(t)
             loss = loss * (n * world / max(t.item(), 1))
         optimizer_step(loss, tr.opt, tr.scaler)
-        for k, v in stats.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * n
+        values = {k: float(v) for k, v in stats.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v * n
         count += n
+        if on_step is not None:
+            on_step(i, values)
     if world > 1:
         keys = sorted(sums)
         t = torch.tensor([sums[k] for k in keys] + [float(count)], device=tr.device, dtype=torch.float64)
@@ -268,7 +273,10 @@ def fit(spec: FitSpec) -> dict:
         cb.on_fit_start(state)
     end = tcfg.epochs if spec.stop_after is None else min(spec.stop_after, tcfg.epochs)
     for epoch in range(state.start, end):
-        rec = train_epoch(state.tr, spec.step, epoch, tcfg.epochs, tcfg.batch_size)
+        def on_step(i: int, stats: dict, epoch: int = epoch) -> None:
+            for cb in callbacks:
+                cb.on_train_step(state, epoch, i, stats)
+        rec = train_epoch(state.tr, spec.step, epoch, tcfg.epochs, tcfg.batch_size, on_step if is_main() else None)
         state.history.append(rec)
         for cb in callbacks:
             cb.on_train_epoch_end(state, epoch, rec)
