@@ -22,6 +22,19 @@ def fake_refine(cfg, d: Path, seed: int = 0) -> Path:
     return d
 
 
+def ready_to_export(cfg) -> dict[str, str]:
+    """prepare_data run and export_cams.source faked (fake_refine, finalised) in cfg's store: the
+    next stage is export_cams, without training. Returns the stage keys."""
+    from pipeline.store import Store
+    from stages.runner import run_stage, stage_inputs, stage_keys, stage_sections
+    keys = stage_keys(cfg)
+    run_stage(cfg, "prepare_data", keys=keys)
+    store, src = Store(cfg.run.work_dir), cfg.export_cams.source
+    fake_refine(cfg, store.open(keys[src]))
+    store.finalize(keys[src], src, stage_sections(cfg, src), {i: keys[i] for i in stage_inputs(cfg, src)}, {}, 0.0)
+    return keys
+
+
 def gt_store(prepared: Path, split: str, export_dir: Path) -> list[str]:
     """A CAM export whose CAMs are the one-hot ground truth of the present classes."""
     table = LabelTable.from_artifact(prepared, split)
