@@ -101,6 +101,9 @@ def run(config: Path = ConfigOpt,
         _fail(e)
     log_path = _log_file(cfg)
     try:
+        if prefect:
+            from flows.dag import start_temporary_server
+            start_temporary_server()  # one that dies with this process
         if seeds:
             if prefect:
                 from flows.dag import wsss_seeds_flow
