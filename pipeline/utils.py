@@ -110,12 +110,11 @@ class RunLogFile(logging.FileHandler):
 
 
 # ------------------------------------------------------------------ stage errors
-DISK_FULL = "run.work_dir (the disk it is on is full, ENOSPC: free space there and rerun; finished work is kept)"
 # config fields an error is about, by what its message says (first match wins); {stage} = the stage
 _FIELD_HINTS = (
     (r"Invalid (learning rate|lr)", "{stage}.lr"),
     (r"Invalid weight_decay", "{stage}.weight_decay"),
-    (r"No space left on device|Errno 28|Disk quota", DISK_FULL),
+    (r"No space left on device|Errno 28|Disk quota", "run.work_dir (the disk it is on is full)"),
     (r"out of memory|can't allocate memory|not enough memory|DefaultCPUAllocator",
      "{stage}.batch_size, export_cams.scales, checks.export_memory_gb"),
     (r"Kernel size can't be greater|padded input size|Padding size should be less|input image .* smaller",
@@ -199,7 +198,9 @@ def stage_error(stage: str, exc: BaseException, sections: tuple[str, ...] = ()) 
         return exc
     full = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None)
     if full is not None:  # wherever it surfaced (a writer thread, torch, a logging error): the disk
-        return StageError(stage, full, [], full.filename and str(full.filename), [DISK_FULL])
+        return StageError(stage, full, [], full.filename and str(full.filename),
+                          [f"run.work_dir (the disk it is on is full, {errno.errorcode[full.errno]}: "
+                           "free space there and rerun; finished work is kept)"])
     images: list[str] = []
     file = None
     ours = type(exc).__module__.split(".")[0] in ("pipeline", "stages")

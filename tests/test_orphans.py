@@ -36,6 +36,14 @@ def _files(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file()}
 
 
+def _kill(procs: list) -> None:
+    for p in procs:
+        try:
+            p.kill()
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            pass
+
+
 def _wait(what, timeout: float, step: float = 0.2):
     end = time.time() + timeout
     while time.time() < end:
@@ -81,11 +89,7 @@ def test_killing_the_flow_process_ends_every_process_of_the_run(tmp_path):
         late = [f for f, (mtime, _) in before.items() if mtime / 1e9 > killed + 0.5]
         assert not late, late  # nothing written once the run was dead
     finally:
-        for p in [flow, *_marked(mark)]:
-            try:
-                p.kill()
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                pass
+        _kill([flow, *_marked(mark)])
 
 
 def test_torchrun_and_its_ranks_end_with_the_process_that_started_them(tmp_path):
@@ -107,8 +111,4 @@ def test_torchrun_and_its_ranks_end_with_the_process_that_started_them(tmp_path)
         parent.wait()
         assert _wait(lambda: not _marked(mark), 10), [" ".join(p.cmdline())[:120] for p in _marked(mark)]
     finally:
-        for p in [parent, *_marked(mark)]:
-            try:
-                p.kill()
-            except (ProcessLookupError, psutil.NoSuchProcess):
-                pass
+        _kill([parent, *_marked(mark)])
