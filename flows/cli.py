@@ -47,7 +47,8 @@ def _log_file(cfg) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = Path(cfg.run.work_dir) / "logs" / f"{cfg.run.name}-{stamp}-{os.getpid()}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    from pipeline.utils import RunLogFile
+    handler = RunLogFile(path)  # a full disk: one warning line, not one traceback per record
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.getLogger().addHandler(handler)
     TRACE.addHandler(handler)
@@ -58,7 +59,8 @@ def _log_file(cfg) -> Path:
 def _fail_run(e: Exception, log_path: Path) -> None:
     """One paragraph on the terminal; the traceback (every chained exception) in the log file."""
     TRACE.error("%s", e, exc_info=e)
-    typer.echo(f"error: {e}\n(full traceback: {log_path})", err=True)
+    lost = any(getattr(h, "failed", None) for h in TRACE.handlers)
+    typer.echo(f"error: {e}\n({'no traceback: could not write' if lost else 'full traceback:'} {log_path})", err=True)
     raise typer.Exit(1)
 
 
@@ -99,6 +101,9 @@ def run(config: Path = ConfigOpt,
         _fail(e)
     log_path = _log_file(cfg)
     try:
+        if prefect:
+            from flows.dag import start_temporary_server
+            start_temporary_server()  # one that dies with this process
         if seeds:
             if prefect:
                 from flows.dag import wsss_seeds_flow

@@ -37,13 +37,17 @@ per-class IoU table).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
 import re
+import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterable, Optional
+from unittest import mock
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -53,6 +57,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.config import Config, load_config
 from pipeline.evaluation.publish import spread_publication
+from pipeline.lifetime import die_with_parent
 from pipeline.publish import Publication, metrics_table
 from pipeline.store import digest
 from stages import get
@@ -95,15 +100,30 @@ def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, sta
 
 
 def _pin(devices: list[int]) -> None:
-    try:  # Linux: the child dies with the flow process rather than write on after its lock's lease
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()  # the flow process's child: it does not write on after a killed run
     if devices:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))  # before CUDA initialises
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def start_temporary_server() -> None:
+    """Prefect's temporary API server (no PREFECT_API_URL set) started here, with the
+    parent-death signal, so that it dies with a killed run: Prefect would start it on first use
+    as a plain child that outlives its parent. Prefect then finds this one
+    (SubprocessASGIServer() returns the instance of its port, here None: the first free one).
+    Call it from the main thread: the signal comes when the thread that started it ends."""
+    from prefect.server.api import server
+    from prefect.settings import PREFECT_API_URL
+    if PREFECT_API_URL.value():
+        return
+
+    class DyingServer(server.SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            popen = functools.partial(subprocess.Popen, preexec_fn=die_with_parent)
+            with mock.patch.object(server, "subprocess", SimpleNamespace(Popen=popen)):
+                return super()._run_uvicorn_command()
+
+    DyingServer().start()
 
 
 def _execute(config: dict, name: str, inputs: dict[str, str], out: str) -> dict:

@@ -179,21 +179,29 @@ def _os_error(exc: BaseException) -> OSError | None:
 
 
 @contextmanager
-def atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a unique temporary sibling of ``path`` to write; rename it into place when the
-    block succeeds. On any failure the temporary file is removed and an OSError (disk full,
-    permissions, ...) is re-raised naming ``path`` and its errno."""
-    path = Path(path)
-    tmp = unique_tmp(path)
+def writing(path: Path) -> Iterator[None]:
+    """Re-raise an OSError (disk full, ...) behind a failure of the block naming ``path`` and its errno."""
     try:
-        yield tmp
-        os.replace(tmp, path)
+        yield
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
         err = _os_error(e)
         if err is not None and not (isinstance(e, OSError) and str(path) in str(e)):
             raise OSError(err.errno, f"{os.strerror(err.errno)} while writing", str(path)) from e
         raise
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a unique temporary sibling of ``path`` to write; rename it into place when the
+    block succeeds. On any failure the temporary file is removed (an OSError names ``path``)."""
+    path, tmp = Path(path), unique_tmp(path)
+    with writing(path):
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def torch_save_atomic(obj: Any, path: Path) -> None:
@@ -401,7 +409,8 @@ class ArtifactLock:
         from filelock import Timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._lease.acquire(blocking=False)
+            with writing(self.path):  # a full disk names the lock file
+                self._lease.acquire(blocking=False)
         except Timeout:
             self.waited = True
             started = time.monotonic()
@@ -410,7 +419,8 @@ class ArtifactLock:
                     log(f"waiting for {self.key} held by {self.holder()} "
                         f"(waited {time.monotonic() - started:.0f} s)")
                 try:
-                    self._lease.acquire(timeout=report_every_s)
+                    with writing(self.path):
+                        self._lease.acquire(timeout=report_every_s)
                     break
                 except Timeout:
                     continue

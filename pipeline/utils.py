@@ -1,11 +1,14 @@
-"""Small shared helpers: device, seeding, progress lines with ETA."""
+"""Small shared helpers: device, seeding, progress lines with ETA, the run's log file, stage errors."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import logging
 import os
 import random
 import re
+import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
@@ -83,6 +86,27 @@ def read_ahead(items: Iterable[T], load: Callable[[T], Any], ahead: int) -> Iter
 
 
 _END = object()
+
+
+class RunLogFile(logging.FileHandler):
+    """The run's log file. A record it cannot write (a full disk: ENOSPC, or another OSError)
+    closes it with one line on stderr: logging would report every later record with a
+    traceback, under Prefect nested until a RecursionError hid the run's own error."""
+    failed: Optional[OSError] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed is None:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            return super().handleError(record)
+        self.failed, stream, self.stream = err, self.stream, None
+        with contextlib.suppress(OSError):
+            stream.close()  # its unwritten buffer fails again; the file is closed all the same
+        sys.stderr.write(f"warning: stopped writing the log file {self.baseFilename}: "
+                         f"{errno.errorcode.get(err.errno, 'OSError')} ({err.strerror or err})\n")
 
 
 # ------------------------------------------------------------------ stage errors
@@ -168,9 +192,15 @@ def stage_error(stage: str, exc: BaseException, sections: tuple[str, ...] = ()) 
     """``exc`` (raised while ``stage`` ran) as a StageError: the images of the innermost project
     frame that held label records (one, or a batch) or an image id, the file of an OSError, the
     config fields its message names or hints at, else the stage's declared sections. The
-    project's own errors name their images and files already: no guessing for those."""
+    project's own errors name their images and files already: no guessing for those. A full
+    disk anywhere in the cause chain is the error: its OSError, file and run.work_dir."""
     if isinstance(exc, StageError):
         return exc
+    full = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None)
+    if full is not None:  # wherever it surfaced (a writer thread, torch, a logging error): the disk
+        return StageError(stage, full, [], full.filename and str(full.filename),
+                          [f"run.work_dir (the disk it is on is full, {errno.errorcode[full.errno]}: "
+                           "free space there and rerun; finished work is kept)"])
     images: list[str] = []
     file = None
     ours = type(exc).__module__.split(".")[0] in ("pipeline", "stages")

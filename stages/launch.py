@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.distributed import backend, in_torchrun, torchrun
+from pipeline.lifetime import exit_with
 from stages.contract import Stage, view
 
 METRICS = ".dist_metrics.json"  # dot-file: not part of the manifest
@@ -52,6 +53,7 @@ def main(argv=None) -> None:
     ap.add_argument("--inputs", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    exit_with(os.getppid())  # torchrun: killed with the run, it cannot stop its ranks
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [rank " + os.environ.get("RANK", "0")
                         + "] %(message)s")
     cfg = Config.model_validate(json.loads(Path(a.config).read_text()))

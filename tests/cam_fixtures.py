@@ -22,6 +22,26 @@ def fake_refine(cfg, d: Path, seed: int = 0) -> Path:
     return d
 
 
+def finish(cfg, keys: dict[str, str], name: str, fill) -> Path:
+    """A finished artifact of stage ``name`` in cfg's store (no metrics), its files written by ``fill(dir)``."""
+    from pipeline.store import Store
+    from stages.runner import stage_inputs, stage_sections
+    store = Store(cfg.run.work_dir)
+    fill(store.open(keys[name]))
+    store.finalize(keys[name], name, stage_sections(cfg, name), {i: keys[i] for i in stage_inputs(cfg, name)}, {}, 0.0)
+    return store.path(keys[name])
+
+
+def ready_to_export(cfg) -> dict[str, str]:
+    """prepare_data run and export_cams.source faked (fake_refine) in cfg's store: the next
+    stage is export_cams, without training. Returns the stage keys."""
+    from stages.runner import run_stage, stage_keys
+    keys = stage_keys(cfg)
+    run_stage(cfg, "prepare_data", keys=keys)
+    finish(cfg, keys, cfg.export_cams.source, lambda d: fake_refine(cfg, d))
+    return keys
+
+
 def gt_store(prepared: Path, split: str, export_dir: Path) -> list[str]:
     """A CAM export whose CAMs are the one-hot ground truth of the present classes."""
     table = LabelTable.from_artifact(prepared, split)

@@ -63,10 +63,9 @@ def sam_smoke_run(tmp_path_factory):
     import shutil
     import sys
 
-    from cam_fixtures import fake_refine
+    from cam_fixtures import ready_to_export
     from pipeline.config import load_config
     from pipeline.store import Store
-    from stages.runner import run_stage, stage_inputs, stage_keys, stage_sections
     from test_flow import _env, _run
     tmp = tmp_path_factory.mktemp("sam-smoke")
     shutil.copytree(ROOT / "data/voc-tiny", tmp / "voc")
@@ -79,11 +78,7 @@ def sam_smoke_run(tmp_path_factory):
                         "export_cams: {source: train_cam, gallery_size: 1, batch_size: 1}\n"
                         "pseudo_masks: {gallery_size: 1}\nsam: {gallery_size: 1}\n")
     cfg = load_config(cfg_path)
-    keys = stage_keys(cfg)
-    run_stage(cfg, "prepare_data", keys=keys)
-    store, src = Store(cfg.run.work_dir), cfg.export_cams.source
-    fake_refine(cfg, store.open(keys[src]))
-    store.finalize(keys[src], src, stage_sections(cfg, src), {i: keys[i] for i in stage_inputs(cfg, src)}, {}, 0.0)
+    keys, store = ready_to_export(cfg), Store(cfg.run.work_dir)
     env = _env(tmp)
     res = _run([sys.executable, "-m", "flows.cli", "run", "--config", str(cfg_path), "--until", "pseudo_masks",
                 "--no-prefect"], env, 900)

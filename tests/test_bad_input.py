@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import typing
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import annotated_types as at
 import numpy as np
@@ -322,10 +324,18 @@ def test_a_failed_write_names_the_path_and_leaves_no_temp_file(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def _mount_tmpfs(where: Path, size: str) -> bool:
+@contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` for the block; skips the test where mounting is
+    not allowed (needs root)."""
     where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
 @pytest.mark.slow
@@ -333,10 +343,7 @@ def test_disk_full_during_a_run_names_the_file_and_the_rerun_leaves_no_temp_file
     """A real full disk (a 4 MB tmpfs run store; needs root): train_cam's checkpoint (~70 MB with
     the optimiser state) cannot be written. The error names the file and Errno 28; no temporary
     file stays; with room again the rerun resumes and finishes clean."""
-    store = tmp_path / "store"
-    if not _mount_tmpfs(store, "4m"):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(tmp_path / "store", "4m") as store:
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(f"_base_: {SMOKE}\nrun: {{work_dir: {store / 'runs'}}}\ndata: {{max_images: 8}}\n"
                        "train_cam: {seed_eval_every: 0}\n")
@@ -349,8 +356,6 @@ def test_disk_full_during_a_run_names_the_file_and_the_rerun_leaves_no_temp_file
         res = _wsss(tmp_path, "run", "--no-prefect", "--config", cfg, "--until", "train_cam")
         assert res.returncode == 0, res.stderr[-3000:]
         assert not [p for p in store.rglob("*") if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", "-l", str(store)], capture_output=True)
 
 
 # ----------------------------------------------------------------- offline preflight

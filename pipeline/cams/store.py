@@ -40,7 +40,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.artifacts import CamArtifact
 from pipeline.cams.grids import Geometry
-from pipeline.store import advice, decoding
+from pipeline.store import advice, decoding, writing
 
 # a checksum of the compressed chunk: blosc decodes a cut-short uncompressed ("memcpyed") chunk
 # into garbage without an error, so a truncated chunk is caught by the crc instead
@@ -80,12 +80,13 @@ class CamStore:
             raise CamStoreError(f"{self.path}: opened read-only")
         if not np.isfinite(data).all():
             raise CamStoreError(f"{self.path}/{image_id}: CAMs hold NaN/inf")
-        arr = self.group.create_array(
-            image_id, shape=data.shape, dtype=data.dtype, chunks=data.shape,
-            compressors=_codecs(attrs["layout"], data.dtype), fill_value=0, overwrite=True,
-            config={"write_empty_chunks": True}, attributes={**attrs, "complete": False})
-        arr[...] = data
-        arr.update_attributes({"complete": True})  # last: marks the data as trustworthy
+        with writing(self.path / image_id):  # a full disk names the array, not just Errno 28
+            arr = self.group.create_array(
+                image_id, shape=data.shape, dtype=data.dtype, chunks=data.shape,
+                compressors=_codecs(attrs["layout"], data.dtype), fill_value=0, overwrite=True,
+                config={"write_empty_chunks": True}, attributes={**attrs, "complete": False})
+            arr[...] = data
+            arr.update_attributes({"complete": True})  # last: marks the data as trustworthy
 
     def write(self, image_id: str, cams: np.ndarray, classes: Iterable[int], size: tuple[int, int]) -> None:
         """Layout "image": image-size maps (C, H, W), kept float16 if given so, else float32."""

@@ -10,6 +10,7 @@ to the workers with the image."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.artifacts import MaskArtifact, ModelArtifact, cam_artifact
 from pipeline.cams.store import CamStore, fixed_sample
 from pipeline.config import Config, PseudoMasksCfg
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
+from pipeline.lifetime import worker_of
 from pipeline.pseudo_masks import routes
 from pipeline.store import PerImage
 from pipeline.utils import log_pending, num_processes, progress
@@ -218,7 +220,8 @@ def _pool_map(n: int, setup: WorkerSetup, jobs: Iterator[Job]) -> Iterator[str]:
     """_work over jobs in n worker processes, at most 2n jobs in flight so
     lazily computed inputs do not pile up; a failing worker raises here
     instead of hanging the pool."""
-    with ProcessPoolExecutor(n, mp_context=_context(), initializer=_init, initargs=(setup,)) as ex:
+    with ProcessPoolExecutor(n, mp_context=_context(), initializer=worker_of,  # workers end with this process
+                             initargs=(os.getpid(), _init, setup)) as ex:
         pending = set()
         for job in jobs:
             pending.add(ex.submit(_work, job))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.lifetime import exit_with
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
 from pipeline.store import decoding, torch_save_atomic
 
@@ -144,6 +145,7 @@ def main(argv=None) -> None:
     ap.add_argument("config")
     ap.add_argument("--launcher", default="none", choices=["none", "pytorch", "slurm", "mpi"])
     args = ap.parse_args(argv)
+    exit_with(os.getppid())  # torchrun: killed with the run, it cannot stop its ranks
     train(Config.fromfile(args.config), launcher=args.launcher)
 
 
