@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 from pipeline.artifacts import ModelArtifact
 
 MANIFEST = "manifest.json"
+PREVIOUS = ".manifest.previous.json"  # the manifest of a finished run being healed (Store.open -> finalize)
 # files a stage reads only to resume an unfinished run (a training stage's checkpoint.pt): the finished
 # result does not depend on them, so a damaged or missing one is dropped from a finished artifact (file
 # and manifest entry) rather than making it corrupt, whose recomputation would train from scratch
@@ -93,8 +94,14 @@ class PerImage:
         return Path(out) / self.folder / f"{image_id}{self.suffix}"
 
     def pending(self, out: Path, ids: Sequence[str]) -> list[str]:
-        """The ids without an output: what a resumed stage computes."""
-        return [i for i in ids if not self.path(out, i).exists()]
+        """The ids without an output: what a resumed stage computes (one listing of the folder)."""
+        d = Path(out) / self.folder
+        try:
+            with os.scandir(d) as it:
+                present = {e.name for e in it}
+        except FileNotFoundError:
+            present = set()
+        return [i for i in ids if f"{i}{self.suffix}" not in present]
 
     def unit_of(self, rel: str) -> Optional[str]:
         """The per-image output (relative path) that artifact file ``rel`` belongs to, if any."""
@@ -313,21 +320,34 @@ class Store:
         d = self.path(key)
         if fresh:
             shutil.rmtree(d, ignore_errors=True)
-        if (d / MANIFEST).exists():
-            (d / MANIFEST).unlink()
+        if (d / MANIFEST).exists():  # kept aside (a dot-file) for ``finalize`` to reuse its hashes
+            os.replace(d / MANIFEST, d / PREVIOUS)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def _previous_files(self, key: str) -> dict:
+        """The file table of the manifest ``open`` set aside, {} when there is none or it does not parse."""
+        try:
+            files = json.loads((self.path(key) / PREVIOUS).read_text())["files"]
+            return files if isinstance(files, dict) else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
                  metrics: dict, started: float, resources: dict | None = None) -> dict:
+        """Write the manifest: every file with size, mtime and sha256. A file whose size and mtime
+        match its entry in the manifest of the previous run in this directory keeps that hash
+        (the rule ``damaged`` trusts), so a heal hashes the files it rewrote, not the whole store."""
         d = self.path(key)
-        files = {}
+        previous, files = self._previous_files(key), {}
         for f in sorted(p for p in d.rglob("*") if p.is_file()):
             rel = f.relative_to(d).as_posix()
             if rel == MANIFEST or f.name.startswith("."):
                 continue
-            st = f.stat()
-            files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(f)}
+            st, old = f.stat(), previous.get(rel) or {}
+            same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns and old.get("sha256")
+            files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                          "sha256": old["sha256"] if same else sha256_file(f)}
         manifest = {"key": key, "stage": stage, "inputs": inputs, "config": config,
                     "metrics": metrics, "files": files,
                     "timings": {"started": started, "finished": time.time(),
@@ -335,6 +355,7 @@ class Store:
                     "resources": resources or {},  # pipeline.resources.Meter: wall time, device, peak memory
                     "versions": package_versions()}
         write_json_atomic(d / MANIFEST, manifest)
+        (d / PREVIOUS).unlink(missing_ok=True)
         return manifest
 
     def size(self, key: str) -> int:

@@ -131,7 +131,8 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
     try:
         if not folder.is_dir():
             raise CamImportError(f"{folder}: CAM folder not found (import_cams.dir)")
-        todo = [r for r in records if not store.is_complete(r.id)]
+        missing = set(store.missing([r.id for r in records]))
+        todo = [r for r in records if r.id in missing]
         with CamWriter(store, threads=threads, max_pending=2 * max(threads, 1)) as writer:
             for r, (cams, problem) in progress(read_ahead(todo, load, max(threads, 1)), len(todo)):
                 if problem:
