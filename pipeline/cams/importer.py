@@ -174,7 +174,7 @@ def fingerprint(cfg) -> str:
 
 
 def run(cfg, inputs, out: Path) -> dict:
-    from pipeline.cams.inference import image_size
+    from pipeline.data.datasets import image_size
     from pipeline.data.datasets import LabelTable, read_image
     from pipeline.plots import heat_overlay, save_grid
     from pipeline.store import write_json_atomic

@@ -39,6 +39,18 @@ def read_mask(path: str | Path) -> np.ndarray:
     return mask
 
 
+def image_size(rec: Record) -> tuple[int, int]:
+    """(H, W) from the label table, or the image header when the table has none (the import stages
+    ask this without loading the CAM export's model code)."""
+    if rec.height and rec.width:
+        return rec.height, rec.width
+    try:
+        with decoding(rec.image, "image"), Image.open(rec.image) as im:
+            return im.height, im.width
+    except FileNotFoundError:
+        raise DataError(f"{rec.image}: image file missing; {advice(rec.image)}") from None
+
+
 def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = None) -> None:
     """(H, W) uint8 class ids -> palette PNG (``pal``, default the VOC colour map), written atomically."""
     path = Path(path)
