@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 from pipeline.artifacts import ModelArtifact
+from pipeline.utils import files_under, tree_bytes
 
 MANIFEST = "manifest.json"
 PREVIOUS = ".manifest.previous.json"  # the manifest of a finished run being healed (Store.open -> finalize)
@@ -326,10 +327,9 @@ class Store:
         return d
 
     def _previous_files(self, key: str) -> dict:
-        """The file table of the manifest ``open`` set aside, {} when there is none or it does not parse."""
+        """The file table of the manifest ``open`` set aside ({} if none or unreadable)."""
         try:
-            files = json.loads((self.path(key) / PREVIOUS).read_text())["files"]
-            return files if isinstance(files, dict) else {}
+            return dict(json.loads((self.path(key) / PREVIOUS).read_text())["files"])
         except (OSError, ValueError, KeyError, TypeError):
             return {}
 
@@ -340,14 +340,13 @@ class Store:
         (the rule ``damaged`` trusts), so a heal hashes the files it rewrote, not the whole store."""
         d = self.path(key)
         previous, files = self._previous_files(key), {}
-        for f in sorted(p for p in d.rglob("*") if p.is_file()):
-            rel = f.relative_to(d).as_posix()
-            if rel == MANIFEST or f.name.startswith("."):
+        for rel, st in sorted(files_under(d), key=lambda f: f[0].split("/")):  # the order of Path.rglob
+            if rel == MANIFEST or rel.rpartition("/")[2].startswith("."):
                 continue
-            st, old = f.stat(), previous.get(rel) or {}
+            old = previous.get(rel) or {}
             same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns and old.get("sha256")
             files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                          "sha256": old["sha256"] if same else sha256_file(f)}
+                          "sha256": old["sha256"] if same else sha256_file(d / rel)}
         manifest = {"key": key, "stage": stage, "inputs": inputs, "config": config,
                     "metrics": metrics, "files": files,
                     "timings": {"started": started, "finished": time.time(),
@@ -365,8 +364,7 @@ class Store:
             m = None
         if m:
             return sum(f["size"] for f in m["files"].values())
-        d = self.path(key)
-        return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
+        return tree_bytes(self.path(key))
 
 
 class LockLost(RuntimeError):

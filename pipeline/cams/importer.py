@@ -174,11 +174,10 @@ def fingerprint(cfg) -> str:
 
 
 def run(cfg, inputs, out: Path) -> dict:
-    from pipeline.data.datasets import image_size
-    from pipeline.data.datasets import LabelTable, read_image
+    from pipeline.data.datasets import LabelTable, image_size, read_image
     from pipeline.plots import heat_overlay, save_grid
     from pipeline.store import write_json_atomic
-    from pipeline.utils import progress
+    from pipeline.utils import progress, tree_bytes
 
     ic, split, art = cfg.import_cams, cfg.export_cams.split, ImportedCamArtifact(out)
     if ic.dir is None:
@@ -205,6 +204,6 @@ def run(cfg, inputs, out: Path) -> dict:
     if counts.get("files_not_in_split"):
         log.info("import_cams: %d files in %s belong to no image of split '%s' (ignored)",
                  counts["files_not_in_split"], ic.dir, split)
-    n_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    n_bytes = tree_bytes(path)
     return {"images": len(table), "split": split, "format": ic.format, "source": label, **counts,
             "store": path.name, "store_bytes": n_bytes}
