@@ -62,7 +62,7 @@ from pipeline.publish import Publication, metrics_table
 from pipeline.store import digest
 from stages import get
 from stages.contract import Stage, view
-from stages.launch import execute
+from stages.launch import execute, shards
 from stages.plan import RunPlan, select
 from stages.runner import compute_stage, preflight
 from stages.seeds import seeds_of, with_seed, write_spread
@@ -88,12 +88,12 @@ def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, sta
             return in_own_process(config, name, inputs, out, devices)
         if not stage.sharded:
             return execute(stage, cfg, inputs, out)
-        ids = stage.items(view(cfg, stage), inputs)
-        shards = [ids[i:i + cfg.run.shard_size] for i in range(0, len(ids), cfg.run.shard_size)]
-        get_run_logger().info("%s: %d images in %d shards on %s", name, len(ids), len(shards),
+        ids, todo = shards(stage, cfg, inputs, out)
+        get_run_logger().info("%s: %d images, %d shards with work on %s", name, len(ids), len(todo),
                               cfg.run.task_runner)
-        shard_flow.with_options(task_runner=make_task_runner(cfg))(
-            config, name, {k: str(v) for k, v in inputs.items()}, str(out), shards)
+        if todo:
+            shard_flow.with_options(task_runner=make_task_runner(cfg))(
+                config, name, {k: str(v) for k, v in inputs.items()}, str(out), todo)
         return stage.finalize(view(cfg, stage), inputs, out)
 
     return str(compute_stage(plan, name, compute))

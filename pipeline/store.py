@@ -35,8 +35,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 from pipeline.artifacts import Layout, ModelArtifact
+from pipeline.utils import files_under, tree_bytes
 
 MANIFEST = "manifest.json"
+PREVIOUS = ".manifest.previous.json"  # the manifest of a finished run being healed (Store.open -> finalize)
 # files a stage reads only to resume an unfinished run (a training stage's checkpoint.pt): the finished
 # result does not depend on them, so a damaged or missing one is dropped from a finished artifact (file
 # and manifest entry) rather than making it corrupt, whose recomputation would train from scratch
@@ -96,8 +98,14 @@ class PerImage:
         return Path(out) / self.folder / f"{image_id}{self.suffix}"
 
     def pending(self, out: Path, ids: Sequence[str]) -> list[str]:
-        """The ids without an output: what a resumed stage computes."""
-        return [i for i in ids if not self.path(out, i).exists()]
+        """The ids without an output: what a resumed stage computes (one listing of the folder)."""
+        d = Path(out) / self.folder
+        try:
+            with os.scandir(d) as it:
+                present = {e.name for e in it}
+        except FileNotFoundError:
+            present = set()
+        return [i for i in ids if f"{i}{self.suffix}" not in present]
 
     def unit_of(self, rel: str) -> Optional[str]:
         """The per-image output (relative path) that artifact file ``rel`` belongs to, if any."""
@@ -324,21 +332,33 @@ class Store:
         d = self.path(key)
         if fresh:
             shutil.rmtree(d, ignore_errors=True)
-        if (d / MANIFEST).exists():
-            (d / MANIFEST).unlink()
+        if (d / MANIFEST).exists():  # kept aside (a dot-file) for ``finalize`` to reuse its hashes
+            os.replace(d / MANIFEST, d / PREVIOUS)
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def _previous_files(self, key: str) -> dict:
+        """The file table of the manifest ``open`` set aside ({} if none or unreadable)."""
+        try:
+            return dict(json.loads((self.path(key) / PREVIOUS).read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
                  metrics: dict, started: float, resources: dict | None = None) -> dict:
+        """Write the manifest: every file with size, mtime and sha256. A file whose size and mtime
+        match its entry in the manifest of the previous run in this directory keeps that hash
+        (the rule ``damaged`` trusts), so a heal hashes the files it rewrote, not the whole store."""
         d = self.path(key)
-        files = {}
-        for f in sorted(p for p in d.rglob("*") if p.is_file()):
-            rel = f.relative_to(d).as_posix()
-            if rel == MANIFEST or f.name.startswith(".") or NOT_RESULT in Path(rel).parts[:-1]:
+        previous, files = self._previous_files(key), {}
+        for rel, st in sorted(files_under(d), key=lambda f: f[0].split("/")):  # the order of Path.rglob
+            if (rel == MANIFEST or rel.rpartition("/")[2].startswith(".")
+                    or NOT_RESULT in Path(rel).parts[:-1]):  # event files: not the result
                 continue
-            st = f.stat()
-            files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(f)}
+            old = previous.get(rel) or {}
+            same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns and old.get("sha256")
+            files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                          "sha256": old["sha256"] if same else sha256_file(d / rel)}
         manifest = {"key": key, "stage": stage, "inputs": inputs, "config": config,
                     "metrics": metrics, "files": files,
                     "timings": {"started": started, "finished": time.time(),
@@ -346,6 +366,7 @@ class Store:
                     "resources": resources or {},  # pipeline.resources.Meter: wall time, device, peak memory
                     "versions": package_versions()}
         write_json_atomic(d / MANIFEST, manifest)
+        (d / PREVIOUS).unlink(missing_ok=True)
         return manifest
 
     def size(self, key: str) -> int:
@@ -355,8 +376,7 @@ class Store:
             m = None
         if m:
             return sum(f["size"] for f in m["files"].values())
-        d = self.path(key)
-        return sum(p.stat().st_size for p in d.rglob("*") if p.is_file()) if d.exists() else 0
+        return tree_bytes(self.path(key))
 
 
 class LockLost(RuntimeError):

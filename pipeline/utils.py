@@ -228,3 +228,22 @@ def stage_error(stage: str, exc: BaseException, sections: tuple[str, ...] = ()) 
     if not fields:
         fields = [f"one of this stage's sections: {', '.join(sections)}" if sections else "none known"]
     return StageError(stage, exc, images, str(file) if file else None, fields)
+
+
+def files_under(d) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative posix path, stat) of every file below ``d``, by os.scandir: several times faster
+    than Path.rglob over the many small directories of a CAM store (issue #38)."""
+    stack = [("", str(d))]
+    while stack:
+        rel, path = stack.pop()
+        with os.scandir(path) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((f"{rel}{e.name}/", e.path))
+                elif e.is_file():
+                    yield f"{rel}{e.name}", e.stat()
+
+
+def tree_bytes(d) -> int:
+    """Bytes of the files below ``d`` (0 when it does not exist)."""
+    return sum(st.st_size for _, st in files_under(d)) if os.path.exists(d) else 0

@@ -41,6 +41,22 @@ def execute(stage: Stage, cfg: Config, inputs: dict, out: Path) -> dict:
     return json.loads((out / METRICS).read_text())
 
 
+def shards(stage: Stage, cfg: Config, inputs: dict, out: Path) -> tuple[list[str], list[list[str]]]:
+    """(the stage's ids, its shards of run.shard_size ids that have work left): a shard whose
+    per-image outputs (Stage.per_image) are all there is not scheduled, so a heal of one image
+    runs one shard. A shard keeps all its ids (export_cams computes a missing image in the batch
+    it had: pipeline/cams/export.py). The runner has healed the artifact before this: an output
+    that is there is sound."""
+    v = view(cfg, stage)
+    ids = stage.items(v, inputs)
+    size = cfg.run.shard_size
+    all_shards = [ids[i:i + size] for i in range(0, len(ids), size)]
+    if not stage.per_image:
+        return ids, all_shards
+    pending = set().union(*(lay.pending(out, ids) for lay in stage.per_image(v)))
+    return ids, [s for s in all_shards if pending.intersection(s)]
+
+
 def main(argv=None) -> None:
     import torch
     import torch.distributed as dist

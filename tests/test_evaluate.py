@@ -3,6 +3,7 @@ stage on a CAM store built from the ground truth itself."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -107,11 +108,14 @@ def test_ground_truth_cams_score_100(smoke_cfg, prepared, tmp_path):
     assert "| final segmentation model (last iteration; single-scale test) | val | 12.50 |" in (out / "report.md").read_text()
 
 
-def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp_path):
+def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp_path, monkeypatch):
+    """... in one pass that decodes each ground-truth mask once (issue #38)."""
     from pipeline.evaluation.compare import Run, compare_table
     from pipeline.evaluation.report import EvalReport
     from pipeline.config import load_config
     from pipeline.data.datasets import LabelTable, read_mask
+    from pipeline.evaluation import evaluate as evaluate_module
+    from pipeline.evaluation import scores
     from stages.evaluate import STAGE as evaluate
 
     cfg = load_config(smoke_cfg.source, overrides={
@@ -132,7 +136,13 @@ def test_every_pseudo_mask_route_is_scored_side_by_side(smoke_cfg, prepared, tmp
     seg.mkdir()
     out.mkdir()
     inputs = {"prepare_data": prepared, "export_cams": export, "pseudo_masks": pm, "train_segmentation": seg}
+    reads = Counter()
+    for module in (scores, evaluate_module):
+        monkeypatch.setattr(module, "read_mask", lambda p, read=read_mask: reads.update([str(p)]) or read(p))
     metrics = evaluate.run(cfg, inputs, out)
+    gt_paths = {table[i].mask for i in ids}
+    assert {p: n for p, n in reads.items() if p in gt_paths} == {p: 1 for p in gt_paths}
+    assert sum(n for p, n in reads.items() if "masks_crf" in p) == len(ids)
     report = json.loads((out / "report.json").read_text())
     routes = report["pseudo_mask_routes"]
     assert list(routes) == ["sam", "crf", "argmax"] and report["trained_route"] == "sam"

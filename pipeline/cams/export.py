@@ -27,6 +27,7 @@ from pipeline.cams.store import CamStore, fixed_sample, verify_array
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
 from pipeline.store import PerImage
+from pipeline.utils import tree_bytes
 
 log = logging.getLogger("wsss")
 
@@ -100,7 +101,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
         labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
     if rows:
         save_grid(CamArtifact(out).gallery, rows, titles=["image", "CAM per present class"], row_labels=labels)
-    n_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    n_bytes = tree_bytes(path)
     return {"images": len(ids), "split": cfg.export_cams.split, "store": path.name,
             "store_bytes": n_bytes, "bytes_per_image": n_bytes / max(len(ids), 1)}
 

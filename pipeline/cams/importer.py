@@ -131,7 +131,8 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
     try:
         if not folder.is_dir():
             raise CamImportError(f"{folder}: CAM folder not found (import_cams.dir)")
-        todo = [r for r in records if not store.is_complete(r.id)]
+        missing = set(store.missing([r.id for r in records]))
+        todo = [r for r in records if r.id in missing]
         with CamWriter(store, threads=threads, max_pending=2 * max(threads, 1)) as writer:
             for r, (cams, problem) in progress(read_ahead(todo, load, max(threads, 1)), len(todo)):
                 if problem:
@@ -168,11 +169,10 @@ def source_label(folder, fmt: str) -> str:
 
 
 def run(cfg, inputs, out: Path) -> dict:
-    from pipeline.cams.inference import image_size
-    from pipeline.data.datasets import LabelTable, read_image
+    from pipeline.data.datasets import LabelTable, image_size, read_image
     from pipeline.plots import heat_overlay, save_grid
     from pipeline.store import write_json_atomic
-    from pipeline.utils import progress
+    from pipeline.utils import progress, tree_bytes
 
     ic, split, art = cfg.import_cams, cfg.export_cams.split, ImportedCamArtifact(out)
     if ic.dir is None:
@@ -199,6 +199,6 @@ def run(cfg, inputs, out: Path) -> dict:
     if counts.get("files_not_in_split"):
         log.info("import_cams: %d files in %s belong to no image of split '%s' (ignored)",
                  counts["files_not_in_split"], ic.dir, split)
-    n_bytes = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    n_bytes = tree_bytes(path)
     return {"images": len(table), "split": split, "format": ic.format, "source": label, **counts,
             "store": path.name, "store_bytes": n_bytes}

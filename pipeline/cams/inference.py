@@ -28,10 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from pipeline.cams.grids import Geometry, assemble, min_max, to_image_size
 from pipeline.cams.store import CamStore, CamWriter
-from pipeline.data.datasets import DataError, Record, read_image
+from pipeline.data.datasets import Record, image_size, read_image  # noqa: F401 - image_size importable here
 from pipeline.models.mask_generator import normalize, normalize_numpy
 from pipeline.precision import Precision
-from pipeline.store import advice, decoding
 
 
 def _resized(image: np.ndarray, scale: float) -> np.ndarray:
@@ -132,17 +131,6 @@ def image_grids(grids: Sequence[torch.Tensor], b: int, n_classes: int, flip: boo
 
 
 # ------------------------------------------------------------ batched export
-def image_size(rec: Record) -> tuple[int, int]:
-    """(H, W) from the label table, or the image header when the table has none."""
-    if rec.height and rec.width:
-        return rec.height, rec.width
-    try:
-        with decoding(rec.image, "image"), Image.open(rec.image) as im:
-            return im.height, im.width
-    except FileNotFoundError:
-        raise DataError(f"{rec.image}: image file missing; {advice(rec.image)}") from None
-
-
 def same_size_batches(records: Sequence[Record], batch_size: int) -> list[list[Record]]:
     """Records grouped by image size, each group cut into batches of at most batch_size."""
     groups: dict[tuple[int, int], list[Record]] = defaultdict(list)

@@ -30,6 +30,9 @@ compress well); grids: level 9, bit shuffle. bench/bench_cam_store.py prints the
 """
 from __future__ import annotations
 
+import itertools
+import json
+import os
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -172,15 +175,42 @@ class CamStore:
         self._decoded(image_id)
 
     def ids(self) -> list[str]:
-        """Every image with an array (complete or not), sorted."""
-        return sorted(self.group.array_keys())
+        """Every image with an array (complete or not), sorted: one listing of the group's
+        directory, no metadata read (zarr's array_keys opens every array)."""
+        with os.scandir(self.path) as it:
+            return sorted(e.name for e in it if e.is_dir() and os.path.exists(os.path.join(e.path, "zarr.json")))
+
+    def complete_ids(self) -> set[str]:
+        """The images whose array is complete (as ``is_complete``), from one pass over the group's
+        directory: each array's zarr.json read as plain JSON and its chunk files looked up, not
+        opened through zarr (~20x cheaper per image: a heal at COCO size asks this of every image)."""
+        with os.scandir(self.path) as it:
+            return {e.name for e in it if e.is_dir() and _complete_on_disk(Path(e.path))}
 
     def missing(self, ids: Iterable[str]) -> list[str]:
-        return [i for i in ids if not self.is_complete(i)]
+        complete = self.complete_ids()
+        return [i for i in ids if i not in complete]
 
     def nbytes_stored(self, image_id: str) -> int:
         d = self.path / image_id
         return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
+
+
+def _complete_on_disk(array_dir: Path) -> bool:
+    """``complete`` set in the array's metadata and every chunk file of its regular grid there
+    (zarr's nchunks_initialized == nchunks), read from the files this module's writer lays out."""
+    try:
+        meta = json.loads((array_dir / "zarr.json").read_bytes())
+        if meta.get("node_type") != "array" or meta.get("attributes", {}).get("complete") is not True:
+            return False
+        shape, chunks = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        encoding = meta["chunk_key_encoding"]
+        sep = encoding.get("configuration", {}).get("separator", "/" if encoding["name"] == "default" else ".")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    grid = itertools.product(*(range(-(-n // c) if c else 0) for n, c in zip(shape, chunks)))
+    prefix = ["c"] if encoding["name"] == "default" else []
+    return all((array_dir / sep.join(prefix + [str(i) for i in idx] or ["0"])).is_file() for idx in grid)
 
 
 def unflatten(flat: np.ndarray, shapes: Sequence[Sequence[int]]) -> list[np.ndarray]:

@@ -47,7 +47,7 @@ from pipeline.evaluation.report import (UNCERTAIN, EnsembleScores, EvalReport, F
                                         SeedSweep, Selection, report_markdown, save_eval_gallery, save_report_bars,
                                         selection_label)
 from pipeline.evaluation.protocol import build_protocol
-from pipeline.evaluation.scores import best_threshold, evaluate_masks, evaluate_seeds, official_threshold
+from pipeline.evaluation.scores import best_threshold, official_threshold, score_images
 from pipeline.pseudo_masks.threshold import seed_labels
 from pipeline.resources import upstream_costs
 from pipeline.utils import progress
@@ -140,23 +140,24 @@ def run(cfg: Config, inputs, out: Path) -> dict:
                         selection=_selection(cfg, own_cams="export_cams" in inputs),
                         pseudo_mask_pixel_shares=pixel_shares(mask_of, ids, names), final_model=_final_model(inputs),
                         ensemble=_ensemble(inputs))
-    if gt_ids and store is not None:
-        sweep = evaluate_seeds(store, gt_ids, gt, [*ev.sweep, ev.bg_threshold], table.num_classes, names,
-                               progress=lambda it, n: progress(it, f"evaluate seeds ({split})", total=n))
-        curve = {t: sweep[t]["miou"] for t in sorted(float(x) for x in ev.sweep)}
-        best_t, _ = best_threshold(curve)
-        official_t, official_miou = official_threshold(curve)
-        report.seed = SeedScores(bg_threshold=ev.bg_threshold, **sweep[float(ev.bg_threshold)])
-        report.seed_sweep = SeedSweep(uses_ground_truth=True, note=SWEEP_NOTE, best_threshold=best_t,
-                                      best_miou=curve[best_t], curve=curve, at_best=Scores(**sweep[best_t]),
-                                      official_threshold=official_t, official_miou=official_miou,
-                                      official_rule=OFFICIAL_RULE)
     if gt_ids:
-        report.pseudo_mask = Scores(**evaluate_masks(mask_of, gt_ids, gt, table.num_classes, names))
+        # one pass: each GT mask decoded once, the seeds and every route scored against it
+        sweep, by_route = score_images(
+            gt_ids, gt, table.num_classes, names, store, [*ev.sweep, ev.bg_threshold],
+            {m: mask_of if m == trained else _route_png(cfg, inputs, m) for m in routes},
+            progress=lambda it, n: progress(it, f"evaluate ({split})", total=n))
+        if store is not None:
+            curve = {t: sweep[t]["miou"] for t in sorted(float(x) for x in ev.sweep)}
+            best_t, _ = best_threshold(curve)
+            official_t, official_miou = official_threshold(curve)
+            report.seed = SeedScores(bg_threshold=ev.bg_threshold, **sweep[float(ev.bg_threshold)])
+            report.seed_sweep = SeedSweep(uses_ground_truth=True, note=SWEEP_NOTE, best_threshold=best_t,
+                                          best_miou=curve[best_t], curve=curve, at_best=Scores(**sweep[best_t]),
+                                          official_threshold=official_t, official_miou=official_miou,
+                                          official_rule=OFFICIAL_RULE)
+        report.pseudo_mask = Scores(**by_route[trained])
         report.trained_route = trained
-        report.pseudo_mask_routes = {m: report.pseudo_mask if m == trained else
-                                     Scores(**_route_scores(cfg, inputs, m, gt_ids, gt, table, names))
-                                     for m in routes}
+        report.pseudo_mask_routes = {m: Scores(**by_route[m]) for m in routes}
         save_report_bars(art.per_class_chart, report)
     sweep_of = report.seed_sweep
     report.protocol = build_protocol(
@@ -207,9 +208,10 @@ def _metrics(r: EvalReport) -> dict:
     return metrics
 
 
-def _route_scores(cfg: Config, inputs, method: str, gt_ids, gt, table, names) -> dict:
-    d = MaskArtifact(inputs["pseudo_masks"]).route(method, cfg.pseudo_masks.method)  # the pipeline's own routes
-    return evaluate_masks(lambda i: d / f"{i}.png", gt_ids, gt, table.num_classes, names)
+def _route_png(cfg: Config, inputs, method: str):
+    """The PNG of an image in a route of the pipeline's own pseudo_masks artifact."""
+    d = MaskArtifact(inputs["pseudo_masks"]).route(method, cfg.pseudo_masks.method)
+    return lambda i: d / f"{i}.png"
 
 
 def _selection(cfg: Config, own_cams: bool = True) -> Selection:

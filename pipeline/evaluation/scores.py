@@ -6,7 +6,7 @@ prediction."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -21,19 +21,59 @@ def sweep_seeds(items: Iterable[tuple[str, np.ndarray, Sequence[int], np.ndarray
     """items: (image id, CAMs (C_present, H, W), their class ids, GT mask).
     Scores of the seeds of all items at every background threshold, in one
     pass: {threshold: scores + fg precision/recall}."""
-    thresholds = sorted(set(float(t) for t in thresholds))
-    meters = {t: Confusion(num_classes) for t in thresholds}
+    meters = _seed_meters(thresholds, num_classes)
     for image_id, cams, classes, gt in items:
-        if gt.shape != cams.shape[1:]:
-            raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]}, "
-                             f"ground truth is {gt.shape[1]}x{gt.shape[0]}")
-        cams = cams.astype(np.float32)
-        best = cams.argmax(0)
-        top = np.take_along_axis(cams, best[None], 0)[0]
-        cms = seed_confusions(top, keys_of(classes)[best + 1], gt, np.array(thresholds), num_classes)
-        for cm, meter in zip(cms, meters.values()):
-            meter.cm += cm
+        _add_seeds(meters, image_id, cams, classes, gt, num_classes)
     return {t: m.summary(class_names) for t, m in meters.items()}
+
+
+def _seed_meters(thresholds: Iterable[float], num_classes: int) -> dict[float, Confusion]:
+    return {t: Confusion(num_classes) for t in sorted(set(float(t) for t in thresholds))}
+
+
+def _add_seeds(meters: dict[float, Confusion], image_id: str, cams: np.ndarray, classes: Sequence[int],
+               gt: np.ndarray, num_classes: int) -> None:
+    if gt.shape != cams.shape[1:]:
+        raise ValueError(f"image '{image_id}': CAMs are {cams.shape[2]}x{cams.shape[1]}, "
+                         f"ground truth is {gt.shape[1]}x{gt.shape[0]}")
+    cams = cams.astype(np.float32)
+    best = cams.argmax(0)
+    top = np.take_along_axis(cams, best[None], 0)[0]
+    cms = seed_confusions(top, keys_of(classes)[best + 1], gt, np.array(list(meters)), num_classes)
+    for cm, meter in zip(cms, meters.values()):
+        meter.cm += cm
+
+
+def _add_mask(meter: Confusion, path: Path, image_id: str, gt: np.ndarray) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: pseudo mask missing for image '{image_id}'")
+    try:
+        meter.add(read_mask(path), gt)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def score_images(ids: Sequence[str], gt_path: Callable[[str], str | Path], num_classes: int, class_names=None,
+                 store: Optional[CamStore] = None, thresholds: Iterable[float] = (),
+                 masks: Optional[dict[str, Callable[[str], str | Path]]] = None,
+                 progress=lambda it, n: it) -> tuple[dict[float, dict], dict[str, dict]]:
+    """One pass over the images, each ground-truth mask decoded once and every source scored
+    against it: the seeds of ``store`` at every background threshold, and the label PNGs of
+    each of ``masks`` (name -> the PNG of an image; 255 = uncertain counts as missed, a
+    missing PNG is an error). Returns ({threshold: scores} ({} without a store),
+    {name: scores})."""
+    seeds = _seed_meters(thresholds, num_classes) if store is not None else {}
+    masks = masks or {}
+    meters = {name: Confusion(num_classes) for name in masks}
+    for image_id in progress(ids, len(ids)):
+        gt = read_mask(gt_path(image_id))
+        if seeds:
+            cams, classes = store.read(image_id)
+            _add_seeds(seeds, image_id, cams, classes, gt, num_classes)
+        for name, path in masks.items():
+            _add_mask(meters[name], Path(path(image_id)), image_id, gt)
+    return ({t: m.summary(class_names) for t, m in seeds.items()},
+            {name: m.summary(class_names) for name, m in meters.items()})
 
 
 def official_threshold(curve: dict[float, float]) -> tuple[float | None, float]:
@@ -61,23 +101,10 @@ def evaluate_seeds(store: CamStore, ids: Sequence[str], gt_path: Callable[[str],
                    progress=lambda it, n: it) -> dict[float, dict]:
     """Score the seeds of every image at every background threshold in one
     pass over the store: {threshold: scores + fg precision/recall}."""
-    def items():
-        for image_id in progress(ids, len(ids)):
-            cams, classes = store.read(image_id)
-            yield image_id, cams, classes, read_mask(gt_path(image_id))
-    return sweep_seeds(items(), thresholds, num_classes, class_names)
+    return score_images(ids, gt_path, num_classes, class_names, store, thresholds, progress=progress)[0]
 
 
 def evaluate_masks(mask_path: Callable[[str], str | Path], ids: Sequence[str],
                    gt_path: Callable[[str], str | Path], num_classes: int, class_names=None) -> dict:
     """Scores of label PNGs (255 = uncertain counts as missed) against GT; a missing PNG is an error."""
-    meter = Confusion(num_classes)
-    for image_id in ids:
-        p = Path(mask_path(image_id))
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: pseudo mask missing for image '{image_id}'")
-        try:
-            meter.add(read_mask(p), read_mask(gt_path(image_id)))
-        except ValueError as e:
-            raise ValueError(f"{p}: {e}") from None
-    return meter.summary(class_names)
+    return score_images(ids, gt_path, num_classes, class_names, masks={"masks": mask_path})[1]["masks"]

@@ -124,7 +124,7 @@ def fingerprint(cfg) -> str:
 
 
 def run(cfg, inputs, out: Path) -> dict:
-    from pipeline.cams.inference import image_size
+    from pipeline.data.datasets import image_size
     from pipeline.cams.store import fixed_sample
     from pipeline.data.datasets import LabelTable, read_image, read_mask
     from pipeline.plots import save_grid

@@ -1,0 +1,96 @@
+"""Work in proportion to the work (issue #38): the label table parsed once per stage run, a
+heal that schedules only the shards with something to redo, CAM completeness from one pass
+over the store, and a manifest that hashes only the files written since the last one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cam_fixtures import gt_store
+from pipeline.cams.importer import ImportOptions, import_folder
+from pipeline.cams.store import CamStore, store_path
+from pipeline.data import datasets
+from pipeline.data.datasets import LabelTable
+from pipeline.data.records import Record
+from pipeline.store import Store
+
+
+def test_a_sharded_stage_parses_the_label_table_once_and_heals_one_shard(smoke_cfg, prepared, tmp_path,
+                                                                          monkeypatch):
+    from pipeline.config import load_config
+    from stages import get
+    from stages.contract import view
+    from stages.launch import shards
+
+    cfg = load_config(smoke_cfg.source, overrides={
+        "run": {"work_dir": str(smoke_cfg.run.work_dir), "processes": 1, "shard_size": 16},
+        "pseudo_masks": {"method": "argmax", "extra_methods": ["crf"], "gallery_size": 1}})
+    export, out = tmp_path / "export", tmp_path / "pm"
+    ids = gt_store(prepared, "train", export)
+    inputs = {"prepare_data": prepared, "export_cams": export, "refine": tmp_path / "unused"}
+    out.mkdir()
+    stage, parses = get("pseudo_masks"), []
+    load = LabelTable.load.__func__
+    monkeypatch.setattr(LabelTable, "load", classmethod(lambda cls, p: parses.append(p) or load(cls, p)))
+    datasets._load_cached.cache_clear()
+
+    def run_as_the_flow_does() -> int:
+        _, todo = shards(stage, cfg, inputs, out)
+        for shard in todo:
+            stage.run_shard(view(cfg, stage), inputs, out, shard)
+        stage.finalize(view(cfg, stage), inputs, out)
+        return len(todo)
+
+    assert run_as_the_flow_does() == 5  # 70 images in shards of 16
+    assert len(parses) == 1  # not once per shard and route
+    (out / "masks_crf" / f"{ids[40]}.png").unlink()
+    _, todo = shards(stage, cfg, inputs, out)
+    assert todo == [ids[32:48]]  # the one shard with a missing output, all its ids
+    assert run_as_the_flow_does() == 1 and (out / "masks_crf" / f"{ids[40]}.png").exists()
+
+
+def test_cam_completeness_from_one_pass_agrees_with_zarr(tmp_path, monkeypatch):
+    import shutil
+    store = CamStore(tmp_path / "cams", mode="a")
+    maps = np.random.default_rng(0).random((1, 4, 5)).astype(np.float32)
+    for i in ("done", "half", "lost", "empty"):
+        store.write(i, maps[:0] if i == "empty" else maps, [] if i == "empty" else [1], (4, 5))
+    store.group["half"].update_attributes({"complete": False})  # killed before the flag
+    shutil.rmtree(tmp_path / "cams/lost/c")  # a deleted chunk
+    (tmp_path / "cams/not_an_array").mkdir()
+    assert store.complete_ids() == {i for i in store.ids() if store.is_complete(i)} == {"done", "empty"}
+    assert store.ids() == ["done", "empty", "half", "lost"]
+    assert store.missing(["done", "half", "lost", "new"]) == ["half", "lost", "new"]
+
+    # a resumed import asks no array its completeness through zarr
+    monkeypatch.setattr(CamStore, "is_complete", lambda self, i: pytest.fail("one zarr open per image"))
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for i in ("done", "half", "lost", "empty"):
+        np.save(folder / f"{i}.npy", {0: maps[0]})
+    records = [Record(i, "", None, 4, 5, [1]) for i in ("done", "half", "lost", "empty")]
+    counts = import_folder(records, folder, ImportOptions("weaktr_npy"), store, 21)
+    assert counts["imported"] == 2 and store.missing([r.id for r in records]) == []
+
+
+def test_a_heal_hashes_only_the_files_it_rewrote(tmp_path, monkeypatch):
+    from pipeline import store as store_module
+    store, key = Store(tmp_path), "pseudo_masks-0123456789abcdef"
+    d = store.open(key)
+    for i in range(5):
+        (d / f"{i}.png").write_bytes(bytes([i]) * 100)
+    store.finalize(key, "pseudo_masks", {}, {}, {}, 0.0)
+    (d / "3.png").unlink()
+    assert store.state(key) == "corrupt"
+    store.heal(key)
+    d = store.open(key)
+    (d / "3.png").write_bytes(b"x" * 100)  # the stage redoes the missing one
+    hashed = []
+    sha = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda p: hashed.append(p.name) or sha(p))
+    files = store.finalize(key, "pseudo_masks", {}, {}, {}, 0.0)["files"]
+    assert hashed == ["3.png"]
+    assert files["3.png"]["sha256"] == sha(d / "3.png") and files["0.png"]["sha256"] == sha(d / "0.png")
+    assert store.state(key) == "cached" and not list(d.glob(".manifest*"))
+    (d / "1.png").write_bytes(b"y" * 100)  # same size, new content and mtime: still caught
+    assert list(store.damaged(key)) == ["1.png"]
