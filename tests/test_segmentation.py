@@ -160,7 +160,7 @@ _INTERRUPTED_RUN = textwrap.dedent("""
     import json, sys
     from pathlib import Path
     from pipeline.config import load_config
-    from stages import train_segmentation as ts
+    from pipeline.segmentation import final as ts
     cfg = load_config("configs/voc-smoke.yaml", overrides=json.loads(sys.argv[1]))
     ts.run(cfg, {"prepare_data": Path(sys.argv[2]), "pseudo_masks": Path(sys.argv[3])}, Path(sys.argv[4]))
 """)
@@ -168,7 +168,7 @@ _INTERRUPTED_RUN = textwrap.dedent("""
 
 def test_stage_deeplab_resumes_after_interruption(tmp_path):
     from pipeline.data.datasets import LabelTable
-    from stages import train_segmentation as ts
+    from pipeline.segmentation import final as ts
     from stages.runner import run_stage
     cfg = _small_cfg(tmp_path, iters=8, checkpoint_interval=4, batch_size=2)
     prepared = run_stage(cfg, "prepare_data")
@@ -223,7 +223,7 @@ def test_stage_deeplab_resumes_after_interruption(tmp_path):
 
 
 def test_stage_mask2former(tmp_path):
-    from stages import train_segmentation as ts
+    from pipeline.segmentation import final as ts
     from stages.runner import run_stage
     cfg = _small_cfg(tmp_path, model="mask2former", iters=3, checkpoint_interval=3, batch_size=2, lr=1e-3,
                      weight_decay=0.05)

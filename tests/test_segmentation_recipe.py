@@ -314,7 +314,7 @@ def test_stage_best_checkpoint_tta_crf_are_labelled(tmp_path):
     from pipeline.pseudo_masks.threshold import crf_index
     from pipeline.segmentation.train import load_model, predict, test
     from pipeline.evaluation import evaluate
-    from stages import train_segmentation as ts
+    from pipeline.segmentation import final as ts
     from stages.runner import run_stage
     from test_segmentation import _fake_pseudo_masks
     cfg = load_config(ROOT / "configs/voc-smoke.yaml", overrides={
