@@ -14,7 +14,7 @@ from pipeline.config.pseudo_masks import ImportMasksCfg, PseudoMasksCfg, SamCfg
 from pipeline.config.run_data import DataCfg, RunCfg
 from pipeline.config.rules import RULES
 from pipeline.config.segmentation import EnsembleCfg, TrainSegmentationCfg
-from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, TrainCfg, phase_sections
+from pipeline.config.training import LearnPromptsCfg, MatchCfg, RefineCfg, TrainCamCfg, phase_sections
 
 # Fields that change how fast a stage runs (or where), never what it computes: no
 # artifact key covers them, and every stage's config view may read them.
@@ -67,7 +67,5 @@ class Config(Section):
 
 def cam_labels() -> dict[str, str]:
     """How reports name the CAMs of each phase that makes them (TrainCfg.cams_label), by phase."""
-    defaults = {n: f.annotation.model_construct() for n, f in Config.model_fields.items()
-                if isinstance(f.annotation, type) and issubclass(f.annotation, TrainCfg)}
-    return {n: s.cams_label() for n, s in defaults.items() if s.cams_label() is not None}
+    return {n: s.cams_label() for n, s in phase_sections(Config.model_construct(), cams_only=True).items()}
 

@@ -122,7 +122,6 @@ class LearnPromptsCfg(TrainCfg):
     vocab_topk: int = Field(5, ge=1)
 
 
-
 class RefineCfg(TrainCfg):
     lambda_b: NonNegative = 2.4  # README main3.py --hypers 2.4 0.05 (VOC)
     lambda_refine: NonNegative = 0.05
