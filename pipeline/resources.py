@@ -144,7 +144,10 @@ def total_row(rows: list[dict]) -> dict:
 
 def cost_markdown(rows: list[dict]) -> list[str]:
     """Markdown lines: one row per stage and the total (peaks: the largest of any stage)."""
-    cell = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    def cell(v) -> str:  # 12345.6 s prints as 12346, not 1.235e+04; small values keep 4 significant digits
+        if not isinstance(v, float):
+            return "" if v is None else str(v)
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     head = ["stage", "wall (s)", "device", "GPU-hours", "peak RSS (MB)", "children RSS (MB)", "CUDA max alloc (MB)"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for r in [*rows, total_row(rows)]:

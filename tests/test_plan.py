@@ -156,3 +156,15 @@ def test_wsss_run_hands_the_flow_the_states_it_read(smoke_cfg, counted, monkeypa
     assert reads == {plan.keys[n]: 1 for n in plan.names}
     assert list(submitted) == list(plan.names) and not any(refresh for refresh, _ in submitted.values())
     assert submitted["evaluate"][1] == plan.states(("evaluate", *plan.inputs("evaluate")))
+
+
+def test_cost_table_prints_plain_numbers():
+    """The report's cost table prints large seconds/MB as plain numbers (12346), never as 1.235e+04,
+    and keeps small GPU-hour figures readable."""
+    from pipeline.resources import cost_markdown
+    rows = [{"stage": "train_cam", "key": "k", "wall_s": 12345.6, "device": "cuda:0", "gpu_hours": 0.000123,
+             "peak_rss_mb": 2048.4, "peak_children_rss_mb": None, "cuda_max_allocated_mb": 512.25}]
+    body = "\n".join(cost_markdown(rows))
+    assert "e+" not in body
+    assert "| train_cam | 12346 | cuda:0 | 0.000123 | 2048 |  | 512.2 |" in body
+    assert "| total | 12346 |" in body
