@@ -79,18 +79,16 @@ def conform(path: Path, cams: np.ndarray, classes: list[int], labels: Sequence[i
     counts = counts if counts is not None else {}
     if not np.isfinite(cams).all():
         raise CamFormatError(f"{path}: {int((~np.isfinite(cams)).sum())} non-finite values (NaN/inf)")
-    extra = [c for c in classes if c not in labels]
-    if extra:
-        if opts.extra_classes == "error":
-            raise CamFormatError(f"{path}: classes {extra} are not among the image's labels {list(labels)} "
-                                 "(import_cams.extra_classes: drop ignores them)")
-        counts["dropped_classes"] = counts.get("dropped_classes", 0) + len(extra)
-    missing = [c for c in labels if c not in classes]
-    if missing:
-        if opts.missing_classes == "error":
-            raise CamFormatError(f"{path}: no CAM for the image's classes {missing} (labels {list(labels)}; "
-                                 "import_cams.missing_classes: zero fills an all-zero map)")
-        counts["zero_filled_classes"] = counts.get("zero_filled_classes", 0) + len(missing)
+    extra, missing = [c for c in classes if c not in labels], [c for c in labels if c not in classes]
+    for found, policy, counted, why in (
+            (extra, opts.extra_classes, "dropped_classes", f"classes {extra} are not among the image's labels "
+             f"{list(labels)} (import_cams.extra_classes: drop ignores them)"),
+            (missing, opts.missing_classes, "zero_filled_classes", f"no CAM for the image's classes {missing} "
+             f"(labels {list(labels)}; import_cams.missing_classes: zero fills an all-zero map)")):
+        if found and policy == "error":
+            raise CamFormatError(f"{path}: {why}")
+        if found:
+            counts[counted] = counts.get(counted, 0) + len(found)
     if cams.shape[0] and tuple(cams.shape[1:]) != tuple(size):
         if not opts.resize:
             raise CamFormatError(f"{path}: CAMs of size {cams.shape[1]}x{cams.shape[2]} (HxW), the image is "
@@ -169,7 +167,7 @@ def source_label(folder, fmt: str) -> str:
 
 
 def run(cfg, inputs, out: Path) -> dict:
-    from pipeline.data.datasets import LabelTable, image_size, read_image
+    from pipeline.data.datasets import LabelTable, read_image
     from pipeline.plots import heat_overlay, save_grid
     from pipeline.store import write_json_atomic
     from pipeline.utils import progress, tree_bytes
@@ -177,10 +175,7 @@ def run(cfg, inputs, out: Path) -> dict:
     ic, split, art = cfg.import_cams, cfg.export_cams.split, ImportedCamArtifact(out)
     if ic.dir is None:
         raise ValueError("import_cams.dir is not set: name the folder of CAM files")
-    table = LabelTable.from_artifact(inputs["prepare_data"], split)
-    for r in table.records:
-        if not (r.height and r.width):
-            r.height, r.width = image_size(r)
+    table = LabelTable.from_artifact(inputs["prepare_data"], split).with_sizes()
     path = art.store(split)
     counts = import_folder(table.records, Path(ic.dir), ImportOptions.from_cfg(ic), CamStore(path, mode="a"),
                            table.num_classes, threads=cfg.export_cams.writer_threads,

@@ -422,6 +422,14 @@ class LabelTable:
             records = [Record(**r) for r in doc["records"]]
         return cls(doc["dataset"], doc["split"], records, classes)
 
+    def with_sizes(self) -> "LabelTable":
+        """This table, every record's height and width filled in (read from the image header where
+        the list had none): what an import checks each file's size against."""
+        for r in self.records:
+            if not (r.height and r.width):
+                r.height, r.width = image_size(r)
+        return self
+
     @classmethod
     def from_artifact(cls, prepare_dir: Path, split: str) -> "LabelTable":
         """The split's table, parsed once per process while the file stays the same (its inode,

@@ -124,7 +124,6 @@ def fingerprint(cfg) -> str:
 
 
 def run(cfg, inputs, out: Path) -> dict:
-    from pipeline.data.datasets import image_size
     from pipeline.cams.store import fixed_sample
     from pipeline.data.datasets import LabelTable, read_image, read_mask
     from pipeline.plots import save_grid
@@ -134,10 +133,7 @@ def run(cfg, inputs, out: Path) -> dict:
     im, split, art = cfg.import_masks, cfg.data.train_split, ImportedMaskArtifact(out)
     if im.dir is None:
         raise ValueError("import_masks.dir is not set: name the folder of mask PNGs")
-    table = LabelTable.from_artifact(inputs["prepare_data"], split)
-    for r in table.records:
-        if not (r.height and r.width):
-            r.height, r.width = image_size(r)
+    table = LabelTable.from_artifact(inputs["prepare_data"], split).with_sizes()
     res = import_masks(table.records, Path(im.dir), art.trained, table.palette, table.num_classes,
                        progress=lambda it, n: progress(it, f"import_masks {split}", total=n))
     write_json_atomic(art.source, {"dir": str(Path(im.dir).resolve()), "label": source_label(im.dir)})
