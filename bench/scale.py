@@ -12,7 +12,7 @@ extrapolation to COCO's 82,081 train images, and the targets of #38 marked met /
 ms per image at the largest N within 10% of the smallest N per per-image stage; a one-file
 heal at the largest N <= 3 s plus that file's work; a cached rerun <= 5 s.
 
-    python bench/scale.py [--sizes 1000 5000 20000] [--keep DIR]
+    python bench/scale.py [--sizes 1000 5000 20000] [--keep DIR [--reuse]] [--port 4319]
 """
 from __future__ import annotations
 
@@ -103,14 +103,21 @@ def stage_seconds(runs: Path, since: float = 0.0) -> dict[str, float]:
     return out
 
 
-def measure(n: int, tmp: Path, env: dict) -> dict:
-    t = time.perf_counter()
-    make_dataset(tmp / "data", n)
-    print(f"N={n}: dataset written in {time.perf_counter() - t:.0f} s", flush=True)
+def measure(n: int, tmp: Path, env: dict, reuse: bool = False) -> dict:
+    """The figures at size n; with reuse, the dataset, store and cold-run figures of an earlier
+    --keep run in tmp stay and only the cached rerun, status and heal are measured again."""
+    saved = tmp / "cold.json"
     cfg, log, runs = write_config(tmp), tmp / "wsss.log", tmp / "runs"
     run = ["run", "--config", str(cfg)]
-    res = {"n": n, "cold": wsss(run, env, log)}
-    res["stages"] = stage_seconds(runs)
+    if reuse:
+        res = json.loads(saved.read_text())
+    else:
+        t = time.perf_counter()
+        make_dataset(tmp / "data", n)
+        print(f"N={n}: dataset written in {time.perf_counter() - t:.0f} s", flush=True)
+        res = {"n": n, "cold": wsss(run, env, log)}
+        res["stages"] = stage_seconds(runs)
+        saved.write_text(json.dumps(res))
     res["cached"] = wsss(run, env, log)
     res["status"] = wsss(["status", "--config", str(cfg)], env, log)
     # one-file heal: a CAM chunk of import_cams and one pseudo-mask PNG of the trained route
@@ -166,10 +173,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 20000])
     ap.add_argument("--keep", help="work in this folder and keep it (default: a temporary one, removed)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --keep: reuse its datasets and cold runs, measure the rerun, status and heal again")
+    ap.add_argument("--port", type=int, default=4319, help="the Prefect server's port")
     args = ap.parse_args()
+    if args.reuse and not args.keep:
+        ap.error("--reuse needs --keep DIR of an earlier run")
     base = Path(args.keep or tempfile.mkdtemp(prefix="wsss-scale-"))
     env = dict(os.environ, PREFECT_HOME=str(base / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               WSSS_WORK_DIR=str(base), PREFECT_PORT="4319", PREFECT_API_URL="http://127.0.0.1:4319/api",
+               WSSS_WORK_DIR=str(base), PREFECT_PORT=str(args.port),
+               PREFECT_API_URL=f"http://127.0.0.1:{args.port}/api",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     print(f"machine: {os.cpu_count()} cores; sizes {args.sizes}", flush=True)
@@ -179,9 +192,10 @@ def main() -> None:
     try:
         for n in args.sizes:
             tmp = base / f"n{n}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            results.append(measure(n, tmp, env))
+            if not args.reuse:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            results.append(measure(n, tmp, env, args.reuse))
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
     finally:
