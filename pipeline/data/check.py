@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pipeline.config import Config
 from pipeline.data.classes import dataset_classes
-from pipeline.data.datasets import check_split, per_class_counts
+from pipeline.data.datasets import check_split
+from pipeline.data.records import per_class_counts
 from pipeline.data.image_checks import cam_splits, size_problems
 
 

@@ -423,8 +423,7 @@ class LabelTable:
         return cls(doc["dataset"], doc["split"], records, classes)
 
     def with_sizes(self) -> "LabelTable":
-        """This table, every record's height and width filled in (read from the image header where
-        the list had none): what an import checks each file's size against."""
+        """This table with every record's height and width (from the image where the list had none)."""
         for r in self.records:
             if not (r.height and r.width):
                 r.height, r.width = image_size(r)
@@ -446,11 +445,3 @@ class LabelTable:
 @lru_cache(maxsize=4)
 def _load_cached(path: str, inode: int, size: int, mtime_ns: int) -> LabelTable:
     return LabelTable.load(Path(path))
-
-
-def per_class_counts(records: Iterable[Record], n_cls: int) -> list[int]:
-    counts = [0] * n_cls
-    for r in records:
-        for c in r.labels:
-            counts[c] += 1
-    return counts

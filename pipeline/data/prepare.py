@@ -10,8 +10,8 @@ from pathlib import Path
 from pipeline.artifacts import DataArtifact
 from pipeline.config import Config
 from pipeline.data.classes import dataset_classes
-from pipeline.data.datasets import (DataError, LabelTable, check_split, per_class_counts, read_mask,
-                                    render_coco_masks)
+from pipeline.data.datasets import DataError, LabelTable, check_split, read_mask, render_coco_masks
+from pipeline.data.records import per_class_counts
 from pipeline.store import PerImage, write_json_atomic
 
 log = logging.getLogger("wsss")

@@ -3,7 +3,7 @@ dataset raises (shared by the readers in datasets.py and the list checks in spli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional
 
 
 class DataError(ValueError):
@@ -27,3 +27,12 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+
+def per_class_counts(records: Iterable[Record], n_cls: int) -> list[int]:
+    """How many of ``records`` carry each class id."""
+    counts = [0] * n_cls
+    for r in records:
+        for c in r.labels:
+            counts[c] += 1
+    return counts
