@@ -12,7 +12,8 @@ from typing import Callable, Iterable
 
 from pipeline.config import Config
 from pipeline.resources import Meter
-from pipeline.store import ArtifactLock, State
+from pipeline.lock import ArtifactLock
+from pipeline.store import State
 from pipeline.utils import get_device, stage_error
 from pipeline.weights import HubWeight, compiled_ops, resolve
 from stages import get
