@@ -139,6 +139,30 @@ def _failure(verify: Callable[[Path], Any], path: Path) -> Optional[str]:
     return None
 
 
+def previous_files(out: Path) -> dict:
+    """The file table of the manifest ``Store.open`` set aside in artifact dir ``out`` ({} if none or unreadable)."""
+    try:
+        return dict(json.loads((Path(out) / PREVIOUS).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def layout_bytes(out: Path, layout: PerImage, redone: Sequence[str]) -> int:
+    """Bytes of the files below out/<layout.folder> once a resume has (re)written the outputs of
+    the images ``redone``: theirs and the folder's own files are stat-ed, the other outputs' sizes
+    are the manifest's that ``Store.open`` set aside (the runner checked every file against it,
+    and its heal removed the outputs of those that failed, so the others are as it says). Without
+    that manifest (a first or forced run) every file is stat-ed."""
+    d, previous = Path(out) / layout.folder, previous_files(out)
+    if not previous:
+        return tree_bytes(d)
+    units = {f"{layout.folder}/{i}{layout.suffix}" for i in redone}
+    kept = sum(info["size"] for rel, info in previous.items() if (u := layout.unit_of(rel)) and u not in units)
+    with os.scandir(d) as it:
+        own = sum(e.stat().st_size for e in it if e.is_file() and not layout.unit_of(f"{layout.folder}/{e.name}"))
+    return kept + own + sum(tree_bytes(Path(out) / u) for u in units)
+
+
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -254,17 +278,16 @@ class Store:
             return {MANIFEST: str(e)}
         if m is None:
             return {MANIFEST: "no manifest"}
-        base = self.path(key)
-        out = {}
-        for rel, info in m["files"].items():
-            f = base / rel
-            if not f.exists():
+        base, out = str(self.path(key)), {}
+        for rel, info in m["files"].items():  # os.stat of strings: pathlib's objects cost more than the stat
+            try:
+                st = os.stat(os.path.join(base, rel))
+            except (FileNotFoundError, NotADirectoryError):
                 out[rel] = "missing"
                 continue
-            st = f.stat()
             if st.st_size != info["size"]:
                 out[rel] = f"size {st.st_size} bytes, the manifest says {info['size']}"
-            elif st.st_mtime_ns != info.get("mtime_ns") and sha256_file(f) != info["sha256"]:
+            elif st.st_mtime_ns != info.get("mtime_ns") and sha256_file(Path(base, rel)) != info["sha256"]:
                 out[rel] = "content changed since the manifest was written (sha256)"
         resume_only = [rel for rel in out if rel in RESUME_ONLY]
         if resume_only:
@@ -281,34 +304,41 @@ class Store:
         except OSError:  # a read-only store: the file stays, still no reason to recompute
             pass
 
-    def problems(self, key: str) -> list[str]:
-        """'path: reason' of every file of a finished artifact that fails its manifest entry."""
+    def problems(self, key: str, damage: Optional[dict[str, str]] = None) -> list[str]:
+        """'path: reason' of every file of a finished artifact that fails its manifest entry
+        (``damage``: what ``damaged`` found, when it has been asked already)."""
         base = self.path(key)
-        return [f"{base / rel}: {why}" for rel, why in self.damaged(key).items()]
+        return [f"{base / rel}: {why}" for rel, why in (self.damaged(key) if damage is None else damage).items()]
 
-    def state(self, key: str, verify: bool = True) -> State:
+    def check(self, key: str) -> tuple[State, dict[str, str]]:
+        """The artifact's state and, when it is corrupt, what ``damaged`` found: one pass over its
+        files, which the runner hands on to ``heal`` rather than making another."""
         d = self.path(key)
         if not d.exists():
-            return "missing"
+            return "missing", {}
         if not (d / MANIFEST).exists():
-            return "partial"
-        if verify and self.problems(key):
-            return "corrupt"
-        return "cached"
+            return "partial", {}
+        damage = self.damaged(key)
+        return ("corrupt" if damage else "cached"), damage
 
-    def heal(self, key: str, layouts: Sequence[PerImage] = (), threads: int = 4) -> list[str]:
+    def state(self, key: str) -> State:
+        return self.check(key)[0]
+
+    def heal(self, key: str, layouts: Sequence[PerImage] = (), threads: int = 4,
+             damage: Optional[dict[str, str]] = None) -> list[str]:
         """Remove what a resumed stage must not trust, before it resumes; returns
         'relative path: reason' of each removal. With a manifest (a corrupt
         artifact) every file that fails its entry goes, and with it the rest of
         its image's output (a zarr array's other files); files that pass are
         kept. Without one (a partial artifact) every per-image output is decoded
         by its layout's ``verify`` and removed if that fails, so an output cut
-        short by a kill or a full disk is redone, not trusted."""
+        short by a kill or a full disk is redone, not trusted. ``damage``: what ``damaged`` has
+        just found (``check`` under the artifact's lock), not looked for again."""
         d = self.path(key)
         if not d.exists():
             return []
         removed = []
-        if (d / MANIFEST).exists() and MANIFEST not in (bad := self.damaged(key)):
+        if (d / MANIFEST).exists() and MANIFEST not in (bad := self.damaged(key) if damage is None else damage):
             for rel, why in bad.items():
                 unit = next((u for lay in layouts if (u := lay.unit_of(rel))), None)
                 _remove(d / (unit or rel))
@@ -336,23 +366,16 @@ class Store:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _previous_files(self, key: str) -> dict:
-        """The file table of the manifest ``open`` set aside ({} if none or unreadable)."""
-        try:
-            return dict(json.loads((self.path(key) / PREVIOUS).read_text())["files"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
-
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
                  metrics: dict, started: float, resources: dict | None = None) -> dict:
         """Write the manifest: every file with size, mtime and sha256. A file whose size and mtime
         match its entry in the manifest of the previous run in this directory keeps that hash
         (the rule ``damaged`` trusts), so a heal hashes the files it rewrote, not the whole store."""
         d = self.path(key)
-        previous, files = self._previous_files(key), {}
+        previous, files = previous_files(d), {}
         for rel, st in sorted(files_under(d), key=lambda f: f[0].split("/")):  # the order of Path.rglob
             if (rel == MANIFEST or rel.rpartition("/")[2].startswith(".")
-                    or NOT_RESULT in Path(rel).parts[:-1]):  # event files: not the result
+                    or NOT_RESULT in rel.split("/")[:-1]):  # event files: not the result
                 continue
             old = previous.get(rel) or {}
             same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns and old.get("sha256")

@@ -252,6 +252,13 @@ def verify_array(path: str | Path) -> None:
     CamStore(path.parent).verify(path.name)
 
 
+def verify_complete(path: str | Path) -> None:
+    """Raise unless the array at ``path`` is complete (``complete_ids``' check, nothing decoded):
+    the per-image check of import_cams' layout."""
+    if not _complete_on_disk(Path(path)):
+        raise CamStoreError(f"{path}: an incomplete CAM array (interrupted write or lost chunk)")
+
+
 class CamWriter:
     """``store.write`` (``submit``) and ``store.write_grids`` (``submit_grids``) on ``threads``
     background threads (0: on the caller's
