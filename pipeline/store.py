@@ -151,7 +151,8 @@ def layout_bytes(out: Path, layout: PerImage, redone: Sequence[str]) -> int:
     """Bytes of the files below out/<layout.folder> once a resume has (re)written the outputs of
     the images ``redone``: theirs and the folder's own files are stat-ed, the other outputs' sizes
     are the manifest's that ``Store.open`` set aside (the runner checked every file against it,
-    and its heal removed the outputs of those that failed, so the others are as it says). Without
+    and its heal removed the outputs of those that failed, so the others are as it says; one left
+    by an interrupted heal: what that heal rewrote is the same output, so the same bytes). Without
     that manifest (a first or forced run) every file is stat-ed."""
     d, previous = Path(out) / layout.folder, previous_files(out)
     if not previous:

@@ -1,6 +1,7 @@
 """Work in proportion to the work (issue #38): the label table parsed once per stage run, a
-heal that schedules only the shards with something to redo, CAM completeness from one pass
-over the store, and a manifest that hashes only the files written since the last one."""
+heal that schedules only the shards with something to redo, CAM completeness read without zarr
+and only for the ids asked, a manifest that hashes only the files written since the last one,
+and a one-file heal that does the same work whatever the store's size."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from cam_fixtures import gt_store
+from pipeline.cams import store as cam_store
 from pipeline.cams.importer import ImportOptions, import_folder
 from pipeline.cams.store import CamStore, store_path
 from pipeline.data import datasets
@@ -51,7 +53,7 @@ def test_a_sharded_stage_parses_the_label_table_once_and_heals_one_shard(smoke_c
     assert run_as_the_flow_does() == 1 and (out / "masks_crf" / f"{ids[40]}.png").exists()
 
 
-def test_cam_completeness_from_one_pass_agrees_with_zarr(tmp_path, monkeypatch):
+def test_cam_completeness_without_zarr_agrees_with_zarr(tmp_path, monkeypatch):
     import shutil
     store = CamStore(tmp_path / "cams", mode="a")
     maps = np.random.default_rng(0).random((1, 4, 5)).astype(np.float32)
@@ -60,9 +62,14 @@ def test_cam_completeness_from_one_pass_agrees_with_zarr(tmp_path, monkeypatch):
     store.group["half"].update_attributes({"complete": False})  # killed before the flag
     shutil.rmtree(tmp_path / "cams/lost/c")  # a deleted chunk
     (tmp_path / "cams/not_an_array").mkdir()
-    assert store.complete_ids() == {i for i in store.ids() if store.is_complete(i)} == {"done", "empty"}
     assert store.ids() == ["done", "empty", "half", "lost"]
+    assert store.missing(store.ids()) == [i for i in store.ids() if not store.is_complete(i)] == ["half", "lost"]
     assert store.missing(["done", "half", "lost", "new"]) == ["half", "lost", "new"]
+    read = cam_store._complete_on_disk
+    looked = []
+    monkeypatch.setattr(cam_store, "_complete_on_disk", lambda d: looked.append(d.name) or read(d))
+    assert store.missing(["lost"]) == ["lost"] and looked == ["lost"]  # a shard's own arrays, not the store's
+    monkeypatch.undo()
 
     # a resumed import asks no array its completeness through zarr
     monkeypatch.setattr(CamStore, "is_complete", lambda self, i: pytest.fail("one zarr open per image"))
@@ -108,7 +115,6 @@ def test_a_one_file_heal_does_the_same_work_at_any_store_size(sizes, tmp_path, m
     from pathlib import Path
 
     from pipeline import store as store_module, utils
-    from pipeline.cams import store as cam_store
     from pipeline.config import load_config
     from stages.runner import run_all
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
