@@ -13,9 +13,8 @@ manifest entry, or (no manifest) per-image outputs that do not decode.
 A stage declares its per-image outputs as ``PerImage`` layouts. A training stage's
 resume checkpoint is not part of its result: a damaged one is dropped (RESUME_ONLY).
 
-Several processes (and machines sharing the store's file system) may run
-stages against one store: ArtifactLock lets one of them compute a given
-artifact at a time while the others wait and then use its result.
+Several processes may compute against one store: pipeline/lock.py ArtifactLock
+lets one of them compute a given artifact at a time.
 """
 from __future__ import annotations
 
@@ -140,6 +139,31 @@ def _failure(verify: Callable[[Path], Any], path: Path) -> Optional[str]:
     return None
 
 
+def previous_files(out: Path) -> dict:
+    """The file table of the manifest ``Store.open`` set aside in artifact dir ``out`` ({} if none or unreadable)."""
+    try:
+        return dict(json.loads((Path(out) / PREVIOUS).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def layout_bytes(out: Path, layout: PerImage, redone: Sequence[str]) -> int:
+    """Bytes of the files below out/<layout.folder> once a resume has (re)written the outputs of
+    the images ``redone``: theirs and the folder's own files are stat-ed, the other outputs' sizes
+    are the manifest's that ``Store.open`` set aside (the runner checked every file against it,
+    and its heal removed the outputs of those that failed, so the others are as it says; one left
+    by an interrupted heal: what that heal rewrote is the same output, so the same bytes). Without
+    that manifest (a first or forced run) every file is stat-ed."""
+    d, previous = Path(out) / layout.folder, previous_files(out)
+    if not previous:
+        return tree_bytes(d)
+    units = {f"{layout.folder}/{i}{layout.suffix}" for i in redone}
+    kept = sum(info["size"] for rel, info in previous.items() if (u := layout.unit_of(rel)) and u not in units)
+    with os.scandir(d) as it:
+        own = sum(e.stat().st_size for e in it if e.is_file() and not layout.unit_of(f"{layout.folder}/{e.name}"))
+    return kept + own + sum(tree_bytes(Path(out) / u) for u in units)
+
+
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -255,17 +279,16 @@ class Store:
             return {MANIFEST: str(e)}
         if m is None:
             return {MANIFEST: "no manifest"}
-        base = self.path(key)
-        out = {}
-        for rel, info in m["files"].items():
-            f = base / rel
-            if not f.exists():
+        base, out = str(self.path(key)), {}
+        for rel, info in m["files"].items():  # os.stat of strings: pathlib's objects cost more than the stat
+            try:
+                st = os.stat(os.path.join(base, rel))
+            except (FileNotFoundError, NotADirectoryError):
                 out[rel] = "missing"
                 continue
-            st = f.stat()
             if st.st_size != info["size"]:
                 out[rel] = f"size {st.st_size} bytes, the manifest says {info['size']}"
-            elif st.st_mtime_ns != info.get("mtime_ns") and sha256_file(f) != info["sha256"]:
+            elif st.st_mtime_ns != info.get("mtime_ns") and sha256_file(Path(base, rel)) != info["sha256"]:
                 out[rel] = "content changed since the manifest was written (sha256)"
         resume_only = [rel for rel in out if rel in RESUME_ONLY]
         if resume_only:
@@ -282,34 +305,41 @@ class Store:
         except OSError:  # a read-only store: the file stays, still no reason to recompute
             pass
 
-    def problems(self, key: str) -> list[str]:
-        """'path: reason' of every file of a finished artifact that fails its manifest entry."""
+    def problems(self, key: str, damage: Optional[dict[str, str]] = None) -> list[str]:
+        """'path: reason' of every file of a finished artifact that fails its manifest entry
+        (``damage``: what ``damaged`` found, when it has been asked already)."""
         base = self.path(key)
-        return [f"{base / rel}: {why}" for rel, why in self.damaged(key).items()]
+        return [f"{base / rel}: {why}" for rel, why in (self.damaged(key) if damage is None else damage).items()]
 
-    def state(self, key: str, verify: bool = True) -> State:
+    def check(self, key: str) -> tuple[State, dict[str, str]]:
+        """The artifact's state and, when it is corrupt, what ``damaged`` found: one pass over its
+        files, which the runner hands on to ``heal`` rather than making another."""
         d = self.path(key)
         if not d.exists():
-            return "missing"
+            return "missing", {}
         if not (d / MANIFEST).exists():
-            return "partial"
-        if verify and self.problems(key):
-            return "corrupt"
-        return "cached"
+            return "partial", {}
+        damage = self.damaged(key)
+        return ("corrupt" if damage else "cached"), damage
 
-    def heal(self, key: str, layouts: Sequence[PerImage] = (), threads: int = 4) -> list[str]:
+    def state(self, key: str) -> State:
+        return self.check(key)[0]
+
+    def heal(self, key: str, layouts: Sequence[PerImage] = (), threads: int = 4,
+             damage: Optional[dict[str, str]] = None) -> list[str]:
         """Remove what a resumed stage must not trust, before it resumes; returns
         'relative path: reason' of each removal. With a manifest (a corrupt
         artifact) every file that fails its entry goes, and with it the rest of
         its image's output (a zarr array's other files); files that pass are
         kept. Without one (a partial artifact) every per-image output is decoded
         by its layout's ``verify`` and removed if that fails, so an output cut
-        short by a kill or a full disk is redone, not trusted."""
+        short by a kill or a full disk is redone, not trusted. ``damage``: what ``damaged`` has
+        just found (``check`` under the artifact's lock), not looked for again."""
         d = self.path(key)
         if not d.exists():
             return []
         removed = []
-        if (d / MANIFEST).exists() and MANIFEST not in (bad := self.damaged(key)):
+        if (d / MANIFEST).exists() and MANIFEST not in (bad := self.damaged(key) if damage is None else damage):
             for rel, why in bad.items():
                 unit = next((u for lay in layouts if (u := lay.unit_of(rel))), None)
                 _remove(d / (unit or rel))
@@ -337,23 +367,16 @@ class Store:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-    def _previous_files(self, key: str) -> dict:
-        """The file table of the manifest ``open`` set aside ({} if none or unreadable)."""
-        try:
-            return dict(json.loads((self.path(key) / PREVIOUS).read_text())["files"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
-
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
                  metrics: dict, started: float, resources: dict | None = None) -> dict:
         """Write the manifest: every file with size, mtime and sha256. A file whose size and mtime
         match its entry in the manifest of the previous run in this directory keeps that hash
         (the rule ``damaged`` trusts), so a heal hashes the files it rewrote, not the whole store."""
         d = self.path(key)
-        previous, files = self._previous_files(key), {}
+        previous, files = previous_files(d), {}
         for rel, st in sorted(files_under(d), key=lambda f: f[0].split("/")):  # the order of Path.rglob
             if (rel == MANIFEST or rel.rpartition("/")[2].startswith(".")
-                    or NOT_RESULT in Path(rel).parts[:-1]):  # event files: not the result
+                    or NOT_RESULT in rel.split("/")[:-1]):  # event files: not the result
                 continue
             old = previous.get(rel) or {}
             same = old.get("size") == st.st_size and old.get("mtime_ns") == st.st_mtime_ns and old.get("sha256")
@@ -377,86 +400,3 @@ class Store:
         if m:
             return sum(f["size"] for f in m["files"].values())
         return tree_bytes(self.path(key))
-
-
-class LockLost(RuntimeError):
-    """The lease on an artifact was taken over while this process computed it."""
-
-
-class ArtifactLock:
-    """The right to compute one artifact, across processes and machines.
-
-    A filelock SoftFileLease: a marker file <store>/.locks/<key>.lock created
-    with O_EXCL, naming host, pid and process start time, and touched by a
-    heartbeat thread every lease_s / 3. Waiters poll it; they take it over
-    at once when its holder is a dead process on their own host, and when
-    the marker has not changed for lease_s (holder's machine lost or hung).
-    The file system must give atomic exclusive create and rename, and show
-    other clients' mtime changes within lease_s (NFSv3+: keep lease_s well
-    above the attribute cache time, acregmax, 60 s by default).
-    A holder whose lease was taken over notices it (on_compromise) and must
-    not finish: check() raises LockLost before the manifest is written.
-    """
-
-    def __init__(self, store: Store, key: str, lease_s: float = 180.0, poll_s: float = 1.0):
-        from filelock import SoftFileLease
-        self.key = key
-        self.path = store.root / ".locks" / f"{key}.lock"
-        self.holder_file = self.path.with_suffix(".holder.json")  # who and since when, for waiters' logs
-        self.lost: str | None = None
-        self.waited = False
-        self._lease = SoftFileLease(str(self.path), lease_duration=lease_s, poll_interval=poll_s,
-                                    on_compromise=self._on_lost, thread_local=False)
-
-    def _on_lost(self, compromise) -> None:
-        self.lost = compromise.reason
-
-    def holder(self) -> str:
-        """'host:pid since <time>' of the current holder, as far as the lock files tell."""
-        owner = self._lease.owner
-        if owner is None:
-            return "another process"
-        who = f"{owner.hostname}:{owner.pid}"
-        try:
-            note = json.loads(self.holder_file.read_text())
-            if note.get("holder") == who:
-                return f"{who} since {note['since']}"
-        except (OSError, ValueError, KeyError):
-            pass
-        return who
-
-    def acquire(self, log=None, report_every_s: float = 60.0) -> "ArtifactLock":
-        from filelock import Timeout
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with writing(self.path):  # a full disk names the lock file
-                self._lease.acquire(blocking=False)
-        except Timeout:
-            self.waited = True
-            started = time.monotonic()
-            while True:
-                if log:
-                    log(f"waiting for {self.key} held by {self.holder()} "
-                        f"(waited {time.monotonic() - started:.0f} s)")
-                try:
-                    with writing(self.path):
-                        self._lease.acquire(timeout=report_every_s)
-                    break
-                except Timeout:
-                    continue
-        owner = self._lease.owner
-        write_json_atomic(self.holder_file, {
-            "holder": f"{owner.hostname}:{owner.pid}" if owner else f"{socket.gethostname()}:{os.getpid()}",
-            "since": time.strftime("%Y-%m-%d %H:%M:%S %z")})
-        return self
-
-    def check(self) -> None:
-        if self.lost:
-            raise LockLost(f"{self.path}: this process lost its lease on {self.key} ({self.lost}); another "
-                           "process took it over after the lease expired, so this one does not finish it")
-
-    def release(self) -> None:
-        if self.lost is None:
-            self.holder_file.unlink(missing_ok=True)
-        self._lease.release()
-

@@ -13,4 +13,5 @@ def fingerprint(cfg) -> str:
 
 
 STAGE = Stage(name="import_cams", inputs=("prepare_data",), sections=("import_cams", "export_cams.split"),
-              run="pipeline.cams.importer:run", fingerprint=fingerprint, version="1")
+              run="pipeline.cams.importer:run", per_image="pipeline.cams.importer:per_image",
+              fingerprint=fingerprint, version="1")

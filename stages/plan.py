@@ -92,6 +92,7 @@ class RunPlan:
         self.names = tuple(select(cfg=cfg) if names is None else names)
         self.force = frozenset(force)
         self._states: dict[str, State] = dict(states or {})  # by artifact key
+        self._damage: dict[str, dict[str, str]] = {}  # by artifact key: what the check behind its state found
 
     @classmethod
     def of(cls, cfg: Config, until: Optional[str] = None, start: Optional[str] = None,
@@ -121,8 +122,17 @@ class RunPlan:
         """The artifact's state, read from the store once per plan."""
         key = self.keys[name]
         if key not in self._states:
-            self._states[key] = self.store.state(key)
+            self._states[key], self._damage[key] = self.store.check(key)
         return self._states[key]
+
+    def damage(self, name: str) -> dict[str, str]:
+        """{relative path: reason} of the files of a corrupt artifact that fail their manifest
+        entry: what the check behind ``state`` found (one pass over the artifact's files, which
+        the runner's heal reuses), or, where the state was handed in, checked now."""
+        key = self.keys[name]
+        if key not in self._damage:
+            self._damage[key] = self.store.damaged(key)
+        return self._damage[key]
 
     def states(self, names: Iterable[str]) -> dict[str, State]:
         """The states of stages ``names`` by artifact key: what a later plan of this run takes."""
@@ -134,10 +144,10 @@ class RunPlan:
         return self.state(name)
 
     def opened(self, name: str) -> None:
-        self._states[self.keys[name]] = "partial"
+        self._states[self.keys[name]], self._damage[self.keys[name]] = "partial", {}
 
     def finished(self, name: str) -> None:
-        self._states[self.keys[name]] = "cached"
+        self._states[self.keys[name]], self._damage[self.keys[name]] = "cached", {}
 
     def to_compute(self) -> list[str]:
         """The stages of the run that will compute: forced, or not cached."""

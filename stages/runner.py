@@ -12,7 +12,8 @@ from typing import Callable, Iterable
 
 from pipeline.config import Config
 from pipeline.resources import Meter
-from pipeline.store import ArtifactLock, State
+from pipeline.lock import ArtifactLock
+from pipeline.store import State
 from pipeline.utils import get_device, stage_error
 from pipeline.weights import HubWeight, compiled_ops, resolve
 from stages import get
@@ -74,13 +75,14 @@ def begin_stage(plan: RunPlan, name: str, state: State, force: bool) -> Path | N
     if state == "cached" and not force:
         log.info("%s: cached (%s)", name, store.path(key))
         return None
-    if state == "corrupt":
+    damage = plan.damage(name) if state == "corrupt" else None  # found by the check under the lock
+    if damage is not None:
         log.warning("%s: artifact %s is damaged (%s); recomputing", name, key,
-                    "; ".join(store.problems(key)[:3]))
+                    "; ".join(store.problems(key, damage)[:3]))
     check_inputs(plan, name)
     if state in ("corrupt", "partial") and not force:
         stage = plan.stage(name)
-        removed = store.heal(key, stage.per_image(view(plan.cfg, stage)) if stage.per_image else ())
+        removed = store.heal(key, stage.per_image(view(plan.cfg, stage)) if stage.per_image else (), damage=damage)
         if removed:
             log.warning("%s: removed %d files that fail their check, to be recomputed: %s", name, len(removed),
                         "; ".join(removed[:20]) + (f"; ... and {len(removed) - 20} more" if len(removed) > 20 else ""))

@@ -65,7 +65,7 @@ def status_lines(plan: RunPlan, config: Path, show: int = 20) -> list[str]:
         lines.append(f"{name:<20}{state:<9}{store.size(key) / 1e6:>8.1f}MB  {key:<36}{_costs(r)}  "
                      f"{(r.get('device') or '-'):<10}{f'{head[0]}={number(head[1])}' if head else ''}")
         if state == "corrupt":
-            bad = store.problems(key)
+            bad = store.problems(key, plan.damage(name))
             corrupt.append(name)
             lines += [f"    damaged: {line}" for line in bad[:show]]
             if len(bad) > show:

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.config import load_config
-from pipeline.store import ArtifactLock, LockLost, Store, unique_tmp
+from pipeline.lock import ArtifactLock, LockLost
+from pipeline.store import Store, unique_tmp
 from stages.runner import stage_inputs, stage_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # A holder process: takes the lock, says so, then sleeps (or is killed / stopped by the test).
 HOLDER = """
 import sys, time
-from pipeline.store import ArtifactLock, Store
+from pipeline.lock import ArtifactLock
+from pipeline.store import Store
 lock = ArtifactLock(Store(sys.argv[1]), "train_cam-test", lease_s=float(sys.argv[2]), poll_s=0.2)
 lock.acquire()
 print("held", flush=True)

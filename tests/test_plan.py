@@ -18,20 +18,20 @@ from stages.runner import run_all
 
 @pytest.fixture
 def counted(monkeypatch):
-    """{key: how often Store.state read it}, and {stage: checked paths} of a prepare_data
+    """{key: how often Store.check read its state}, and {stage: checked paths} of a prepare_data
     whose work is a stand-in (one file, 20000 'images') and whose check hook records."""
     reads, checked = {}, {}
-    real = pipeline.store.Store.state
+    real = pipeline.store.Store.check
 
-    def state(self, key, verify=True):
+    def check(self, key):
         reads[key] = reads.get(key, 0) + 1
-        return real(self, key, verify)
+        return real(self, key)
 
     def run(cfg, inputs, out):
         (out / "labels_train.json").write_text("{}")
         return {"train_images": 20000, "share": 0.123456}
 
-    monkeypatch.setattr(pipeline.store.Store, "state", state)
+    monkeypatch.setattr(pipeline.store.Store, "check", check)
     monkeypatch.setitem(STAGES, "prepare_data", replace(
         STAGES["prepare_data"], run=run, input_files=None,
         check=lambda cfg, out: checked.setdefault("prepare_data", []).append(out)))

@@ -1,12 +1,16 @@
 """Work in proportion to the work (issue #38): the label table parsed once per stage run, a
-heal that schedules only the shards with something to redo, CAM completeness from one pass
-over the store, and a manifest that hashes only the files written since the last one."""
+heal that schedules only the shards with something to redo, CAM completeness read without zarr
+and only for the ids asked, a manifest that hashes only the files written since the last one,
+and a one-file heal that does the same work whatever the store's size."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
 from cam_fixtures import gt_store
+from pipeline.cams import store as cam_store
 from pipeline.cams.importer import ImportOptions, import_folder
 from pipeline.cams.store import CamStore, store_path
 from pipeline.data import datasets
@@ -49,7 +53,7 @@ def test_a_sharded_stage_parses_the_label_table_once_and_heals_one_shard(smoke_c
     assert run_as_the_flow_does() == 1 and (out / "masks_crf" / f"{ids[40]}.png").exists()
 
 
-def test_cam_completeness_from_one_pass_agrees_with_zarr(tmp_path, monkeypatch):
+def test_cam_completeness_without_zarr_agrees_with_zarr(tmp_path, monkeypatch):
     import shutil
     store = CamStore(tmp_path / "cams", mode="a")
     maps = np.random.default_rng(0).random((1, 4, 5)).astype(np.float32)
@@ -58,9 +62,14 @@ def test_cam_completeness_from_one_pass_agrees_with_zarr(tmp_path, monkeypatch):
     store.group["half"].update_attributes({"complete": False})  # killed before the flag
     shutil.rmtree(tmp_path / "cams/lost/c")  # a deleted chunk
     (tmp_path / "cams/not_an_array").mkdir()
-    assert store.complete_ids() == {i for i in store.ids() if store.is_complete(i)} == {"done", "empty"}
     assert store.ids() == ["done", "empty", "half", "lost"]
+    assert store.missing(store.ids()) == [i for i in store.ids() if not store.is_complete(i)] == ["half", "lost"]
     assert store.missing(["done", "half", "lost", "new"]) == ["half", "lost", "new"]
+    read = cam_store._complete_on_disk
+    looked = []
+    monkeypatch.setattr(cam_store, "_complete_on_disk", lambda d: looked.append(d.name) or read(d))
+    assert store.missing(["lost"]) == ["lost"] and looked == ["lost"]  # a shard's own arrays, not the store's
+    monkeypatch.undo()
 
     # a resumed import asks no array its completeness through zarr
     monkeypatch.setattr(CamStore, "is_complete", lambda self, i: pytest.fail("one zarr open per image"))
@@ -94,3 +103,55 @@ def test_a_heal_hashes_only_the_files_it_rewrote(tmp_path, monkeypatch):
     assert store.state(key) == "cached" and not list(d.glob(".manifest*"))
     (d / "1.png").write_bytes(b"y" * 100)  # same size, new content and mtime: still caught
     assert list(store.damaged(key)) == ["1.png"]
+
+
+@pytest.mark.parametrize("sizes", [(4, 12)])
+def test_a_one_file_heal_does_the_same_work_at_any_store_size(sizes, tmp_path, monkeypatch):
+    """A lost CAM chunk healed through the runner: as many checks of each artifact (the plan's
+    state, then the recheck under the lock: the heal reuses what it found), no CAM array
+    opened for its completeness, the rewritten files hashed and one listing of the artifact
+    (finalize's) plus the rewritten image, whether the store holds 4 images or 12."""
+    import sys
+    from pathlib import Path
+
+    from pipeline import store as store_module, utils
+    from pipeline.config import load_config
+    from stages.runner import run_all
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from scale import make_dataset, write_config
+
+    def heal_work(n: int) -> dict:
+        tmp = tmp_path / f"n{n}"
+        make_dataset(tmp / "data", n)
+        cfg = load_config(write_config(tmp))
+        art = run_all(cfg, until="import_cams")["import_cams"]
+        next(p for p in (art / "cams_train.zarr" / "img000001").rglob("*") if p.is_file()
+             and "c" in p.relative_to(art).parts).unlink()
+        work = {"checks": 0, "arrays opened": 0, "hashed": 0, "listed": 0}
+
+        def counting(name, fn, per=lambda *a: 1):
+            def counted(*args, **kw):
+                work[name] += per(*args)
+                return fn(*args, **kw)
+            return counted
+
+        def listing(d):
+            for entry in files_under(d):
+                work["listed"] += 1
+                yield entry
+        files_under = utils.files_under
+        with monkeypatch.context() as m:
+            m.setattr(store_module.Store, "damaged", counting("checks", store_module.Store.damaged))
+            m.setattr(cam_store, "_complete_on_disk", counting("arrays opened", cam_store._complete_on_disk))
+            m.setattr(store_module, "sha256_file", counting("hashed", store_module.sha256_file))
+            m.setattr(utils, "files_under", listing)
+            m.setattr(store_module, "files_under", listing)
+            run_all(cfg, until="import_cams")
+        assert Store(cfg.run.work_dir).state(art.name) == "cached"
+        work["listed"] -= len(json.loads((art / "manifest.json").read_text())["files"])  # finalize's listing
+        return work
+
+    small, large = (heal_work(n) for n in sizes)
+    assert small == large, (small, large)
+    # prepare_data's state; import_cams' state and its recheck under the lock, which the heal reuses
+    assert small["checks"] == 3 and small["arrays opened"] == 0 and small["listed"] <= 8, small

@@ -28,7 +28,8 @@ import numpy as np
 from pipeline.artifacts import ImportedCamArtifact
 from pipeline.cams.formats import (CamFormatError, ClassIndex, get_format, read_cam_file,
                                    write_cam_file)
-from pipeline.cams.store import CamStore, CamWriter, fixed_sample
+from pipeline.cams.store import CamStore, CamWriter, fixed_sample, verify_complete
+from pipeline.store import PerImage
 
 log = logging.getLogger("wsss")
 
@@ -110,9 +111,12 @@ def conform(path: Path, cams: np.ndarray, classes: list[int], labels: Sequence[i
 
 
 def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: CamStore, num_classes: int,
-                  threads: int = 4, progress: Callable = lambda it, total: it) -> dict:
+                  threads: int = 4, progress: Callable = lambda it, total: it,
+                  pending: Optional[Sequence[str]] = None) -> dict:
     """Import the CAM file of every record (id, labels, height, width) into ``store``; complete
-    images already in the store are kept (a resumed import). Returns counts."""
+    images already in the store are kept (a resumed import). ``pending``: the ids still to import
+    where the caller knows them (the import_cams stage, healed by the runner: the ids without an
+    array); by default those without a complete array. Returns counts."""
     folder = Path(folder)
     counts: dict = {}
     problems: list[str] = []  # every file's, a missing one's too (read_cam_file: "file missing")
@@ -129,7 +133,7 @@ def import_folder(records: Sequence, folder: Path, opts: ImportOptions, store: C
     try:
         if not folder.is_dir():
             raise CamImportError(f"{folder}: CAM folder not found (import_cams.dir)")
-        missing = set(store.missing([r.id for r in records]))
+        missing = set(store.missing([r.id for r in records]) if pending is None else pending)
         todo = [r for r in records if r.id in missing]
         with CamWriter(store, threads=threads, max_pending=2 * max(threads, 1)) as writer:
             for r, (cams, problem) in progress(read_ahead(todo, load, max(threads, 1)), len(todo)):
@@ -162,6 +166,14 @@ def export_store(store: CamStore, ids: Sequence[str], fmt: str, out_dir: Path, i
 
 
 # ------------------------------------------------------------------ the import_cams stage
+def per_image(cfg) -> tuple[PerImage, ...]:
+    """One zarr array per image in the split's group: before a resume the runner removes the whole
+    array of a file that fails its manifest entry (or, without a manifest, every incomplete array),
+    so the resume imports the images without one (one listing, no array opened)."""
+    folder = ImportedCamArtifact(Path()).store(cfg.export_cams.split).as_posix()
+    return (PerImage(folder, "", verify_complete, is_dir=True),)
+
+
 def source_label(folder, fmt: str) -> str:
     return f"imported: {Path(folder).resolve()}, {fmt}"
 
@@ -169,17 +181,19 @@ def source_label(folder, fmt: str) -> str:
 def run(cfg, inputs, out: Path) -> dict:
     from pipeline.data.datasets import LabelTable, read_image
     from pipeline.plots import heat_overlay, save_grid
-    from pipeline.store import write_json_atomic
-    from pipeline.utils import progress, tree_bytes
+    from pipeline.store import layout_bytes, write_json_atomic
+    from pipeline.utils import progress
 
     ic, split, art = cfg.import_cams, cfg.export_cams.split, ImportedCamArtifact(out)
     if ic.dir is None:
         raise ValueError("import_cams.dir is not set: name the folder of CAM files")
     table = LabelTable.from_artifact(inputs["prepare_data"], split).with_sizes()
-    path = art.store(split)
+    path, (layout,) = art.store(split), per_image(cfg)
+    todo = layout.pending(out, table.ids())  # the runner has healed the store: an array there is complete
     counts = import_folder(table.records, Path(ic.dir), ImportOptions.from_cfg(ic), CamStore(path, mode="a"),
                            table.num_classes, threads=cfg.export_cams.writer_threads,
-                           progress=lambda it, n: progress(it, f"import_cams {split} ({ic.format})", total=n))
+                           progress=lambda it, n: progress(it, f"import_cams {split} ({ic.format})", total=n),
+                           pending=todo)
     store = CamStore(path)
     label = source_label(ic.dir, ic.format)
     write_json_atomic(art.source, {"dir": str(Path(ic.dir).resolve()), "format": ic.format, "label": label})
@@ -194,6 +208,5 @@ def run(cfg, inputs, out: Path) -> dict:
     if counts.get("files_not_in_split"):
         log.info("import_cams: %d files in %s belong to no image of split '%s' (ignored)",
                  counts["files_not_in_split"], ic.dir, split)
-    n_bytes = tree_bytes(path)
     return {"images": len(table), "split": split, "format": ic.format, "source": label, **counts,
-            "store": path.name, "store_bytes": n_bytes}
+            "store": path.name, "store_bytes": layout_bytes(out, layout, todo)}
