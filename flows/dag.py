@@ -91,7 +91,9 @@ def stage_task(config: dict, name: str, keys: dict[str, str], work_dir: str, sta
         ids, todo = shards(stage, cfg, inputs, out)
         get_run_logger().info("%s: %d images, %d shards with work on %s", name, len(ids), len(todo),
                               cfg.run.task_runner)
-        if todo:
+        if len(todo) == 1 and cfg.run.task_runner == "thread":  # one shard (a heal): no sub-flow to start
+            stage.run_shard(view(cfg, stage), inputs, out, todo[0])
+        elif todo:
             shard_flow.with_options(task_runner=make_task_runner(cfg))(
                 config, name, {k: str(v) for k, v in inputs.items()}, str(out), todo)
         return stage.finalize(view(cfg, stage), inputs, out)

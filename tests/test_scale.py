@@ -47,10 +47,31 @@ def test_a_sharded_stage_parses_the_label_table_once_and_heals_one_shard(smoke_c
 
     assert run_as_the_flow_does() == 5  # 70 images in shards of 16
     assert len(parses) == 1  # not once per shard and route
+    gallery = out / "pseudo_mask_gallery.png"
+    drawn = gallery.stat().st_mtime_ns
     (out / "masks_crf" / f"{ids[40]}.png").unlink()
     _, todo = shards(stage, cfg, inputs, out)
     assert todo == [ids[32:48]]  # the one shard with a missing output, all its ids
     assert run_as_the_flow_does() == 1 and (out / "masks_crf" / f"{ids[40]}.png").exists()
+    assert gallery.stat().st_mtime_ns == drawn  # the heal keeps the intact gallery (its masks are unchanged)
+
+
+def test_a_gallery_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """save_grid renames a finished PNG into place: a crash mid-write leaves no partial gallery
+    that a resume or heal (which keep a gallery that is there) would take for a finished one."""
+    import matplotlib.figure
+    from pipeline.plots import save_grid
+    img = np.zeros((4, 4, 3), np.uint8)
+    save_grid(tmp_path / "g.png", [[img]])
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+    def crash(self, fname, **kw):
+        open(fname, "wb").write(b"\x89PNG half")
+        raise OSError("killed mid-write")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash)
+    with pytest.raises(OSError):
+        save_grid(tmp_path / "h.png", [[img]])
+    assert [p.name for p in tmp_path.iterdir()] == ["g.png"]
 
 
 def test_cam_completeness_without_zarr_agrees_with_zarr(tmp_path, monkeypatch):

@@ -198,7 +198,7 @@ def run(cfg, inputs, out: Path) -> dict:
     label = source_label(ic.dir, ic.format)
     write_json_atomic(art.source, {"dir": str(Path(ic.dir).resolve()), "format": ic.format, "label": label})
     rows, labels = [], []
-    for image_id in fixed_sample(table.ids(), ic.gallery_size):
+    for image_id in [] if art.gallery.exists() else fixed_sample(table.ids(), ic.gallery_size):  # a heal keeps it
         cams, classes = store.read(image_id)
         image = read_image(table[image_id].image)
         rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
