@@ -176,3 +176,33 @@ def test_a_one_file_heal_does_the_same_work_at_any_store_size(sizes, tmp_path, m
     assert small == large, (small, large)
     # prepare_data's state; import_cams' state and its recheck under the lock, which the heal reuses
     assert small["checks"] == 3 and small["arrays opened"] == 0 and small["listed"] <= 8, small
+
+
+def test_a_passed_image_size_check_is_remembered_until_what_it_reads_changes(smoke_cfg, prepared, monkeypatch,
+                                                                               caplog):
+    """prepare_data's check hook runs on every run, cached or not; once it has passed it is not
+    computed again (no timm import for the mask generator's patch size) until a field it reads
+    changes, and its warnings are logged again each time."""
+    from pipeline.config import load_config
+    from pipeline.data import image_checks
+    from pipeline.data.prepare import SIZE_CHECK, check_image_sizes
+    computed = []
+    arch_of = image_checks.arch_of
+    monkeypatch.setattr(image_checks, "arch_of", lambda *a: computed.append(a) or arch_of(*a))
+    assert (prepared / SIZE_CHECK).exists()  # run_stage ran the hook
+    check_image_sizes(smoke_cfg, prepared)
+    assert computed == []  # remembered
+    warn = load_config(smoke_cfg.source, overrides={"run": {"work_dir": str(smoke_cfg.run.work_dir)},
+                                                    "checks": {"min_patches": 1000, "small_images": "warn"}})
+    with caplog.at_level("WARNING", logger="wsss"):
+        check_image_sizes(warn, prepared)
+        assert len(computed) == 1 and "[checks.small_images: warn]" in caplog.text
+        caplog.clear()
+        check_image_sizes(warn, prepared)
+    assert len(computed) == 1 and "[checks.small_images: warn]" in caplog.text  # the warnings, again
+    error = load_config(smoke_cfg.source, overrides={"run": {"work_dir": str(smoke_cfg.run.work_dir)},
+                                                     "checks": {"min_patches": 1000}})
+    with pytest.raises(image_checks.ImageCheckError):
+        check_image_sizes(error, prepared)
+    with pytest.raises(image_checks.ImageCheckError):  # a failed check is not remembered
+        check_image_sizes(error, prepared)

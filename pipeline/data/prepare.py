@@ -4,6 +4,7 @@ splits (image paths, sizes, image-level labels derived from masks/annotations/ta
 data_report.json, and for COCO the semantic masks rendered from instances."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -67,10 +68,35 @@ def run(cfg: Config, inputs, out):
     return {f"{s}_images": r["images"] for s, r in report.items()}
 
 
+SIZE_CHECK = ".size_check.json"  # dot-file: not part of the manifest
+
+
 def check_image_sizes(cfg: Config, out: Path) -> None:
     """After prepare_data (computed or cached), before any training starts: the image sizes the
-    CAM export can handle (pipeline/data/image_checks.py; the checks section is part of no key)."""
+    CAM export can handle (pipeline/data/image_checks.py; the checks section is part of no key).
+    A check that passed is remembered in the artifact under a digest of all it reads, and its
+    warnings are logged again from there: a cached run then imports no model library (timm, for
+    the mask generator's patch size: ~3 s)."""
     from pipeline.data.image_checks import cam_splits, check_sizes
-    for split in cam_splits(cfg):
-        table = LabelTable.from_artifact(out, split)
-        check_sizes(cfg, table.records, table.num_classes - 1, f"prepare_data split '{split}'")
+    from pipeline.store import digest
+    art, splits, ec, mg = DataArtifact(out), cam_splits(cfg), cfg.export_cams, cfg.mask_generator
+    tables = [art.labels(s).stat() for s in splits]
+    read = digest({"splits": splits, "tables": [(t.st_size, t.st_mtime_ns) for t in tables],
+                   "checks": cfg.section("checks"), "scales": ec.scales, "flip": ec.flip,
+                   "generator": [mg.arch, mg.backbone]})
+    try:
+        done = json.loads((Path(out) / SIZE_CHECK).read_text())
+    except (OSError, ValueError):
+        done = {}
+    if done.get("digest") == read:
+        for where, warning in done["warnings"]:
+            log.warning("%s: %s", where, warning)
+        return
+    warnings = []
+    for split in splits:
+        table, where = LabelTable.from_artifact(out, split), f"prepare_data split '{split}'"
+        warnings += [(where, w) for w in check_sizes(cfg, table.records, table.num_classes - 1, where)]
+    try:
+        write_json_atomic(Path(out) / SIZE_CHECK, {"digest": read, "warnings": warnings})
+    except OSError:  # a read-only store: check again next time
+        pass
