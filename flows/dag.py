@@ -114,10 +114,10 @@ def start_temporary_server() -> None:
     as a plain child that outlives its parent. Prefect then finds this one
     (SubprocessASGIServer() returns the instance of its port, here None: the first free one).
     Call it from the main thread: the signal comes when the thread that started it ends."""
-    from prefect.server.api import server
     from prefect.settings import PREFECT_API_URL
     if PREFECT_API_URL.value():
         return
+    from prefect.server.api import server  # not before: the import alone takes ~0.8 s
 
     class DyingServer(server.SubprocessASGIServer):
         def _run_uvicorn_command(self):
