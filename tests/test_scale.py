@@ -206,3 +206,6 @@ def test_a_passed_image_size_check_is_remembered_until_what_it_reads_changes(smo
         check_image_sizes(error, prepared)
     with pytest.raises(image_checks.ImageCheckError):  # a failed check is not remembered
         check_image_sizes(error, prepared)
+    (prepared / "labels_train.json").rename(prepared / "moved.json")
+    with pytest.raises(datasets.DataError, match="no label table for split 'train'"):
+        check_image_sizes(smoke_cfg, prepared)  # the table's own message, not a bare FileNotFoundError

@@ -80,8 +80,11 @@ def check_image_sizes(cfg: Config, out: Path) -> None:
     from pipeline.data.image_checks import cam_splits, check_sizes
     from pipeline.store import digest
     art, splits, ec, mg = DataArtifact(out), cam_splits(cfg), cfg.export_cams, cfg.mask_generator
-    tables = [art.labels(s).stat() for s in splits]
-    read = digest({"splits": splits, "tables": [(t.st_size, t.st_mtime_ns) for t in tables],
+    try:
+        stamps = [(st.st_size, st.st_mtime_ns) for st in (art.labels(s).stat() for s in splits)]
+    except FileNotFoundError:
+        stamps = None  # never remembered: the check below raises LabelTable's DataError naming the split
+    read = digest({"splits": splits, "tables": stamps,
                    "checks": cfg.section("checks"), "scales": ec.scales, "flip": ec.flip,
                    "generator": [mg.arch, mg.backbone]})
     try:
