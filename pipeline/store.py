@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
@@ -50,6 +51,7 @@ _VERSIONED = ("torch", "torchvision", "open_clip_torch", "timm", "mmsegmentation
               "mmcv", "mmcv-lite", "zarr", "prefect", "numpy", "pydensecrf2")
 
 
+_COMPACT = json.JSONEncoder(default=str)  # one line: the C encoder
 _ARTIFACT_DIR = re.compile(r"([a-z_]+)-[0-9a-f]{16}")
 
 
@@ -115,6 +117,11 @@ class PerImage:
                                        and not first.startswith(".")):
             return f"{self.folder}/{first}"
         return None
+
+    def image_of(self, unit: str) -> str:
+        """The image id of per-image output ``unit`` (as ``unit_of`` returns it)."""
+        name = unit[len(self.folder) + 1:]
+        return name[:len(name) - len(self.suffix)] if self.suffix else name
 
     def outputs(self, out: Path) -> list[Path]:
         d = Path(out) / self.folder
@@ -245,14 +252,45 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, f)
 
 
+# artifact dir -> (its manifest's signature, damage) of the last check in this process that found
+# damage: the runner's recheck under the lock reuses it while the manifest is that same file (Store.check)
+_CHECKED: dict[str, tuple[tuple, dict[str, str]]] = {}
+
+
+def _signature(path: Path, missing: Any = ...) -> Any:
+    """(inode, size, mtime) of a file: a manifest is only ever replaced (atomic rename) or moved
+    away, so an unchanged signature is an unchanged manifest. ``missing``: returned when there is
+    no file (default: FileNotFoundError)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if missing is ...:
+            raise
+        return missing
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
+def write_manifest(path: Path, manifest: dict) -> None:
+    """The manifest as indented JSON with its file table last, one line per file: json's indent
+    runs its pure-Python encoder, twice as slow on the 40k entries of a 20k-image CAM store."""
+    head = json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2, default=str)
+    rows = ",\n    ".join(f"{encode_basestring_ascii(rel)}: {_COMPACT.encode(info)}"
+                          for rel, info in manifest["files"].items())
+    with atomic_write(path) as tmp:
+        tmp.write_text(head[:-2] + ',\n  "files": {' + (f"\n    {rows}\n  " if rows else "") + "}\n}")
+
+
 class Store:
     def __init__(self, work_dir: str | Path):
         self.root = Path(work_dir)
+        # by key: (layouts, image ids) of the finished artifact ``heal`` has just repaired, for
+        # ``finalize``: the other images' outputs are as the set-aside manifest lists them
+        self._healed: dict[str, tuple[tuple[PerImage, ...], frozenset[str]]] = {}
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -301,7 +339,7 @@ class Store:
             for rel in rels:
                 (self.path(key) / rel).unlink(missing_ok=True)
                 manifest["files"].pop(rel)
-            write_json_atomic(self.path(key) / MANIFEST, manifest)
+            write_manifest(self.path(key) / MANIFEST, manifest)
         except OSError:  # a read-only store: the file stays, still no reason to recompute
             pass
 
@@ -311,15 +349,26 @@ class Store:
         base = self.path(key)
         return [f"{base / rel}: {why}" for rel, why in (self.damaged(key) if damage is None else damage).items()]
 
-    def check(self, key: str) -> tuple[State, dict[str, str]]:
+    def check(self, key: str, reuse: bool = False) -> tuple[State, dict[str, str]]:
         """The artifact's state and, when it is corrupt, what ``damaged`` found: one pass over its
-        files, which the runner hands on to ``heal`` rather than making another."""
+        files, which the runner hands on to ``heal`` rather than making another. ``reuse`` (the
+        recheck under the artifact's lock): the damage the last check in this process found, once,
+        if the manifest is the same file since (``_CHECKED``); a run that finished or began the
+        artifact meanwhile has replaced or moved it, and the files are looked at again. A check
+        that found nothing is never reused: "cached" under the lock skips the computation."""
         d = self.path(key)
         if not d.exists():
             return "missing", {}
-        if not (d / MANIFEST).exists():
+        try:
+            seen = _signature(d / MANIFEST)
+        except FileNotFoundError:
             return "partial", {}
+        memo = _CHECKED.pop(str(d), None)
+        if reuse and memo and memo[0] == seen:
+            return "corrupt", memo[1]
         damage = self.damaged(key)
+        if damage and _signature(d / MANIFEST, None) == seen:  # not rewritten meanwhile
+            _CHECKED[str(d)] = (seen, damage)
         return ("corrupt" if damage else "cached"), damage
 
     def state(self, key: str) -> State:
@@ -336,14 +385,19 @@ class Store:
         short by a kill or a full disk is redone, not trusted. ``damage``: what ``damaged`` has
         just found (``check`` under the artifact's lock), not looked for again."""
         d = self.path(key)
+        self._healed.pop(key, None)
         if not d.exists():
             return []
         removed = []
         if (d / MANIFEST).exists() and MANIFEST not in (bad := self.damaged(key) if damage is None else damage):
+            redone = set()
             for rel, why in bad.items():
-                unit = next((u for lay in layouts if (u := lay.unit_of(rel))), None)
+                lay, unit = next(((lay, u) for lay in layouts if (u := lay.unit_of(rel))), (None, None))
                 _remove(d / (unit or rel))
                 removed.append(f"{rel}: {why}")
+                if unit:
+                    redone.add(lay.image_of(unit))
+            self._healed[key] = (tuple(layouts), frozenset(redone))
             return removed
         for lay in layouts:
             paths = lay.outputs(d)
@@ -364,17 +418,43 @@ class Store:
             shutil.rmtree(d, ignore_errors=True)
         if (d / MANIFEST).exists():  # kept aside (a dot-file) for ``finalize`` to reuse its hashes
             os.replace(d / MANIFEST, d / PREVIOUS)
+        else:  # partial (a set-aside manifest predates an interrupted run) or fresh: finalize lists all
+            self._healed.pop(key, None)
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def _intact(self, key: str, previous: dict) -> dict[str, dict]:
+        """{per-image output: its files' entries in the set-aside manifest} of the outputs that
+        ``heal`` left (it has just checked every file against that manifest and removed the whole
+        output of any image with a failing file; the resume writes only those images'). Empty
+        unless this store healed this finished artifact and opened it since."""
+        healed = self._healed.pop(key, None)
+        if healed is None:
+            return {}
+        layouts, redone = healed
+        intact: dict[str, dict] = {}
+        for rel, info in previous.items():
+            for lay in layouts:
+                if (unit := lay.unit_of(rel)) is not None:
+                    if lay.image_of(unit) not in redone:
+                        intact.setdefault(unit, {})[rel] = info
+                    break
+        return intact
 
     def finalize(self, key: str, stage: str, config: dict, inputs: dict[str, str],
                  metrics: dict, started: float, resources: dict | None = None) -> dict:
         """Write the manifest: every file with size, mtime and sha256. A file whose size and mtime
         match its entry in the manifest of the previous run in this directory keeps that hash
-        (the rule ``damaged`` trusts), so a heal hashes the files it rewrote, not the whole store."""
+        (the rule ``damaged`` trusts), so a heal hashes the files it rewrote, not the whole store.
+        After ``heal`` of a finished artifact, the per-image outputs it left are taken from that
+        manifest without a look (``_intact``): a heal lists what it rewrote, not the whole store."""
         d = self.path(key)
         previous, files = previous_files(d), {}
-        for rel, st in sorted(files_under(d), key=lambda f: f[0].split("/")):  # the order of Path.rglob
+        intact = self._intact(key, previous)
+        for rel, st in sorted(files_under(d, intact), key=lambda f: f[0].split("/")):  # the order of Path.rglob
+            if st is None:
+                files.update(intact[rel])
+                continue
             if (rel == MANIFEST or rel.rpartition("/")[2].startswith(".")
                     or NOT_RESULT in rel.split("/")[:-1]):  # event files: not the result
                 continue
@@ -388,7 +468,7 @@ class Store:
                                 "seconds": round(time.time() - started, 3)},
                     "resources": resources or {},  # pipeline.resources.Meter: wall time, device, peak memory
                     "versions": package_versions()}
-        write_json_atomic(d / MANIFEST, manifest)
+        write_manifest(d / MANIFEST, manifest)
         (d / PREVIOUS).unlink(missing_ok=True)
         return manifest
 

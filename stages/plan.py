@@ -139,9 +139,12 @@ class RunPlan:
         return {self.keys[n]: self.state(n) for n in names}
 
     def recheck(self, name: str) -> State:
-        """Read the state again (under the artifact's lock: another process may have made it)."""
-        self._states.pop(self.keys[name], None)
-        return self.state(name)
+        """Read the state again (under the artifact's lock: another process may have made it).
+        What this process's check found stands while the manifest is the same file
+        (Store.check ``reuse``): a run that made or began the artifact meanwhile replaced it."""
+        key = self.keys[name]
+        self._states[key], self._damage[key] = self.store.check(key, reuse=True)
+        return self._states[key]
 
     def opened(self, name: str) -> None:
         self._states[self.keys[name]], self._damage[self.keys[name]] = "partial", {}

@@ -23,9 +23,9 @@ def counted(monkeypatch):
     reads, checked = {}, {}
     real = pipeline.store.Store.check
 
-    def check(self, key):
+    def check(self, key, reuse=False):
         reads[key] = reads.get(key, 0) + 1
-        return real(self, key)
+        return real(self, key, reuse)
 
     def run(cfg, inputs, out):
         (out / "labels_train.json").write_text("{}")

@@ -126,12 +126,74 @@ def test_a_heal_hashes_only_the_files_it_rewrote(tmp_path, monkeypatch):
     assert list(store.damaged(key)) == ["1.png"]
 
 
+def test_a_heal_takes_the_intact_outputs_from_the_manifest_and_lists_what_it_rewrote(tmp_path, monkeypatch):
+    """After Store.heal of a finished artifact, finalize takes the per-image outputs the heal left
+    from the set-aside manifest without a look and lists the rest: the redone image's outputs in
+    every layout (the stage may rewrite them all) and the artifact's own files. The manifest is
+    the one a full listing gives. A store that did not heal it (a new process resuming an
+    interrupted heal) lists everything."""
+    from pipeline import store as store_module, utils
+    from pipeline.store import PerImage
+    store, key = Store(tmp_path), "import_cams-0123456789abcdef"
+    arrays, masks = PerImage("cams", "", bool, is_dir=True), PerImage("masks", ".png", bool)
+    d = store.open(key)
+
+    def write_image(i: str, fill: bytes) -> None:
+        (d / "cams" / i / "c").mkdir(parents=True, exist_ok=True)
+        (d / "cams" / i / "zarr.json").write_text(i)
+        (d / "cams" / i / "c" / "0").write_bytes(fill * 10)
+        (d / "masks").mkdir(exist_ok=True)
+        (d / "masks" / f"{i}.png").write_bytes(fill * 20)
+    for i in "abc":
+        write_image(i, i.encode())
+    (d / "cams" / "zarr.json").write_text("group")
+    (d / "gallery.png").write_bytes(b"g")
+    store.finalize(key, "import_cams", {}, {}, {}, 0.0)
+    (d / "cams" / "b" / "c" / "0").unlink()
+    (d / "gallery.png").unlink()
+    state, damage = store.check(key)
+    assert state == "corrupt" and set(damage) == {"cams/b/c/0", "gallery.png"}
+    store.heal(key, (arrays, masks), damage=damage)
+    assert not (d / "cams" / "b").exists() and (d / "masks" / "b.png").exists()
+    d = store.open(key)
+    write_image("b", b"B!")  # the resume: image b in both layouts (its mask rewritten, a new size)
+    (d / "gallery.png").write_bytes(b"gg")
+    looked = []
+    files_under = utils.files_under
+
+    def listing(root, known=()):
+        for rel, st in files_under(root, known):
+            if st is not None and not rel.startswith("."):
+                looked.append(rel)
+            yield rel, st
+    monkeypatch.setattr(store_module, "files_under", listing)
+    files = store.finalize(key, "import_cams", {}, {}, {}, 0.0)["files"]
+    assert sorted(looked) == ["cams/b/c/0", "cams/b/zarr.json", "cams/zarr.json", "gallery.png", "masks/b.png"]
+    full = {rel: (st.st_size, st.st_mtime_ns) for rel, st in files_under(d)
+            if rel != "manifest.json" and not rel.rpartition("/")[2].startswith(".")}
+    assert {rel: (f["size"], f["mtime_ns"]) for rel, f in files.items()} == full
+    assert files["masks/b.png"]["sha256"] == store_module.sha256_file(d / "masks" / "b.png")
+    assert store.check(key) == ("cached", {})
+    (d / "masks" / "a.png").unlink()
+    store.heal(key, (arrays, masks))
+    store.open(key)  # and the process dies: a partial artifact beside its set-aside manifest
+    looked.clear()
+    resumed = Store(tmp_path)
+    assert resumed.check(key)[0] == "partial"
+    resumed.heal(key, (arrays, masks))
+    resumed.open(key)
+    write_image("a", b"a")
+    resumed.finalize(key, "import_cams", {}, {}, {}, 0.0)
+    assert len(looked) == 3 * 3 + 2 and resumed.check(key) == ("cached", {})  # every file looked at
+
+
 @pytest.mark.parametrize("sizes", [(4, 12)])
 def test_a_one_file_heal_does_the_same_work_at_any_store_size(sizes, tmp_path, monkeypatch):
-    """A lost CAM chunk healed through the runner: as many checks of each artifact (the plan's
-    state, then the recheck under the lock: the heal reuses what it found), no CAM array
-    opened for its completeness, the rewritten files hashed and one listing of the artifact
-    (finalize's) plus the rewritten image, whether the store holds 4 images or 12."""
+    """A lost CAM chunk healed through the runner: one check of each artifact (the plan's state:
+    the recheck under the lock and the heal reuse what it found), no CAM array
+    opened for its completeness, the rewritten files hashed, and the files listed are the
+    rewritten image's and the artifact's own (finalize takes the intact images' from the
+    set-aside manifest), whether the store holds 4 images or 12."""
     import sys
     from pathlib import Path
 
@@ -156,10 +218,10 @@ def test_a_one_file_heal_does_the_same_work_at_any_store_size(sizes, tmp_path, m
                 return fn(*args, **kw)
             return counted
 
-        def listing(d):
-            for entry in files_under(d):
-                work["listed"] += 1
-                yield entry
+        def listing(d, known=()):
+            for rel, st in files_under(d, known):
+                work["listed"] += st is not None  # a file looked at (an intact output is taken as listed)
+                yield rel, st
         files_under = utils.files_under
         with monkeypatch.context() as m:
             m.setattr(store_module.Store, "damaged", counting("checks", store_module.Store.damaged))
@@ -169,13 +231,38 @@ def test_a_one_file_heal_does_the_same_work_at_any_store_size(sizes, tmp_path, m
             m.setattr(store_module, "files_under", listing)
             run_all(cfg, until="import_cams")
         assert Store(cfg.run.work_dir).state(art.name) == "cached"
-        work["listed"] -= len(json.loads((art / "manifest.json").read_text())["files"])  # finalize's listing
+        assert len(json.loads((art / "manifest.json").read_text())["files"]) == 3 + 2 * n  # group, store files
         return work
 
     small, large = (heal_work(n) for n in sizes)
     assert small == large, (small, large)
-    # prepare_data's state; import_cams' state and its recheck under the lock, which the heal reuses
-    assert small["checks"] == 3 and small["arrays opened"] == 0 and small["listed"] <= 8, small
+    # prepare_data's state and import_cams' (its recheck under the lock and the heal reuse what it found)
+    assert small["checks"] == 2 and small["arrays opened"] == 0 and small["listed"] <= 8, small
+
+
+def test_the_recheck_under_the_lock_reuses_only_damage_found_on_the_same_manifest(tmp_path, monkeypatch):
+    """Store.check(reuse=True) takes the damage this process's last check found, once, while the
+    manifest is that same file; a manifest replaced meanwhile (another run healed the artifact)
+    or a check that found nothing is checked again."""
+    from pipeline import store as store_module
+    store, key = Store(tmp_path), "import_cams-0123456789abcdef"
+    d = store.path(key)
+    d.mkdir()
+    for name in ("a.bin", "b.bin"):
+        (d / name).write_bytes(name.encode())
+    store.finalize(key, "import_cams", {}, {}, {}, 0.0)
+    passes = []
+    damaged = store_module.Store.damaged
+    monkeypatch.setattr(store_module.Store, "damaged", lambda self, k: passes.append(k) or damaged(self, k))
+    assert store.check(key) == ("cached", {}) and store.check(key, reuse=True) == ("cached", {})
+    assert len(passes) == 2  # nothing found: looked at again
+    (d / "a.bin").unlink()
+    assert store.check(key) == ("corrupt", {"a.bin": "missing"}) and len(passes) == 3
+    assert store.check(key, reuse=True) == ("corrupt", {"a.bin": "missing"}) and len(passes) == 3  # reused
+    assert store.check(key, reuse=True)[0] == "corrupt" and len(passes) == 4  # once
+    (d / "a.bin").write_bytes(b"a.bin")  # another run heals it: a new manifest
+    store.finalize(key, "import_cams", {}, {}, {}, 0.0)
+    assert store.check(key, reuse=True) == ("cached", {}) and len(passes) == 5
 
 
 def test_a_passed_image_size_check_is_remembered_until_what_it_reads_changes(smoke_cfg, prepared, monkeypatch,

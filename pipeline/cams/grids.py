@@ -16,10 +16,10 @@ model without a patch size (CNN) resizes its output from the scaled input size.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:  # torch is imported where the maps are computed: the CAM store (Geometry) is read without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Geometry:
 
 def to_image_size(grid: torch.Tensor, scaled: tuple[int, int], size: tuple[int, int], geom: Geometry) -> torch.Tensor:
     """CAM grid (B, C, h, w) of an input of size ``scaled`` -> (B, C, H, W) float32."""
+    import torch.nn.functional as F
     grid = grid.float()
     if geom.patch and not geom.pad_input:
         return F.interpolate(grid, size=size, mode="bilinear", align_corners=False)
@@ -58,6 +59,7 @@ def assemble(grids: Sequence[torch.Tensor], scaled: Sequence[tuple[int, int]], s
              flip: bool, geom: Geometry) -> torch.Tensor:
     """grids[s]: the (F*B, C, h_s, w_s) CAM grids of scale s (F = 2 with flip: rows B: are the
     mirrored inputs), scaled[s] its input size -> (B, C, H, W) float32 in [0, 1]."""
+    import torch
     B = grids[0].shape[0] // (2 if flip else 1)
     total = torch.zeros(B, grids[0].shape[1], *size, device=grids[0].device)
     for grid, hw in zip(grids, scaled):

@@ -180,7 +180,6 @@ def source_label(folder, fmt: str) -> str:
 
 def run(cfg, inputs, out: Path) -> dict:
     from pipeline.data.datasets import LabelTable, read_image
-    from pipeline.plots import heat_overlay, save_grid
     from pipeline.store import layout_bytes, write_json_atomic
     from pipeline.utils import progress
 
@@ -197,13 +196,15 @@ def run(cfg, inputs, out: Path) -> dict:
     store = CamStore(path)
     label = source_label(ic.dir, ic.format)
     write_json_atomic(art.source, {"dir": str(Path(ic.dir).resolve()), "format": ic.format, "label": label})
-    rows, labels = [], []
-    for image_id in [] if art.gallery.exists() else fixed_sample(table.ids(), ic.gallery_size):  # a heal keeps it
-        cams, classes = store.read(image_id)
-        image = read_image(table[image_id].image)
-        rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
-        labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
-    if rows:
+    sample = [] if art.gallery.exists() else fixed_sample(table.ids(), ic.gallery_size)  # a heal keeps it
+    if sample:
+        from pipeline.plots import heat_overlay, save_grid  # matplotlib: not imported by a heal
+        rows, labels = [], []
+        for image_id in sample:
+            cams, classes = store.read(image_id)
+            image = read_image(table[image_id].image)
+            rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
+            labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
         save_grid(art.gallery, rows, titles=["image", f"imported CAM per class ({ic.format})"], row_labels=labels)
     if counts.get("files_not_in_split"):
         log.info("import_cams: %d files in %s belong to no image of split '%s' (ignored)",

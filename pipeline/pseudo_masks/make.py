@@ -127,7 +127,6 @@ def _run_route(cfg: Config, inputs, out: Path, ids: list[str], method: str) -> i
 
 
 def finalize(cfg: Config, inputs, out: Path) -> dict:
-    from pipeline.plots import save_grid
     from pipeline.pseudo_masks.threshold import seed_labels
 
     ids = items(cfg, inputs)
@@ -148,6 +147,7 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
                      seed_labels(cams.astype(np.float32), classes, pm.bg_threshold)]
                     + [read_mask(_route_dir(cfg, out, m) / f"{image_id}.png") for m in pm.routes])
     if rows:
+        from pipeline.plots import save_grid  # not on a heal that keeps the gallery
         save_grid(art.gallery, rows,
                   titles=["image", f"seed (bg {pm.bg_threshold})", f"pseudo mask ({pm.method}, trained on)"]
                   + [f"pseudo mask ({m})" for m in pm.extra_methods], pal=table.palette)
