@@ -8,7 +8,9 @@ import os
 import socket
 import time
 
-from pipeline.store import Store, write_json_atomic, writing
+from pipeline.fileio import write_json_atomic, writing
+
+from pipeline.store import Store
 
 
 class LockLost(RuntimeError):

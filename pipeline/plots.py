@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.data.classes import IGNORE, palette  # noqa: E402
-from pipeline.store import atomic_write  # noqa: E402
+from pipeline.fileio import atomic_write  # noqa: E402
 
 
 def colorize(mask: np.ndarray, pal: np.ndarray | None = None) -> np.ndarray:
@@ -47,9 +47,11 @@ def save_grid(path: Path, rows: Sequence[Sequence[np.ndarray]], titles: Sequence
             if j == 0 and row_labels:
                 ax.text(0, -4, row_labels[i], fontsize=6)
     fig.tight_layout()
-    with atomic_write(path) as tmp:  # never a half-written gallery that a resume or heal would keep
-        fig.savefig(tmp, dpi=90, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
+    try:
+        with atomic_write(path) as tmp:  # never a half-written gallery that a resume or heal would keep
+            fig.savefig(tmp, dpi=90, format=Path(path).suffix.lstrip(".") or "png")
+    finally:  # a failed write (full disk) leaves no open figure behind in a long-lived process
+        plt.close(fig)
 
 
 def save_loss_history(out_dir: Path, history: list[dict], name: str = "loss") -> None:

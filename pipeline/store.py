@@ -21,20 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 from pipeline.artifacts import Layout, ModelArtifact
+from pipeline.fileio import UnreadableFile, atomic_write, decoding, sha256_file
 from pipeline.utils import files_under, tree_bytes
 
 MANIFEST = "manifest.json"
@@ -52,39 +49,6 @@ _VERSIONED = ("torch", "torchvision", "open_clip_torch", "timm", "mmsegmentation
 
 
 _COMPACT = json.JSONEncoder(default=str)  # one line: the C encoder
-_ARTIFACT_DIR = re.compile(r"([a-z_]+)-[0-9a-f]{16}")
-
-
-class UnreadableFile(ValueError):
-    """A file that exists but cannot be decoded; the message names it and says what to do."""
-
-
-def advice(path: str | Path, otherwise: Optional[str] = None) -> str:
-    """What to do about a file that cannot be read: an artifact's file is
-    recomputed, any other (a data set's) replaced, or ``otherwise``."""
-    for parent in Path(path).absolute().parents:
-        m = _ARTIFACT_DIR.fullmatch(parent.name)
-        if m:
-            return (f"it belongs to the {m[1]} artifact {parent}: run `wsss run` again (files that fail their "
-                    f"check are recomputed) or `wsss run --force {m[1]}`")
-    return otherwise or ("replace the file (`wsss fetch voc` / `wsss fetch coco` fetches a data set again, or "
-                         "copy it anew) or remove it from the split")
-
-
-@contextmanager
-def decoding(path: str | Path, what: str, fix: Optional[str] = None) -> Iterator[None]:
-    """Wrap the decoding of one file: any error but a missing file becomes an
-    UnreadableFile naming the file, what it is and what to do (``fix``, by
-    default ``advice``). The one helper every reader of artifact and data files uses."""
-    try:
-        yield
-    except (UnreadableFile, FileNotFoundError):
-        raise
-    except Exception as e:  # decoders raise many types (OSError, ValueError, RuntimeError, EOFError, ...)
-        raise UnreadableFile(f"{path}: cannot read this {what} ({type(e).__name__}: {e}); "
-                             f"{fix or advice(path)}") from e
-
-
 @dataclass(frozen=True)
 class PerImage:
     """One output per image of a per-image stage: <artifact>/<folder>/<id><suffix>,
@@ -180,14 +144,6 @@ def artifact_key(stage: str, version: str, sections: dict, input_keys: dict[str,
                                  "inputs": input_keys})[:16]
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 def package_versions() -> dict[str, str]:
     out = {}
     for name in _VERSIONED:
@@ -196,60 +152,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def unique_tmp(path: Path) -> Path:
-    """Temporary sibling of ``path`` for an atomic write (write, then os.replace):
-    unique per process and thread, so two writers of one file never share it."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc`` (itself or in its cause/context chain): torch's zip writer
-    turns a failed write (ENOSPC) into 'unexpected pos ...' and keeps the real error as context."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, OSError) and exc.errno:
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Re-raise an OSError (disk full, ...) behind a failure of the block naming ``path`` and its errno."""
-    try:
-        yield
-    except BaseException as e:
-        err = _os_error(e)
-        if err is not None and not (isinstance(e, OSError) and str(path) in str(e)):
-            raise OSError(err.errno, f"{os.strerror(err.errno)} while writing", str(path)) from e
-        raise
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a unique temporary sibling of ``path`` to write; rename it into place when the
-    block succeeds. On any failure the temporary file is removed (an OSError names ``path``)."""
-    path, tmp = Path(path), unique_tmp(path)
-    with writing(path):
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
-def torch_save_atomic(obj: Any, path: Path) -> None:
-    """torch.save via a unique temp file and a rename. Through a file object:
-    given a path, torch names the archive's root folder after the (temp) file
-    name, which would put the writer's pid into the bytes."""
-    import torch
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
 
 
 # artifact dir -> (its manifest's signature, damage) of the last check in this process that found
@@ -268,11 +170,6 @@ def _signature(path: Path, missing: Any = ...) -> Any:
             raise
         return missing
     return st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=str))
 
 
 def write_manifest(path: Path, manifest: dict) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from pipeline.config import Config
-from pipeline.store import State, Store, artifact_key, sha256_file
+from pipeline.fileio import sha256_file
+from pipeline.store import State, Store, artifact_key
 from stages import ORDER, get
 from stages.contract import Stage
 

@@ -309,7 +309,7 @@ class _FullDisk:
 def test_a_failed_write_names_the_path_and_leaves_no_temp_file(tmp_path, monkeypatch):
     import torch
 
-    import pipeline.store as store
+    import pipeline.fileio as store
     monkeypatch.setattr(store, "open", _FullDisk(4096), raising=False)
     target = tmp_path / "checkpoint.pt"
     with pytest.raises(OSError) as e:

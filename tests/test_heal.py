@@ -23,7 +23,8 @@ from flows.cli import app
 from pipeline.cams.store import CamStore, CamStoreError, store_path, verify_array
 from pipeline.config import load_config
 from pipeline.data.datasets import LabelTable, read_image, read_mask, write_mask
-from pipeline.store import MANIFEST, PerImage, Store, UnreadableFile, advice, decoding
+from pipeline.fileio import UnreadableFile, advice, decoding
+from pipeline.store import MANIFEST, PerImage, Store
 from pipeline.utils import StageError
 from stages.runner import run_all
 from test_flow import _run

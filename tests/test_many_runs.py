@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from pipeline.config import load_config
+from pipeline.fileio import unique_tmp
 from pipeline.lock import ArtifactLock, LockLost
-from pipeline.store import Store, unique_tmp
+from pipeline.store import Store
 from stages.runner import stage_inputs, stage_keys
 
 ROOT = Path(__file__).resolve().parents[1]

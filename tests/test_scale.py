@@ -68,10 +68,13 @@ def test_a_gallery_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     def crash(self, fname, **kw):
         open(fname, "wb").write(b"\x89PNG half")
         raise OSError("killed mid-write")
+    import matplotlib.pyplot as plt
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash)
+    open_figures = len(plt.get_fignums())
     with pytest.raises(OSError):
         save_grid(tmp_path / "h.png", [[img]])
     assert [p.name for p in tmp_path.iterdir()] == ["g.png"]
+    assert len(plt.get_fignums()) == open_figures  # the failed figure is closed
 
 
 def test_cam_completeness_without_zarr_agrees_with_zarr(tmp_path, monkeypatch):

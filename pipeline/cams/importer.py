@@ -180,7 +180,8 @@ def source_label(folder, fmt: str) -> str:
 
 def run(cfg, inputs, out: Path) -> dict:
     from pipeline.data.datasets import LabelTable, read_image
-    from pipeline.store import layout_bytes, write_json_atomic
+    from pipeline.fileio import write_json_atomic
+    from pipeline.store import layout_bytes
     from pipeline.utils import progress
 
     ic, split, art = cfg.import_cams, cfg.export_cams.split, ImportedCamArtifact(out)

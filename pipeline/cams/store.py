@@ -43,7 +43,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from pipeline.artifacts import CamArtifact
 from pipeline.cams.grids import Geometry
-from pipeline.store import advice, decoding, writing
+from pipeline.fileio import advice, decoding, writing
 
 # a checksum of the compressed chunk: blosc decodes a cut-short uncompressed ("memcpyed") chunk
 # into garbage without an error, so a truncated chunk is caught by the crc instead

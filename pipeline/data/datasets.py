@@ -24,7 +24,7 @@ from pipeline.data.classes import (COCO_CLASSES, IGNORE, ClassFileError, ClassSe
                                    dataset_classes, palette)
 from pipeline.data.records import DataError, Problem, Record
 from pipeline.data.split_lists import leaves_folder, repeated, voc_list_ids
-from pipeline.store import advice, atomic_write, decoding
+from pipeline.fileio import advice, atomic_write, decoding
 
 
 # ---------------------------------------------------------------- mask I/O
@@ -62,7 +62,7 @@ def write_mask(path: str | Path, mask: np.ndarray, pal: Optional[np.ndarray] = N
 
 def read_image(path: str | Path, fix: Optional[str] = None) -> np.ndarray:
     """RGB uint8 (H, W, 3); a DataError for a missing file, UnreadableFile (naming
-    it and what to do: ``fix``, by default store.advice) for one that does not decode."""
+    it and what to do: ``fix``, by default fileio.advice) for one that does not decode."""
     try:
         with decoding(path, "image", fix), Image.open(path) as im:
             return np.asarray(im.convert("RGB")).copy()

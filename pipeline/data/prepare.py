@@ -13,7 +13,8 @@ from pipeline.config import Config
 from pipeline.data.classes import dataset_classes
 from pipeline.data.datasets import DataError, LabelTable, check_split, read_mask, render_coco_masks
 from pipeline.data.records import per_class_counts
-from pipeline.store import PerImage, write_json_atomic
+from pipeline.fileio import write_json_atomic
+from pipeline.store import PerImage
 
 log = logging.getLogger("wsss")
 

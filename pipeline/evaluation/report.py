@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pipeline.artifacts import EvalArtifact
 from pipeline.config import Config, cam_labels, seed_eval_split
 from pipeline.evaluation.protocol import Protocol, protocol_markdown
-from pipeline.store import write_json_atomic
+from pipeline.fileio import write_json_atomic
 
 REPORT = EvalArtifact.report.name
 UNCERTAIN = "uncertain (255)"  # the pixel-share key of the uncertain (255) pixels

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.evaluation.protocol import Protocol
 from pipeline.evaluation.report import EvalReport
-from pipeline.store import write_json_atomic
+from pipeline.fileio import write_json_atomic
 
 STD_RULE = "sample standard deviation over seeds (ddof=1); None for one seed"
 

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.config import MaskGeneratorCfg
-from pipeline.store import decoding, torch_save_atomic
+from pipeline.fileio import decoding, torch_save_atomic
 
 # The one image normalisation of S (DeiT / ImageNet statistics).
 MEAN = (0.485, 0.456, 0.406)

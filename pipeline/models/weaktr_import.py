@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pipeline.store import decoding, sha256_file
+from pipeline.fileio import decoding, sha256_file
 
 FIELD = "train_cam.init_checkpoint"
 FUSION_PREFIX = "adaptive_attention_fusion."

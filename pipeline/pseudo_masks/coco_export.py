@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from pipeline.data.classes import IGNORE
-from pipeline.store import write_json_atomic
+from pipeline.fileio import write_json_atomic
 
 
 def _rle(binary: np.ndarray) -> dict:

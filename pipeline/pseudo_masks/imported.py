@@ -127,7 +127,7 @@ def run(cfg, inputs, out: Path) -> dict:
     from pipeline.cams.store import fixed_sample
     from pipeline.data.datasets import LabelTable, read_image, read_mask
     from pipeline.plots import save_grid
-    from pipeline.store import write_json_atomic
+    from pipeline.fileio import write_json_atomic
     from pipeline.utils import progress
 
     im, split, art = cfg.import_masks, cfg.data.train_split, ImportedMaskArtifact(out)

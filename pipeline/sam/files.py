@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import atomic_write, decoding
+from pipeline.fileio import atomic_write, decoding
 
 
 def write_masks_json(path: Path, image_id: str, height: int, width: int, records: list[dict]) -> None:

@@ -36,8 +36,8 @@ from segment_anything.utils.amg import (MaskData, area_from_rle, batched_mask_to
                                         calculate_stability_score, coco_encode_rle, is_box_near_crop_edge,
                                         mask_to_rle_pytorch, rle_to_mask, uncrop_masks)
 
+from pipeline.fileio import decoding
 from pipeline.precision import Precision
-from pipeline.store import decoding
 from pipeline.weights import SAM_URLS, HubWeight, hub_cache_path, hub_download
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from pipeline.artifacts import SegmentationArtifact
-from pipeline.store import torch_save_atomic
+from pipeline.fileio import torch_save_atomic
 
 DROP = ("train_dataloader", "val_dataloader", "test_dataloader", "val_evaluator", "test_evaluator", "optim_wrapper",
         "param_scheduler", "train_cfg", "val_cfg", "test_cfg", "default_hooks", "custom_hooks", "custom_imports",

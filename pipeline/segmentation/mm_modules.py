@@ -28,8 +28,8 @@ import json
 from pathlib import Path
 
 from pipeline.evaluation.metrics import class_precision_recall
+from pipeline.fileio import atomic_write
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
-from pipeline.store import atomic_write
 
 ensure_mmcv()
 

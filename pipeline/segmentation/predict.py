@@ -79,7 +79,7 @@ def predict_folder(seg_dir: Path, images: Path, out: Path, tta: bool, device: st
     from pipeline.pseudo_masks.coco_export import export_coco
     from pipeline.data.datasets import DataError, read_image, write_mask
     from pipeline.segmentation.train import load_model, predict
-    from pipeline.store import UnreadableFile, unique_tmp
+    from pipeline.fileio import UnreadableFile, unique_tmp
     from pipeline.utils import progress
     items = list_images(images)
     art = SegmentationArtifact(seg_dir)

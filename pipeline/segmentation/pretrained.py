@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.store import atomic_write
+from pipeline.fileio import atomic_write
 
 RESNET_KEY = re.compile(r"^(conv1|bn1|layer[1-4])\.")
 CLASSIFIER_KEY = re.compile(r"^layer5\.conv2d_list\.(\d+)\.(weight|bias)$")
@@ -73,7 +73,7 @@ def convert_deeplabv2_checkpoint(src: str | Path, dst: Path, num_classes: int, p
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"train_segmentation.pretrained: {src} not found")
-    from pipeline.store import decoding
+    from pipeline.fileio import decoding
     with decoding(src, "train_segmentation.pretrained checkpoint",
                   fix="fetch it again (`wsss fetch weights`) or set train_segmentation.pretrained to a good copy"):
         sd = torch.load(src, map_location="cpu", weights_only=False)

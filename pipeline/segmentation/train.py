@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.fileio import decoding, torch_save_atomic
 from pipeline.lifetime import exit_with
 from pipeline.segmentation.mmcv_compat import ensure_mmcv
-from pipeline.store import decoding, torch_save_atomic
 
 ensure_mmcv()
 

@@ -33,10 +33,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.artifacts import ModelArtifact
+from pipeline.fileio import decoding, torch_save_atomic
 from pipeline.models.mask_generator import MEAN, STD, unwrap
 from pipeline.plots import heat_overlay, save_grid, save_loss_history
 from pipeline.semples.dist import dist_info, is_main
-from pipeline.store import decoding, torch_save_atomic
 
 log = logging.getLogger("wsss")
 CHECKPOINT = ModelArtifact.checkpoint.name

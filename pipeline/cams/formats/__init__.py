@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 # handed on: FORMATS is the registry's table, filled in place
+from pipeline.fileio import unique_tmp
 from pipeline.registry import FORMATS, CamFormat, CamFormatError, get_format  # noqa: F401
-from pipeline.store import unique_tmp
 
 
 # ------------------------------------------------------------------ class indices
@@ -108,7 +108,7 @@ def folder_fingerprint(folder: Optional[Path], suffixes: Sequence[str], mode: st
     entries = sorted((e.name, e) for e in os.scandir(folder) if e.name.endswith(tuple(suffixes)) and e.is_file())
     for name, e in entries:
         if mode == "full":
-            from pipeline.store import sha256_file
+            from pipeline.fileio import sha256_file
             h.update(f"{name}\0{sha256_file(Path(e.path))}\n".encode())
         else:
             st = e.stat()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from pipeline.store import sha256_file, write_json_atomic
+from pipeline.fileio import sha256_file, write_json_atomic
 
 log = logging.getLogger("wsss")
 

@@ -14,13 +14,13 @@ from pipeline.config import Config
 from pipeline.data.classes import prompt_names
 from pipeline.data.datasets import LabelTable
 from pipeline.evaluation.report import selection_label
+from pipeline.fileio import decoding
 from pipeline.models.mask_generator import (MEAN, STD, build_mask_generator, load_weights_from,
                                             save_mask_generator)
 from pipeline.models.vl import build_vl, class_text_features
 from pipeline.semples.losses import StepContext
 from pipeline.semples.seed_eval import seed_miou_eval
 from pipeline.semples.training import FitSpec, StepFn, TrainImages, dist_info, fit, is_main, write_gallery
-from pipeline.store import decoding
 from pipeline.utils import get_device, seed_everything
 
 log = logging.getLogger("wsss")

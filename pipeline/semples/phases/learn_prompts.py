@@ -8,12 +8,12 @@ import torch
 
 from pipeline.artifacts import ModelArtifact
 from pipeline.config import Config
+from pipeline.fileio import torch_save_atomic
 from pipeline.models.vl import PromptLearner
 from pipeline.semples.losses import learn_prompts_step
 from pipeline.semples.phase import Phase
 from pipeline.semples.phases.common import fit_phase, gallery, generator, setup, step_context
 from pipeline.semples.training import is_main
-from pipeline.store import torch_save_atomic
 
 
 def run(cfg: Config, inputs: dict, out: Path) -> dict:
