@@ -68,6 +68,7 @@ class CamArtifact(Layout):
 class SamArtifact(Layout):
     """sam_masks: one JSON file of SAM masks per image (pipeline/sam/files.py)."""
     gallery = File("sam_gallery.png")
+    levels = File("sam_levels.json")  # per image: its file's size and mtime, its masks per level (finalize)
 
     def masks(self, split: str) -> Path:
         return self.path / f"masks_{split}"

@@ -78,8 +78,8 @@ def test_interrupted_export_resumes_to_the_same_store(tmp_path):
     store = CamStore(store_path(part, "train"), mode="a")
     # an interrupted third image: garbage data, never marked complete
     store.group.create_array(ids[2], shape=(1, 2, 2), dtype="float16", attributes={"complete": False})
-    with pytest.raises(RuntimeError, match="no complete CAMs"):
-        export_cams.finalize(cfg, inputs, part)
+    with pytest.raises(RuntimeError, match=f"1 images have no CAM array \\(e.g. {ids[3]}\\)"):
+        export_cams.finalize(cfg, inputs, part)  # the one never begun (a shard that fails ends the run)
     done = (part / "cams_train.zarr" / ids[0] / "zarr.json").stat().st_mtime_ns
     assert export_cams.run_shard(cfg, inputs, part, ids) == 2  # the interrupted one + the missing one
     assert (part / "cams_train.zarr" / ids[0] / "zarr.json").stat().st_mtime_ns == done  # not rewritten

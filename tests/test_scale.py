@@ -299,3 +299,33 @@ def test_a_passed_image_size_check_is_remembered_until_what_it_reads_changes(smo
     (prepared / "labels_train.json").rename(prepared / "moved.json")
     with pytest.raises(datasets.DataError, match="no label table for split 'train'"):
         check_image_sizes(smoke_cfg, prepared)  # the table's own message, not a bare FileNotFoundError
+
+
+def test_sam_level_counts_read_only_the_files_a_heal_rewrote(tmp_path, monkeypatch):
+    """sam_masks' finalize counts the masks per level of every image from sam_levels.json, reading
+    again only the files whose size or mtime differ from their entry (rewritten by a heal), and
+    every file when the index is gone (a damaged one is removed by the heal)."""
+    from pipeline.artifacts import SamArtifact
+    from pipeline.sam import masks as sam_masks
+    art = SamArtifact(tmp_path)
+    d = art.masks("train")
+    d.mkdir(parents=True)
+
+    def write(image_id: str, levels: list[int]) -> None:
+        anns = [{"segmentation": {}, "level": lv} for lv in levels]
+        (d / f"{image_id}.json").write_text(json.dumps({"image_id": image_id, "height": 1, "width": 1,
+                                                        "annotations": anns}))
+    for image_id, levels in (("a", [0, 2, 2]), ("b", [1]), ("c", [])):
+        write(image_id, levels)
+    read, load = [], sam_masks.load_masks_doc
+    monkeypatch.setattr(sam_masks, "load_masks_doc", lambda p: read.append(p.stem) or load(p))
+    ids = ["a", "b", "c"]
+    assert sam_masks.level_counts(art, "train", ids) == {"a": [3, 1, 0, 2], "b": [1, 0, 1, 0], "c": [0, 0, 0, 0]}
+    assert sorted(read) == ids
+    read.clear()
+    (d / "b.json").unlink()
+    write("b", [2, 2, 2, 0])  # the heal rewrites b
+    assert sam_masks.level_counts(art, "train", ids)["b"] == [4, 1, 0, 3] and read == ["b"]
+    art.levels.unlink()
+    read.clear()
+    assert sam_masks.level_counts(art, "train", ids)["a"] == [3, 1, 0, 2] and sorted(read) == ids

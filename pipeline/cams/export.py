@@ -12,8 +12,8 @@ same export_cams.batch_size and run.shard_size):
 DataLoader workers (run.num_workers) decode and resize, same-size batches
 (export_cams.batch_size) run on the device, a thread pool (export_cams.writer_threads)
 compresses and writes; memory is bounded by batches in flight, not by the split.
-finalize checks that every image is complete and draws the CAM overlay gallery of a
-fixed sample.
+finalize checks that every image has its array and draws the CAM overlay gallery of a
+fixed sample (kept by a heal).
 """
 from __future__ import annotations
 
@@ -83,24 +83,26 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
 
 
 def finalize(cfg: Config, inputs, out: Path) -> dict:
-    from pipeline.plots import heat_overlay, save_grid
-
     table = _table(cfg, inputs)
-    path = CamArtifact(out).store(cfg.export_cams.split)
-    store = CamStore(path)
+    art = CamArtifact(out)
+    path = art.store(cfg.export_cams.split)
     ids = table.ids()
-    missing = store.missing(ids)
+    # one listing: a shard writes an array's complete flag last and fails the run if it cannot,
+    # and the runner decodes every array of a partial artifact before it resumes (Store.heal)
+    missing = per_image(cfg)[0].pending(out, ids)
     if missing:
-        raise RuntimeError(f"{path}: {len(missing)} images have no complete CAMs "
+        raise RuntimeError(f"{path}: {len(missing)} images have no CAM array "
                            f"(e.g. {', '.join(missing[:5])}); run the missing shards")
-    rows, labels = [], []
-    for image_id in fixed_sample(ids, cfg.export_cams.gallery_size):
-        cams, classes = store.read(image_id)
-        image = read_image(table[image_id].image)
-        rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
-        labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
-    if rows:
-        save_grid(CamArtifact(out).gallery, rows, titles=["image", "CAM per present class"], row_labels=labels)
+    sample = [] if art.gallery.exists() else fixed_sample(ids, cfg.export_cams.gallery_size)  # a heal keeps it
+    if sample:
+        from pipeline.plots import heat_overlay, save_grid  # matplotlib: not imported by a heal
+        store, rows, labels = CamStore(path), [], []
+        for image_id in sample:
+            cams, classes = store.read(image_id)
+            image = read_image(table[image_id].image)
+            rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
+            labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
+        save_grid(art.gallery, rows, titles=["image", "CAM per present class"], row_labels=labels)
     n_bytes = tree_bytes(path)
     return {"images": len(ids), "split": cfg.export_cams.split, "store": path.name,
             "store_bytes": n_bytes, "bytes_per_image": n_bytes / max(len(ids), 1)}

@@ -13,11 +13,14 @@ Decode a mask with pycocotools.mask.decode(ann["segmentation"]).
 items -> image ids; run_shard writes the files of some ids (each atomically, temp +
 rename, so a file's existence is the image's completion flag and a resumed shard skips
 it; per_image lets the runner remove damaged files first); finalize checks that every
-image has its file and draws a gallery.
+image has its file, counts the masks per level (sam_levels.json keeps them per image, so a
+heal reads only the files it rewrote) and draws a gallery (kept by a heal).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +31,7 @@ import numpy as np
 from pipeline.artifacts import SamArtifact
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
+from pipeline.fileio import atomic_write
 from pipeline.sam.files import load_masks_doc
 from pipeline.store import PerImage
 
@@ -87,7 +91,6 @@ def run_shard(cfg: Config, inputs, out: Path, ids: list[str]) -> int:
 
 def finalize(cfg: Config, inputs, out: Path) -> dict:
     from pipeline.cams.store import fixed_sample
-    from pipeline.plots import save_grid
     from pipeline.sam.files import read_masks_json
 
     table = _table(cfg, inputs)
@@ -98,20 +101,41 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     if missing:
         raise RuntimeError(f"{d}: {len(missing)} images have no SAM masks file "
                            f"(e.g. {', '.join(missing[:5])}); run the missing shards")
-    counts, levels, rows = [], np.zeros(3, np.int64), []
-    sample = set(fixed_sample(ids, cfg.sam.gallery_size))
-    for image_id in ids:  # counts from the JSON alone; masks decoded for the gallery sample only
-        path = art.image(split, image_id)
-        lv = [a["level"] for a in load_masks_doc(path)["annotations"]]
-        counts.append(len(lv))
-        levels += np.bincount(np.asarray(lv, np.int64), minlength=3)[:3]
-        if image_id in sample:
-            image = read_image(table[image_id].image)
-            rows.append([image, _overlay(image, read_masks_json(path)[0])])
+    counts = level_counts(art, split, ids)
+    per_level = np.sum([c[1:] for c in counts.values()], axis=0, dtype=np.int64) if counts else np.zeros(3, np.int64)
+    rows = []
+    for image_id in [] if art.gallery.exists() else fixed_sample(ids, cfg.sam.gallery_size):  # a heal keeps it
+        image = read_image(table[image_id].image)
+        rows.append([image, _overlay(image, read_masks_json(art.image(split, image_id))[0])])
     if rows:
+        from pipeline.plots import save_grid  # matplotlib: not imported by a heal
         save_grid(art.gallery, rows, titles=["image", "SAM masks (random colours)"])
-    return {"images": len(ids), "split": cfg.sam.split, "masks_per_image": float(np.mean(counts)) if counts else 0.0,
-            "level_fractions": (levels / max(levels.sum(), 1)).round(4).tolist(), "dir": d.name}
+    return {"images": len(ids), "split": cfg.sam.split,
+            "masks_per_image": float(np.mean([c[0] for c in counts.values()])) if counts else 0.0,
+            "level_fractions": (per_level / max(per_level.sum(), 1)).round(4).tolist(), "dir": d.name}
+
+
+def level_counts(art: SamArtifact, split: str, ids: list[str]) -> dict[str, list[int]]:
+    """Per image [masks, masks of level 0, 1, 2], from its JSON file, kept in ``art.levels`` with
+    the file's size and mtime: a file whose size and mtime are those of its entry is not read
+    again (the rule the artifact store trusts), so a heal reads the files it rewrote, not every
+    image's."""
+    try:
+        known = json.loads(art.levels.read_text())
+    except (OSError, ValueError):  # none yet, or damaged (the heal has removed it): every file is read
+        known = {}
+    kept, counts = {}, {}
+    for image_id in ids:
+        path = art.image(split, image_id)
+        st = os.stat(path)
+        entry = known.get(image_id) if isinstance(known, dict) else None
+        if not (isinstance(entry, list) and entry[:2] == [st.st_size, st.st_mtime_ns]):
+            levels = np.asarray([a["level"] for a in load_masks_doc(path)["annotations"]], np.int64)
+            entry = [st.st_size, st.st_mtime_ns, len(levels), *np.bincount(levels, minlength=3)[:3].tolist()]
+        kept[image_id], counts[image_id] = entry, entry[2:]
+    with atomic_write(art.levels) as tmp:  # compact: one line per image, json's C encoder
+        tmp.write_text("{\n" + ",\n".join(f"{json.dumps(i)}: {json.dumps(e)}" for i, e in kept.items()) + "\n}\n")
+    return counts
 
 
 def _overlay(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
