@@ -49,6 +49,8 @@ _VERSIONED = ("torch", "torchvision", "open_clip_torch", "timm", "mmsegmentation
 
 
 _COMPACT = json.JSONEncoder(default=str)  # one line: the C encoder
+
+
 @dataclass(frozen=True)
 class PerImage:
     """One output per image of a per-image stage: <artifact>/<folder>/<id><suffix>,
@@ -260,12 +262,13 @@ class Store:
             seen = _signature(d / MANIFEST)
         except FileNotFoundError:
             return "partial", {}
-        memo = _CHECKED.pop(str(d), None)
+        where = os.path.realpath(d)  # the flow's tasks see the store by its resolved path
+        memo = _CHECKED.pop(where, None)
         if reuse and memo and memo[0] == seen:
             return "corrupt", memo[1]
         damage = self.damaged(key)
         if damage and _signature(d / MANIFEST, None) == seen:  # not rewritten meanwhile
-            _CHECKED[str(d)] = (seen, damage)
+            _CHECKED[where] = (seen, damage)
         return ("corrupt" if damage else "cached"), damage
 
     def state(self, key: str) -> State:
