@@ -12,6 +12,7 @@ import re
 import socket
 import threading
 from contextlib import contextmanager
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -113,3 +114,16 @@ def torch_save_atomic(obj: Any, path: Path) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
+
+
+_COMPACT = json.JSONEncoder(default=str)  # no indent: json's C encoder
+
+
+def json_rows(table: dict, indent: str = "") -> str:
+    """``table`` as a JSON object with one line per entry, each value compact: written by json's C
+    encoder (``indent`` would make json use its pure-Python one, twice as slow on the 40k entries
+    of a 20k-image CAM store's manifest). ``indent``: the object's own indentation."""
+    if not table:
+        return "{}"
+    rows = f",\n{indent}  ".join(f"{encode_basestring_ascii(k)}: {_COMPACT.encode(v)}" for k, v in table.items())
+    return f"{{\n{indent}  {rows}\n{indent}}}"

@@ -9,7 +9,6 @@ import socket
 import time
 
 from pipeline.fileio import write_json_atomic, writing
-
 from pipeline.store import Store
 
 

@@ -20,12 +20,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.artifacts import CamArtifact, ModelArtifact
-from pipeline.cams.store import CamStore, fixed_sample, verify_array
+from pipeline.cams.store import CamStore, fixed_sample, save_cam_gallery, verify_array
 from pipeline.config import Config
-from pipeline.data.datasets import LabelTable, read_image
+from pipeline.data.datasets import LabelTable
 from pipeline.store import PerImage
 from pipeline.utils import tree_bytes
 
@@ -93,16 +91,9 @@ def finalize(cfg: Config, inputs, out: Path) -> dict:
     if missing:
         raise RuntimeError(f"{path}: {len(missing)} images have no CAM array "
                            f"(e.g. {', '.join(missing[:5])}); run the missing shards")
-    sample = [] if art.gallery.exists() else fixed_sample(ids, cfg.export_cams.gallery_size)  # a heal keeps it
-    if sample:
-        from pipeline.plots import heat_overlay, save_grid  # matplotlib: not imported by a heal
-        store, rows, labels = CamStore(path), [], []
-        for image_id in sample:
-            cams, classes = store.read(image_id)
-            image = read_image(table[image_id].image)
-            rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
-            labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
-        save_grid(art.gallery, rows, titles=["image", "CAM per present class"], row_labels=labels)
+    if not art.gallery.exists():  # a heal keeps it
+        save_cam_gallery(art.gallery, CamStore(path), table, fixed_sample(ids, cfg.export_cams.gallery_size),
+                         "CAM per present class")
     n_bytes = tree_bytes(path)
     return {"images": len(ids), "split": cfg.export_cams.split, "store": path.name,
             "store_bytes": n_bytes, "bytes_per_image": n_bytes / max(len(ids), 1)}

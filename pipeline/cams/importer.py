@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.artifacts import ImportedCamArtifact
 from pipeline.cams.formats import (CamFormatError, ClassIndex, get_format, read_cam_file,
                                    write_cam_file)
-from pipeline.cams.store import CamStore, CamWriter, fixed_sample, verify_complete
+from pipeline.cams.store import CamStore, CamWriter, fixed_sample, save_cam_gallery, verify_complete
 from pipeline.store import PerImage
 
 log = logging.getLogger("wsss")
@@ -179,7 +179,7 @@ def source_label(folder, fmt: str) -> str:
 
 
 def run(cfg, inputs, out: Path) -> dict:
-    from pipeline.data.datasets import LabelTable, read_image
+    from pipeline.data.datasets import LabelTable
     from pipeline.fileio import write_json_atomic
     from pipeline.store import layout_bytes
     from pipeline.utils import progress
@@ -197,16 +197,9 @@ def run(cfg, inputs, out: Path) -> dict:
     store = CamStore(path)
     label = source_label(ic.dir, ic.format)
     write_json_atomic(art.source, {"dir": str(Path(ic.dir).resolve()), "format": ic.format, "label": label})
-    sample = [] if art.gallery.exists() else fixed_sample(table.ids(), ic.gallery_size)  # a heal keeps it
-    if sample:
-        from pipeline.plots import heat_overlay, save_grid  # matplotlib: not imported by a heal
-        rows, labels = [], []
-        for image_id in sample:
-            cams, classes = store.read(image_id)
-            image = read_image(table[image_id].image)
-            rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
-            labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
-        save_grid(art.gallery, rows, titles=["image", f"imported CAM per class ({ic.format})"], row_labels=labels)
+    if not art.gallery.exists():  # a heal keeps it
+        save_cam_gallery(art.gallery, store, table, fixed_sample(table.ids(), ic.gallery_size),
+                         f"imported CAM per class ({ic.format})")
     if counts.get("files_not_in_split"):
         log.info("import_cams: %d files in %s belong to no image of split '%s' (ignored)",
                  counts["files_not_in_split"], ic.dir, split)

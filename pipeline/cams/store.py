@@ -301,6 +301,22 @@ class CamWriter:
             self.pool.shutdown(wait=True)
 
 
+def save_cam_gallery(path: Path, store: CamStore, table, image_ids: Sequence[str], title: str) -> None:
+    """The CAM overlay gallery of ``image_ids`` (a fixed sample) of ``table`` (a LabelTable): per
+    row the image and a heat overlay per present class, labelled with its classes; nothing for no ids."""
+    if not image_ids:
+        return
+    from pipeline.data.datasets import read_image
+    from pipeline.plots import heat_overlay, save_grid  # matplotlib: only where a gallery is drawn
+    rows, labels = [], []
+    for image_id in image_ids:
+        cams, classes = store.read(image_id)
+        image = read_image(table[image_id].image)
+        rows.append([image] + [heat_overlay(image, c.astype(np.float32)) for c in cams])
+        labels.append(image_id + ": " + ", ".join(table.classes[c] for c in classes))
+    save_grid(path, rows, titles=["image", title], row_labels=labels)
+
+
 def fixed_sample(ids: list[str], n: int) -> list[str]:
     """n ids spread evenly over the sorted list: the same pictures on every run."""
     ids = sorted(ids)

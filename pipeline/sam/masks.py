@@ -31,7 +31,7 @@ import numpy as np
 from pipeline.artifacts import SamArtifact
 from pipeline.config import Config
 from pipeline.data.datasets import LabelTable, read_image
-from pipeline.fileio import atomic_write
+from pipeline.fileio import atomic_write, json_rows
 from pipeline.sam.files import load_masks_doc
 from pipeline.store import PerImage
 
@@ -133,8 +133,8 @@ def level_counts(art: SamArtifact, split: str, ids: list[str]) -> dict[str, list
             levels = np.asarray([a["level"] for a in load_masks_doc(path)["annotations"]], np.int64)
             entry = [st.st_size, st.st_mtime_ns, len(levels), *np.bincount(levels, minlength=3)[:3].tolist()]
         kept[image_id], counts[image_id] = entry, entry[2:]
-    with atomic_write(art.levels) as tmp:  # compact: one line per image, json's C encoder
-        tmp.write_text("{\n" + ",\n".join(f"{json.dumps(i)}: {json.dumps(e)}" for i, e in kept.items()) + "\n}\n")
+    with atomic_write(art.levels) as tmp:
+        tmp.write_text(json_rows(kept) + "\n")
     return counts
 
 

@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-# handed on: FORMATS is the registry's table, filled in place
 from pipeline.fileio import unique_tmp
+# handed on: FORMATS is the registry's table, filled in place
 from pipeline.registry import FORMATS, CamFormat, CamFormatError, get_format  # noqa: F401
 
 
