@@ -129,6 +129,9 @@ def test_damaged_finished_artifacts_heal_through_the_flow(sam_smoke_run, tmp_pat
     cfg, dirs = _copy(run, tmp_path)
     expected = _damage(dirs, ids)
     before = _mtimes(dirs, expected)
+    galleries = [dirs["sam_masks"] / "sam_gallery.png", dirs["export_cams"] / "cam_gallery.png",
+                 dirs["pseudo_masks"] / "pseudo_mask_gallery.png"]
+    drawn = {p: p.stat().st_mtime_ns for p in galleries}  # intact: a heal keeps them, no redrawing
     res = CliRunner().invoke(app, ["status", "--config", str(cfg)])
     assert res.exit_code == 0, res.output
     rows = {line.split()[0]: line.split()[1] for line in res.output.splitlines()[1:] if line[:1].isalpha()
@@ -143,6 +146,7 @@ def test_damaged_finished_artifacts_heal_through_the_flow(sam_smoke_run, tmp_pat
     log = _wsss_run(cfg, run["env"])
     assert "removed 2 files that fail their check" in log
     _check_healed(run, dirs, ids, before, expected, log)
+    assert {p: p.stat().st_mtime_ns for p in galleries} == drawn
 
 
 def test_partial_artifacts_with_cut_outputs_heal_and_force_redoes_all(sam_smoke_run, tmp_path, caplog):
